@@ -1,0 +1,89 @@
+package tandem
+
+import "time"
+
+// HAState is a server's high-availability state, as in Hadoop.
+type HAState string
+
+// HA states. A server starts initializing, joins as standby, may become
+// active, and is stopping while it shuts down.
+const (
+	StateInitializing HAState = "initializing"
+	StateStandby      HAState = "standby"
+	StateActive       HAState = "active"
+	StateStopping     HAState = "stopping"
+)
+
+// HAStates lists every HA state, for metrics and validation.
+var HAStates = []HAState{StateInitializing, StateStandby, StateActive, StateStopping}
+
+// ServerStatus is a server's own account of itself: GET /v1/ha/state and /about.
+type ServerStatus struct {
+	ID           string    `json:"id"`
+	Cluster      string    `json:"cluster"`
+	URL          string    `json:"url"`
+	State        HAState   `json:"state"`
+	Epoch        int64     `json:"epoch"` // the current active's epoch, 0 if none is known
+	ActiveID     string    `json:"active_id"`
+	ActiveURL    string    `json:"active_url"`
+	AutoFailover bool      `json:"auto_failover"`
+	PID          int       `json:"pid"`
+	Version      string    `json:"version"`
+	StartedAt    time.Time `json:"started_at"`
+	// Revision is the etcd revision this server's view of the cluster has reached.
+	Revision int64 `json:"revision"`
+	Jobs     int   `json:"jobs"`
+}
+
+// ServerInfo is one live server as seen in the membership registry:
+// GET /v1/cluster/servers.
+type ServerInfo struct {
+	ID        string    `json:"id"`
+	URL       string    `json:"url"`
+	State     HAState   `json:"state"`
+	PID       int       `json:"pid"`
+	Version   string    `json:"version"`
+	StartedAt time.Time `json:"started_at"`
+	// Lease is the etcd lease the server's keys are bound to; a graceful
+	// failover binds the hand-off to the target's lease.
+	Lease int64 `json:"lease"`
+}
+
+// Failover causes recorded in FailoverEvent.Cause.
+const (
+	CauseInitial      = "initial"       // first active of a cluster
+	CauseLeaseExpired = "lease-expired" // the active stopped renewing its lease (crash, hang, partition)
+	CauseShutdown     = "shutdown"      // the active resigned as it shut down
+	CauseHandoff      = "handoff"       // graceful failover (tandem admin failover)
+	CauseManual       = "manual"        // transition-to-standby / transition-to-active by an operator
+	CauseFenced       = "fenced"        // the active found its epoch superseded and stepped down
+)
+
+// FailoverEvent records one change of active (DESIGN.md I6). Durations are in
+// seconds and are nil where the new active could not know them.
+type FailoverEvent struct {
+	Epoch       int64     `json:"epoch"`
+	ActiveID    string    `json:"active_id"`
+	ActiveURL   string    `json:"active_url"`
+	PrevID      string    `json:"prev_id,omitempty"`
+	PrevEpoch   int64     `json:"prev_epoch,omitempty"`
+	Cause       string    `json:"cause"`
+	Time        time.Time `json:"time"`
+	DetectionS  *float64  `json:"detection_s,omitempty"`
+	ElectionS   *float64  `json:"election_s,omitempty"`
+	TransitionS *float64  `json:"transition_s,omitempty"`
+}
+
+// HandoffRequest asks the active to hand leadership to another server:
+// POST /v1/ha/failover.
+type HandoffRequest struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+}
+
+// TransitionRequest asks a server to change its own HA state:
+// POST /v1/ha/transition.
+type TransitionRequest struct {
+	State       HAState `json:"state"` // active or standby
+	ForceManual bool    `json:"force_manual,omitempty"`
+}

@@ -1,0 +1,180 @@
+// Package embedetcd runs an etcd member inside the tandem process, so that a
+// few tandem servers form a complete HA cluster with nothing else installed
+// (DESIGN.md section 2). tandem never implements consensus itself: this is
+// etcd's own server, started through go.etcd.io/etcd/server/v3/embed.
+package embedetcd
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// Config describes one member.
+type Config struct {
+	Name           string // member name, unique in the etcd cluster
+	Dir            string // data directory
+	ClientURL      string // e.g. http://127.0.0.1:2379
+	PeerURL        string // e.g. http://127.0.0.1:2380
+	InitialCluster string // name=peerURL,...; empty means a single-member cluster
+	ClusterToken   string // keeps separate clusters from joining each other
+	// HeartbeatMs and ElectionMs tune etcd's raft timing. Zero keeps etcd's
+	// defaults (100 ms, 1000 ms), whose smallest lease TTL is 2 s.
+	HeartbeatMs, ElectionMs uint
+	// StartTimeout bounds how long Start waits for the member to join a quorum.
+	StartTimeout time.Duration
+	LogLevel     string // etcd's zap level: debug, info, warn, error (default error)
+}
+
+// newLogger returns etcd's logger at level, to stderr, and the level so
+// Close can silence the errors etcd logs while it shuts its listeners.
+func newLogger(level string) (*zap.Logger, zap.AtomicLevel, error) {
+	lv, err := zap.ParseAtomicLevel(level)
+	if err != nil {
+		return nil, lv, fmt.Errorf("embedded etcd: log level %q: %w", level, err)
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = lv
+	zc.Sampling = nil
+	zc.OutputPaths, zc.ErrorOutputPaths = []string{"stderr"}, []string{"stderr"}
+	lg, err := zc.Build()
+	return lg, lv, err
+}
+
+// Validate reports the first problem with the configuration.
+func (c *Config) Validate() error {
+	if c.Name == "" {
+		return errors.New("embedded etcd: a member name is required (--etcd-name)")
+	}
+	if c.Dir == "" {
+		return errors.New("embedded etcd: a data directory is required (--data-dir)")
+	}
+	for flag, u := range map[string]string{"--etcd-client-url": c.ClientURL, "--etcd-peer-url": c.PeerURL} {
+		if _, err := parseURL(u); err != nil {
+			return fmt.Errorf("embedded etcd: %s: %w", flag, err)
+		}
+	}
+	if c.InitialCluster != "" {
+		found := false
+		for _, m := range strings.Split(c.InitialCluster, ",") {
+			name, peer, ok := strings.Cut(m, "=")
+			if !ok || name == "" {
+				return fmt.Errorf("embedded etcd: --initial-cluster entry %q is not name=peerURL", m)
+			}
+			if _, err := parseURL(peer); err != nil {
+				return fmt.Errorf("embedded etcd: --initial-cluster member %s: %w", name, err)
+			}
+			if name == c.Name {
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("embedded etcd: --initial-cluster does not name this member %q", c.Name)
+		}
+	}
+	return nil
+}
+
+func parseURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, err
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("%q is not an http(s)://host:port URL", s)
+	}
+	return u, nil
+}
+
+// Member is a running embedded etcd member.
+type Member struct {
+	etcd  *embed.Etcd
+	cfg   Config
+	level zap.AtomicLevel
+}
+
+// Start starts the member and waits until it has joined a quorum (or
+// StartTimeout passes, when the other members are not up yet).
+func Start(cfg Config) (*Member, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cu, _ := parseURL(cfg.ClientURL)
+	pu, _ := parseURL(cfg.PeerURL)
+	ec := embed.NewConfig()
+	ec.Name = cfg.Name
+	ec.Dir = filepath.Join(cfg.Dir)
+	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
+	ec.InitialCluster = cfg.InitialCluster
+	if ec.InitialCluster == "" {
+		ec.InitialCluster = cfg.Name + "=" + cfg.PeerURL
+	}
+	ec.InitialClusterToken = cfg.ClusterToken
+	if ec.InitialClusterToken == "" {
+		ec.InitialClusterToken = "tandem"
+	}
+	if cfg.HeartbeatMs != 0 {
+		ec.TickMs = cfg.HeartbeatMs
+	}
+	if cfg.ElectionMs != 0 {
+		ec.ElectionMs = cfg.ElectionMs
+	}
+	if cfg.LogLevel == "" {
+		cfg.LogLevel = "error"
+	}
+	lg, level, err := newLogger(cfg.LogLevel)
+	if err != nil {
+		return nil, err
+	}
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
+	// Keep the history short: tandem reads the current state and watches from now.
+	ec.AutoCompactionMode = "periodic"
+	ec.AutoCompactionRetention = "5m"
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	}
+	e, err := embed.StartEtcd(ec)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: start member %s: %w", cfg.Name, err)
+	}
+	timeout := cfg.StartTimeout
+	if timeout == 0 {
+		timeout = time.Minute
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: member %s: %w", cfg.Name, err)
+	case <-time.After(timeout):
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: member %s did not join a quorum within %s; are the other --initial-cluster members running?", cfg.Name, timeout)
+	}
+	return &Member{etcd: e, cfg: cfg, level: level}, nil
+}
+
+// ClientURL returns the URL clients use to reach this member.
+func (m *Member) ClientURL() string { return m.cfg.ClientURL }
+
+// IsLeader reports whether this member is the etcd raft leader.
+func (m *Member) IsLeader() bool { return m.etcd.Server.Leader() == m.etcd.Server.MemberID() }
+
+// ID returns the member's etcd ID.
+func (m *Member) ID() uint64 { return uint64(m.etcd.Server.MemberID()) }
+
+// Err returns a channel that reports a fatal error of the member.
+func (m *Member) Err() <-chan error { return m.etcd.Err() }
+
+// Close stops the member and waits for it to shut down.
+func (m *Member) Close() {
+	m.level.SetLevel(zap.FatalLevel) // closing listeners is not an error worth printing
+	m.etcd.Close()
+}

@@ -1,0 +1,650 @@
+// Package store keeps a cluster's state in etcd: jobs, idempotency keys,
+// membership and HA history.
+//
+// Every server, active or standby, holds the same in-memory view of the
+// cluster's keys, fed by one etcd watch on the cluster prefix (DESIGN.md
+// section 5, hot standby). Reads come from that view; writes of the active go
+// to etcd in transactions fenced by its epoch (I1), and return once the view
+// has caught up with them, so a client reads its own writes.
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/election"
+	"github.com/tandemhq/tandem/internal/keys"
+)
+
+// IdempotencyTTL is how long an idempotency key is remembered at least.
+const IdempotencyTTL = 24 * time.Hour
+
+// maxEvents bounds the HA history kept in memory (etcd keeps all of it).
+const maxEvents = 1000
+
+// loadPage is how many keys one range request of the initial load reads.
+const loadPage = 5000
+
+// Gone records the last time the view saw the leader key disappear.
+type Gone struct {
+	Prev election.Leader
+	At   time.Time // local time the deletion was observed
+	Rev  int64
+}
+
+// Store is the etcd-backed state of one cluster and this process's view of it.
+type Store struct {
+	cli  *clientv3.Client
+	keys keys.Layout
+	log  *slog.Logger
+
+	mu       sync.RWMutex
+	rev      int64 // the view holds every change up to this revision
+	jobs     map[string]*tandem.Job
+	order    []string // job IDs, sorted
+	byState  map[tandem.JobState]int
+	servers  map[string]tandem.ServerInfo
+	leader   *election.Leader
+	handoff  *election.Handoff
+	resign   *election.Resignation
+	gone     *Gone
+	events   []tandem.FailoverEvent
+	changed  chan struct{} // closed and replaced whenever the view changes
+	watchErr error
+
+	idemMu         sync.Mutex
+	idemLease      clientv3.LeaseID
+	idemLeaseUntil time.Time
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// New returns a Store for the cluster laid out by layout. Call Start before use.
+func New(cli *clientv3.Client, layout keys.Layout, log *slog.Logger) *Store {
+	return &Store{
+		cli:     cli,
+		keys:    layout,
+		log:     log,
+		jobs:    make(map[string]*tandem.Job),
+		byState: make(map[tandem.JobState]int),
+		servers: make(map[string]tandem.ServerInfo),
+		changed: make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+}
+
+// Start loads the cluster's keys and starts following changes. It returns
+// once the initial load is done; the watch runs until Close.
+func (s *Store) Start(ctx context.Context) error {
+	if err := s.load(ctx); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	go s.follow(wctx)
+	return nil
+}
+
+// Close stops following changes and waits for the watch goroutine to end.
+func (s *Store) Close() {
+	if s.cancel == nil {
+		return
+	}
+	s.cancel()
+	<-s.done
+}
+
+// load replaces the view with the cluster's keys at one revision, reading
+// them in pages so a large cluster never needs one huge response.
+func (s *Store) load(ctx context.Context) error {
+	prefix := s.keys.Prefix()
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	var rev int64
+	var kvs []*mvccpb.KeyValue
+	key := prefix
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(loadPage)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.cli.Get(ctx, key, opts...)
+		if err != nil {
+			return fmt.Errorf("load %s: %w", prefix, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		kvs = append(kvs, resp.Kvs...)
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.jobs = make(map[string]*tandem.Job, len(kvs))
+	s.order = s.order[:0]
+	s.byState = make(map[tandem.JobState]int)
+	s.servers = make(map[string]tandem.ServerInfo)
+	s.leader, s.handoff, s.resign = nil, nil, nil
+	s.events = nil
+	for _, kv := range kvs {
+		s.applyPut(kv, true)
+	}
+	sort.Strings(s.order)
+	s.rev = rev
+	s.notifyLocked()
+	return nil
+}
+
+// follow applies watch events until ctx ends, reloading after a compaction.
+func (s *Store) follow(ctx context.Context) {
+	defer close(s.done)
+	for ctx.Err() == nil {
+		s.mu.RLock()
+		from := s.rev + 1
+		s.mu.RUnlock()
+		wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.keys.Prefix(),
+			clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithProgressNotify())
+		for resp := range wch {
+			if err := resp.Err(); err != nil {
+				s.setWatchErr(err)
+				if errors.Is(err, rpctypes.ErrCompacted) {
+					s.log.Warn("watch compacted; reloading the cluster view", "rev", from, "err", err)
+					if lerr := s.load(ctx); lerr != nil {
+						s.log.Error("reload after compaction failed", "err", lerr)
+					}
+				}
+				break
+			}
+			s.apply(resp)
+		}
+		if ctx.Err() == nil {
+			select { // the watch ended (etcd unreachable or leaderless): back off a little
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+}
+
+func (s *Store) setWatchErr(err error) {
+	s.mu.Lock()
+	s.watchErr = err
+	s.mu.Unlock()
+}
+
+// WatchErr returns the last error that ended the watch, or nil once events flow again.
+func (s *Store) WatchErr() error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.watchErr
+}
+
+func (s *Store) apply(resp clientv3.WatchResponse) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.watchErr = nil
+	// Events of one transaction share a revision, so compare with the
+	// revision the view had before this response, not the running one.
+	base := s.rev
+	for _, ev := range resp.Events {
+		if ev.Kv.ModRevision <= base {
+			continue // already in the view (a reload raced the watch)
+		}
+		switch ev.Type {
+		case clientv3.EventTypePut:
+			s.applyPut(ev.Kv, false)
+		case clientv3.EventTypeDelete:
+			s.applyDelete(ev.Kv)
+		}
+		s.rev = ev.Kv.ModRevision
+	}
+	if resp.IsProgressNotify() && resp.Header.Revision > s.rev {
+		// Every event up to the header revision has been delivered.
+		s.rev = resp.Header.Revision
+	}
+	s.notifyLocked()
+}
+
+func (s *Store) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// applyPut folds one key into the view. During a load, order is sorted afterwards.
+func (s *Store) applyPut(kv *mvccpb.KeyValue, loading bool) {
+	key := string(kv.Key)
+	switch {
+	case key == s.keys.Leader():
+		var l election.Leader
+		if s.decode(kv, &l) {
+			l.Epoch, l.Lease = kv.CreateRevision, kv.Lease
+			s.leader = &l
+		}
+	case key == s.keys.Handoff():
+		var h election.Handoff
+		if s.decode(kv, &h) {
+			h.ModRev = kv.ModRevision
+			s.handoff = &h
+		}
+	case key == s.keys.Resign():
+		var r election.Resignation
+		if s.decode(kv, &r) {
+			s.resign = &r
+		}
+	case strings.HasPrefix(key, s.keys.ServersPrefix()):
+		var si tandem.ServerInfo
+		if s.decode(kv, &si) {
+			si.Lease = kv.Lease
+			s.servers[si.ID] = si
+		}
+	case strings.HasPrefix(key, s.keys.JobsPrefix()):
+		var j tandem.Job
+		if !s.decode(kv, &j) {
+			return
+		}
+		old, ok := s.jobs[j.ID]
+		if ok {
+			s.byState[old.State]--
+		} else if !loading {
+			s.insertOrder(j.ID)
+		} else {
+			s.order = append(s.order, j.ID)
+		}
+		s.jobs[j.ID] = &j
+		s.byState[j.State]++
+	case strings.HasPrefix(key, s.keys.EventsPrefix()):
+		var e tandem.FailoverEvent
+		if s.decode(kv, &e) {
+			s.events = append(s.events, e)
+			sort.Slice(s.events, func(a, b int) bool { return s.events[a].Epoch < s.events[b].Epoch })
+			if len(s.events) > maxEvents {
+				s.events = s.events[len(s.events)-maxEvents:]
+			}
+		}
+	}
+}
+
+func (s *Store) applyDelete(kv *mvccpb.KeyValue) {
+	key := string(kv.Key)
+	switch {
+	case key == s.keys.Leader():
+		if s.leader != nil {
+			s.gone = &Gone{Prev: *s.leader, At: time.Now(), Rev: kv.ModRevision}
+		}
+		s.leader = nil
+	case key == s.keys.Handoff():
+		s.handoff = nil
+	case strings.HasPrefix(key, s.keys.ServersPrefix()):
+		delete(s.servers, strings.TrimPrefix(key, s.keys.ServersPrefix()))
+	case strings.HasPrefix(key, s.keys.JobsPrefix()):
+		id := strings.TrimPrefix(key, s.keys.JobsPrefix())
+		if old, ok := s.jobs[id]; ok {
+			s.byState[old.State]--
+			delete(s.jobs, id)
+			i := sort.SearchStrings(s.order, id)
+			if i < len(s.order) && s.order[i] == id {
+				s.order = append(s.order[:i], s.order[i+1:]...)
+			}
+		}
+	}
+}
+
+func (s *Store) insertOrder(id string) {
+	n := len(s.order)
+	if n == 0 || s.order[n-1] < id { // IDs are monotonic: almost always an append
+		s.order = append(s.order, id)
+		return
+	}
+	i := sort.SearchStrings(s.order, id)
+	s.order = append(s.order, "")
+	copy(s.order[i+1:], s.order[i:])
+	s.order[i] = id
+}
+
+func (s *Store) decode(kv *mvccpb.KeyValue, v any) bool {
+	if err := json.Unmarshal(kv.Value, v); err != nil {
+		s.log.Error("undecodable value in etcd; ignoring it", "key", string(kv.Key), "err", err)
+		return false
+	}
+	return true
+}
+
+// Rev returns the revision the view has reached.
+func (s *Store) Rev() int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.rev
+}
+
+// Changed returns a channel that is closed the next time the view changes.
+func (s *Store) Changed() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.changed
+}
+
+// WaitRev blocks until the view has reached rev or ctx ends.
+func (s *Store) WaitRev(ctx context.Context, rev int64) error {
+	for {
+		s.mu.RLock()
+		cur, ch := s.rev, s.changed
+		s.mu.RUnlock()
+		if cur >= rev {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for revision %d (view at %d): %w", rev, cur, ctx.Err())
+		}
+	}
+}
+
+// Leader returns the current leader as the view knows it, or nil.
+func (s *Store) Leader() *election.Leader {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.leader == nil {
+		return nil
+	}
+	l := *s.leader
+	return &l
+}
+
+// Handoff returns the pending hand-off, or nil.
+func (s *Store) Handoff() *election.Handoff {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.handoff == nil {
+		return nil
+	}
+	h := *s.handoff
+	return &h
+}
+
+// Resignation returns the last recorded resignation, or nil.
+func (s *Store) Resignation() *election.Resignation {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.resign == nil {
+		return nil
+	}
+	r := *s.resign
+	return &r
+}
+
+// LastGone returns when the view last saw the leader key disappear, or nil.
+func (s *Store) LastGone() *Gone {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.gone == nil {
+		return nil
+	}
+	g := *s.gone
+	return &g
+}
+
+// Servers returns the live servers, sorted by ID.
+func (s *Store) Servers() []tandem.ServerInfo {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]tandem.ServerInfo, 0, len(s.servers))
+	for _, si := range s.servers {
+		out = append(out, si)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
+	return out
+}
+
+// Server returns one live server's record.
+func (s *Store) Server(id string) (tandem.ServerInfo, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	si, ok := s.servers[id]
+	return si, ok
+}
+
+// Events returns the HA history, oldest first.
+func (s *Store) Events() []tandem.FailoverEvent {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return append([]tandem.FailoverEvent(nil), s.events...)
+}
+
+// Job returns a copy of the job, or an ENOTFOUND error.
+func (s *Store) Job(id string) (*tandem.Job, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	j, ok := s.jobs[id]
+	if !ok {
+		return nil, tandem.Errorf(tandem.ENOTFOUND, "job %q not found", id)
+	}
+	c := *j
+	return &c, nil
+}
+
+// Jobs returns up to limit jobs with IDs after after (all when after is
+// empty), oldest first, optionally only those in state, and the ID to pass as
+// after for the next page ("" at the end).
+func (s *Store) Jobs(after string, limit int, state tandem.JobState) ([]*tandem.Job, string) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	i := 0
+	if after != "" {
+		i = sort.Search(len(s.order), func(k int) bool { return s.order[k] > after })
+	}
+	out := make([]*tandem.Job, 0, min(limit, len(s.order)-i))
+	for ; i < len(s.order); i++ {
+		j := s.jobs[s.order[i]]
+		if state != "" && j.State != state {
+			continue
+		}
+		if len(out) == limit {
+			return out, out[len(out)-1].ID
+		}
+		c := *j
+		out = append(out, &c)
+	}
+	return out, ""
+}
+
+// JobCounts returns how many jobs are in each state.
+func (s *Store) JobCounts() map[tandem.JobState]int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(map[tandem.JobState]int, len(s.byState))
+	for k, v := range s.byState {
+		out[k] = v
+	}
+	return out
+}
+
+// NumJobs returns how many jobs the view holds.
+func (s *Store) NumJobs() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.jobs)
+}
+
+// LastJobID returns the greatest job ID in the view, or "".
+func (s *Store) LastJobID() string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if len(s.order) == 0 {
+		return ""
+	}
+	return s.order[len(s.order)-1]
+}
+
+// idemRecord is the value of an idempotency key.
+type idemRecord struct {
+	JobID    string `json:"job_id"`
+	SpecHash string `json:"spec_hash"`
+}
+
+// IdemKey returns the etcd key for a client's idempotency key. The client's
+// key is hashed, so any bytes are allowed and the etcd key stays short.
+func (s *Store) IdemKey(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return s.keys.Idem(hex.EncodeToString(sum[:]))
+}
+
+// CreateJob stores job, fenced by epoch (I1). With a non-empty idemKey the
+// creation and the key are one transaction (I3): if the key was already used
+// for the same spec (same specHash), the job it created is returned with
+// created == false; for another spec, an EIDEMPOTENCY error. ErrFenced means
+// epoch is no longer the leader's and nothing was written. On success the
+// job is committed to the etcd quorum (I2) and visible in the view.
+func (s *Store) CreateJob(ctx context.Context, epoch int64, job *tandem.Job, idemKey, specHash string) (*tandem.Job, bool, error) {
+	val, err := json.Marshal(job)
+	if err != nil {
+		return nil, false, fmt.Errorf("encode job %s: %w", job.ID, err)
+	}
+	jobKey := s.keys.Job(job.ID)
+	cmps := []clientv3.Cmp{
+		election.Guard(s.keys, epoch),
+		clientv3.Compare(clientv3.CreateRevision(jobKey), "=", 0),
+	}
+	ops := []clientv3.Op{clientv3.OpPut(jobKey, string(val))}
+	ikey := ""
+	if idemKey != "" {
+		lease, err := s.idempotencyLease(ctx)
+		if err != nil {
+			return nil, false, err
+		}
+		ikey = s.IdemKey(idemKey)
+		rec, _ := json.Marshal(idemRecord{JobID: job.ID, SpecHash: specHash})
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(ikey), "=", 0))
+		ops = append(ops, clientv3.OpPut(ikey, string(rec), clientv3.WithLease(lease)))
+	}
+	elses := []clientv3.Op{clientv3.OpGet(s.keys.Leader(), clientv3.WithKeysOnly())}
+	if ikey != "" {
+		elses = append(elses, clientv3.OpGet(ikey))
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(elses...).Commit()
+	if err != nil {
+		return nil, false, fmt.Errorf("create job %s: %w", job.ID, err)
+	}
+	if resp.Succeeded {
+		if err := s.WaitRev(ctx, resp.Header.Revision); err != nil {
+			return nil, false, err
+		}
+		return job, true, nil
+	}
+	if l := resp.Responses[0].GetResponseRange().Kvs; len(l) == 0 || l[0].CreateRevision != epoch {
+		return nil, false, fmt.Errorf("create job %s: %w", job.ID, tandem.ErrFenced)
+	}
+	if ikey != "" {
+		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
+			var rec idemRecord
+			if err := json.Unmarshal(kvs[0].Value, &rec); err != nil {
+				return nil, false, fmt.Errorf("decode idempotency record: %w", err)
+			}
+			if rec.SpecHash != specHash {
+				return nil, false, tandem.Errorf(tandem.EIDEMPOTENCY,
+					"idempotency key %q was already used for job %s with a different spec; use a new key for a new job", idemKey, rec.JobID)
+			}
+			if err := s.WaitRev(ctx, kvs[0].ModRevision); err != nil {
+				return nil, false, err
+			}
+			prev, err := s.Job(rec.JobID)
+			if err != nil {
+				return nil, false, fmt.Errorf("idempotency key %q names job %s: %w", idemKey, rec.JobID, err)
+			}
+			return prev, false, nil
+		}
+	}
+	return nil, false, fmt.Errorf("create job %s: the job ID is already taken", job.ID)
+}
+
+// idempotencyLease returns a lease for new idempotency keys. Keys written in
+// the same hour share one lease, granted for IdempotencyTTL plus an hour, so
+// each key lives at least IdempotencyTTL and one lease grant serves an hour.
+func (s *Store) idempotencyLease(ctx context.Context) (clientv3.LeaseID, error) {
+	s.idemMu.Lock()
+	defer s.idemMu.Unlock()
+	now := time.Now()
+	if s.idemLease != 0 && now.Before(s.idemLeaseUntil) {
+		return s.idemLease, nil
+	}
+	resp, err := s.cli.Grant(ctx, int64((IdempotencyTTL + time.Hour).Seconds()))
+	if err != nil {
+		return 0, fmt.Errorf("grant idempotency lease: %w", err)
+	}
+	s.idemLease, s.idemLeaseUntil = resp.ID, now.Add(time.Hour)
+	return resp.ID, nil
+}
+
+// AppendEvent records a failover event, fenced by ev.Epoch.
+func (s *Store) AppendEvent(ctx context.Context, ev tandem.FailoverEvent) error {
+	val, _ := json.Marshal(ev)
+	resp, err := s.cli.Txn(ctx).If(election.Guard(s.keys, ev.Epoch)).
+		Then(clientv3.OpPut(s.keys.Event(ev.Epoch), string(val))).Commit()
+	if err != nil {
+		return fmt.Errorf("record failover event: %w", err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("record failover event for epoch %d: %w", ev.Epoch, tandem.ErrFenced)
+	}
+	return nil
+}
+
+// ErrDuplicateServer means another live process is registered with the same server ID.
+var ErrDuplicateServer = errors.New("store: server ID already registered by another live process")
+
+// Register adds or updates this server's membership record, bound to lease.
+// It never overwrites a record bound to another lease: that is another live
+// process with the same ID, reported as ErrDuplicateServer with its record.
+func (s *Store) Register(ctx context.Context, lease clientv3.LeaseID, info tandem.ServerInfo) error {
+	key := s.keys.Server(info.ID)
+	info.Lease = int64(lease)
+	val, _ := json.Marshal(info)
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
+		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease))).
+		Else(clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)},
+			[]clientv3.Op{clientv3.OpPut(key, string(val), clientv3.WithLease(lease))},
+			[]clientv3.Op{clientv3.OpGet(key)},
+		)).Commit()
+	if err != nil {
+		return fmt.Errorf("register server %s: %w", info.ID, err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	inner := resp.Responses[0].GetResponseTxn()
+	if inner.Succeeded {
+		return nil
+	}
+	var other tandem.ServerInfo
+	if kvs := inner.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		_ = json.Unmarshal(kvs[0].Value, &other)
+	}
+	return fmt.Errorf("%w: %s at %s (pid %d)", ErrDuplicateServer, info.ID, other.URL, other.PID)
+}
+
+// Deregister removes this server's record if it is still bound to lease.
+func (s *Store) Deregister(ctx context.Context, lease clientv3.LeaseID, id string) error {
+	key := s.keys.Server(id)
+	_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
+		Then(clientv3.OpDelete(key)).Commit()
+	return err
+}
