@@ -57,6 +57,7 @@ const (
 	CauseHandoff      = "handoff"       // graceful failover (tandem admin failover)
 	CauseManual       = "manual"        // transition-to-standby / transition-to-active by an operator
 	CauseFenced       = "fenced"        // the active found its epoch superseded and stepped down
+	CauseCrashed      = "crash-detected" // a standby found the active's port closed and deposed it
 )
 
 // FailoverEvent records one change of active (DESIGN.md I6). Durations are in

@@ -1,7 +1,194 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tandemhq/tandem/internal/local"
+)
+
+type devFlags struct {
+	servers      int
+	basePort     int
+	dataDir      string
+	leaseTTL     time.Duration
+	restartDelay time.Duration
+	logLevel     string
+}
 
 func newDevCmd() *cobra.Command {
-	return &cobra.Command{Use: "dev", Short: "Run a local HA cluster"}
+	f := &devFlags{}
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run a local HA cluster: every server its own process, each with an embedded etcd member",
+		Long: `Run a complete local tandem cluster on loopback with nothing else installed:
+N servers, each its own OS process with an embedded etcd member, so you can
+kill -9 the active and watch another server take over. Ctrl-C (or SIGTERM)
+stops everything and leaves no process behind.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runDev(cmd.Context(), cmd.OutOrStdout(), f) },
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&f.servers, "servers", 3, "number of servers (1 to 9; odd numbers tolerate the most failures)")
+	fl.IntVar(&f.basePort, "base-port", 7070, "server i listens on base-port+i; its etcd member on base-port+100+i and base-port+200+i")
+	fl.StringVar(&f.dataDir, "data-dir", "", "keep data and logs here (default: a temporary directory removed on exit)")
+	fl.DurationVar(&f.leaseTTL, "lease-ttl", 2*time.Second, "lease TTL of every server")
+	fl.DurationVar(&f.restartDelay, "restart-delay", 3*time.Second, "restart a server this long after it dies (0: leave it dead)")
+	fl.StringVar(&f.logLevel, "log-level", "info", "servers' log level")
+	return cmd
+}
+
+func runDev(ctx context.Context, out io.Writer, f *devFlags) error {
+	if f.restartDelay < 0 {
+		return usagef("--restart-delay must not be negative")
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find the tandem binary: %w", err)
+	}
+	dir, keep := f.dataDir, f.dataDir != ""
+	if !keep {
+		if dir, err = os.MkdirTemp("", "tandem-dev-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+	} else if dir, err = filepath.Abs(dir); err != nil {
+		return err
+	}
+	c, err := local.New(local.Config{Binary: bin, Servers: f.servers, BasePort: f.basePort, DataDir: dir,
+		LeaseTTL: f.leaseTTL, LogLevel: f.logLevel})
+	if err != nil {
+		return usagef("%v", err)
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	fmt.Fprintf(out, "tandem dev: starting %d servers on loopback, each its own process with an embedded etcd member\n", f.servers)
+	startCtx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	err = c.Start(startCtx)
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	if _, err := c.WaitActive(ctx); err != nil {
+		c.Stop(10 * time.Second)
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	printDevCluster(ctx, out, c, dir, keep, f)
+	watchDev(ctx, out, c, f.restartDelay)
+	fmt.Fprintln(out, "\ntandem dev: stopping every server...")
+	c.Stop(10 * time.Second)
+	fmt.Fprintln(out, "tandem dev: stopped")
+	return nil
+}
+
+func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir string, keep bool, f *devFlags) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nID\tURL\tPID\tSTATE\tLOG")
+	activePID := 0
+	for i, s := range c.Servers {
+		state := "unknown"
+		if st, err := c.Status(ctx, i); err == nil {
+			state = string(st.State)
+			if st.State == "active" {
+				state = fmt.Sprintf("active (epoch %d)", st.Epoch)
+				activePID = c.PID(i)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", s.ID, s.URL, c.PID(i), state, s.LogPath)
+	}
+	tw.Flush()
+	if keep {
+		fmt.Fprintf(out, "\ndata: %s (kept)\n", dir)
+	} else {
+		fmt.Fprintf(out, "\ndata: %s (removed on exit; --data-dir keeps it)\n", dir)
+	}
+	self := "tandem"
+	if exe, err := os.Executable(); err == nil && strings.Contains(exe, "go-build") {
+		self = "go run ./cmd/tandem"
+	}
+	fmt.Fprintln(out, "\nTry, in another terminal:")
+	if f.basePort != 7070 || f.servers != 3 {
+		fmt.Fprintf(out, "  export TANDEM_SERVERS=%s\n", strings.Join(c.URLs(), ","))
+	}
+	fmt.Fprintf(out, "  %s job submit -- echo hello\n", self)
+	fmt.Fprintf(out, "  %s job list\n", self)
+	fmt.Fprintf(out, "  %s admin get-all-service-state\n", self)
+	fmt.Fprintf(out, "  kill -9 %d            # the active: another server takes over within about the lease TTL\n", activePID)
+	fmt.Fprintf(out, "  %s admin history\n", self)
+	if len(c.Servers) > 1 {
+		fmt.Fprintf(out, "  %s admin failover <active-id> <standby-id>   # graceful switch, no TTL wait\n", self)
+	}
+	fmt.Fprintln(out, "\nCtrl-C stops everything. HA changes are printed below.")
+}
+
+// watchDev prints every change of HA state and restarts servers that die,
+// until ctx ends.
+func watchDev(ctx context.Context, out io.Writer, c *local.Cluster, restartDelay time.Duration) {
+	last := make([]string, len(c.Servers))
+	restartAt := make([]time.Time, len(c.Servers))
+	tick := time.NewTicker(300 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for i, s := range c.Servers {
+			now := time.Now()
+			if c.PID(i) == 0 {
+				if last[i] != "dead" {
+					_, howEnded := c.Exited(i)
+					fmt.Fprintf(out, "%s %s exited (%v)", now.Format("15:04:05.000"), s.ID, howEnded())
+					if restartDelay > 0 {
+						restartAt[i] = now.Add(restartDelay)
+						fmt.Fprintf(out, "; restarting in %s", restartDelay)
+					}
+					fmt.Fprintln(out)
+					last[i] = "dead"
+				}
+				if restartDelay > 0 && now.After(restartAt[i]) {
+					if err := c.StartServer(i); err != nil {
+						fmt.Fprintf(out, "%s restart %s: %v\n", now.Format("15:04:05.000"), s.ID, err)
+						restartAt[i] = now.Add(restartDelay)
+					} else {
+						fmt.Fprintf(out, "%s %s restarted (pid %d)\n", now.Format("15:04:05.000"), s.ID, c.PID(i))
+						last[i] = "restarted"
+					}
+				}
+				continue
+			}
+			sctx, cancel := context.WithTimeout(ctx, time.Second)
+			st, err := c.Status(sctx, i)
+			cancel()
+			if err != nil {
+				continue
+			}
+			cur := string(st.State)
+			if st.State == "active" {
+				cur = fmt.Sprintf("active (epoch %d)", st.Epoch)
+			}
+			if cur != last[i] && last[i] != "" {
+				fmt.Fprintf(out, "%s %s is %s\n", now.Format("15:04:05.000"), s.ID, cur)
+			}
+			last[i] = cur
+		}
+	}
 }

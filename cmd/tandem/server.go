@@ -1,7 +1,289 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tandemhq/tandem/internal/api"
+	"github.com/tandemhq/tandem/internal/embedetcd"
+	"github.com/tandemhq/tandem/internal/server"
+)
+
+// serverFlags are the flags of `tandem server`.
+type serverFlags struct {
+	id, cluster, listen, advertiseURL string
+	etcdEndpoints                     string
+	leaseTTL                          time.Duration
+	autoFailover                      bool
+	dataDir                           string
+	embed                             bool
+	etcdName, etcdPeerURL             string
+	etcdClientURL, initialCluster     string
+	etcdToken                         string
+	etcdHeartbeat, etcdElection       time.Duration
+	logLevel, logFormat               string
+	moveEtcdLeader, deposeDead        bool
+	probeInterval                     time.Duration
+}
 
 func newServerCmd() *cobra.Command {
-	return &cobra.Command{Use: "server", Short: "Run a tandem server (a master)"}
+	f := &serverFlags{}
+	def := server.DefaultConfig()
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run a tandem server (a master): election, state store, HTTP API",
+		Long: `Run a tandem server. Servers of one cluster elect one active through etcd;
+the others are hot standbys that redirect job requests to the active.
+
+With --embed-etcd the server also runs an etcd member in-process, so three
+servers form a complete HA cluster with nothing else installed:
+
+  tandem server --id rm1 --listen 127.0.0.1:7070 --embed-etcd --data-dir /var/lib/tandem/rm1 \
+    --etcd-client-url http://127.0.0.1:2379 --etcd-peer-url http://127.0.0.1:2380 \
+    --initial-cluster rm1=http://127.0.0.1:2380,rm2=http://127.0.0.1:2382,rm3=http://127.0.0.1:2384`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runServer(cmd.Context(), f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.id, "id", "", "server ID, unique in the cluster (required), e.g. rm1")
+	fl.StringVar(&f.cluster, "cluster", def.Cluster, "cluster name: the servers of one cluster share /tandem/<cluster>/ in etcd")
+	fl.StringVar(&f.listen, "listen", "127.0.0.1:7070", "host:port to serve HTTP on")
+	fl.StringVar(&f.advertiseURL, "advertise-url", "", "URL other servers and clients use to reach this server (default http://<listen>)")
+	fl.StringVar(&f.etcdEndpoints, "etcd-endpoints", "", "comma-separated etcd client URLs (default http://127.0.0.1:2379, or this server's member with --embed-etcd)")
+	fl.DurationVar(&f.leaseTTL, "lease-ttl", def.LeaseTTL, "lease TTL: how long a crashed active holds leadership (whole seconds; etcd's minimum with default timing is 2s)")
+	fl.BoolVar(&f.autoFailover, "auto-failover", def.AutoFailover, "campaign automatically; with false, servers stay standby until `tandem admin transition-to-active`")
+	fl.StringVar(&f.dataDir, "data-dir", "", "data directory (embedded etcd keeps its data here; default ./tandem-data/<id>)")
+	fl.BoolVar(&f.embed, "embed-etcd", false, "run an etcd member inside this server")
+	fl.StringVar(&f.etcdName, "etcd-name", "", "embedded etcd member name (default: the server ID)")
+	fl.StringVar(&f.etcdPeerURL, "etcd-peer-url", "http://127.0.0.1:2380", "embedded etcd peer URL")
+	fl.StringVar(&f.etcdClientURL, "etcd-client-url", "http://127.0.0.1:2379", "embedded etcd client URL")
+	fl.StringVar(&f.initialCluster, "initial-cluster", "", "embedded etcd initial cluster: name=peerURL,... (default: this member alone)")
+	fl.StringVar(&f.etcdToken, "etcd-cluster-token", "", "embedded etcd cluster token (default tandem-<cluster>)")
+	fl.DurationVar(&f.etcdHeartbeat, "etcd-heartbeat", 0, "embedded etcd heartbeat interval (default etcd's 100ms)")
+	fl.DurationVar(&f.etcdElection, "etcd-election-timeout", 0, "embedded etcd election timeout (default etcd's 1s); lower it with the heartbeat to allow a 1s lease TTL")
+	fl.BoolVar(&f.moveEtcdLeader, "etcd-leader-away", true, "with --embed-etcd: while active, hand etcd leadership to another member, so a crash of this process does not also cost an etcd election")
+	fl.BoolVar(&f.deposeDead, "depose-dead-active", def.DeposeDead, "standbys depose an active whose port refuses connections instead of waiting for its lease")
+	fl.DurationVar(&f.probeInterval, "probe-interval", def.ProbeInterval, "how often standbys probe the active")
+	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	return cmd
+}
+
+// newLogger builds the process's slog handler; only cmd/ chooses it.
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("--log-level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	default:
+		return nil, usagef("--log-format %q: use text or json", format)
+	}
+}
+
+// validate checks the flags and fills in defaults that depend on others.
+func (f *serverFlags) validate() error {
+	if f.id == "" {
+		return usagef("--id is required: give each server a unique ID, e.g. --id rm1")
+	}
+	host, port, err := net.SplitHostPort(f.listen)
+	if err != nil || port == "" {
+		return usagef("--listen %q: want host:port, e.g. 127.0.0.1:7070", f.listen)
+	}
+	if f.advertiseURL == "" {
+		if host == "" || host == "0.0.0.0" || host == "::" {
+			return usagef("--listen %q listens on every address: set --advertise-url to the URL others should use", f.listen)
+		}
+		f.advertiseURL = "http://" + f.listen
+	}
+	u, err := url.Parse(f.advertiseURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return usagef("--advertise-url %q: want http(s)://host:port", f.advertiseURL)
+	}
+	f.advertiseURL = strings.TrimRight(f.advertiseURL, "/")
+	if f.dataDir == "" {
+		f.dataDir = filepath.Join("tandem-data", f.id)
+	}
+	if f.etcdName == "" {
+		f.etcdName = f.id
+	}
+	if f.etcdToken == "" {
+		f.etcdToken = "tandem-" + f.cluster
+	}
+	if f.etcdEndpoints == "" {
+		if f.embed {
+			f.etcdEndpoints = f.etcdClientURL
+		} else {
+			f.etcdEndpoints = "http://127.0.0.1:2379"
+		}
+	}
+	for _, ep := range strings.Split(f.etcdEndpoints, ",") {
+		if u, err := url.Parse(ep); err != nil || u.Host == "" {
+			return usagef("--etcd-endpoints: %q is not a URL like http://127.0.0.1:2379", ep)
+		}
+	}
+	if f.leaseTTL%time.Second != 0 {
+		return usagef("--lease-ttl %s: etcd leases count whole seconds; use e.g. 1s, 2s, 5s", f.leaseTTL)
+	}
+	if (f.etcdHeartbeat == 0) != (f.etcdElection == 0) || f.etcdHeartbeat < 0 || f.etcdElection < 0 {
+		return usagef("--etcd-heartbeat and --etcd-election-timeout go together (e.g. 50ms and 500ms)")
+	}
+	if f.etcdElection != 0 && f.etcdElection < 5*f.etcdHeartbeat {
+		return usagef("--etcd-election-timeout must be at least 5 x --etcd-heartbeat")
+	}
+	return nil
+}
+
+func runServer(ctx context.Context, f *serverFlags) error {
+	if err := f.validate(); err != nil {
+		return err
+	}
+	log, err := newLogger(f.logLevel, f.logFormat)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	// Bind the HTTP port first: a port conflict should fail before this
+	// server joins anything.
+	ln, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", f.listen, err)
+	}
+	defer ln.Close()
+
+	var member *embedetcd.Member
+	var memberErr <-chan error
+	if f.embed {
+		log.Info("starting embedded etcd member", "server", f.id, "name", f.etcdName,
+			"client_url", f.etcdClientURL, "peer_url", f.etcdPeerURL, "initial_cluster", f.initialCluster)
+		member, err = embedetcd.Start(embedetcd.Config{
+			Name: f.etcdName, Dir: filepath.Join(f.dataDir, "etcd"), ClientURL: f.etcdClientURL, PeerURL: f.etcdPeerURL,
+			InitialCluster: f.initialCluster, ClusterToken: f.etcdToken,
+			HeartbeatMs: uint(f.etcdHeartbeat.Milliseconds()), ElectionMs: uint(f.etcdElection.Milliseconds()),
+		})
+		if err != nil {
+			return err
+		}
+		defer closeWithin(member.Close, 3*time.Second, log)
+		memberErr = member.Err()
+	}
+
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   strings.Split(f.etcdEndpoints, ","),
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+		// Keepalives notice a dead etcd connection quickly, so requests move
+		// to another endpoint.
+		DialKeepAliveTime:    2 * time.Second,
+		DialKeepAliveTimeout: 2 * time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("etcd client for %s: %w", f.etcdEndpoints, err)
+	}
+	defer cli.Close()
+
+	cfg := server.DefaultConfig()
+	cfg.ID, cfg.Cluster, cfg.URL = f.id, f.cluster, f.advertiseURL
+	cfg.LeaseTTL, cfg.AutoFailover = f.leaseTTL, f.autoFailover
+	cfg.Etcd, cfg.Logger = cli, log
+	cfg.DeposeDead, cfg.ProbeInterval = f.deposeDead, f.probeInterval
+	srv, err := server.New(cfg)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	httpSrv := &http.Server{Handler: api.New(srv, log), ReadHeaderTimeout: api.ReadHeaderTimeout}
+	httpErr := make(chan error, 1)
+	go func() { httpErr <- httpSrv.Serve(ln) }()
+
+	startCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	err = srv.Start(startCtx)
+	cancel()
+	if err != nil {
+		_ = httpSrv.Close()
+		if ctx.Err() != nil {
+			return nil // interrupted during start-up
+		}
+		return fmt.Errorf("start server %s: %w (is etcd reachable at %s?)", f.id, err, f.etcdEndpoints)
+	}
+
+	if member != nil && f.moveEtcdLeader {
+		go keepEtcdLeaderAway(ctx, srv, member, cli, log.With("server", f.id))
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "server", f.id)
+	case err := <-httpErr:
+		runErr = fmt.Errorf("http server: %w", err)
+	case err := <-memberErr:
+		runErr = fmt.Errorf("embedded etcd: %w", err)
+	}
+	// Resign first, so a standby takes over at once, then stop serving.
+	_ = srv.Close()
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := httpSrv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		log.Warn("http shutdown", "server", f.id, "err", err)
+	}
+	return runErr
+}
+
+// keepEtcdLeaderAway moves etcd leadership off this process's member while
+// this server is active (see embedetcd.Member.MoveLeadershipAway).
+func keepEtcdLeaderAway(ctx context.Context, srv *server.Server, m *embedetcd.Member, cli *clientv3.Client, log *slog.Logger) {
+	for {
+		wait := 100 * time.Millisecond
+		if _, active := srv.ActiveEpoch(); active && m.IsLeader() {
+			to, err := m.MoveLeadershipAway(ctx, cli)
+			switch {
+			case err != nil:
+				log.Warn("could not move etcd leadership away from the active", "err", err)
+				wait = 2 * time.Second
+			case to != "":
+				log.Info("moved etcd leadership away from the active's member", "to", to)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// closeWithin runs stop but gives up waiting after limit. etcd's graceful
+// stop first tries to hand raft leadership to a peer; when the peers are
+// stopping too (tandem dev's Ctrl-C) that waits for etcd's request timeout.
+// Exiting without it is as safe as a crash, which etcd's WAL is built for.
+func closeWithin(stop func(), limit time.Duration, log *slog.Logger) {
+	done := make(chan struct{})
+	go func() { stop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(limit):
+		log.Warn("embedded etcd did not stop in time; exiting anyway", "waited", limit.String())
+	}
 }

@@ -150,3 +150,28 @@ func (e *Election) HandOff(ctx context.Context, epoch int64, to string, toLease 
 	}
 	return fmt.Errorf("hand off to %s: %w", to, ErrTargetGone)
 }
+
+// Depose removes leader l on another server's behalf, when that server is
+// known to be dead (its port refuses connections), instead of waiting for
+// its lease to run out. The transaction only deletes the key created at
+// l.Epoch, so it can never remove a newer leader; and a wrongly deposed
+// active is merely fenced (I1), so this is a liveness shortcut, not
+// something safety rests on (I5). seenAt, the last time l was seen alive,
+// is recorded as the resignation time, so the new active can tell how long
+// detection took. It then revokes l's lease, which removes the dead server's
+// other keys. It reports false if l was no longer the leader.
+func Depose(ctx context.Context, cli *clientv3.Client, layout keys.Layout, l Leader, seenAt time.Time) (bool, error) {
+	rec, _ := json.Marshal(Resignation{From: l.ID, Epoch: l.Epoch, Reason: tandem.CauseCrashed, At: seenAt})
+	resp, err := cli.Txn(ctx).If(Guard(layout, l.Epoch)).
+		Then(clientv3.OpDelete(layout.Leader()), clientv3.OpPut(layout.Resign(), string(rec))).Commit()
+	if err != nil {
+		return false, fmt.Errorf("depose %s (epoch %d): %w", l.ID, l.Epoch, err)
+	}
+	if !resp.Succeeded {
+		return false, nil
+	}
+	if l.Lease != 0 {
+		_, _ = cli.Revoke(ctx, clientv3.LeaseID(l.Lease)) // best effort: the lease expires anyway
+	}
+	return true, nil
+}

@@ -5,6 +5,7 @@
 package embedetcd
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -177,4 +179,39 @@ func (m *Member) Err() <-chan error { return m.etcd.Err() }
 func (m *Member) Close() {
 	m.level.SetLevel(zap.FatalLevel) // closing listeners is not an error worth printing
 	m.etcd.Close()
+}
+
+// MoveLeadershipAway hands etcd's raft leadership to another live voting
+// member if this member holds it, and returns the new leader's name.
+//
+// Why: a tandem active whose own member leads etcd wins elections fastest,
+// so the two tend to share a process. Killing that process then costs an
+// etcd election first, and etcd's new leader renews every lease to its full
+// TTL, so detection takes roughly election timeout + TTL instead of TTL.
+// Keeping etcd leadership on a standby's member avoids that. A peer counts
+// as live when its client URL answers a status request through cli.
+func (m *Member) MoveLeadershipAway(ctx context.Context, cli *clientv3.Client) (string, error) {
+	srv := m.etcd.Server
+	if srv.Leader() != srv.MemberID() {
+		return "", nil
+	}
+	for _, peer := range srv.Cluster().Members() {
+		if peer.ID == srv.MemberID() || peer.IsLearner || len(peer.ClientURLs) == 0 {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		_, err := cli.Status(sctx, peer.ClientURLs[0])
+		cancel()
+		if err != nil {
+			continue // not reachable: never hand leadership to a member that may be down
+		}
+		mctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err = srv.MoveLeader(mctx, uint64(srv.MemberID()), uint64(peer.ID))
+		cancel()
+		if err != nil {
+			return "", fmt.Errorf("move etcd leadership to %s: %w", peer.Name, err)
+		}
+		return peer.Name, nil
+	}
+	return "", errors.New("no live peer to take etcd leadership")
 }

@@ -28,6 +28,9 @@ func Start(t testing.TB) *Etcd {
 		Name: "etcd-test", Dir: t.TempDir(),
 		ClientURL: "http://" + FreeAddr(t), PeerURL: "http://" + FreeAddr(t),
 		StartTimeout: 30 * time.Second,
+		// Faster raft timing than etcd's default lets tests use 1 s leases.
+		HeartbeatMs: 50, ElectionMs: 500,
+		LogLevel: "fatal",
 	})
 	if err != nil {
 		t.Fatalf("start etcd: %v", err)

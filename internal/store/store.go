@@ -609,9 +609,10 @@ func (s *Store) AppendEvent(ctx context.Context, ev tandem.FailoverEvent) error 
 // ErrDuplicateServer means another live process is registered with the same server ID.
 var ErrDuplicateServer = errors.New("store: server ID already registered by another live process")
 
-// Register adds or updates this server's membership record, bound to lease.
-// It never overwrites a record bound to another lease: that is another live
-// process with the same ID, reported as ErrDuplicateServer with its record.
+// Register adds or updates this server's membership record, bound to lease,
+// and returns once the view shows it. It never overwrites a record bound to
+// another lease: that is another live process with the same ID, reported as
+// ErrDuplicateServer with its record.
 func (s *Store) Register(ctx context.Context, lease clientv3.LeaseID, info tandem.ServerInfo) error {
 	key := s.keys.Server(info.ID)
 	info.Lease = int64(lease)
@@ -628,11 +629,11 @@ func (s *Store) Register(ctx context.Context, lease clientv3.LeaseID, info tande
 		return fmt.Errorf("register server %s: %w", info.ID, err)
 	}
 	if resp.Succeeded {
-		return nil
+		return s.WaitRev(ctx, resp.Header.Revision)
 	}
 	inner := resp.Responses[0].GetResponseTxn()
 	if inner.Succeeded {
-		return nil
+		return s.WaitRev(ctx, resp.Header.Revision)
 	}
 	var other tandem.ServerInfo
 	if kvs := inner.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {

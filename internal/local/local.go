@@ -1,0 +1,345 @@
+// Package local runs a tandem cluster on this machine, each server its own
+// OS process of the tandem binary, on loopback ports. `tandem dev` uses it
+// to give users a cluster they can kill -9; the end-to-end tests use it to
+// kill, pause and restart real server processes.
+package local
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/tandemhq/tandem"
+)
+
+// Config describes a local cluster.
+type Config struct {
+	Binary   string // path to the tandem binary
+	Servers  int    // number of servers, 1 to 9
+	BasePort int    // server i serves HTTP on BasePort+i; with embedded etcd, its member uses BasePort+100+i (client) and BasePort+200+i (peer)
+	DataDir  string // each server keeps its data and log under DataDir/<id>
+	Cluster  string // cluster name (default "default")
+	// EtcdEndpoints, when set, points every server at an existing etcd
+	// instead of giving each an embedded member.
+	EtcdEndpoints string
+	LeaseTTL      time.Duration // 0: the server's default
+	AutoFailover  *bool         // nil: the server's default (on)
+	ExtraArgs     []string      // appended to every server's command line
+	LogLevel      string        // server log level (default info)
+}
+
+// Validate reports the first problem with the configuration.
+func (c *Config) Validate() error {
+	if c.Servers < 1 || c.Servers > 9 {
+		return fmt.Errorf("servers must be from 1 to 9, not %d", c.Servers)
+	}
+	if c.BasePort < 1024 || c.BasePort+200+c.Servers > 65535 {
+		return fmt.Errorf("base port %d is out of range: it needs ports %d to %d free", c.BasePort, c.BasePort, c.BasePort+200+c.Servers)
+	}
+	if c.DataDir == "" {
+		return errors.New("a data directory is required")
+	}
+	if c.Binary == "" {
+		return errors.New("the tandem binary path is required")
+	}
+	if c.Cluster == "" {
+		c.Cluster = "default"
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	return nil
+}
+
+// Server is one server process of the cluster.
+type Server struct {
+	ID      string
+	URL     string
+	LogPath string
+	args    []string
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+	err    error // how the last process ended
+}
+
+// Cluster is a running local cluster.
+type Cluster struct {
+	cfg     Config
+	Servers []*Server
+}
+
+// ServerID returns the ID of server i: rm1, rm2, ...
+func ServerID(i int) string { return "rm" + strconv.Itoa(i+1) }
+
+// New lays out a cluster; Start starts it.
+func New(cfg Config) (*Cluster, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Cluster{cfg: cfg}
+	var initial []string
+	for i := 0; i < cfg.Servers; i++ {
+		initial = append(initial, fmt.Sprintf("%s=http://127.0.0.1:%d", ServerID(i), cfg.BasePort+200+i))
+	}
+	for i := 0; i < cfg.Servers; i++ {
+		id := ServerID(i)
+		dir := filepath.Join(cfg.DataDir, id)
+		s := &Server{ID: id, URL: fmt.Sprintf("http://127.0.0.1:%d", cfg.BasePort+i), LogPath: filepath.Join(dir, "server.log")}
+		s.args = []string{"server", "--id", id, "--cluster", cfg.Cluster,
+			"--listen", fmt.Sprintf("127.0.0.1:%d", cfg.BasePort+i), "--data-dir", dir, "--log-level", cfg.LogLevel}
+		if cfg.EtcdEndpoints != "" {
+			s.args = append(s.args, "--etcd-endpoints", cfg.EtcdEndpoints)
+		} else {
+			s.args = append(s.args, "--embed-etcd",
+				"--etcd-client-url", fmt.Sprintf("http://127.0.0.1:%d", cfg.BasePort+100+i),
+				"--etcd-peer-url", fmt.Sprintf("http://127.0.0.1:%d", cfg.BasePort+200+i),
+				"--initial-cluster", strings.Join(initial, ","),
+				"--etcd-cluster-token", "tandem-dev-"+cfg.Cluster)
+		}
+		if cfg.LeaseTTL != 0 {
+			s.args = append(s.args, "--lease-ttl", cfg.LeaseTTL.String())
+		}
+		if cfg.AutoFailover != nil {
+			s.args = append(s.args, "--auto-failover="+strconv.FormatBool(*cfg.AutoFailover))
+		}
+		s.args = append(s.args, cfg.ExtraArgs...)
+		c.Servers = append(c.Servers, s)
+	}
+	return c, nil
+}
+
+// URLs returns every server's URL.
+func (c *Cluster) URLs() []string {
+	out := make([]string, len(c.Servers))
+	for i, s := range c.Servers {
+		out[i] = s.URL
+	}
+	return out
+}
+
+// Start starts every server process and waits until each answers /healthz
+// or ctx ends.
+func (c *Cluster) Start(ctx context.Context) error {
+	for i := range c.Servers {
+		if err := c.StartServer(i); err != nil {
+			c.Stop(5 * time.Second)
+			return err
+		}
+	}
+	for i := range c.Servers {
+		if err := c.WaitHealthy(ctx, i); err != nil {
+			c.Stop(5 * time.Second)
+			return err
+		}
+	}
+	return nil
+}
+
+// StartServer starts server i's process (again, if it has exited).
+func (c *Cluster) StartServer(i int) error {
+	s := c.Servers[i]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		select {
+		case <-s.exited:
+		default:
+			return fmt.Errorf("%s is already running (pid %d)", s.ID, s.cmd.Process.Pid)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(s.LogPath), 0o755); err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(s.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(c.cfg.Binary, s.args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// The server dies with its parent, so a killed `tandem dev` or test
+	// leaves nothing behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", s.ID, err)
+	}
+	exited := make(chan struct{})
+	s.cmd, s.exited, s.err = cmd, exited, nil
+	go func() {
+		err := cmd.Wait()
+		logf.Close()
+		s.mu.Lock()
+		s.err = err
+		s.mu.Unlock()
+		close(exited)
+	}()
+	return nil
+}
+
+// PID returns server i's process ID, or 0 if it is not running.
+func (c *Cluster) PID(i int) int {
+	s := c.Servers[i]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil || !running(s.exited) {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
+func running(exited chan struct{}) bool {
+	select {
+	case <-exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// Exited returns a channel closed when server i's current process ends,
+// and how it ended once it has.
+func (c *Cluster) Exited(i int) (<-chan struct{}, func() error) {
+	s := c.Servers[i]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := s.exited
+	return ch, func() error { s.mu.Lock(); defer s.mu.Unlock(); return s.err }
+}
+
+// Signal sends sig to server i's process.
+func (c *Cluster) Signal(i int, sig syscall.Signal) error {
+	pid := c.PID(i)
+	if pid == 0 {
+		return fmt.Errorf("%s is not running", c.Servers[i].ID)
+	}
+	return syscall.Kill(pid, sig)
+}
+
+// Kill kills server i with SIGKILL (a crash) and waits for it to be gone.
+func (c *Cluster) Kill(i int) error {
+	if err := c.Signal(i, syscall.SIGKILL); err != nil {
+		return err
+	}
+	ch, _ := c.Exited(i)
+	<-ch
+	return nil
+}
+
+// Stop asks every server to stop (SIGTERM), waits up to grace, then kills
+// what is left. It resumes stopped (SIGSTOP) processes so they can exit.
+func (c *Cluster) Stop(grace time.Duration) {
+	for i := range c.Servers {
+		if c.PID(i) != 0 {
+			_ = c.Signal(i, syscall.SIGCONT)
+			_ = c.Signal(i, syscall.SIGTERM)
+		}
+	}
+	deadline := time.After(grace)
+	for i := range c.Servers {
+		ch, _ := c.Exited(i)
+		if ch == nil {
+			continue
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			_ = c.Signal(i, syscall.SIGKILL)
+			<-ch
+		}
+	}
+}
+
+var httpClient = &http.Client{Timeout: 2 * time.Second}
+
+// Status asks server i for its HA state.
+func (c *Cluster) Status(ctx context.Context, i int) (tandem.ServerStatus, error) {
+	var st tandem.ServerStatus
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Servers[i].URL+"/v1/ha/state", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return st, fmt.Errorf("%s: HTTP %d: %s", c.Servers[i].ID, resp.StatusCode, b)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// WaitHealthy waits until server i answers /healthz with 200.
+func (c *Cluster) WaitHealthy(ctx context.Context, i int) error {
+	s := c.Servers[i]
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+"/healthz", nil)
+		if resp, err := httpClient.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		ch, howEnded := c.Exited(i)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s did not become healthy (log: %s): %w", s.ID, s.LogPath, ctx.Err())
+		case <-ch:
+			return fmt.Errorf("%s exited during start-up (%v); see %s", s.ID, howEnded(), s.LogPath)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Active returns the index of the server that reports itself active, or -1.
+func (c *Cluster) Active(ctx context.Context) int {
+	for i := range c.Servers {
+		if c.PID(i) == 0 {
+			continue
+		}
+		if st, err := c.Status(ctx, i); err == nil && st.State == tandem.StateActive {
+			return i
+		}
+	}
+	return -1
+}
+
+// WaitActive waits until some server other than those in not reports itself active.
+func (c *Cluster) WaitActive(ctx context.Context, not ...int) (int, error) {
+	for {
+		for i := range c.Servers {
+			skip := false
+			for _, n := range not {
+				skip = skip || n == i
+			}
+			if skip || c.PID(i) == 0 {
+				continue
+			}
+			sctx, cancel := context.WithTimeout(ctx, time.Second)
+			st, err := c.Status(sctx, i)
+			cancel()
+			if err == nil && st.State == tandem.StateActive {
+				return i, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return -1, fmt.Errorf("no active server: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

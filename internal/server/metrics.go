@@ -1,0 +1,104 @@
+package server
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tandemhq/tandem"
+)
+
+// metrics are the server's Prometheus metrics, in a registry of its own so
+// several servers can live in one test process.
+type metrics struct {
+	reg          *prometheus.Registry
+	state        *prometheus.GaugeVec
+	failovers    *prometheus.CounterVec
+	phases       *prometheus.HistogramVec
+	stepDowns    *prometheus.CounterVec
+	fencedWrites prometheus.Counter
+	submissions  *prometheus.CounterVec
+}
+
+func newMetrics(s *Server) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tandem_ha_state", Help: "1 for this server's current HA state, 0 for the others.",
+		}, []string{"state"}),
+		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tandem_failovers_total", Help: "Times this server became active, by cause.",
+		}, []string{"cause"}),
+		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tandem_failover_phase_seconds",
+			Help:    "Duration of each failover phase (detection, election, transition) as seen by the new active.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2, 3, 5, 10, 30},
+		}, []string{"phase"}),
+		stepDowns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tandem_stepdowns_total", Help: "Times this server stopped being active, by reason.",
+		}, []string{"reason"}),
+		fencedWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tandem_fenced_writes_total", Help: "Writes etcd rejected because this server's epoch was superseded.",
+		}),
+		submissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tandem_job_submissions_total", Help: "Job submissions handled by this server, by result.",
+		}, []string{"result"}),
+	}
+	epoch := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tandem_epoch", Help: "Epoch of the active server as this server knows it (0: none known).",
+	}, func() float64 { return float64(s.Status().Epoch) })
+	rev := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tandem_view_revision", Help: "etcd revision this server's view of the cluster has reached.",
+	}, func() float64 { return float64(s.store.Rev()) })
+	m.reg.MustRegister(m.state, m.failovers, m.phases, m.stepDowns, m.fencedWrites, m.submissions,
+		epoch, rev, jobsCollector{s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, st := range tandem.HAStates {
+		m.state.WithLabelValues(string(st))
+	}
+	m.setState(tandem.StateInitializing)
+	return m
+}
+
+func (m *metrics) setState(st tandem.HAState) {
+	for _, s := range tandem.HAStates {
+		v := 0.0
+		if s == st {
+			v = 1
+		}
+		m.state.WithLabelValues(string(s)).Set(v)
+	}
+}
+
+func (m *metrics) observeFailover(ev tandem.FailoverEvent) {
+	m.failovers.WithLabelValues(ev.Cause).Inc()
+	for phase, v := range map[string]*float64{"detection": ev.DetectionS, "election": ev.ElectionS, "transition": ev.TransitionS} {
+		if v != nil {
+			m.phases.WithLabelValues(phase).Observe(*v)
+		}
+	}
+}
+
+// jobsCollector reports jobs by state from the server's view.
+type jobsCollector struct{ s *Server }
+
+var jobsDesc = prometheus.NewDesc("tandem_jobs", "Jobs in the cluster by state, from this server's view.", []string{"state"}, nil)
+
+func (c jobsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- jobsDesc }
+
+func (c jobsCollector) Collect(ch chan<- prometheus.Metric) {
+	counts := c.s.store.JobCounts()
+	if _, ok := counts[tandem.JobPending]; !ok {
+		counts[tandem.JobPending] = 0
+	}
+	for st, n := range counts {
+		ch <- prometheus.MustNewConstMetric(jobsDesc, prometheus.GaugeValue, float64(n), string(st))
+	}
+}
+
+// Registry returns the server's Prometheus registry, for /metrics.
+func (s *Server) Registry() *prometheus.Registry { return s.metrics.reg }
+
+// History returns the HA history, oldest first.
+func (s *Server) History() []tandem.FailoverEvent { return s.store.Events() }
+
+// Servers returns the live servers.
+func (s *Server) Servers() []tandem.ServerInfo { return s.store.Servers() }
