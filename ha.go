@@ -51,12 +51,12 @@ type ServerInfo struct {
 
 // Failover causes recorded in FailoverEvent.Cause.
 const (
-	CauseInitial      = "initial"       // first active of a cluster
-	CauseLeaseExpired = "lease-expired" // the active stopped renewing its lease (crash, hang, partition)
-	CauseShutdown     = "shutdown"      // the active resigned as it shut down
-	CauseHandoff      = "handoff"       // graceful failover (tandem admin failover)
-	CauseManual       = "manual"        // transition-to-standby / transition-to-active by an operator
-	CauseFenced       = "fenced"        // the active found its epoch superseded and stepped down
+	CauseInitial      = "initial"        // first active of a cluster
+	CauseLeaseExpired = "lease-expired"  // the active stopped renewing its lease (crash, hang, partition)
+	CauseShutdown     = "shutdown"       // the active resigned as it shut down
+	CauseHandoff      = "handoff"        // graceful failover (tandem admin failover)
+	CauseManual       = "manual"         // transition-to-standby / transition-to-active by an operator
+	CauseFenced       = "fenced"         // the active found its epoch superseded and stepped down
 	CauseCrashed      = "crash-detected" // a standby found the active's port closed and deposed it
 )
 

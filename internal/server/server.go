@@ -43,8 +43,8 @@ type Config struct {
 	// DeposeDead lets a standby depose an active whose port refuses
 	// connections (its process is gone) without waiting for its lease.
 	DeposeDead bool
-	Etcd          *clientv3.Client
-	Logger        *slog.Logger
+	Etcd       *clientv3.Client
+	Logger     *slog.Logger
 }
 
 // DefaultConfig returns a Config with tandem's defaults; ID, URL and Etcd
