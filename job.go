@@ -13,14 +13,32 @@ import (
 // JobState is the lifecycle state of a job.
 type JobState string
 
-// Job states. Jobs are accepted in JobPending; running them on agents comes
-// with the agent issue.
+// Job states. A job is pending until the active places it on an agent
+// (scheduled), running once the agent has started its attempt, and ends
+// succeeded, failed, killed or lost (its agent vanished and no attempts
+// remain). A failed or lost attempt with attempts left sends the job back to
+// pending.
 const (
-	JobPending JobState = "pending"
+	JobPending   JobState = "pending"
+	JobScheduled JobState = "scheduled"
+	JobRunning   JobState = "running"
+	JobSucceeded JobState = "succeeded"
+	JobFailed    JobState = "failed"
+	JobKilled    JobState = "killed"
+	JobLost      JobState = "lost"
 )
 
 // JobStates lists every job state, for validation and metrics.
-var JobStates = []JobState{JobPending}
+var JobStates = []JobState{JobPending, JobScheduled, JobRunning, JobSucceeded, JobFailed, JobKilled, JobLost}
+
+// Terminal reports whether a job in state s is finished for good.
+func (s JobState) Terminal() bool {
+	switch s {
+	case JobSucceeded, JobFailed, JobKilled, JobLost:
+		return true
+	}
+	return false
+}
 
 // Valid reports whether s is a known job state.
 func (s JobState) Valid() bool {
@@ -48,6 +66,47 @@ type JobSpec struct {
 	Env       map[string]string `json:"env,omitempty"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	Submitter string            `json:"submitter,omitempty"`
+	// WorkDir is the attempt's working directory on the agent; empty means
+	// a fresh directory of its own under the agent's work dir.
+	WorkDir string `json:"workdir,omitempty"`
+	// Timeout kills an attempt that runs longer; 0 means no limit.
+	Timeout Duration `json:"timeout,omitempty"`
+	// MaxAttempts is how many attempts the job may have in all (default 1).
+	MaxAttempts int `json:"max_attempts,omitempty"`
+	// RetryBackoff is the wait before the second attempt, doubling for each
+	// later one (default 1s).
+	RetryBackoff Duration `json:"retry_backoff,omitempty"`
+	// Resources is what one attempt needs from an agent (defaults:
+	// DefaultCPU and DefaultMemoryMB).
+	Resources Resources `json:"resources,omitempty"`
+	// Constraints are agent labels the job needs: key=value, all must match.
+	Constraints map[string]string `json:"constraints,omitempty"`
+}
+
+// Defaults for a job spec's resources and retries.
+const (
+	DefaultCPU          = 0.1
+	DefaultMemoryMB     = 64
+	DefaultMaxAttempts  = 1
+	DefaultRetryBackoff = Duration(time.Second)
+	MaxMaxAttempts      = 100
+)
+
+// WithDefaults returns the spec with defaults filled in where fields are zero.
+func (s JobSpec) WithDefaults() JobSpec {
+	if s.Resources.CPU == 0 {
+		s.Resources.CPU = DefaultCPU
+	}
+	if s.Resources.MemoryMB == 0 {
+		s.Resources.MemoryMB = DefaultMemoryMB
+	}
+	if s.MaxAttempts == 0 {
+		s.MaxAttempts = DefaultMaxAttempts
+	}
+	if s.RetryBackoff == 0 {
+		s.RetryBackoff = DefaultRetryBackoff
+	}
+	return s
 }
 
 // Job is a stored job: its spec plus what the cluster recorded about it.
@@ -62,6 +121,23 @@ type Job struct {
 	// AcceptedBy is the ID of the server that accepted the job.
 	AcceptedBy     string `json:"accepted_by"`
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// Attempts lists every attempt, oldest first; at most the last one is live.
+	Attempts []Attempt `json:"attempts,omitempty"`
+	// Reason says why the job is in its state: why it is still pending,
+	// or how it ended.
+	Reason string `json:"reason,omitempty"`
+	// NotBefore delays the next attempt (retry backoff).
+	NotBefore *time.Time `json:"not_before,omitempty"`
+	// KillRequested is set by `tandem job kill`; the job ends killed.
+	KillRequested bool `json:"kill_requested,omitempty"`
+}
+
+// LastAttempt returns the job's latest attempt, or nil.
+func (j *Job) LastAttempt() *Attempt {
+	if len(j.Attempts) == 0 {
+		return nil
+	}
+	return &j.Attempts[len(j.Attempts)-1]
 }
 
 // Validate reports the first problem with the spec as an EINVALID error, or nil.
@@ -107,6 +183,29 @@ func (s *JobSpec) Validate() error {
 	}
 	if len(s.Submitter) > MaxNameLen {
 		return Errorf(EINVALID, "submitter is longer than %d bytes", MaxNameLen)
+	}
+	if len(s.WorkDir) > 4096 || strings.IndexByte(s.WorkDir, 0) >= 0 {
+		return Errorf(EINVALID, "workdir is invalid")
+	}
+	if s.Timeout < 0 {
+		return Errorf(EINVALID, "timeout must not be negative")
+	}
+	if s.MaxAttempts < 0 || s.MaxAttempts > MaxMaxAttempts {
+		return Errorf(EINVALID, "max_attempts must be from 1 to %d, not %d", MaxMaxAttempts, s.MaxAttempts)
+	}
+	if s.RetryBackoff < 0 {
+		return Errorf(EINVALID, "retry_backoff must not be negative")
+	}
+	if s.Resources.CPU < 0 || s.Resources.MemoryMB < 0 {
+		return Errorf(EINVALID, "resources must not be negative")
+	}
+	if len(s.Constraints) > MaxLabels {
+		return Errorf(EINVALID, "%d constraints, more than the limit of %d", len(s.Constraints), MaxLabels)
+	}
+	for k := range s.Constraints {
+		if k == "" || len(k) > MaxLabelLen {
+			return Errorf(EINVALID, "constraint %q is invalid: keys must be 1 to %d bytes", k, MaxLabelLen)
+		}
 	}
 	return nil
 }

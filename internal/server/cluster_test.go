@@ -38,7 +38,10 @@ type cluster struct {
 	mod   func(*server.Config)
 }
 
-const testTTL = time.Second
+const (
+	testTTL       = time.Second
+	probeInterval = 50 * time.Millisecond
+)
 
 // newCluster starts n servers (rm1..rmN) on one real etcd.
 func newCluster(t *testing.T, n int, mod func(*server.Config)) *cluster {
@@ -63,7 +66,7 @@ func (c *cluster) start(id string) *node {
 	n := &node{cli: c.etcd.Client(c.t), http: ts, url: "http://" + ts.Listener.Addr().String()}
 	cfg := server.DefaultConfig()
 	cfg.ID, cfg.Cluster, cfg.URL, cfg.Etcd, cfg.LeaseTTL, cfg.Logger = id, "test", n.url, n.cli, testTTL, testLogger()
-	cfg.ProbeInterval = 50 * time.Millisecond
+	cfg.ProbeInterval = probeInterval
 	if c.mod != nil {
 		c.mod(&cfg)
 	}

@@ -54,6 +54,9 @@ func testCrashFailover(t *testing.T, depose bool, cause string) {
 		acked = append(acked, j.ID)
 	}
 	oldEpoch, _ := c.nodes[first].srv.ActiveEpoch()
+	// Let the standbys' probes see the active alive first: deposing a dead
+	// active needs that, and so does measuring detection.
+	time.Sleep(6 * probeInterval)
 
 	c.crash(first)
 	next := c.waitActive(first)
