@@ -150,6 +150,10 @@ type SyncRequest struct {
 	// WaitMS is how long the active may hold the request when it has
 	// nothing to send (long poll); 0 answers at once.
 	WaitMS int `json:"wait_ms"`
+	// Seq numbers the syncs of one agent process (1, 2, ...): the active
+	// ignores a sync older than one it has already processed, so a delayed
+	// request cannot undo what a later one reported.
+	Seq uint64 `json:"seq"`
 }
 
 // Assignment tells an agent to launch attempt AttemptID of job JobID.

@@ -38,7 +38,8 @@ type serverFlags struct {
 	etcdHeartbeat, etcdElection       time.Duration
 	logLevel, logFormat               string
 	moveEtcdLeader, deposeDead        bool
-	probeInterval                     time.Duration
+	probeInterval, agentTimeout       time.Duration
+	failpoint                         string
 }
 
 func newServerCmd() *cobra.Command {
@@ -79,6 +80,9 @@ servers form a complete HA cluster with nothing else installed:
 	fl.BoolVar(&f.moveEtcdLeader, "etcd-leader-away", true, "with --embed-etcd: while active, hand etcd leadership to another member, so a crash of this process does not also cost an etcd election")
 	fl.BoolVar(&f.deposeDead, "depose-dead-active", def.DeposeDead, "standbys depose an active whose port refuses connections instead of waiting for its lease")
 	fl.DurationVar(&f.probeInterval, "probe-interval", def.ProbeInterval, "how often standbys probe the active")
+	fl.DurationVar(&f.agentTimeout, "agent-timeout", def.AgentTimeout, "an agent silent this long is declared lost and its attempts are retried elsewhere")
+	fl.StringVar(&f.failpoint, "failpoint", "", "for tests: crash at a chosen point ("+server.FailpointExitAfterAssign+")")
+	_ = fl.MarkHidden("failpoint")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	return cmd
@@ -209,6 +213,7 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	cfg.LeaseTTL, cfg.AutoFailover = f.leaseTTL, f.autoFailover
 	cfg.Etcd, cfg.Logger = cli, log
 	cfg.DeposeDead, cfg.ProbeInterval = f.deposeDead, f.probeInterval
+	cfg.AgentTimeout, cfg.Failpoint = f.agentTimeout, f.failpoint
 	srv, err := server.New(cfg)
 	if err != nil {
 		return usagef("%v", err)

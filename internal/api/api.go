@@ -64,6 +64,10 @@ func New(srv *server.Server, log *slog.Logger) *API {
 	// Served by the active only; a standby redirects them.
 	a.route("/v1/jobs", methods{http.MethodGet: a.activeOnly(a.listJobs), http.MethodPost: a.activeOnly(a.submit)})
 	a.route("/v1/jobs/{id}", methods{http.MethodGet: a.activeOnly(a.getJob)})
+	a.route("/v1/jobs/{id}/kill", methods{http.MethodPost: a.activeOnly(a.killJob)})
+	a.route("/v1/jobs/{id}/logs", methods{http.MethodGet: a.activeOnly(a.jobLogs)})
+	a.route("/v1/cluster/agents", methods{http.MethodGet: a.activeOnly(a.agents)})
+	a.route("/v1/agent/sync", methods{http.MethodPost: a.activeOnly(a.sync)})
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, tandem.Errorf(tandem.ENOTFOUND, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -114,6 +118,9 @@ func (s *statusRecorder) WriteHeader(code int) {
 	s.code = code
 	s.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 func (s *statusRecorder) Flush() {
 	if f, ok := s.ResponseWriter.(http.Flusher); ok {
@@ -261,6 +268,34 @@ func (a *API) getJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.writeJSON(w, http.StatusOK, job)
+}
+
+func (a *API) killJob(w http.ResponseWriter, r *http.Request) {
+	job, err := a.srv.Kill(r.Context(), r.PathValue("id"))
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	a.writeJSON(w, http.StatusOK, job)
+}
+
+func (a *API) agents(w http.ResponseWriter, r *http.Request) {
+	a.writeJSON(w, http.StatusOK, struct {
+		Agents []tandem.AgentStatus `json:"agents"`
+	}{Agents: a.srv.Agents()})
+}
+
+func (a *API) sync(w http.ResponseWriter, r *http.Request) {
+	var req tandem.SyncRequest
+	if !a.decode(w, r, &req) {
+		return
+	}
+	resp, err := a.srv.Sync(r.Context(), &req)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	a.writeJSON(w, http.StatusOK, resp)
 }
 
 // decode reads a JSON body strictly: at most MaxBodyBytes, no unknown

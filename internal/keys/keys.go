@@ -51,6 +51,12 @@ func (l Layout) JobsPrefix() string { return l.prefix + "jobs/" }
 // Job is one job record.
 func (l Layout) Job(id string) string { return l.JobsPrefix() + id }
 
+// AgentsPrefix is the prefix of agent registrations.
+func (l Layout) AgentsPrefix() string { return l.prefix + "agents/" }
+
+// Agent is one agent's registration (what it offers, where it listens).
+func (l Layout) Agent(id string) string { return l.AgentsPrefix() + id }
+
 // IdemPrefix is the prefix of idempotency keys.
 func (l Layout) IdemPrefix() string { return l.prefix + "idem/" }
 

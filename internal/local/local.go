@@ -36,7 +36,11 @@ type Config struct {
 	LeaseTTL      time.Duration // 0: the server's default
 	AutoFailover  *bool         // nil: the server's default (on)
 	ExtraArgs     []string      // appended to every server's command line
-	LogLevel      string        // server log level (default info)
+	LogLevel      string        // log level of every process (default info)
+	// Agents is the number of agents (agent1, ...); agent i serves its logs
+	// on BasePort+300+i.
+	Agents    int
+	AgentArgs []string // appended to every agent's command line
 }
 
 // Validate reports the first problem with the configuration.
@@ -44,8 +48,11 @@ func (c *Config) Validate() error {
 	if c.Servers < 1 || c.Servers > 9 {
 		return fmt.Errorf("servers must be from 1 to 9, not %d", c.Servers)
 	}
-	if c.BasePort < 1024 || c.BasePort+200+c.Servers > 65535 {
-		return fmt.Errorf("base port %d is out of range: it needs ports %d to %d free", c.BasePort, c.BasePort, c.BasePort+200+c.Servers)
+	if c.Agents < 0 || c.Agents > 99 {
+		return fmt.Errorf("agents must be from 0 to 99, not %d", c.Agents)
+	}
+	if c.BasePort < 1024 || c.BasePort+300+c.Agents > 65535 {
+		return fmt.Errorf("base port %d is out of range: it needs ports %d to %d free", c.BasePort, c.BasePort, c.BasePort+300+c.Agents)
 	}
 	if c.DataDir == "" {
 		return errors.New("a data directory is required")
@@ -62,11 +69,12 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Server is one server process of the cluster.
-type Server struct {
+// Proc is one process of the cluster: a server or an agent.
+type Proc struct {
 	ID      string
 	URL     string
 	LogPath string
+	binary  string
 	args    []string
 
 	mu     sync.Mutex
@@ -78,8 +86,12 @@ type Server struct {
 // Cluster is a running local cluster.
 type Cluster struct {
 	cfg     Config
-	Servers []*Server
+	Servers []*Proc
+	Agents  []*Proc
 }
+
+// AgentID returns the ID of agent i: agent1, agent2, ...
+func AgentID(i int) string { return "agent" + strconv.Itoa(i+1) }
 
 // ServerID returns the ID of server i: rm1, rm2, ...
 func ServerID(i int) string { return "rm" + strconv.Itoa(i+1) }
@@ -97,7 +109,7 @@ func New(cfg Config) (*Cluster, error) {
 	for i := 0; i < cfg.Servers; i++ {
 		id := ServerID(i)
 		dir := filepath.Join(cfg.DataDir, id)
-		s := &Server{ID: id, URL: fmt.Sprintf("http://127.0.0.1:%d", cfg.BasePort+i), LogPath: filepath.Join(dir, "server.log")}
+		s := &Proc{ID: id, binary: cfg.Binary, URL: fmt.Sprintf("http://127.0.0.1:%d", cfg.BasePort+i), LogPath: filepath.Join(dir, "server.log")}
 		s.args = []string{"server", "--id", id, "--cluster", cfg.Cluster,
 			"--listen", fmt.Sprintf("127.0.0.1:%d", cfg.BasePort+i), "--data-dir", dir, "--log-level", cfg.LogLevel}
 		if cfg.EtcdEndpoints != "" {
@@ -117,6 +129,16 @@ func New(cfg Config) (*Cluster, error) {
 		}
 		s.args = append(s.args, cfg.ExtraArgs...)
 		c.Servers = append(c.Servers, s)
+	}
+	servers := strings.Join(c.URLs(), ",")
+	for i := 0; i < cfg.Agents; i++ {
+		id := AgentID(i)
+		dir := filepath.Join(cfg.DataDir, id)
+		port := cfg.BasePort + 300 + i
+		p := &Proc{ID: id, binary: cfg.Binary, URL: fmt.Sprintf("http://127.0.0.1:%d", port), LogPath: filepath.Join(dir, "agent.log")}
+		p.args = append([]string{"agent", "--id", id, "--servers", servers, "--work-dir", dir,
+			"--listen", fmt.Sprintf("127.0.0.1:%d", port), "--log-level", cfg.LogLevel}, cfg.AgentArgs...)
+		c.Agents = append(c.Agents, p)
 	}
 	return c, nil
 }
@@ -145,12 +167,26 @@ func (c *Cluster) Start(ctx context.Context) error {
 			return err
 		}
 	}
+	for _, a := range c.Agents {
+		if err := a.Start(); err != nil {
+			c.Stop(5 * time.Second)
+			return err
+		}
+	}
+	for _, a := range c.Agents {
+		if err := a.WaitHealthy(ctx); err != nil {
+			c.Stop(5 * time.Second)
+			return err
+		}
+	}
 	return nil
 }
 
 // StartServer starts server i's process (again, if it has exited).
-func (c *Cluster) StartServer(i int) error {
-	s := c.Servers[i]
+func (c *Cluster) StartServer(i int) error { return c.Servers[i].Start() }
+
+// Start starts the process (again, if it has exited).
+func (s *Proc) Start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd != nil {
@@ -167,7 +203,7 @@ func (c *Cluster) StartServer(i int) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(c.cfg.Binary, s.args...)
+	cmd := exec.Command(s.binary, s.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// The server dies with its parent, so a killed `tandem dev` or test
 	// leaves nothing behind.
@@ -190,8 +226,10 @@ func (c *Cluster) StartServer(i int) error {
 }
 
 // PID returns server i's process ID, or 0 if it is not running.
-func (c *Cluster) PID(i int) int {
-	s := c.Servers[i]
+func (c *Cluster) PID(i int) int { return c.Servers[i].PID() }
+
+// PID returns the process ID, or 0 if it is not running.
+func (s *Proc) PID() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd == nil || !running(s.exited) {
@@ -211,8 +249,11 @@ func running(exited chan struct{}) bool {
 
 // Exited returns a channel closed when server i's current process ends,
 // and how it ended once it has.
-func (c *Cluster) Exited(i int) (<-chan struct{}, func() error) {
-	s := c.Servers[i]
+func (c *Cluster) Exited(i int) (<-chan struct{}, func() error) { return c.Servers[i].Exited() }
+
+// Exited returns a channel closed when the current process ends, and how it
+// ended once it has.
+func (s *Proc) Exited() (<-chan struct{}, func() error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ch := s.exited
@@ -220,20 +261,26 @@ func (c *Cluster) Exited(i int) (<-chan struct{}, func() error) {
 }
 
 // Signal sends sig to server i's process.
-func (c *Cluster) Signal(i int, sig syscall.Signal) error {
-	pid := c.PID(i)
+func (c *Cluster) Signal(i int, sig syscall.Signal) error { return c.Servers[i].Signal(sig) }
+
+// Signal sends sig to the process.
+func (s *Proc) Signal(sig syscall.Signal) error {
+	pid := s.PID()
 	if pid == 0 {
-		return fmt.Errorf("%s is not running", c.Servers[i].ID)
+		return fmt.Errorf("%s is not running", s.ID)
 	}
 	return syscall.Kill(pid, sig)
 }
 
 // Kill kills server i with SIGKILL (a crash) and waits for it to be gone.
-func (c *Cluster) Kill(i int) error {
-	if err := c.Signal(i, syscall.SIGKILL); err != nil {
+func (c *Cluster) Kill(i int) error { return c.Servers[i].Kill() }
+
+// Kill kills the process with SIGKILL (a crash) and waits for it to be gone.
+func (s *Proc) Kill() error {
+	if err := s.Signal(syscall.SIGKILL); err != nil {
 		return err
 	}
-	ch, _ := c.Exited(i)
+	ch, _ := s.Exited()
 	<-ch
 	return nil
 }
@@ -241,22 +288,23 @@ func (c *Cluster) Kill(i int) error {
 // Stop asks every server to stop (SIGTERM), waits up to grace, then kills
 // what is left. It resumes stopped (SIGSTOP) processes so they can exit.
 func (c *Cluster) Stop(grace time.Duration) {
-	for i := range c.Servers {
-		if c.PID(i) != 0 {
-			_ = c.Signal(i, syscall.SIGCONT)
-			_ = c.Signal(i, syscall.SIGTERM)
+	all := append(append([]*Proc(nil), c.Agents...), c.Servers...)
+	for _, p := range all {
+		if p.PID() != 0 {
+			_ = p.Signal(syscall.SIGCONT)
+			_ = p.Signal(syscall.SIGTERM)
 		}
 	}
 	deadline := time.After(grace)
-	for i := range c.Servers {
-		ch, _ := c.Exited(i)
+	for _, p := range all {
+		ch, _ := p.Exited()
 		if ch == nil {
 			continue
 		}
 		select {
 		case <-ch:
 		case <-deadline:
-			_ = c.Signal(i, syscall.SIGKILL)
+			_ = p.Signal(syscall.SIGKILL)
 			<-ch
 		}
 	}
@@ -284,8 +332,10 @@ func (c *Cluster) Status(ctx context.Context, i int) (tandem.ServerStatus, error
 }
 
 // WaitHealthy waits until server i answers /healthz with 200.
-func (c *Cluster) WaitHealthy(ctx context.Context, i int) error {
-	s := c.Servers[i]
+func (c *Cluster) WaitHealthy(ctx context.Context, i int) error { return c.Servers[i].WaitHealthy(ctx) }
+
+// WaitHealthy waits until the process answers /healthz with 200.
+func (s *Proc) WaitHealthy(ctx context.Context) error {
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+"/healthz", nil)
 		if resp, err := httpClient.Do(req); err == nil {
@@ -294,7 +344,7 @@ func (c *Cluster) WaitHealthy(ctx context.Context, i int) error {
 				return nil
 			}
 		}
-		ch, howEnded := c.Exited(i)
+		ch, howEnded := s.Exited()
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%s did not become healthy (log: %s): %w", s.ID, s.LogPath, ctx.Err())

@@ -167,6 +167,11 @@ func (s *Server) becomeActive(ctx context.Context, epoch int64, wonAt time.Time,
 	s.mu.Unlock()
 	servingAt := time.Now()
 	s.metrics.setState(tandem.StateActive)
+	// Work of the active, bound to this term: it stops the moment the term ends.
+	s.agents.reset(s.store.Agents(), s.store.AgentsWithLive(), servingAt)
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.schedule(actx, epoch) }()
+	go func() { defer s.wg.Done(); s.watchAgents(actx, epoch) }()
 	ev := s.failoverEvent(epoch, wonAt, servingAt, cause)
 	log.Info("became active", "cause", ev.Cause, "prev", ev.PrevID, "prev_epoch", ev.PrevEpoch,
 		"detection_s", fmtDur(ev.DetectionS), "election_s", fmtDur(ev.ElectionS), "transition_s", fmtDur(ev.TransitionS))

@@ -27,6 +27,7 @@ func (s *Server) Submit(ctx context.Context, spec tandem.JobSpec, idemKey string
 	if err := spec.Validate(); err != nil {
 		return nil, false, err
 	}
+	spec = spec.WithDefaults()
 	epoch, ok := s.ActiveEpoch()
 	if !ok {
 		return nil, false, tandem.ErrNotActive

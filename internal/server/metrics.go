@@ -17,6 +17,7 @@ type metrics struct {
 	stepDowns    *prometheus.CounterVec
 	fencedWrites prometheus.Counter
 	submissions  *prometheus.CounterVec
+	agentsLost   prometheus.Counter
 }
 
 func newMetrics(s *Server) *metrics {
@@ -43,13 +44,16 @@ func newMetrics(s *Server) *metrics {
 			Name: "tandem_job_submissions_total", Help: "Job submissions handled by this server, by result.",
 		}, []string{"result"}),
 	}
+	m.agentsLost = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tandem_agents_lost_total", Help: "Agents this server declared lost while active.",
+	})
 	epoch := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tandem_epoch", Help: "Epoch of the active server as this server knows it (0: none known).",
 	}, func() float64 { return float64(s.Status().Epoch) })
 	rev := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tandem_view_revision", Help: "etcd revision this server's view of the cluster has reached.",
 	}, func() float64 { return float64(s.store.Rev()) })
-	m.reg.MustRegister(m.state, m.failovers, m.phases, m.stepDowns, m.fencedWrites, m.submissions,
+	m.reg.MustRegister(m.agentsLost, m.state, m.failovers, m.phases, m.stepDowns, m.fencedWrites, m.submissions,
 		epoch, rev, jobsCollector{s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, st := range tandem.HAStates {
 		m.state.WithLabelValues(string(st))
@@ -86,8 +90,10 @@ func (c jobsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- jobsDesc }
 
 func (c jobsCollector) Collect(ch chan<- prometheus.Metric) {
 	counts := c.s.store.JobCounts()
-	if _, ok := counts[tandem.JobPending]; !ok {
-		counts[tandem.JobPending] = 0
+	for _, st := range tandem.JobStates {
+		if _, ok := counts[st]; !ok {
+			counts[st] = 0
+		}
 	}
 	for st, n := range counts {
 		ch <- prometheus.MustNewConstMetric(jobsDesc, prometheus.GaugeValue, float64(n), string(st))

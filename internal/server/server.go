@@ -43,6 +43,11 @@ type Config struct {
 	// DeposeDead lets a standby depose an active whose port refuses
 	// connections (its process is gone) without waiting for its lease.
 	DeposeDead bool
+	// AgentTimeout is how long an agent may be silent before the active
+	// declares it lost and retries its attempts elsewhere.
+	AgentTimeout time.Duration
+	// Failpoint, for tests only, makes the server crash at a chosen point.
+	Failpoint string
 	Etcd       *clientv3.Client
 	Logger     *slog.Logger
 }
@@ -56,6 +61,7 @@ func DefaultConfig() Config {
 		AutoFailover:  true,
 		ProbeInterval: 100 * time.Millisecond,
 		DeposeDead:    true,
+		AgentTimeout:  10 * time.Second,
 	}
 }
 
@@ -75,6 +81,12 @@ func (c *Config) Validate() error {
 	}
 	if c.LeaseTTL > 5*time.Minute {
 		return fmt.Errorf("lease TTL %s is too long: a crashed active would block the cluster that long (at most 5m)", c.LeaseTTL)
+	}
+	if c.AgentTimeout < 100*time.Millisecond {
+		return fmt.Errorf("agent timeout %s is too short (at least 100ms)", c.AgentTimeout)
+	}
+	if c.Failpoint != "" && c.Failpoint != FailpointExitAfterAssign {
+		return fmt.Errorf("unknown failpoint %q", c.Failpoint)
 	}
 	if c.Etcd == nil {
 		return errors.New("no etcd client")
@@ -110,6 +122,8 @@ type Server struct {
 	sitOutUntil time.Time     // auto mode: after a manual transition-to-standby, don't campaign until then
 	recorded    chan struct{} // closed once the current term's failover event is written
 
+	agents  agentTable
+	jobMu   sync.Mutex // serializes the active's job writes (see mutate)
 	cmds    chan command
 	probe   prober
 	health  healthCache

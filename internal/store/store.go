@@ -57,6 +57,10 @@ type Store struct {
 	jobs     map[string]*tandem.Job
 	order    []string // job IDs, sorted
 	byState  map[tandem.JobState]int
+	jobRev   map[string]int64               // each job record's mod revision
+	pending  map[string]struct{}            // IDs of pending jobs
+	live     map[string]map[string]struct{} // agent ID -> IDs of jobs with a live attempt on it
+	agents   map[string]tandem.AgentInfo
 	servers  map[string]tandem.ServerInfo
 	leader   *election.Leader
 	handoff  *election.Handoff
@@ -82,6 +86,10 @@ func New(cli *clientv3.Client, layout keys.Layout, log *slog.Logger) *Store {
 		log:     log,
 		jobs:    make(map[string]*tandem.Job),
 		byState: make(map[tandem.JobState]int),
+		jobRev:  make(map[string]int64),
+		pending: make(map[string]struct{}),
+		live:    make(map[string]map[string]struct{}),
+		agents:  make(map[string]tandem.AgentInfo),
 		servers: make(map[string]tandem.ServerInfo),
 		changed: make(chan struct{}),
 		done:    make(chan struct{}),
@@ -140,6 +148,10 @@ func (s *Store) load(ctx context.Context) error {
 	s.jobs = make(map[string]*tandem.Job, len(kvs))
 	s.order = s.order[:0]
 	s.byState = make(map[tandem.JobState]int)
+	s.jobRev = make(map[string]int64)
+	s.pending = make(map[string]struct{})
+	s.live = make(map[string]map[string]struct{})
+	s.agents = make(map[string]tandem.AgentInfo)
 	s.servers = make(map[string]tandem.ServerInfo)
 	s.leader, s.handoff, s.resign = nil, nil, nil
 	s.events = nil
@@ -261,14 +273,20 @@ func (s *Store) applyPut(kv *mvccpb.KeyValue, loading bool) {
 		}
 		old, ok := s.jobs[j.ID]
 		if ok {
-			s.byState[old.State]--
+			s.unindex(old)
 		} else if !loading {
 			s.insertOrder(j.ID)
 		} else {
 			s.order = append(s.order, j.ID)
 		}
 		s.jobs[j.ID] = &j
-		s.byState[j.State]++
+		s.jobRev[j.ID] = kv.ModRevision
+		s.index(&j)
+	case strings.HasPrefix(key, s.keys.AgentsPrefix()):
+		var a tandem.AgentInfo
+		if s.decode(kv, &a) {
+			s.agents[a.ID] = a
+		}
 	case strings.HasPrefix(key, s.keys.EventsPrefix()):
 		var e tandem.FailoverEvent
 		if s.decode(kv, &e) {
@@ -296,13 +314,39 @@ func (s *Store) applyDelete(kv *mvccpb.KeyValue) {
 	case strings.HasPrefix(key, s.keys.JobsPrefix()):
 		id := strings.TrimPrefix(key, s.keys.JobsPrefix())
 		if old, ok := s.jobs[id]; ok {
-			s.byState[old.State]--
+			s.unindex(old)
 			delete(s.jobs, id)
+			delete(s.jobRev, id)
 			i := sort.SearchStrings(s.order, id)
 			if i < len(s.order) && s.order[i] == id {
 				s.order = append(s.order[:i], s.order[i+1:]...)
 			}
 		}
+	}
+}
+
+// index adds j to the per-state, pending and per-agent indexes.
+func (s *Store) index(j *tandem.Job) {
+	s.byState[j.State]++
+	if j.State == tandem.JobPending {
+		s.pending[j.ID] = struct{}{}
+	}
+	if a := j.LastAttempt(); a != nil && a.State.Live() {
+		m := s.live[a.Agent]
+		if m == nil {
+			m = make(map[string]struct{})
+			s.live[a.Agent] = m
+		}
+		m[j.ID] = struct{}{}
+	}
+}
+
+// unindex removes j from the indexes.
+func (s *Store) unindex(j *tandem.Job) {
+	s.byState[j.State]--
+	delete(s.pending, j.ID)
+	if a := j.LastAttempt(); a != nil {
+		delete(s.live[a.Agent], j.ID)
 	}
 }
 
@@ -436,8 +480,7 @@ func (s *Store) Job(id string) (*tandem.Job, error) {
 	if !ok {
 		return nil, tandem.Errorf(tandem.ENOTFOUND, "job %q not found", id)
 	}
-	c := *j
-	return &c, nil
+	return cloneJob(j), nil
 }
 
 // Jobs returns up to limit jobs with IDs after after (all when after is
@@ -459,10 +502,130 @@ func (s *Store) Jobs(after string, limit int, state tandem.JobState) ([]*tandem.
 		if len(out) == limit {
 			return out, out[len(out)-1].ID
 		}
-		c := *j
-		out = append(out, &c)
+		out = append(out, cloneJob(j))
 	}
 	return out, ""
+}
+
+// JobWithRev returns a copy of the job and its record's mod revision, the
+// base for a conditional update.
+func (s *Store) JobWithRev(id string) (*tandem.Job, int64, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	j, ok := s.jobs[id]
+	if !ok {
+		return nil, 0, tandem.Errorf(tandem.ENOTFOUND, "job %q not found", id)
+	}
+	return cloneJob(j), s.jobRev[id], nil
+}
+
+// cloneJob copies j deeply enough that the copy's attempts can be changed.
+func cloneJob(j *tandem.Job) *tandem.Job {
+	c := *j
+	c.Attempts = append([]tandem.Attempt(nil), j.Attempts...)
+	return &c
+}
+
+// PendingJobs returns the pending jobs, oldest first.
+func (s *Store) PendingJobs() []*tandem.Job {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*tandem.Job, 0, len(s.pending))
+	for id := range s.pending {
+		out = append(out, cloneJob(s.jobs[id]))
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
+	return out
+}
+
+// LiveOn returns the jobs whose latest attempt is live (scheduled or
+// running) on agent, oldest first.
+func (s *Store) LiveOn(agent string) []*tandem.Job {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*tandem.Job, 0, len(s.live[agent]))
+	for id := range s.live[agent] {
+		out = append(out, cloneJob(s.jobs[id]))
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
+	return out
+}
+
+// AgentsWithLive returns the IDs of agents that have live attempts.
+func (s *Store) AgentsWithLive() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []string
+	for a, m := range s.live {
+		if len(m) > 0 {
+			out = append(out, a)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Agents returns the registered agents, sorted by ID.
+func (s *Store) Agents() []tandem.AgentInfo {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]tandem.AgentInfo, 0, len(s.agents))
+	for _, a := range s.agents {
+		out = append(out, a)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
+	return out
+}
+
+// Agent returns one registered agent.
+func (s *Store) Agent(id string) (tandem.AgentInfo, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	a, ok := s.agents[id]
+	return a, ok
+}
+
+// UpdateJob writes job, fenced by epoch (I1) and conditional on the record
+// still being at rev (no lost update). ErrFenced means epoch is superseded;
+// ErrConflict means the record changed since rev: re-read and retry. On
+// success the view shows the write.
+func (s *Store) UpdateJob(ctx context.Context, epoch int64, job *tandem.Job, rev int64) error {
+	val, err := json.Marshal(job)
+	if err != nil {
+		return fmt.Errorf("encode job %s: %w", job.ID, err)
+	}
+	key := s.keys.Job(job.ID)
+	resp, err := s.cli.Txn(ctx).
+		If(election.Guard(s.keys, epoch), clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+		Then(clientv3.OpPut(key, string(val))).
+		Else(clientv3.OpGet(s.keys.Leader(), clientv3.WithKeysOnly())).Commit()
+	if err != nil {
+		return fmt.Errorf("update job %s: %w", job.ID, err)
+	}
+	if !resp.Succeeded {
+		if l := resp.Responses[0].GetResponseRange().Kvs; len(l) == 0 || l[0].CreateRevision != epoch {
+			return fmt.Errorf("update job %s: %w", job.ID, tandem.ErrFenced)
+		}
+		return fmt.Errorf("update job %s: %w", job.ID, ErrConflict)
+	}
+	return s.WaitRev(ctx, resp.Header.Revision)
+}
+
+// ErrConflict means a conditional update found the record changed.
+var ErrConflict = errors.New("store: the record changed since it was read")
+
+// PutAgent records an agent's registration, fenced by epoch.
+func (s *Store) PutAgent(ctx context.Context, epoch int64, info tandem.AgentInfo) error {
+	val, _ := json.Marshal(info)
+	resp, err := s.cli.Txn(ctx).If(election.Guard(s.keys, epoch)).
+		Then(clientv3.OpPut(s.keys.Agent(info.ID), string(val))).Commit()
+	if err != nil {
+		return fmt.Errorf("register agent %s: %w", info.ID, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("register agent %s: %w", info.ID, tandem.ErrFenced)
+	}
+	return s.WaitRev(ctx, resp.Header.Revision)
 }
 
 // JobCounts returns how many jobs are in each state.

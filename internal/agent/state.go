@@ -1,0 +1,317 @@
+package agent
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/tandemhq/tandem"
+)
+
+// The agent's durable state lives in its work dir:
+//
+//	lock                  flock'ed while an agent runs on the dir
+//	epoch                 the highest epoch seen (I1), replaced atomically
+//	ledger                every attempt ID ever launched, one per line, append-only (I4)
+//	running/<attempt>     an attempt whose process may be running
+//	reports/<attempt>.json  a finished attempt's report, until a server acknowledges it
+//	attempts/<attempt>/   output.log and the default work dir of each attempt
+const (
+	lockFile    = "lock"
+	epochFile   = "epoch"
+	ledgerFile  = "ledger"
+	runningDir  = "running"
+	reportsDir  = "reports"
+	attemptsDir = "attempts"
+	logFile     = "output.log"
+
+	// tmpPrefix starts the names of files being written; no attempt ID
+	// starts with a '.', so they never pass for one.
+	tmpPrefix = ".tmp-"
+)
+
+// attemptIDPattern is what an attempt ID must look like to be used as a file
+// name and a ledger line: no '/', no newline, never "." or "..".
+var attemptIDPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$`)
+
+func validAttemptID(id string) bool { return attemptIDPattern.MatchString(id) }
+
+// state is the agent's durable state on disk. Its methods are not safe for
+// concurrent use; the Agent serializes them.
+type state struct {
+	dir    string
+	lock   *os.File
+	ledger *os.File
+}
+
+// openState creates the work dir's layout, takes its lock, and returns the
+// state with the epoch, the ledger and the pending reports it holds. Attempts
+// marked running (their agent process died with them, or the machine
+// rebooted) become reports of lost attempts.
+func openState(dir string) (st *state, epoch int64, ledger map[string]bool, reports map[string]tandem.AttemptReport, err error) {
+	for _, d := range []string{dir, filepath.Join(dir, runningDir), filepath.Join(dir, reportsDir), filepath.Join(dir, attemptsDir)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, 0, nil, nil, fmt.Errorf("create work dir: %w", err)
+		}
+	}
+	st = &state{dir: dir}
+	defer func() {
+		if err != nil {
+			st.close()
+		}
+	}()
+	// Two agents on one work dir would each trust their own copy of the
+	// ledger and could both launch an attempt (I4).
+	st.lock, err = os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, 0, nil, nil, fmt.Errorf("open lock file: %w", err)
+	}
+	if err := syscall.Flock(int(st.lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, 0, nil, nil, fmt.Errorf("work dir %s is in use by another agent", dir)
+		}
+		return nil, 0, nil, nil, fmt.Errorf("lock work dir %s: %w", dir, err)
+	}
+	if epoch, err = st.readEpoch(); err != nil {
+		return nil, 0, nil, nil, err
+	}
+	if ledger, err = st.openLedger(); err != nil {
+		return nil, 0, nil, nil, err
+	}
+	if reports, err = st.readReports(); err != nil {
+		return nil, 0, nil, nil, err
+	}
+	markers, err := os.ReadDir(filepath.Join(dir, runningDir))
+	if err != nil {
+		return nil, 0, nil, nil, fmt.Errorf("read running markers: %w", err)
+	}
+	for _, m := range markers {
+		id := m.Name()
+		if strings.HasPrefix(id, tmpPrefix) {
+			_ = os.Remove(filepath.Join(dir, runningDir, id)) // an interrupted write: that attempt never started
+			continue
+		}
+		if _, ok := reports[id]; !ok && validAttemptID(id) {
+			r := lostReport(id, st.markerJob(id))
+			if err := st.writeReport(r); err != nil {
+				return nil, 0, nil, nil, err
+			}
+			reports[id] = r
+		}
+		if err := os.Remove(filepath.Join(dir, runningDir, id)); err != nil {
+			return nil, 0, nil, nil, fmt.Errorf("remove running marker: %w", err)
+		}
+	}
+	return st, epoch, ledger, reports, nil
+}
+
+func (st *state) close() {
+	if st.ledger != nil {
+		_ = st.ledger.Close()
+	}
+	if st.lock != nil {
+		_ = st.lock.Close() // releases the flock
+	}
+}
+
+func (st *state) readEpoch() (int64, error) {
+	b, err := os.ReadFile(filepath.Join(st.dir, epochFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read epoch: %w", err)
+	}
+	e, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil || e < 0 {
+		return 0, fmt.Errorf("epoch file %s is corrupt (%q): refusing to start without knowing the highest epoch seen", filepath.Join(st.dir, epochFile), b)
+	}
+	return e, nil
+}
+
+// writeEpoch durably records the highest epoch seen (I1): after a restart
+// the agent still refuses deposed servers.
+func (st *state) writeEpoch(e int64) error {
+	if err := writeFileAtomic(filepath.Join(st.dir, epochFile), []byte(strconv.FormatInt(e, 10)+"\n")); err != nil {
+		return fmt.Errorf("write epoch: %w", err)
+	}
+	return nil
+}
+
+// openLedger reads the ledger and opens it for appending. A last line
+// without its newline (a crash during an append) still counts as launched:
+// the ledger errs on the side of never launching twice.
+func (st *state) openLedger() (map[string]bool, error) {
+	path := filepath.Join(st.dir, ledgerFile)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open ledger: %w", err)
+	}
+	st.ledger = f
+	ids := make(map[string]bool)
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 4096), 1<<20)
+	last := byte('\n')
+	for sc.Scan() {
+		line := sc.Bytes()
+		if id := strings.TrimSpace(string(line)); id != "" {
+			ids[id] = true
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read ledger: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("stat ledger: %w", err)
+	}
+	if fi.Size() > 0 {
+		b := make([]byte, 1)
+		if _, err := f.ReadAt(b, fi.Size()-1); err != nil {
+			return nil, fmt.Errorf("read ledger: %w", err)
+		}
+		last = b[0]
+	}
+	if last != '\n' {
+		if _, err := f.Write([]byte("\n")); err != nil {
+			return nil, fmt.Errorf("repair ledger: %w", err)
+		}
+	}
+	return ids, nil
+}
+
+// appendLedger durably records that attempt id is about to be launched. It
+// returns only after the ID is on disk (I4: write-ahead of the launch).
+func (st *state) appendLedger(id string) error {
+	if _, err := st.ledger.Write([]byte(id + "\n")); err != nil {
+		return fmt.Errorf("append %s to the ledger: %w", id, err)
+	}
+	if err := st.ledger.Sync(); err != nil {
+		return fmt.Errorf("sync the ledger: %w", err)
+	}
+	return nil
+}
+
+// markRunning durably notes that attempt id's process may be running, so a
+// restarted agent reports it lost rather than leaving the server to guess.
+// The marker holds the job ID.
+func (st *state) markRunning(id, job string) error {
+	if err := writeFileAtomic(filepath.Join(st.dir, runningDir, id), []byte(job)); err != nil {
+		return fmt.Errorf("mark %s running: %w", id, err)
+	}
+	return nil
+}
+
+func (st *state) markerJob(id string) string {
+	b, _ := os.ReadFile(filepath.Join(st.dir, runningDir, id))
+	return strings.TrimSpace(string(b))
+}
+
+func (st *state) unmarkRunning(id string) error {
+	err := os.Remove(filepath.Join(st.dir, runningDir, id))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove running marker of %s: %w", id, err)
+	}
+	return nil
+}
+
+func (st *state) reportPath(id string) string {
+	return filepath.Join(st.dir, reportsDir, id+".json")
+}
+
+// writeReport durably stores a finished attempt's report until a server
+// acknowledges it.
+func (st *state) writeReport(r tandem.AttemptReport) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode report of %s: %w", r.AttemptID, err)
+	}
+	if err := writeFileAtomic(st.reportPath(r.AttemptID), append(b, '\n')); err != nil {
+		return fmt.Errorf("write report of %s: %w", r.AttemptID, err)
+	}
+	return nil
+}
+
+// removeReport forgets an acknowledged report. No fsync: a report that comes
+// back after a crash is sent again, and servers acknowledge it again.
+func (st *state) removeReport(id string) error {
+	err := os.Remove(st.reportPath(id))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove report of %s: %w", id, err)
+	}
+	return nil
+}
+
+func (st *state) readReports() (map[string]tandem.AttemptReport, error) {
+	dir := filepath.Join(st.dir, reportsDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read reports: %w", err)
+	}
+	out := make(map[string]tandem.AttemptReport)
+	for _, e := range entries {
+		name := e.Name()
+		path := filepath.Join(dir, name)
+		if strings.HasPrefix(name, tmpPrefix) {
+			_ = os.Remove(path) // an interrupted write; the report it was for is complete elsewhere or never existed
+			continue
+		}
+		id, ok := strings.CutSuffix(name, ".json")
+		if !ok || !validAttemptID(id) {
+			continue
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("read report %s: %w", name, err)
+		}
+		var r tandem.AttemptReport
+		if err := json.Unmarshal(bytes.TrimSpace(b), &r); err != nil || r.AttemptID != id {
+			return nil, fmt.Errorf("report %s is corrupt; move it away to start the agent", path)
+		}
+		out[id] = r
+	}
+	return out, nil
+}
+
+// writeFileAtomic replaces path with data: a temporary file, fsync, rename,
+// fsync of the directory. Readers see the old content or the new, never a mix.
+func writeFileAtomic(path string, data []byte) error {
+	tmp := filepath.Join(filepath.Dir(path), tmpPrefix+filepath.Base(path))
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

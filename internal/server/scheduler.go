@@ -1,0 +1,169 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/tandemhq/tandem"
+)
+
+// schedule places pending jobs on agents while this server is active. Each
+// placement is recorded in etcd, fenced by the epoch, before any agent can
+// hear of it (I4): agents only learn assignments from the recorded state.
+func (s *Server) schedule(ctx context.Context, epoch int64) {
+	for {
+		changed := s.store.Changed()
+		wait := s.scheduleOnce(ctx, epoch)
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-changed:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+// scheduleOnce makes one pass over the pending jobs, oldest first, and
+// returns how long to wait for the next retry backoff to end if nothing else
+// wakes the scheduler.
+func (s *Server) scheduleOnce(ctx context.Context, epoch int64) time.Duration {
+	next := time.Minute
+	pending := s.store.PendingJobs()
+	if len(pending) == 0 {
+		return next
+	}
+	agents := s.agents.ready()
+	free := make(map[string]tandem.Resources, len(agents))
+	for id, a := range agents {
+		f := a.Capacity
+		for _, j := range s.store.LiveOn(id) {
+			f = f.Sub(j.JobSpec.WithDefaults().Resources)
+		}
+		free[id] = f
+	}
+	now := time.Now()
+	for _, j := range pending {
+		if ctx.Err() != nil {
+			return next
+		}
+		if j.NotBefore != nil && j.NotBefore.After(now) {
+			next = min(next, j.NotBefore.Sub(now))
+			continue
+		}
+		spec := j.JobSpec.WithDefaults()
+		agent, why := place(spec, agents, free)
+		if agent == "" {
+			if j.Reason != why {
+				_, err := s.mutate(ctx, epoch, j.ID, func(j *tandem.Job, _ time.Time) (bool, error) {
+					if j.State != tandem.JobPending || j.Reason == why {
+						return false, nil
+					}
+					j.Reason = why
+					return true, nil
+				})
+				if err != nil {
+					s.log.Warn("could not record why a job waits", "job", j.ID, "err", err)
+				}
+			}
+			continue
+		}
+		var attemptID string
+		_, err := s.mutate(ctx, epoch, j.ID, func(j *tandem.Job, now time.Time) (bool, error) {
+			if j.State != tandem.JobPending || j.KillRequested {
+				return false, nil
+			}
+			n := len(j.Attempts) + 1
+			attemptID = fmt.Sprintf("%s-%d", j.ID, n)
+			j.Attempts = append(j.Attempts, tandem.Attempt{ID: attemptID, Number: n, Agent: agent, Epoch: epoch,
+				State: tandem.AttemptScheduled, ScheduledAt: now})
+			j.State, j.Reason, j.NotBefore = tandem.JobScheduled, "", nil
+			return true, nil
+		})
+		if err != nil {
+			s.log.Warn("could not record an assignment", "job", j.ID, "agent", agent, "err", err)
+			if ctx.Err() != nil {
+				return next
+			}
+			continue
+		}
+		if attemptID == "" {
+			continue
+		}
+		free[agent] = free[agent].Sub(spec.Resources)
+		s.log.Debug("attempt scheduled", "job", j.ID, "attempt", attemptID, "agent", agent, "epoch", epoch)
+		if s.cfg.Failpoint == FailpointExitAfterAssign {
+			s.log.Warn("failpoint: exiting after recording an assignment", "attempt", attemptID)
+			os.Exit(86)
+		}
+	}
+	return next
+}
+
+// FailpointExitAfterAssign makes the server exit right after it records an
+// assignment, before any agent hears of it: the crash the tests of I4 need.
+const FailpointExitAfterAssign = "exit-after-assign"
+
+// place picks the ready agent with the most free CPU that matches the
+// constraints and has room for the request, or says why none does.
+func place(spec tandem.JobSpec, agents map[string]tandem.AgentInfo, free map[string]tandem.Resources) (string, string) {
+	if len(agents) == 0 {
+		return "", "waiting for an agent: none is connected"
+	}
+	ids := make([]string, 0, len(agents))
+	for id := range agents {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	best := ""
+	var notes []string
+	for _, id := range ids {
+		a := agents[id]
+		if miss := missingLabels(spec.Constraints, a.Labels); miss != "" {
+			notes = append(notes, fmt.Sprintf("%s lacks %s", id, miss))
+			continue
+		}
+		f := free[id]
+		if !spec.Resources.Fits(f) {
+			notes = append(notes, fmt.Sprintf("%s has %g cpu and %d MiB free", id, f.CPU, f.MemoryMB))
+			continue
+		}
+		if best == "" || f.CPU > free[best].CPU {
+			best = id
+		}
+	}
+	if best != "" {
+		return best, ""
+	}
+	return "", fmt.Sprintf("no agent fits %g cpu and %d MiB%s: %s", spec.Resources.CPU, spec.Resources.MemoryMB,
+		constraintText(spec.Constraints), strings.Join(notes, "; "))
+}
+
+func missingLabels(want, have map[string]string) string {
+	var miss []string
+	for k, v := range want {
+		if have[k] != v {
+			miss = append(miss, k+"="+v)
+		}
+	}
+	sort.Strings(miss)
+	return strings.Join(miss, ",")
+}
+
+func constraintText(c map[string]string) string {
+	if len(c) == 0 {
+		return ""
+	}
+	var kv []string
+	for k, v := range c {
+		kv = append(kv, k+"="+v)
+	}
+	sort.Strings(kv)
+	return " with " + strings.Join(kv, ",")
+}
