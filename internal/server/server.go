@@ -48,8 +48,8 @@ type Config struct {
 	AgentTimeout time.Duration
 	// Failpoint, for tests only, makes the server crash at a chosen point.
 	Failpoint string
-	Etcd       *clientv3.Client
-	Logger     *slog.Logger
+	Etcd      *clientv3.Client
+	Logger    *slog.Logger
 }
 
 // DefaultConfig returns a Config with tandem's defaults; ID, URL and Etcd
