@@ -6,6 +6,8 @@
 // jitter between retries (the first retry is immediate), and follows the 307
 // a standby answers with to the active. Job submissions carry an idempotency
 // key, so a retry after an ambiguous failure never creates a second job.
+// FollowJobLogs resumes a job's log stream, at the byte where it broke,
+// through whichever server is active after a failover.
 //
 // A Client is safe for concurrent use by many goroutines.
 //
@@ -118,7 +120,9 @@ type Config struct {
 	// HTTPClient sends the requests. When nil, the client uses one with a
 	// per-request timeout of DefaultTimeout. The client follows redirects
 	// itself, so it uses a copy of HTTPClient whose CheckRedirect stops at the
-	// first redirect.
+	// first redirect. For responses read as streams (JobLogs, FollowJobLogs)
+	// its Timeout bounds only the wait for the response's headers, so that a
+	// followed log can stay open as long as its attempt runs.
 	HTTPClient *http.Client
 
 	// Backoff paces retries across servers; the zero value means
@@ -143,6 +147,15 @@ type Client struct {
 	backoff   Backoff
 	userAgent string
 
+	// streamHC is hc without its overall timeout, for responses read as
+	// streams (a followed log stays open as long as its attempt runs);
+	// headerTimeout, hc's timeout, bounds the wait for their headers instead.
+	streamHC      *http.Client
+	headerTimeout time.Duration
+	// followCheck is how long a followed log stream may bring nothing before
+	// FollowJobLogs asks the cluster whether it is still worth waiting on.
+	followCheck time.Duration
+
 	// sleep waits d or until ctx is done; randN returns a uniform integer in
 	// [0, n). Tests replace both.
 	sleep func(ctx context.Context, d time.Duration) error
@@ -160,10 +173,11 @@ func New(cfg Config) (*Client, error) {
 		return nil, tandem.Errorf(tandem.EINVALID, "no servers given: give at least one server URL, such as http://127.0.0.1:7070")
 	}
 	c := &Client{
-		userAgent: cfg.UserAgent,
-		backoff:   cfg.Backoff,
-		sleep:     sleepCtx,
-		randN:     rand.Int64N,
+		userAgent:   cfg.UserAgent,
+		backoff:     cfg.Backoff,
+		sleep:       sleepCtx,
+		randN:       rand.Int64N,
+		followCheck: defaultFollowCheck,
 	}
 	if c.backoff == (Backoff{}) {
 		c.backoff = DefaultBackoff()
@@ -193,6 +207,9 @@ func New(cfg Config) (*Client, error) {
 		c.hc = &http.Client{Timeout: DefaultTimeout, Transport: t}
 	}
 	c.hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	stream := *c.hc
+	stream.Timeout = 0
+	c.streamHC, c.headerTimeout = &stream, c.hc.Timeout
 	return c, nil
 }
 
@@ -280,6 +297,11 @@ type call struct {
 	// becomes the sticky one. Otherwise any server can answer (membership,
 	// history) and the answer says nothing about who is active.
 	active bool
+	// stream: a 2xx answer is handed to the caller unread (see exchange),
+	// and the request is not bounded by the HTTP client's overall timeout.
+	stream bool
+	// tries is set by do to the number of attempts the call took.
+	tries int
 }
 
 // failureLog keeps the last error seen from each server during one call.
@@ -312,24 +334,32 @@ func (l *failureLog) String() string {
 // per c.backoff between retries. Other answers, successes and errors alike,
 // end the call. out, if non-nil, receives the decoded 2xx body.
 func (c *Client) do(ctx context.Context, cl *call, out any) error {
+	_, err := c.exchange(ctx, cl, out)
+	return err
+}
+
+// exchange is do, returning as well, for a stream call, the 2xx response
+// whose body the caller must read and close (nil when err is not nil).
+func (c *Client) exchange(ctx context.Context, cl *call, out any) (*http.Response, error) {
 	var failures failureLog
 	idx := c.sticky()
 	for attempt := 1; attempt <= c.backoff.Attempts; attempt++ {
+		cl.tries = attempt
 		if attempt > 1 {
 			if d := c.backoff.delay(attempt - 1); d > 0 {
 				if err := c.sleep(ctx, c.jitter(d)); err != nil {
-					return ctxError(ctx, cl.op, &failures)
+					return nil, ctxError(ctx, cl.op, &failures)
 				}
 			}
 		}
 		if ctx.Err() != nil {
-			return ctxError(ctx, cl.op, &failures)
+			return nil, ctxError(ctx, cl.op, &failures)
 		}
 		res := c.attempt(ctx, c.servers[idx].base, cl, out)
 		if res.retry {
 			if ctx.Err() != nil {
 				// The attempt failed because the caller gave up, not the server.
-				return ctxError(ctx, cl.op, &failures)
+				return nil, ctxError(ctx, cl.op, &failures)
 			}
 			failures.add(c.servers[idx].base, res.msg)
 			c.advance(idx)
@@ -343,13 +373,13 @@ func (c *Client) do(ctx context.Context, cl *call, out any) error {
 				c.stick(idx) // redirected to a URL we were not given; idx leads there
 			}
 		}
-		return res.err
+		return res.resp, res.err
 	}
 	who := "no active server"
 	if !cl.active {
 		who = "no server"
 	}
-	return tandem.Errorf(tandem.EUNAVAILABLE, "%s answered after %d attempts (%s)", who, c.backoff.Attempts, failures.String())
+	return nil, tandem.Errorf(tandem.EUNAVAILABLE, "%s answered after %d attempts (%s)", who, c.backoff.Attempts, failures.String())
 }
 
 // ctxError reports a call abandoned because ctx is done, wrapping ctx's
@@ -386,7 +416,8 @@ type result struct {
 	err        error // the call's answer when !retry
 	retry      bool  // worth trying another server
 	msg        string
-	answeredBy int // index of the configured server that gave the final answer, or -1
+	answeredBy int            // index of the configured server that gave the final answer, or -1
+	resp       *http.Response // a stream call's 2xx answer, body unread
 }
 
 // attempt sends cl to base and follows up to maxRedirects redirects.
@@ -398,7 +429,7 @@ func (c *Client) attempt(ctx context.Context, base string, cl *call, out any) re
 	visited := map[string]bool{}
 	for hops := 0; ; hops++ {
 		visited[target] = true
-		resp, err := c.send(ctx, cl.method, target, cl.body, cl.header)
+		resp, err := c.send(ctx, cl.method, target, cl.body, cl.header, cl.stream)
 		if err != nil {
 			msg := describe(err)
 			if hops > 0 {
@@ -422,6 +453,9 @@ func (c *Client) attempt(ctx context.Context, base string, cl *call, out any) re
 			target = next.String()
 			continue
 		}
+		if cl.stream && resp.StatusCode >= 200 && resp.StatusCode < 300 {
+			return result{resp: resp, answeredBy: c.serverIndex(u)}
+		}
 		res := c.finish(resp, out)
 		if res.retry && hops > 0 {
 			res.msg = "redirected to " + target + ": " + res.msg
@@ -433,8 +467,8 @@ func (c *Client) attempt(ctx context.Context, base string, cl *call, out any) re
 
 // send makes one HTTP request. Every attempt and every redirect gets a fresh
 // request with the same method, body and headers, so the idempotency key
-// travels with each.
-func (c *Client) send(ctx context.Context, method, target string, body []byte, header http.Header) (*http.Response, error) {
+// travels with each. A stream request goes through sendStream.
+func (c *Client) send(ctx context.Context, method, target string, body []byte, header http.Header, stream bool) (*http.Response, error) {
 	var r io.Reader
 	if body != nil {
 		r = bytes.NewReader(body)
@@ -446,14 +480,68 @@ func (c *Client) send(ctx context.Context, method, target string, body []byte, h
 	for k, v := range header {
 		req.Header[k] = slices.Clone(v)
 	}
-	req.Header.Set("Accept", "application/json")
+	if req.Header.Get("Accept") == "" {
+		req.Header.Set("Accept", "application/json")
+	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.userAgent != "" {
 		req.Header.Set("User-Agent", c.userAgent)
 	}
+	if stream {
+		return c.sendStream(req)
+	}
 	return c.hc.Do(req)
+}
+
+// sendStream sends req with c.streamHC, which has no overall timeout, so
+// that a response read as a stream may stay open as long as it has
+// something to bring. c.headerTimeout bounds the wait for the response's
+// headers instead: a hung server costs a stream request no more than any
+// other. The returned body's Close releases the request's context.
+func (c *Client) sendStream(req *http.Request) (*http.Response, error) {
+	if c.headerTimeout <= 0 {
+		return c.streamHC.Do(req)
+	}
+	ctx, cancel := context.WithCancel(req.Context())
+	timer := time.AfterFunc(c.headerTimeout, cancel)
+	resp, err := c.streamHC.Do(req.WithContext(ctx))
+	if !timer.Stop() && req.Context().Err() == nil {
+		// The timer fired: the headers came too late, or not at all.
+		if err == nil {
+			resp.Body.Close()
+		}
+		cancel()
+		return nil, errHeaderTimeout{}
+	}
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// errHeaderTimeout is sendStream's error for headers that took longer than
+// the client's timeout; describe reports it as a timeout.
+type errHeaderTimeout struct{}
+
+func (errHeaderTimeout) Error() string   { return "timeout awaiting response headers" }
+func (errHeaderTimeout) Timeout() bool   { return true }
+func (errHeaderTimeout) Temporary() bool { return true }
+
+// cancelBody is a response body whose Close also cancels its request's
+// context.
+type cancelBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }
 
 // finish reads a final (non-redirect) response into a result.
@@ -552,7 +640,7 @@ func (c *Client) direct(ctx context.Context, serverURL, op, method, path string,
 			return fmt.Errorf("%s: encode request: %w", op, err)
 		}
 	}
-	resp, err := c.send(ctx, method, srv.base+path, body, nil)
+	resp, err := c.send(ctx, method, srv.base+path, body, nil, false)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctxError(ctx, op, &failureLog{})

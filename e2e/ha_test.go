@@ -340,16 +340,21 @@ func TestDevStartsAndStopsEverything(t *testing.T) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	pids := serverPIDs(t, out.String())
-	if len(pids) != 3 {
-		t.Fatalf("dev printed %d server PIDs, want 3:\n%s", len(pids), out.String())
+	pids := processPIDs(t, out.String())
+	if len(pids) != 5 {
+		t.Fatalf("dev printed %d PIDs, want 3 servers and 2 agents:\n%s", len(pids), out.String())
 	}
 	urls := []string{}
 	for i := 0; i < 3; i++ {
 		urls = append(urls, fmt.Sprintf("http://127.0.0.1:%d", base+i))
 	}
-	if _, err := newClient(t, urls).SubmitJob(context.Background(), tandem.JobSpec{Command: []string{"true"}}, client.SubmitOptions{}); err != nil {
+	cl := newClient(t, urls)
+	j, err := cl.SubmitJob(context.Background(), tandem.JobSpec{Command: []string{"echo", "hello"}}, client.SubmitOptions{})
+	if err != nil {
 		t.Fatalf("submit to the dev cluster: %v", err)
+	}
+	if j := waitJobState(t, cl, j.ID, 30*time.Second, terminal); j.State != tandem.JobSucceeded {
+		t.Fatalf("echo hello on the dev cluster: %s %s", j.State, j.Reason)
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -364,18 +369,18 @@ func TestDevStartsAndStopsEverything(t *testing.T) {
 	}
 	for _, pid := range pids {
 		if syscall.Kill(pid, 0) == nil {
-			t.Fatalf("server process %d outlived tandem dev", pid)
+			t.Fatalf("process %d outlived tandem dev", pid)
 		}
 	}
 }
 
-// serverPIDs reads the PID column of dev's server table.
-func serverPIDs(t *testing.T, out string) []int {
+// processPIDs reads the PID column of dev's table of servers and agents.
+func processPIDs(t *testing.T, out string) []int {
 	t.Helper()
 	var pids []int
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
-		if len(f) >= 3 && strings.HasPrefix(f[0], "rm") && strings.HasPrefix(f[1], "http://") {
+		if len(f) >= 3 && (strings.HasPrefix(f[0], "rm") || strings.HasPrefix(f[0], "agent")) && strings.HasPrefix(f[1], "http://") {
 			var pid int
 			if _, err := fmt.Sscan(f[2], &pid); err == nil {
 				pids = append(pids, pid)

@@ -19,6 +19,7 @@ import (
 
 type devFlags struct {
 	servers      int
+	agents       int
 	basePort     int
 	dataDir      string
 	leaseTTL     time.Duration
@@ -40,6 +41,7 @@ stops everything and leaves no process behind.`,
 	}
 	fl := cmd.Flags()
 	fl.IntVar(&f.servers, "servers", 3, "number of servers (1 to 9; odd numbers tolerate the most failures)")
+	fl.IntVar(&f.agents, "agents", 2, "number of agents, each its own process (serving attempt logs on base-port+300+i)")
 	fl.IntVar(&f.basePort, "base-port", 7070, "server i listens on base-port+i; its etcd member on base-port+100+i and base-port+200+i")
 	fl.StringVar(&f.dataDir, "data-dir", "", "keep data and logs here (default: a temporary directory removed on exit)")
 	fl.DurationVar(&f.leaseTTL, "lease-ttl", 2*time.Second, "lease TTL of every server")
@@ -65,7 +67,7 @@ func runDev(ctx context.Context, out io.Writer, f *devFlags) error {
 	} else if dir, err = filepath.Abs(dir); err != nil {
 		return err
 	}
-	c, err := local.New(local.Config{Binary: bin, Servers: f.servers, BasePort: f.basePort, DataDir: dir,
+	c, err := local.New(local.Config{Binary: bin, Servers: f.servers, Agents: f.agents, BasePort: f.basePort, DataDir: dir,
 		LeaseTTL: f.leaseTTL, LogLevel: f.logLevel})
 	if err != nil {
 		return usagef("%v", err)
@@ -73,7 +75,7 @@ func runDev(ctx context.Context, out io.Writer, f *devFlags) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	fmt.Fprintf(out, "tandem dev: starting %d servers on loopback, each its own process with an embedded etcd member\n", f.servers)
+	fmt.Fprintf(out, "tandem dev: starting %d servers on loopback, each its own process with an embedded etcd member, and %d agents\n", f.servers, f.agents)
 	startCtx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	err = c.Start(startCtx)
 	cancel()
@@ -113,6 +115,9 @@ func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir s
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", s.ID, s.URL, c.PID(i), state, s.LogPath)
 	}
+	for _, a := range c.Agents {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", a.ID, a.URL, a.PID(), "agent", a.LogPath)
+	}
 	tw.Flush()
 	if keep {
 		fmt.Fprintf(out, "\ndata: %s (kept)\n", dir)
@@ -127,8 +132,11 @@ func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir s
 	if f.basePort != 7070 || f.servers != 3 {
 		fmt.Fprintf(out, "  export TANDEM_SERVERS=%s\n", strings.Join(c.URLs(), ","))
 	}
-	fmt.Fprintf(out, "  %s job submit -- echo hello\n", self)
+	fmt.Fprintf(out, "  %s job submit -- echo hello        # prints the job ID\n", self)
+	fmt.Fprintf(out, "  %s job logs <job-id>\n", self)
+	fmt.Fprintf(out, "  %s job submit -- sleep 30; then kill -9 the active: the job keeps running and ends succeeded\n", self)
 	fmt.Fprintf(out, "  %s job list\n", self)
+	fmt.Fprintf(out, "  %s agent list\n", self)
 	fmt.Fprintf(out, "  %s admin get-all-service-state\n", self)
 	fmt.Fprintf(out, "  kill -9 %d            # the active: another server takes over within about the lease TTL\n", activePID)
 	fmt.Fprintf(out, "  %s admin history\n", self)
@@ -138,11 +146,12 @@ func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir s
 	fmt.Fprintln(out, "\nCtrl-C stops everything. HA changes are printed below.")
 }
 
-// watchDev prints every change of HA state and restarts servers that die,
-// until ctx ends.
+// watchDev prints every change of HA state and restarts servers and agents
+// that die, until ctx ends.
 func watchDev(ctx context.Context, out io.Writer, c *local.Cluster, restartDelay time.Duration) {
 	last := make([]string, len(c.Servers))
 	restartAt := make([]time.Time, len(c.Servers))
+	agentDown := make([]time.Time, len(c.Agents))
 	tick := time.NewTicker(300 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -150,6 +159,29 @@ func watchDev(ctx context.Context, out io.Writer, c *local.Cluster, restartDelay
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		}
+		for i, a := range c.Agents {
+			now := time.Now()
+			if a.PID() != 0 {
+				continue
+			}
+			if agentDown[i].IsZero() {
+				_, howEnded := a.Exited()
+				fmt.Fprintf(out, "%s %s exited (%v)", now.Format("15:04:05.000"), a.ID, howEnded())
+				if restartDelay > 0 {
+					fmt.Fprintf(out, "; restarting in %s", restartDelay)
+				}
+				fmt.Fprintln(out)
+				agentDown[i] = now
+			}
+			if restartDelay > 0 && now.Sub(agentDown[i]) >= restartDelay {
+				if err := a.Start(); err != nil {
+					fmt.Fprintf(out, "%s restart %s: %v\n", now.Format("15:04:05.000"), a.ID, err)
+				} else {
+					fmt.Fprintf(out, "%s %s restarted (pid %d)\n", now.Format("15:04:05.000"), a.ID, a.PID())
+				}
+				agentDown[i] = time.Time{}
+			}
 		}
 		for i, s := range c.Servers {
 			now := time.Now()

@@ -1,36 +1,53 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"maps"
+	"math"
 	"os"
 	"os/user"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/client"
 )
 
-// maxCommandWidth is how much of a job's command `job list` shows.
-const maxCommandWidth = 60
+// How much of a job's command and reason `job list` shows, and of an
+// attempt's reason `job get`.
+const (
+	maxCommandWidth = 60
+	maxReasonWidth  = 50
+)
 
 func newJobCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "job",
-		Short: "Submit and inspect jobs",
+		Short: "Submit, inspect, follow and kill jobs",
 		Args:  cobra.NoArgs,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newJobSubmitCmd(g), newJobListCmd(g), newJobGetCmd(g))
+	cmd.AddCommand(newJobSubmitCmd(g), newJobListCmd(g), newJobGetCmd(g),
+		newJobKillCmd(g), newJobLogsCmd(g), newJobWaitCmd(g))
 	return cmd
 }
 
 func newJobSubmitCmd(g *globals) *cobra.Command {
 	var (
-		name, key, submitter string
-		labels, env          []string
-		submitFormat         *outputFormat
+		name, key, submitter, workdir, file string
+		labels, env, constraints            []string
+		timeout, retryBackoff               time.Duration
+		maxAttempts                         int
+		cpu                                 float64
+		memory                              int64
+		submitFormat                        *outputFormat
 	)
 	cmd := &cobra.Command{
 		Use:   "submit [flags] -- CMD [ARGS...]",
@@ -40,26 +57,96 @@ func newJobSubmitCmd(g *globals) *cobra.Command {
 Flags go before the command; everything from the command on belongs to the
 job, so "--" is only needed when the command itself starts with "-".
 
+--file reads the job from a JSON job spec (the fields of "tandem job get -o
+json" that a user chooses: name, command, env, labels, submitter, workdir,
+timeout, max_attempts, retry_backoff, resources {cpu, memory_mb},
+constraints); "-" reads it from stdin. Flags given explicitly override the
+file's fields (--env, --label and --constraint override its keys one by one),
+and a command given after the flags replaces the file's.
+
+--timeout is the job's: an attempt running longer is killed and fails.
+
 The submission carries an idempotency key (a random one unless
 --idempotency-key is given), sent unchanged on every retry and redirect, so
 failing over never creates the job twice. Rerunning the command with the same
 --idempotency-key and the same job prints the job created the first time.`,
 		Example: `  tandem job submit -- sleep 10
-  tandem job submit --name nightly --label team=data --env TZ=UTC -- ./etl.sh --full`,
+  tandem job submit --name nightly --label team=data --env TZ=UTC -- ./etl.sh --full
+  tandem job submit --cpu 2 --memory 4096 --timeout 1h --max-attempts 3 --constraint zone=a -- ./train.sh
+  tandem job submit --file etl.json --env DAY=2030-01-02`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 0 {
+			flags := cmd.Flags()
+			var spec tandem.JobSpec
+			if file != "" {
+				var err error
+				if spec, err = readSpecFile(cmd.InOrStdin(), file); err != nil {
+					return err
+				}
+			}
+			if len(args) > 0 {
+				spec.Command = args
+			}
+			if len(spec.Command) == 0 {
+				if file != "" {
+					return usagef("job submit: no command given: %s has none, and none follows the flags", file)
+				}
 				return usagef("job submit: no command given: use tandem job submit [flags] -- CMD [ARGS...]")
 			}
-			spec := tandem.JobSpec{Name: name, Command: args, Submitter: submitter}
+			if flags.Changed("name") {
+				spec.Name = name
+			}
 			var err error
-			if spec.Labels, err = parsePairs("--label", labels); err != nil {
+			if spec.Labels, err = mergePairs(spec.Labels, "--label", labels); err != nil {
 				return err
 			}
-			if spec.Env, err = parsePairs("--env", env); err != nil {
+			if spec.Env, err = mergePairs(spec.Env, "--env", env); err != nil {
 				return err
 			}
-			if !cmd.Flags().Changed("submitter") {
+			if spec.Constraints, err = mergePairs(spec.Constraints, "--constraint", constraints); err != nil {
+				return err
+			}
+			switch {
+			case flags.Changed("submitter"):
+				spec.Submitter = submitter
+			case spec.Submitter == "":
 				spec.Submitter = currentUser()
+			}
+			if flags.Changed("workdir") {
+				spec.WorkDir = workdir
+			}
+			if flags.Changed("timeout") {
+				if timeout < 0 {
+					return usagef("--timeout is %v: it must not be negative (0: no limit)", timeout)
+				}
+				spec.Timeout = tandem.Duration(timeout)
+			}
+			if flags.Changed("max-attempts") {
+				if maxAttempts < 1 || maxAttempts > tandem.MaxMaxAttempts {
+					return usagef("--max-attempts is %d: it must be from 1 to %d", maxAttempts, tandem.MaxMaxAttempts)
+				}
+				spec.MaxAttempts = maxAttempts
+			}
+			if flags.Changed("retry-backoff") {
+				if retryBackoff < 0 {
+					return usagef("--retry-backoff is %v: it must not be negative", retryBackoff)
+				}
+				spec.RetryBackoff = tandem.Duration(retryBackoff)
+			}
+			if flags.Changed("cpu") {
+				if !(cpu > 0) || math.IsInf(cpu, 0) {
+					return usagef("--cpu is %v: give the CPU cores the job needs, such as 0.5 or 2", cpu)
+				}
+				spec.Resources.CPU = cpu
+			}
+			if flags.Changed("memory") {
+				if memory <= 0 {
+					return usagef("--memory is %d: give the MiB of memory the job needs, such as 512", memory)
+				}
+				spec.Resources.MemoryMB = memory
+			}
+			if err := spec.Validate(); err != nil {
+				// The server would answer the same; say it before asking.
+				return usagef("job submit: %s", tandem.ErrorMessage(err))
 			}
 			ctx, cancel, c, err := g.setup(cmd)
 			if err != nil {
@@ -78,14 +165,92 @@ failing over never creates the job twice. Rerunning the command with the same
 		},
 	}
 	// The job's own flags must not be taken for tandem's.
-	cmd.Flags().SetInterspersed(false)
-	cmd.Flags().StringVar(&name, "name", "", "job name")
-	cmd.Flags().StringVar(&key, "idempotency-key", "", "idempotency key (default: a random one)")
-	cmd.Flags().StringArrayVar(&labels, "label", nil, "label KEY=VALUE (repeatable)")
-	cmd.Flags().StringArrayVar(&env, "env", nil, "environment variable KEY=VALUE for the job (repeatable)")
-	cmd.Flags().StringVar(&submitter, "submitter", "", "who submits the job (default $USER)")
+	f := cmd.Flags()
+	f.SetInterspersed(false)
+	f.StringVar(&name, "name", "", "job name")
+	f.StringVar(&key, "idempotency-key", "", "idempotency key (default: a random one)")
+	f.StringArrayVar(&labels, "label", nil, "label KEY=VALUE (repeatable)")
+	f.StringArrayVar(&env, "env", nil, "environment variable KEY=VALUE for the job (repeatable)")
+	f.StringVar(&submitter, "submitter", "", "who submits the job (default $USER)")
+	f.StringVar(&workdir, "workdir", "", "the job's working directory on the agent (default: a fresh one)")
+	// This --timeout shadows the global one: on submit it is the job's.
+	f.DurationVar(&timeout, "timeout", 0, "kill an attempt that runs longer than this, e.g. 30s or 1h (default: no limit)")
+	f.IntVar(&maxAttempts, "max-attempts", tandem.DefaultMaxAttempts, "attempts in all, retries included")
+	f.DurationVar(&retryBackoff, "retry-backoff", tandem.DefaultRetryBackoff.Std(), "wait before the second attempt, doubling for each later one")
+	f.Float64Var(&cpu, "cpu", tandem.DefaultCPU, "CPU cores one attempt needs, e.g. 0.5")
+	f.Int64Var(&memory, "memory", tandem.DefaultMemoryMB, "memory one attempt needs, in MiB")
+	f.StringArrayVar(&constraints, "constraint", nil, "run only on agents with label KEY=VALUE (repeatable)")
+	f.StringVar(&file, "file", "", "read the job spec from this JSON file (- for stdin); flags override its fields")
 	submitFormat = addOutputFlag(cmd)
 	return cmd
+}
+
+// readSpecFile reads a JSON job spec strictly: malformed JSON, unknown
+// fields, wrongly typed values and trailing data are usage errors naming the
+// file (and, for syntax errors, the line).
+func readSpecFile(stdin io.Reader, path string) (tandem.JobSpec, error) {
+	var (
+		data []byte
+		err  error
+	)
+	if path == "-" {
+		path = "stdin"
+		data, err = io.ReadAll(stdin)
+	} else {
+		data, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return tandem.JobSpec{}, usagef("--file: %v", err)
+	}
+	var spec tandem.JobSpec
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&spec); err != nil {
+		return tandem.JobSpec{}, usagef("--file %s: %s", path, jsonProblem(data, err))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return tandem.JobSpec{}, usagef("--file %s: unexpected data after the job spec (line %d)", path, lineOf(data, dec.InputOffset()))
+	}
+	return spec, nil
+}
+
+// jsonProblem says what is wrong with a JSON document in a person's words.
+func jsonProblem(data []byte, err error) string {
+	var (
+		se *json.SyntaxError
+		te *json.UnmarshalTypeError
+	)
+	switch {
+	case errors.Is(err, io.EOF):
+		return "the file is empty: want a JSON job spec such as {\"command\": [\"echo\", \"hi\"]}"
+	case errors.As(err, &se):
+		return fmt.Sprintf("line %d: %v", lineOf(data, se.Offset), se)
+	case errors.As(err, &te) && te.Field != "":
+		return fmt.Sprintf("%s: want %s, got %s", te.Field, te.Type, te.Value)
+	}
+	return strings.TrimPrefix(err.Error(), "json: ")
+}
+
+// lineOf returns the line number of byte offset off in data.
+func lineOf(data []byte, off int64) int {
+	off = min(max(off, 0), int64(len(data)))
+	return bytes.Count(data[:off], []byte("\n")) + 1
+}
+
+// mergePairs applies repeated KEY=VALUE flags over base (from --file): a
+// KEY given as a flag overrides the same KEY in base, and a later flag an
+// earlier one. base is returned as is when no flag is given.
+func mergePairs(base map[string]string, flag string, pairs []string) (map[string]string, error) {
+	m, err := parsePairs(flag, pairs)
+	if err != nil || m == nil {
+		return base, err
+	}
+	merged := maps.Clone(base)
+	if merged == nil {
+		return m, nil
+	}
+	maps.Copy(merged, m)
+	return merged, nil
 }
 
 // parsePairs parses repeated KEY=VALUE flags; a later KEY overrides an
@@ -158,9 +323,10 @@ default is 100). Pass the last ID shown as --after for the next page, or give
 			if *listFormat == outputJSON {
 				return writeJSON(w, list)
 			}
-			t := newTable(w, "ID", "NAME", "STATE", "CREATED", "COMMAND")
+			t := newTable(w, "ID", "NAME", "STATE", "ATTEMPTS", "CREATED", "COMMAND", "REASON")
 			for _, j := range list.Jobs {
-				t.row(j.ID, orDash(j.Name), string(j.State), fmtTime(j.CreatedAt), truncate(fmtCommand(j.Command), maxCommandWidth))
+				t.row(j.ID, orDash(j.Name), string(j.State), fmtAttempts(j), fmtTime(j.CreatedAt),
+					truncate(fmtCommand(j.Command), maxCommandWidth), truncate(orDash(j.Reason), maxReasonWidth))
 			}
 			if err := t.flush(); err != nil {
 				return err
@@ -199,26 +365,203 @@ func newJobGetCmd(g *globals) *cobra.Command {
 			if *getFormat == outputJSON {
 				return writeJSON(w, job)
 			}
-			t := newTable(w)
-			for _, kv := range [][2]string{
-				{"id", job.ID},
-				{"name", orDash(job.Name)},
-				{"state", string(job.State)},
-				{"command", fmtCommand(job.Command)},
-				{"submitter", orDash(job.Submitter)},
-				{"labels", fmtPairs(job.Labels)},
-				{"env", fmtPairs(job.Env)},
-				{"created", fmtTime(job.CreatedAt)},
-				{"updated", fmtTime(job.UpdatedAt)},
-				{"epoch", strconv.FormatInt(job.Epoch, 10)},
-				{"accepted-by", orDash(job.AcceptedBy)},
-				{"idempotency-key", orDash(job.IdempotencyKey)},
-			} {
-				t.row(kv[0]+":", kv[1])
-			}
-			return t.flush()
+			return printJob(w, job)
 		},
 	}
 	getFormat = addOutputFlag(cmd)
+	return cmd
+}
+
+// printJob prints a job for people: its fields, then its attempts.
+func printJob(w io.Writer, job *tandem.Job) error {
+	state := string(job.State)
+	if job.KillRequested && !job.State.Terminal() {
+		state += " (kill requested)"
+	}
+	fields := [][2]string{
+		{"id", job.ID},
+		{"name", orDash(job.Name)},
+		{"state", state},
+		{"reason", orDash(job.Reason)},
+	}
+	if job.NotBefore != nil && !job.State.Terminal() {
+		fields = append(fields, [2]string{"next-attempt", fmtTime(*job.NotBefore)})
+	}
+	fields = append(fields, [][2]string{
+		{"command", fmtCommand(job.Command)},
+		{"submitter", orDash(job.Submitter)},
+		{"labels", fmtPairs(job.Labels)},
+		{"env", fmtPairs(job.Env)},
+		{"workdir", orDash(job.WorkDir)},
+		{"resources", fmtResources(job.Resources)},
+		{"constraints", fmtPairs(job.Constraints)},
+		{"timeout", fmtDuration(job.Timeout, "none")},
+		{"max-attempts", fmtCount(job.MaxAttempts)},
+		{"retry-backoff", fmtDuration(job.RetryBackoff, "-")},
+		{"created", fmtTime(job.CreatedAt)},
+		{"updated", fmtTime(job.UpdatedAt)},
+		{"epoch", strconv.FormatInt(job.Epoch, 10)},
+		{"accepted-by", orDash(job.AcceptedBy)},
+		{"idempotency-key", orDash(job.IdempotencyKey)},
+		{"attempts", strconv.Itoa(len(job.Attempts))},
+	}...)
+	t := newTable(w)
+	for _, kv := range fields {
+		t.row(kv[0]+":", kv[1])
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	if len(job.Attempts) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	t = newTable(w, "#", "ID", "AGENT", "STATE", "STARTED", "ENDED", "EXIT/SIGNAL", "REASON")
+	for _, a := range job.Attempts {
+		t.row(strconv.Itoa(a.Number), a.ID, orDash(a.Agent), string(a.State), fmtTimePtr(a.StartedAt), fmtTimePtr(a.EndedAt),
+			fmtExit(a), orDash(a.Reason))
+	}
+	return t.flush()
+}
+
+func newJobKillCmd(g *globals) *cobra.Command {
+	var format *outputFormat
+	cmd := &cobra.Command{
+		Use:   "kill ID",
+		Short: "Kill a job",
+		Long: `Kill a job. A job no agent has started yet is killed at once; a running one
+is killed by its agent, and ends killed once the agent reports ("tandem job
+wait ID" waits for that). Killing a job that has already ended fails.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel, c, err := g.setup(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			job, err := c.KillJob(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			if *format == outputJSON {
+				return writeJSON(w, job)
+			}
+			if job.State.Terminal() {
+				_, err = fmt.Fprintf(w, "job %s %s\n", job.ID, job.State)
+			} else {
+				_, err = fmt.Fprintf(w, "job %s: kill requested\n", job.ID)
+			}
+			return err
+		},
+	}
+	format = addOutputFlag(cmd)
+	return cmd
+}
+
+func newJobLogsCmd(g *globals) *cobra.Command {
+	var (
+		follow  bool
+		attempt int
+	)
+	cmd := &cobra.Command{
+		Use:   "logs ID",
+		Short: "Print the output of a job's attempt (stdout and stderr)",
+		Long: `Print the output of one attempt of a job, stdout and stderr combined, as the
+agent that ran it recorded them: the latest attempt unless --attempt is given.
+
+With -f the output is followed until the attempt ends, across failovers of the
+active server: when the stream breaks, it resumes where it was, through
+whichever server is active then, so nothing is printed twice or lost. The
+global --timeout does not apply to -f unless given explicitly.`,
+		Example: `  tandem job logs 01m7z5gt2d0000
+  tandem job logs -f 01m7z5gt2d0000
+  tandem job logs --attempt 1 01m7z5gt2d0000`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if attempt < 0 {
+				return usagef("--attempt is %d: give an attempt number (1, 2, ...), or 0 for the latest", attempt)
+			}
+			if follow && !g.changed("timeout") {
+				g.timeout = 0 // a followed attempt may run for hours
+			}
+			ctx, cancel, c, err := g.setup(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			w := cmd.OutOrStdout()
+			opts := client.LogOptions{Attempt: attempt}
+			if follow {
+				err = c.FollowJobLogs(ctx, args[0], opts, w)
+			} else {
+				var body io.ReadCloser
+				if body, err = c.JobLogs(ctx, args[0], opts); err != nil {
+					return err
+				}
+				defer body.Close()
+				if _, err = io.Copy(w, body); err != nil {
+					err = fmt.Errorf("logs of job %q: %w", args[0], err)
+				}
+			}
+			if err != nil && errors.Is(ctx.Err(), context.Canceled) {
+				return &exitError{code: 130, err: errors.New("")} // interrupted (Ctrl-C): no message
+			}
+			return err
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "follow the output until the attempt ends")
+	cmd.Flags().IntVar(&attempt, "attempt", 0, "attempt number, 1 for the first (default: the latest)")
+	return cmd
+}
+
+func newJobWaitCmd(g *globals) *cobra.Command {
+	var (
+		poll   time.Duration
+		format *outputFormat
+	)
+	cmd := &cobra.Command{
+		Use:   "wait ID",
+		Short: "Wait for a job to end: exit 0 if it succeeded, 1 if not",
+		Long: `Wait until a job has ended. Exit 0 if it succeeded; otherwise print how it
+ended and why (failed, killed or lost) and exit 1. The global --timeout bounds
+the wait (default 30s; 0 waits for ever): when it runs out, say what state the
+job is still in and exit 1. With -o json the job is printed as it ended.`,
+		Example: `  tandem job wait 01m7z5gt2d0000 && echo done
+  tandem --timeout 0 job wait --poll 1s 01m7z5gt2d0000`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if poll <= 0 {
+				return usagef("--poll is %v: it must be greater than zero", poll)
+			}
+			ctx, cancel, c, err := g.setup(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			job, err := c.WaitJob(ctx, args[0], poll)
+			if err != nil {
+				if job != nil && errors.Is(err, context.DeadlineExceeded) {
+					return &exitError{code: 1, err: fmt.Errorf("job %s is still %s after --timeout %v", job.ID, job.State, g.timeout)}
+				}
+				return err
+			}
+			if *format == outputJSON {
+				if err := writeJSON(cmd.OutOrStdout(), job); err != nil {
+					return err
+				}
+			}
+			if job.State == tandem.JobSucceeded {
+				return nil
+			}
+			msg := fmt.Sprintf("job %s %s", job.ID, job.State)
+			if job.Reason != "" {
+				msg += ": " + job.Reason
+			}
+			return &exitError{code: 1, err: errors.New(msg)}
+		},
+	}
+	cmd.Flags().DurationVar(&poll, "poll", client.DefaultPoll, "how often to ask for the job")
+	format = addOutputFlag(cmd)
 	return cmd
 }

@@ -71,7 +71,10 @@ func newRootCmd() *cobra.Command {
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{msg: err.Error()} })
 	g.register(root)
+	agent := newAgentCmd()
+	agent.AddCommand(newAgentListCmd(g))
 	root.AddCommand(
+		agent,
 		newServerCmd(),
 		newDevCmd(),
 		newVersionCmd(),

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/tandemhq/tandem"
 )
 
 // outputFormat is the value of the -o flag. Setting it to anything but
@@ -130,4 +132,79 @@ func fmtPairs(m map[string]string) string {
 		parts = append(parts, k+"="+m[k])
 	}
 	return strings.Join(parts, " ")
+}
+
+// fmtTimePtr is fmtTime for an optional time.
+func fmtTimePtr(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return fmtTime(*t)
+}
+
+// fmtAgo prints how long before now t was, to the millisecond under a
+// second and to the second above a minute ("120ms ago", "2.5s ago",
+// "3m4s ago"), or "-" when t is unknown.
+func fmtAgo(t, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	d := max(now.Sub(t), 0)
+	switch {
+	case d < time.Second:
+		return strconv.FormatInt(d.Milliseconds(), 10) + "ms ago"
+	case d < time.Minute:
+		return strconv.FormatFloat(d.Seconds(), 'f', 1, 64) + "s ago"
+	}
+	return d.Round(time.Second).String() + " ago"
+}
+
+// fmtDuration prints a job's duration setting, or zero when it is 0.
+func fmtDuration(d tandem.Duration, zero string) string {
+	if d == 0 {
+		return zero
+	}
+	return d.Std().String()
+}
+
+// fmtCount prints a positive count, or "-" when unset.
+func fmtCount(n int) string {
+	if n <= 0 {
+		return "-"
+	}
+	return strconv.Itoa(n)
+}
+
+// fmtCPU prints CPU cores to two decimals at most: 0.1, 2, 1.25.
+func fmtCPU(cores float64) string {
+	return strconv.FormatFloat(math.Round(cores*100)/100, 'f', -1, 64)
+}
+
+// fmtResources prints what an attempt needs: "cpu 0.5, memory 64 MiB".
+func fmtResources(r tandem.Resources) string {
+	if r == (tandem.Resources{}) {
+		return "-"
+	}
+	return fmt.Sprintf("cpu %s, memory %d MiB", fmtCPU(r.CPU), r.MemoryMB)
+}
+
+// fmtAttempts prints a job's attempts so far, out of its maximum: "1/3".
+func fmtAttempts(j *tandem.Job) string {
+	n := strconv.Itoa(len(j.Attempts))
+	if j.MaxAttempts > 0 {
+		n += "/" + strconv.Itoa(j.MaxAttempts)
+	}
+	return n
+}
+
+// fmtExit prints how an attempt's process ended: the signal that killed it,
+// else its exit code, else "-".
+func fmtExit(a tandem.Attempt) string {
+	switch {
+	case a.Signal != "":
+		return a.Signal
+	case a.ExitCode != nil:
+		return strconv.Itoa(*a.ExitCode)
+	}
+	return "-"
 }

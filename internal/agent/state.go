@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -57,13 +58,13 @@ type state struct {
 // state with the epoch, the ledger and the pending reports it holds. Attempts
 // marked running (their agent process died with them, or the machine
 // rebooted) become reports of lost attempts.
-func openState(dir string) (st *state, epoch int64, ledger map[string]bool, reports map[string]tandem.AttemptReport, err error) {
+func openState(dir string, log *slog.Logger) (_ *state, epoch int64, ledger map[string]bool, reports map[string]tandem.AttemptReport, err error) {
 	for _, d := range []string{dir, filepath.Join(dir, runningDir), filepath.Join(dir, reportsDir), filepath.Join(dir, attemptsDir)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, 0, nil, nil, fmt.Errorf("create work dir: %w", err)
 		}
 	}
-	st = &state{dir: dir}
+	st := &state{dir: dir}
 	defer func() {
 		if err != nil {
 			st.close()
@@ -100,8 +101,14 @@ func openState(dir string) (st *state, epoch int64, ledger map[string]bool, repo
 			_ = os.Remove(filepath.Join(dir, runningDir, id)) // an interrupted write: that attempt never started
 			continue
 		}
+		m := st.readMarker(id)
+		if m.PID > 0 && m.Boot != "" && m.Boot == bootID() {
+			if err := killLeftoverGroup(m.PID, m.Start); err != nil {
+				log.Warn("cannot kill what is left of an attempt that ran before the agent restarted", logAttempt, id, "pgid", m.PID, "err", err)
+			}
+		}
 		if _, ok := reports[id]; !ok && validAttemptID(id) {
-			r := lostReport(id, st.markerJob(id))
+			r := lostReport(id, m.Job)
 			if err := st.writeReport(r); err != nil {
 				return nil, 0, nil, nil, err
 			}
@@ -201,19 +208,36 @@ func (st *state) appendLedger(id string) error {
 	return nil
 }
 
-// markRunning durably notes that attempt id's process may be running, so a
-// restarted agent reports it lost rather than leaving the server to guess.
-// The marker holds the job ID.
-func (st *state) markRunning(id, job string) error {
-	if err := writeFileAtomic(filepath.Join(st.dir, runningDir, id), []byte(job)); err != nil {
+// marker is the content of running/<attempt>.
+type marker struct {
+	Job string `json:"job"`
+	// PID is the attempt's process (and group) ID, Start its start time
+	// (see procStartTime) and Boot the boot it ran in: enough for a
+	// restarted agent to kill what is left of the group.
+	PID   int    `json:"pid,omitempty"`
+	Start uint64 `json:"start,omitempty"`
+	Boot  string `json:"boot,omitempty"`
+}
+
+// markRunning durably notes, before its process starts, that attempt id's
+// process may be running, so a restarted agent reports it lost rather than
+// leaving the server to guess.
+//
+// With durable false the write skips its fsyncs: for details added after the
+// start, which only help.
+func (st *state) markRunning(id string, m marker, durable bool) error {
+	b, _ := json.Marshal(m)
+	if err := writeFile(filepath.Join(st.dir, runningDir, id), b, durable); err != nil {
 		return fmt.Errorf("mark %s running: %w", id, err)
 	}
 	return nil
 }
 
-func (st *state) markerJob(id string) string {
+func (st *state) readMarker(id string) marker {
+	var m marker
 	b, _ := os.ReadFile(filepath.Join(st.dir, runningDir, id))
-	return strings.TrimSpace(string(b))
+	_ = json.Unmarshal(b, &m) // a torn marker still names an attempt that may have run
+	return m
 }
 
 func (st *state) unmarkRunning(id string) error {
@@ -231,6 +255,9 @@ func (st *state) reportPath(id string) string {
 // writeReport durably stores a finished attempt's report until a server
 // acknowledges it.
 func (st *state) writeReport(r tandem.AttemptReport) error {
+	if !validAttemptID(r.AttemptID) {
+		return fmt.Errorf("report of invalid attempt ID %q not stored", r.AttemptID)
+	}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encode report of %s: %w", r.AttemptID, err)
@@ -244,6 +271,9 @@ func (st *state) writeReport(r tandem.AttemptReport) error {
 // removeReport forgets an acknowledged report. No fsync: a report that comes
 // back after a crash is sent again, and servers acknowledge it again.
 func (st *state) removeReport(id string) error {
+	if !validAttemptID(id) {
+		return nil // never stored
+	}
 	err := os.Remove(st.reportPath(id))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove report of %s: %w", id, err)
@@ -285,6 +315,12 @@ func (st *state) readReports() (map[string]tandem.AttemptReport, error) {
 // writeFileAtomic replaces path with data: a temporary file, fsync, rename,
 // fsync of the directory. Readers see the old content or the new, never a mix.
 func writeFileAtomic(path string, data []byte) error {
+	return writeFile(path, data, true)
+}
+
+// writeFile replaces path with data through a temporary file and a rename,
+// with fsyncs of the file and its directory when durable.
+func writeFile(path string, data []byte, durable bool) error {
 	tmp := filepath.Join(filepath.Dir(path), tmpPrefix+filepath.Base(path))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
@@ -294,15 +330,20 @@ func writeFileAtomic(path string, data []byte) error {
 		f.Close()
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
+	if durable {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return err
+	}
+	if !durable {
+		return nil
 	}
 	return syncDir(filepath.Dir(path))
 }

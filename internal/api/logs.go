@@ -92,7 +92,10 @@ func (a *API) jobLogs(w http.ResponseWriter, r *http.Request) {
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) && r.Context().Err() == nil {
-				a.log.Debug("log stream from agent ended", "agent", at.Agent, "attempt", at.ID, "err", err)
+				// Cut the connection rather than end the response cleanly, so
+				// the client can tell a broken log from a complete one.
+				a.log.Debug("log stream from agent broke", "agent", at.Agent, "attempt", at.ID, "err", err)
+				panic(http.ErrAbortHandler)
 			}
 			return
 		}

@@ -33,10 +33,11 @@ type Config struct {
 	// EtcdEndpoints, when set, points every server at an existing etcd
 	// instead of giving each an embedded member.
 	EtcdEndpoints string
-	LeaseTTL      time.Duration // 0: the server's default
-	AutoFailover  *bool         // nil: the server's default (on)
-	ExtraArgs     []string      // appended to every server's command line
-	LogLevel      string        // log level of every process (default info)
+	LeaseTTL      time.Duration       // 0: the server's default
+	AutoFailover  *bool               // nil: the server's default (on)
+	ExtraArgs     []string            // appended to every server's command line
+	ServerArgs    map[string][]string // appended to one server's command line, by ID
+	LogLevel      string              // log level of every process (default info)
 	// Agents is the number of agents (agent1, ...); agent i serves its logs
 	// on BasePort+300+i.
 	Agents    int
@@ -128,6 +129,7 @@ func New(cfg Config) (*Cluster, error) {
 			s.args = append(s.args, "--auto-failover="+strconv.FormatBool(*cfg.AutoFailover))
 		}
 		s.args = append(s.args, cfg.ExtraArgs...)
+		s.args = append(s.args, cfg.ServerArgs[id]...)
 		c.Servers = append(c.Servers, s)
 	}
 	servers := strings.Join(c.URLs(), ",")

@@ -179,9 +179,11 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 			}
 		}
 	}
-	wait := min(time.Duration(req.WaitMS)*time.Millisecond, MaxSyncWait)
-	if len(resp.Ack) > 0 || len(resp.Kill) > 0 {
-		wait = 0
+	// Hold the poll at most half the agent timeout, so an idle agent is
+	// heard from at least twice in every timeout window.
+	wait := min(time.Duration(req.WaitMS)*time.Millisecond, MaxSyncWait, s.cfg.AgentTimeout/2)
+	if len(resp.Ack) > 0 || len(resp.Kill) > 0 || req.Epoch < epoch {
+		wait = 0 // something to say, or the agent has yet to learn this epoch
 	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()

@@ -54,7 +54,10 @@ func settle(j *tandem.Job, now time.Time) {
 	case a.State == tandem.AttemptSucceeded:
 		j.State, j.Reason = tandem.JobSucceeded, ""
 	case a.State == tandem.AttemptKilled || j.KillRequested:
-		j.State, j.Reason = tandem.JobKilled, "killed: "+a.Reason
+		j.State, j.Reason = tandem.JobKilled, a.Reason
+		if a.State != tandem.AttemptKilled || j.Reason == "" {
+			j.Reason = "killed by request"
+		}
 	case a.Number < spec.MaxAttempts:
 		wait := spec.RetryBackoff.Std() << (a.Number - 1)
 		at := now.Add(wait)
@@ -162,11 +165,11 @@ func (s *Server) Kill(ctx context.Context, id string) (*tandem.Job, error) {
 		return nil, tandem.ErrNotActive
 	}
 	return s.mutate(ctx, epoch, id, func(j *tandem.Job, now time.Time) (bool, error) {
+		if j.KillRequested || j.State == tandem.JobKilled {
+			return false, nil // killing is idempotent
+		}
 		if j.State.Terminal() {
 			return false, tandem.Errorf(tandem.ECONFLICT, "job %s already ended %s", j.ID, j.State)
-		}
-		if j.KillRequested {
-			return false, nil
 		}
 		j.KillRequested = true
 		switch a := j.LastAttempt(); {

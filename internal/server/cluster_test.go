@@ -32,7 +32,7 @@ type node struct {
 }
 
 type cluster struct {
-	t     *testing.T
+	t     testing.TB
 	etcd  *etcdtest.Etcd
 	nodes []*node
 	mod   func(*server.Config)
@@ -44,7 +44,7 @@ const (
 )
 
 // newCluster starts n servers (rm1..rmN) on one real etcd.
-func newCluster(t *testing.T, n int, mod func(*server.Config)) *cluster {
+func newCluster(t testing.TB, n int, mod func(*server.Config)) *cluster {
 	t.Helper()
 	c := &cluster{t: t, etcd: etcdtest.Start(t), mod: mod}
 	for i := 0; i < n; i++ {

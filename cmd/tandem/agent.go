@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/agent"
+)
+
+// agentFlags are the flags of `tandem agent`.
+type agentFlags struct {
+	id, servers, workDir, listen, advertiseURL string
+	cpu                                        float64
+	memoryMB                                   int64
+	labels                                     string
+	pollWait, killGrace                        time.Duration
+	logLevel, logFormat                        string
+
+	// getenv is os.Getenv; tests replace it.
+	getenv func(string) string
+}
+
+func newAgentCmd() *cobra.Command {
+	f := &agentFlags{getenv: os.Getenv}
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run a tandem agent: run the jobs the active server assigns to this machine",
+		Long: `Run a tandem agent. The agent keeps a long poll open to the active server,
+launches the job attempts it is assigned as local processes, keeps their
+output, and reports how they end. When the active changes it moves to the
+next server and keeps its attempts running.
+
+The work dir holds the agent's ledger of launched attempts (no attempt is ever
+launched twice, even after a restart), the highest epoch it has seen, reports
+not yet acknowledged, and each attempt's output.log.
+
+  tandem agent --id worker1 --servers http://rm1:7070,http://rm2:7070,http://rm3:7070 \
+    --listen 10.0.0.5:7080 --labels zone=a,disk=ssd`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd.Context(), f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.id, "id", "", "agent ID, unique in the cluster (required), e.g. worker1")
+	fl.StringVar(&f.servers, "servers", "", "comma-separated server URLs (default $"+envServers+", else "+strings.Join(defaultServers, ",")+")")
+	fl.StringVar(&f.workDir, "work-dir", "", "work dir: ledger, epoch, pending reports, attempt logs (default ./tandem-data/agent-<id>)")
+	fl.StringVar(&f.listen, "listen", agent.DefaultListen, "host:port of the agent's HTTP server (attempt logs); port 0 picks a free one")
+	fl.StringVar(&f.advertiseURL, "advertise-url", "", "URL servers use to reach this agent (default http://<listen address>)")
+	fl.Float64Var(&f.cpu, "cpu", 0, "CPU cores to offer (default: all of the machine's)")
+	fl.Int64Var(&f.memoryMB, "memory", 0, "memory to offer, in MiB (default: all of the machine's)")
+	fl.StringVar(&f.labels, "labels", "", "comma-separated key=value labels that jobs' constraints match, e.g. zone=a,gpu=true")
+	fl.DurationVar(&f.pollWait, "poll-wait", agent.DefaultPollWait, "how long a server may hold a sync it has nothing to answer")
+	fl.DurationVar(&f.killGrace, "kill-grace", agent.DefaultKillGrace, "time between SIGTERM and SIGKILL when an attempt is killed or times out")
+	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	return cmd
+}
+
+// config checks the flags and turns them into the agent's configuration
+// (without its logger).
+func (f *agentFlags) config() (agent.Config, error) {
+	if f.id == "" {
+		return agent.Config{}, usagef("--id is required: give each agent a unique ID, e.g. --id worker1")
+	}
+	servers, err := f.serverList()
+	if err != nil {
+		return agent.Config{}, err
+	}
+	if _, _, err := net.SplitHostPort(f.listen); err != nil {
+		return agent.Config{}, usagef("--listen %q: want host:port, e.g. 127.0.0.1:7080 (port 0 picks a free one)", f.listen)
+	}
+	if f.advertiseURL != "" {
+		u, err := url.Parse(f.advertiseURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+			return agent.Config{}, usagef("--advertise-url %q: want http(s)://host:port", f.advertiseURL)
+		}
+	}
+	if f.cpu < 0 {
+		return agent.Config{}, usagef("--cpu %v: must not be negative (0 offers all of the machine's)", f.cpu)
+	}
+	if f.memoryMB < 0 {
+		return agent.Config{}, usagef("--memory %d: must not be negative (0 offers all of the machine's)", f.memoryMB)
+	}
+	labels, err := parseLabels(f.labels)
+	if err != nil {
+		return agent.Config{}, err
+	}
+	if f.pollWait <= 0 {
+		return agent.Config{}, usagef("--poll-wait %s: must be greater than zero", f.pollWait)
+	}
+	if f.killGrace <= 0 {
+		return agent.Config{}, usagef("--kill-grace %s: must be greater than zero", f.killGrace)
+	}
+	workDir := f.workDir
+	if workDir == "" {
+		workDir = filepath.Join("tandem-data", "agent-"+f.id)
+	}
+	return agent.Config{
+		ID: f.id, Servers: servers, WorkDir: workDir, Listen: f.listen, AdvertiseURL: f.advertiseURL,
+		Capacity: tandem.Resources{CPU: f.cpu, MemoryMB: f.memoryMB}, Labels: labels,
+		PollWait: f.pollWait, KillGrace: f.killGrace,
+	}, nil
+}
+
+// serverList is --servers, else $TANDEM_SERVERS, else the tandem dev servers.
+func (f *agentFlags) serverList() ([]string, error) {
+	raw, from := f.servers, "--servers"
+	if raw == "" {
+		raw, from = f.getenv(envServers), "$"+envServers
+	}
+	if raw == "" {
+		return defaultServers, nil
+	}
+	var out []string
+	for _, s := range strings.Split(raw, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		u, err := url.Parse(s)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, usagef("%s: %q is not a server URL like http://127.0.0.1:7070", from, s)
+		}
+		out = append(out, s)
+	}
+	if len(out) == 0 {
+		return nil, usagef("%s is empty: give at least one server URL, such as http://127.0.0.1:7070", from)
+	}
+	return out, nil
+}
+
+// parseLabels reads "k=v,k2=v2".
+func parseLabels(s string) (map[string]string, error) {
+	out := make(map[string]string)
+	if strings.TrimSpace(s) == "" {
+		return out, nil
+	}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" {
+			return nil, usagef("--labels %q: %q is not key=value; want e.g. --labels zone=a,gpu=true", s, kv)
+		}
+		if _, dup := out[k]; dup {
+			return nil, usagef("--labels %q: label %q is given twice", s, k)
+		}
+		out[k] = strings.TrimSpace(v)
+	}
+	return out, nil
+}
+
+func runAgent(ctx context.Context, f *agentFlags) error {
+	cfg, err := f.config()
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(f.logLevel, f.logFormat)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	a, err := agent.New(cfg)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	startCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	err = a.Start(startCtx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("start agent %s: %w", cfg.ID, err)
+	}
+	<-ctx.Done()
+	log.Info("shutting down; running attempts die with this process", "agent", cfg.ID)
+	return a.Close()
+}

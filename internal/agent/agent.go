@@ -1,0 +1,474 @@
+// Package agent is tandem's agent: it runs job attempts as local processes,
+// keeps their logs, and reports to the active server (DESIGN.md section 9),
+// much as a YARN NodeManager does for its ResourceManager.
+//
+// One goroutine keeps a long poll, POST /v1/agent/sync, open to the server it
+// believes active. Each sync carries what the agent runs and what has
+// finished; each answer carries assignments, kill orders and
+// acknowledgements, all valid only with the answer's epoch. The agent
+// enforces two of tandem's promises itself:
+//
+//   - I1, fencing at the resource: it keeps the highest epoch it has seen, on
+//     disk, and refuses any answer with a lower one.
+//   - I4, launch at most once: every attempt ID is appended to an fsync'ed
+//     ledger before its process starts, and an ID in the ledger is never
+//     launched again, not even by a restarted agent.
+//
+// The agent never kills an attempt because a server went away or changed
+// (work-preserving failover). Attempts do die with the agent process
+// (Pdeathsig), so an agent restart loses them, and reports them lost, but
+// never runs them twice.
+//
+// The package runs on Linux only (process groups, Pdeathsig, /proc).
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"regexp"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tandemhq/tandem"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultPollWait    = 2 * time.Second
+	DefaultKillGrace   = 5 * time.Second
+	DefaultBackoffBase = 20 * time.Millisecond
+	DefaultBackoffMax  = 250 * time.Millisecond
+	DefaultListen      = "127.0.0.1:0"
+)
+
+// Log attribute keys.
+const (
+	logAgent   = "agent"
+	logAttempt = "attempt"
+	logJob     = "job"
+	logEpoch   = "epoch"
+)
+
+var idPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
+
+// Backoff paces the agent's retries when no server answers as the active:
+// the first retry (on the next server) is immediate, then Base doubling up
+// to Max, each scaled by a jitter uniform in [1/2, 1]. The agent never stops
+// retrying.
+type Backoff struct {
+	Base time.Duration
+	Max  time.Duration
+}
+
+// Config configures an Agent. ID, Servers and WorkDir are required.
+type Config struct {
+	// ID names the agent in the cluster: 1 to 63 letters, digits, '.', '_'
+	// or '-', starting with a letter or digit.
+	ID string
+	// Servers are the servers' base URLs (http or https); the agent moves
+	// round-robin between them.
+	Servers []string
+	// WorkDir holds the agent's durable state (ledger, epoch, pending
+	// reports), the attempts' logs and their default work dirs. Only one
+	// agent may use a work dir at a time.
+	WorkDir string
+	// Listen is the host:port of the agent's HTTP server (attempt logs);
+	// default 127.0.0.1:0, a free port.
+	Listen string
+	// AdvertiseURL is how servers reach the agent's HTTP server; default
+	// http://<the address it listens on>.
+	AdvertiseURL string
+	// Capacity is what the agent offers; a zero field defaults to the
+	// machine's (runtime.NumCPU(), MemTotal of /proc/meminfo).
+	Capacity tandem.Resources
+	// Labels are matched against jobs' constraints.
+	Labels map[string]string
+	// PollWait is how long a server may hold a sync that it has nothing to
+	// answer (default 10s).
+	PollWait time.Duration
+	// KillGrace is the time between SIGTERM and SIGKILL when an attempt is
+	// killed or times out (default 5s).
+	KillGrace time.Duration
+	// Backoff paces retries across servers; zero fields take the defaults
+	// (20ms, 250ms).
+	Backoff Backoff
+	// Logger receives the agent's logs; every record carries agent=<ID>.
+	// Nil discards them.
+	Logger *slog.Logger
+}
+
+// server is one configured server.
+type server struct {
+	base string // normalized base URL, no trailing slash
+	key  string // scheme://host:port, to recognise a redirect's target
+}
+
+// Agent runs attempts for a tandem cluster. Create it with New, run it with
+// Start, stop it with Close. Its methods are safe for concurrent use.
+type Agent struct {
+	cfg     Config
+	servers []server
+	log     *slog.Logger
+	hc      *http.Client
+	boot    string // this boot's ID (see bootID)
+
+	// Lock order: launchMu, then diskMu, then mu; an attempt's sigMu, then mu.
+
+	// launchMu serializes applying answers, so two answers carrying the
+	// same assignment cannot both pass the ledger check (I4). It guards
+	// ledger and the ledger file.
+	launchMu sync.Mutex
+	ledger   map[string]bool // every attempt ID ever launched on this work dir (I4)
+
+	// diskMu keeps reports of finishing attempts from being written to the
+	// work dir after Close released it; diskClosed is set under it.
+	diskMu     sync.RWMutex
+	diskClosed bool
+
+	mu        sync.Mutex
+	st        *state // set by Start; its files are written under launchMu or diskMu
+	info      tandem.AgentInfo
+	epoch     int64                           // highest epoch seen (I1)
+	launching map[string]bool                 // IDs between the ledger and a running process
+	running   map[string]*attempt             // attempts whose process runs
+	done      map[string]tandem.AttemptReport // finished, not yet acknowledged
+	acked     map[string]bool                 // acknowledged by a server, to this process
+	current   int                             // index in servers of the server syncs go to
+	seq       uint64                          // sequence number of the last sync sent
+	pollStop  context.CancelFunc              // cancels the sync in flight, if any
+	kicked    chan struct{}                   // signalled by kick; capacity 1
+	closed    bool
+	started   bool
+
+	httpSrv    *http.Server
+	url        string
+	cancelLoop context.CancelFunc
+	cancelHTTP context.CancelFunc
+	loopDone   chan struct{}
+	httpDone   chan struct{}
+	closeOnce  sync.Once
+}
+
+// New validates cfg and returns an Agent, or an error naming the first
+// problem with cfg. It touches neither the network nor the work dir.
+func New(cfg Config) (*Agent, error) {
+	if !idPattern.MatchString(cfg.ID) {
+		return nil, fmt.Errorf("invalid agent ID %q: use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit", cfg.ID)
+	}
+	if len(cfg.Servers) == 0 {
+		return nil, errors.New("no servers given: give at least one server URL, such as http://127.0.0.1:7070")
+	}
+	if cfg.WorkDir == "" {
+		return nil, errors.New("no work dir given")
+	}
+	a := &Agent{cfg: cfg, kicked: make(chan struct{}, 1)}
+	seen := make(map[string]string)
+	for _, s := range cfg.Servers {
+		srv, err := parseServer(s)
+		if err != nil {
+			return nil, err
+		}
+		if prev, ok := seen[srv.key]; ok {
+			return nil, fmt.Errorf("server %q is listed twice (also as %q)", s, prev)
+		}
+		seen[srv.key] = s
+		a.servers = append(a.servers, srv)
+	}
+	if cfg.Listen == "" {
+		a.cfg.Listen = DefaultListen
+	}
+	if _, _, err := net.SplitHostPort(a.cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listen address %q: want host:port, e.g. 127.0.0.1:0", a.cfg.Listen)
+	}
+	if cfg.AdvertiseURL != "" {
+		u, err := url.Parse(cfg.AdvertiseURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+			return nil, fmt.Errorf("advertise URL %q: want http(s)://host:port", cfg.AdvertiseURL)
+		}
+		a.cfg.AdvertiseURL = strings.TrimRight(cfg.AdvertiseURL, "/")
+	}
+	if cfg.Capacity.CPU < 0 || cfg.Capacity.MemoryMB < 0 {
+		return nil, fmt.Errorf("capacity %v CPU, %d MiB: must not be negative", cfg.Capacity.CPU, cfg.Capacity.MemoryMB)
+	}
+	if cfg.Capacity.CPU == 0 {
+		a.cfg.Capacity.CPU = float64(runtime.NumCPU())
+	}
+	if cfg.Capacity.MemoryMB == 0 {
+		mb, err := totalMemoryMB()
+		if err != nil {
+			return nil, fmt.Errorf("cannot tell the machine's memory (%v): give the capacity's memory explicitly", err)
+		}
+		a.cfg.Capacity.MemoryMB = mb
+	}
+	for k := range cfg.Labels {
+		if k == "" || len(k) > tandem.MaxLabelLen || len(cfg.Labels[k]) > tandem.MaxLabelLen {
+			return nil, fmt.Errorf("label %q is invalid: keys must be 1 to %d bytes and values at most %d", k, tandem.MaxLabelLen, tandem.MaxLabelLen)
+		}
+	}
+	if len(cfg.Labels) > tandem.MaxLabels {
+		return nil, fmt.Errorf("%d labels, more than the limit of %d", len(cfg.Labels), tandem.MaxLabels)
+	}
+	switch {
+	case cfg.PollWait < 0:
+		return nil, fmt.Errorf("poll wait %v must not be negative", cfg.PollWait)
+	case cfg.PollWait == 0:
+		a.cfg.PollWait = DefaultPollWait
+	}
+	switch {
+	case cfg.KillGrace < 0:
+		return nil, fmt.Errorf("kill grace %v must not be negative", cfg.KillGrace)
+	case cfg.KillGrace == 0:
+		a.cfg.KillGrace = DefaultKillGrace
+	}
+	if a.cfg.Backoff.Base == 0 {
+		a.cfg.Backoff.Base = DefaultBackoffBase
+	}
+	if a.cfg.Backoff.Max == 0 {
+		a.cfg.Backoff.Max = max(DefaultBackoffMax, a.cfg.Backoff.Base)
+	}
+	if a.cfg.Backoff.Base < 0 || a.cfg.Backoff.Max < a.cfg.Backoff.Base {
+		return nil, fmt.Errorf("backoff base %v and max %v: want 0 < base <= max", a.cfg.Backoff.Base, a.cfg.Backoff.Max)
+	}
+	a.cfg.Labels = make(map[string]string, len(cfg.Labels))
+	for k, v := range cfg.Labels {
+		a.cfg.Labels[k] = v
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	a.log = log.With(logAgent, cfg.ID)
+	a.boot = bootID()
+
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	t.Proxy = nil // agents talk to servers directly; a proxy would hold long polls
+	a.hc = &http.Client{
+		Transport:     t,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return a, nil
+}
+
+// parseServer validates and normalizes one server base URL.
+func parseServer(s string) (server, error) {
+	u, err := url.Parse(strings.TrimSpace(s))
+	if err != nil {
+		return server{}, fmt.Errorf("server URL %q is malformed: %v", s, errors.Unwrap(err))
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return server{}, fmt.Errorf("server URL %q: the scheme must be http or https, as in http://127.0.0.1:7070", s)
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return server{}, fmt.Errorf("server URL %q has no host", s)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return server{}, fmt.Errorf("server URL %q: a server URL has no user, query or fragment", s)
+	}
+	u.Path = strings.TrimRight(u.Path, "/")
+	u.RawPath = ""
+	return server{base: u.String(), key: hostKey(u)}, nil
+}
+
+// hostKey is what two URLs of one server have in common: scheme, host and
+// port, with the scheme's default port made explicit.
+func hostKey(u *url.URL) string {
+	scheme := strings.ToLower(u.Scheme)
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[scheme]
+	}
+	return scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+}
+
+// Start opens the work dir (taking its lock, loading the epoch, the ledger
+// and the pending reports), starts the HTTP server and the sync loop, and
+// returns once the HTTP server listens. ctx bounds the start-up only; the
+// agent then runs until Close. Start may be called once.
+func (a *Agent) Start(ctx context.Context) error {
+	a.mu.Lock()
+	if a.started || a.closed {
+		a.mu.Unlock()
+		return errors.New("agent already started or closed")
+	}
+	a.started = true
+	a.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+
+	st, epoch, ledger, reports, err := openState(a.cfg.WorkDir, a.log)
+	if err != nil {
+		return err
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", a.cfg.Listen)
+	if err != nil {
+		st.close()
+		return fmt.Errorf("listen on %s: %w", a.cfg.Listen, err)
+	}
+	advertise := a.cfg.AdvertiseURL
+	if advertise == "" {
+		advertise = defaultURL(ln.Addr())
+	}
+
+	a.launchMu.Lock()
+	a.ledger = ledger
+	a.launchMu.Unlock()
+	a.mu.Lock()
+	a.st, a.epoch, a.done = st, epoch, reports
+	a.launching = make(map[string]bool)
+	a.running = make(map[string]*attempt)
+	a.acked = make(map[string]bool)
+	a.url = advertise
+	a.info = tandem.AgentInfo{
+		ID: a.cfg.ID, URL: advertise, Capacity: a.cfg.Capacity, Labels: a.cfg.Labels,
+		Version: tandem.Version, PID: os.Getpid(), StartedAt: time.Now().UTC(),
+	}
+	a.mu.Unlock()
+
+	for id, r := range reports {
+		if r.State == tandem.AttemptLost {
+			a.log.Warn("attempt lost: it was running when the agent stopped", logAttempt, id, logJob, r.JobID)
+		}
+	}
+	a.log.Info("agent started", "url", advertise, "work_dir", a.cfg.WorkDir, logEpoch, epoch,
+		"launched_before", len(ledger), "pending_reports", len(reports),
+		"cpu", a.cfg.Capacity.CPU, "memory_mb", a.cfg.Capacity.MemoryMB, "servers", strings.Join(a.serverBases(), ","))
+
+	httpCtx, cancelHTTP := context.WithCancel(context.Background())
+	a.cancelHTTP = cancelHTTP
+	a.httpSrv = &http.Server{
+		Handler:           a.handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		BaseContext:       func(net.Listener) context.Context { return httpCtx },
+	}
+	a.httpDone = make(chan struct{})
+	go func() {
+		defer close(a.httpDone)
+		if err := a.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("agent HTTP server stopped", "err", err)
+		}
+	}()
+
+	loopCtx, cancelLoop := context.WithCancel(context.Background())
+	a.cancelLoop = cancelLoop
+	a.loopDone = make(chan struct{})
+	go func() {
+		defer close(a.loopDone)
+		a.syncLoop(loopCtx)
+	}()
+	return nil
+}
+
+// defaultURL is http://<addr>, with the host name in place of an address
+// that means "every address".
+func defaultURL(addr net.Addr) string {
+	tcp, ok := addr.(*net.TCPAddr)
+	if !ok || !tcp.IP.IsUnspecified() {
+		return "http://" + addr.String()
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, fmt.Sprint(tcp.Port))
+}
+
+func (a *Agent) serverBases() []string {
+	out := make([]string, len(a.servers))
+	for i, s := range a.servers {
+		out[i] = s.base
+	}
+	return out
+}
+
+// Close stops the sync loop and the HTTP server and releases the work dir.
+// It does not kill running attempts: they keep running until they end, and
+// die with the agent's process (Pdeathsig), which is how a restarted agent
+// loses them. Close waits for the loop and the server's handlers; it is
+// idempotent.
+func (a *Agent) Close() error {
+	a.closeOnce.Do(func() {
+		a.mu.Lock()
+		a.closed = true
+		started := a.started && a.loopDone != nil
+		a.mu.Unlock()
+		if !started {
+			return
+		}
+		a.cancelLoop()
+		<-a.loopDone
+		a.cancelHTTP() // ends followed log streams
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := a.httpSrv.Shutdown(sctx); err != nil {
+			_ = a.httpSrv.Close()
+		}
+		cancel()
+		<-a.httpDone
+		// Taking launchMu waits out an answer being applied right now.
+		a.launchMu.Lock()
+		a.diskMu.Lock()
+		a.diskClosed = true
+		a.st.close()
+		a.diskMu.Unlock()
+		a.launchMu.Unlock()
+		a.hc.CloseIdleConnections()
+		a.log.Info("agent stopped")
+	})
+	return nil
+}
+
+// URL returns the URL servers reach the agent's HTTP server at; empty before
+// Start.
+func (a *Agent) URL() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.url
+}
+
+// Status is the agent's own view of itself, as GET /v1/agent shows it.
+type Status struct {
+	Agent tandem.AgentInfo `json:"agent"`
+	// Running lists the attempts whose process runs now.
+	Running []string `json:"running"`
+	// Unacknowledged lists finished attempts not yet acknowledged.
+	Unacknowledged []string `json:"unacknowledged"`
+	// Epoch is the highest epoch seen.
+	Epoch int64 `json:"epoch"`
+	// Server is the base URL of the server the agent syncs with.
+	Server string `json:"server"`
+}
+
+// Status returns the agent's view of itself.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := Status{
+		Agent:          a.info,
+		Running:        make([]string, 0, len(a.running)),
+		Unacknowledged: make([]string, 0, len(a.done)),
+		Epoch:          a.epoch,
+		Server:         a.servers[a.current].base,
+	}
+	for id := range a.running {
+		s.Running = append(s.Running, id)
+	}
+	for id := range a.done {
+		s.Unacknowledged = append(s.Unacknowledged, id)
+	}
+	slices.Sort(s.Running)
+	slices.Sort(s.Unacknowledged)
+	return s
+}

@@ -1,0 +1,384 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/tandemhq/tandem"
+)
+
+// lostReason is the reason of an attempt that was launched by an earlier
+// process of this agent: its process died with that agent process.
+const lostReason = "launched before the agent restarted; its outcome is unknown"
+
+// stopCause says why the agent is stopping an attempt's process.
+type stopCause int
+
+const (
+	stopNone    stopCause = iota
+	stopKill              // a kill order
+	stopTimeout           // the spec's timeout ran out
+)
+
+// attempt is one launched attempt whose process runs.
+type attempt struct {
+	id, job string
+	pid     int // also the process group's ID (Setpgid)
+	started time.Time
+	log     *slog.Logger
+	timer   *time.Timer // the timeout, if any
+
+	// sigMu orders signals against the leader's exit: signals to the group
+	// are sent only while the leader is not yet reaped, so its PID, which is
+	// the group's ID, cannot have been reused by an unrelated process.
+	sigMu  sync.Mutex
+	exited chan struct{} // closed, under sigMu, once the leader has exited
+
+	// Guarded by Agent.mu.
+	stop       stopCause
+	stopReason string
+}
+
+func (at *attempt) runningReport() tandem.AttemptReport {
+	started := at.started
+	return tandem.AttemptReport{AttemptID: at.id, JobID: at.job, State: tandem.AttemptRunning, PID: at.pid, StartedAt: &started}
+}
+
+func lostReport(id, job string) tandem.AttemptReport {
+	now := time.Now().UTC()
+	return tandem.AttemptReport{AttemptID: id, JobID: job, State: tandem.AttemptLost, EndedAt: &now, Reason: lostReason}
+}
+
+// assign handles one assignment and reports whether it was news: not an
+// attempt this process already runs or has reported. The caller holds
+// launchMu, which makes the ledger check and the launch one step (I4).
+func (a *Agent) assign(as tandem.Assignment) bool {
+	id := as.AttemptID
+	log := a.log.With(logAttempt, id, logJob, as.JobID)
+	a.mu.Lock()
+	_, isDone := a.done[id]
+	known := a.running[id] != nil || isDone || a.acked[id]
+	a.mu.Unlock()
+	if known {
+		return false // launched by this process; the next sync reports it
+	}
+	if a.ledger[id] {
+		// I4: launched by an earlier process of this agent, and neither
+		// running nor reported since: it died with that process. Never
+		// launch it again.
+		a.finish(lostReport(id, as.JobID))
+		log.Warn("assignment refused: the attempt was launched before the agent restarted; reporting it lost")
+		return true
+	}
+	if !validAttemptID(id) {
+		// Never launched, so never in the ledger: a report in memory only.
+		now := time.Now().UTC()
+		a.mu.Lock()
+		a.done[id] = tandem.AttemptReport{AttemptID: id, JobID: as.JobID, State: tandem.AttemptFailed, EndedAt: &now,
+			Reason: fmt.Sprintf("invalid attempt ID %q: want 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit", id)}
+		a.mu.Unlock()
+		log.Error("assignment refused: invalid attempt ID")
+		a.kick()
+		return true
+	}
+
+	// I4: the ID is on disk before any process can start. If the append
+	// fails the attempt is not launched; the server sends it again.
+	if err := a.st.appendLedger(id); err != nil {
+		log.Error("cannot record the attempt in the ledger; not launching it", "err", err)
+		return false
+	}
+	a.ledger[id] = true
+	a.mu.Lock()
+	a.launching[id] = true
+	a.mu.Unlock()
+
+	at, cmd, failure := a.launch(as, log)
+
+	a.mu.Lock()
+	delete(a.launching, id)
+	if at != nil {
+		a.running[id] = at
+	}
+	a.mu.Unlock()
+	if at == nil {
+		log.Warn("attempt could not start", "reason", failure.Reason)
+		a.finish(failure)
+		return true
+	}
+	log.Info("attempt launched", "pid", at.pid, "command", as.Spec.Command)
+	if t := as.Spec.Timeout.Std(); t > 0 {
+		at.timer = time.AfterFunc(t, func() {
+			if a.stopAttempt(at, stopTimeout, fmt.Sprintf("timed out after %s", t)) {
+				at.log.Info("attempt timed out; stopping it", "timeout", t.String())
+			}
+		})
+	}
+	go a.wait(at, cmd)
+	a.kick()
+	return true
+}
+
+// launch starts an attempt's process. It returns the running attempt, or a
+// failed report saying why the process could not start.
+func (a *Agent) launch(as tandem.Assignment, log *slog.Logger) (*attempt, *exec.Cmd, tandem.AttemptReport) {
+	id, spec := as.AttemptID, as.Spec
+	fail := func(format string, args ...any) (*attempt, *exec.Cmd, tandem.AttemptReport) {
+		now := time.Now().UTC()
+		return nil, nil, tandem.AttemptReport{AttemptID: id, JobID: as.JobID, State: tandem.AttemptFailed, EndedAt: &now,
+			Reason: fmt.Sprintf(format, args...)}
+	}
+	name := ""
+	if len(spec.Command) > 0 {
+		name = spec.Command[0]
+	}
+	if name == "" {
+		return fail("cannot start the attempt: its command is empty")
+	}
+	dir := filepath.Join(a.cfg.WorkDir, attemptsDir, id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fail("cannot start %q: the agent cannot create the attempt's directory: %v", name, err)
+	}
+	out, err := os.OpenFile(filepath.Join(dir, logFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return fail("cannot start %q: the agent cannot create the attempt's log: %v", name, err)
+	}
+	defer out.Close() // the child has its own copy once started
+	workDir := spec.WorkDir
+	if workDir == "" {
+		workDir = filepath.Join(dir, "work")
+		if err := os.MkdirAll(workDir, 0o755); err != nil {
+			return fail("cannot start %q: the agent cannot create the work dir: %v", name, err)
+		}
+	} else if fi, err := os.Stat(workDir); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fail("cannot start %q: workdir %q does not exist on agent %s", name, workDir, a.cfg.ID)
+		}
+		return fail("cannot start %q: workdir %q: %v", name, workDir, err)
+	} else if !fi.IsDir() {
+		return fail("cannot start %q: workdir %q is not a directory", name, workDir)
+	}
+
+	cmd := exec.Command(name, spec.Command[1:]...)
+	cmd.Dir = workDir
+	cmd.Env = os.Environ()
+	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
+		cmd.Env = append(cmd.Env, k+"="+spec.Env[k])
+	}
+	cmd.Env = append(cmd.Env, "TANDEM_JOB_ID="+as.JobID, "TANDEM_ATTEMPT_ID="+id)
+	cmd.Stdout, cmd.Stderr = out, out // one *os.File: interleaved, and no copying goroutines
+	// Its own process group, so a kill reaches its children too; and it
+	// dies with the agent process, so a restarted agent never has an
+	// attempt running that it does not know about.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+
+	if err := a.st.markRunning(id, marker{Job: as.JobID}, true); err != nil {
+		return fail("cannot start %q: the agent cannot record it: %v", name, err)
+	}
+	if err := cmd.Start(); err != nil {
+		if err := a.st.unmarkRunning(id); err != nil {
+			log.Warn("cannot remove the running marker", "err", err)
+		}
+		return fail("cannot start %q: %v", name, err)
+	}
+	at := &attempt{
+		id: id, job: as.JobID, pid: cmd.Process.Pid, started: time.Now().UTC(),
+		log: log, exited: make(chan struct{}),
+	}
+	// The leader is not reaped yet, so its /proc entry is there. Recording
+	// it lets a restarted agent kill the attempt's leftover children;
+	// without it, only the leader dies with the agent.
+	if start, err := procStartTime(at.pid); err == nil {
+		if err := a.st.markRunning(id, marker{Job: as.JobID, PID: at.pid, Start: start, Boot: a.boot}, false); err != nil {
+			log.Warn("cannot record the attempt's process in its running marker", "err", err)
+		}
+	}
+	return at, cmd, tandem.AttemptReport{}
+}
+
+// wait reaps an attempt's process and reports how it ended.
+func (a *Agent) wait(at *attempt, cmd *exec.Cmd) {
+	if err := waitExited(at.pid); err != nil {
+		at.log.Warn("waiting for the attempt's process without reaping it failed", "err", err)
+	}
+	at.sigMu.Lock()
+	close(at.exited)
+	// An attempt's processes do not outlive it: whatever it left behind in
+	// its group goes too, while the unreaped leader still holds the group ID.
+	_ = syscall.Kill(-at.pid, syscall.SIGKILL)
+	at.sigMu.Unlock()
+	waitErr := cmd.Wait()
+	ended := time.Now().UTC()
+	if at.timer != nil {
+		at.timer.Stop()
+	}
+
+	a.mu.Lock()
+	stop, stopReason := at.stop, at.stopReason
+	a.mu.Unlock()
+
+	started := at.started
+	r := tandem.AttemptReport{AttemptID: at.id, JobID: at.job, PID: at.pid, StartedAt: &started, EndedAt: &ended}
+	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	switch {
+	case ws.Exited():
+		code := ws.ExitStatus()
+		r.ExitCode = &code
+	case ws.Signaled():
+		r.Signal = ws.Signal().String()
+	}
+	switch {
+	case stop == stopKill:
+		r.State, r.Reason = tandem.AttemptKilled, stopReason
+	case stop == stopTimeout:
+		r.State, r.Reason = tandem.AttemptFailed, stopReason
+	case r.ExitCode != nil && *r.ExitCode == 0:
+		r.State = tandem.AttemptSucceeded
+	case r.ExitCode != nil:
+		r.State, r.Reason = tandem.AttemptFailed, fmt.Sprintf("exit status %d", *r.ExitCode)
+	case r.Signal != "":
+		r.State, r.Reason = tandem.AttemptFailed, "signal: "+r.Signal
+	default:
+		r.State, r.Reason = tandem.AttemptFailed, fmt.Sprintf("wait: %v", waitErr)
+	}
+	attrs := []any{"state", r.State, "duration", ended.Sub(started).Round(time.Millisecond).String()}
+	if r.ExitCode != nil {
+		attrs = append(attrs, "exit_code", *r.ExitCode)
+	}
+	if r.Signal != "" {
+		attrs = append(attrs, "signal", r.Signal)
+	}
+	if r.Reason != "" {
+		attrs = append(attrs, "reason", r.Reason)
+	}
+	at.log.Info("attempt ended", attrs...)
+	a.finish(r)
+}
+
+// finish records a finished attempt: its report goes to disk, then into the
+// Done set (replacing it in the running set at the same instant), and the
+// next sync carries it. After Close nothing is recorded: the agent behaves
+// as if its process had died, and the next agent on the work dir reports
+// the attempt lost.
+func (a *Agent) finish(r tandem.AttemptReport) {
+	a.diskMu.RLock()
+	defer a.diskMu.RUnlock()
+	if a.diskClosed {
+		return
+	}
+	log := a.log.With(logAttempt, r.AttemptID, logJob, r.JobID)
+	if err := a.st.writeReport(r); err != nil {
+		// Still reported from memory; only a restart before the
+		// acknowledgement would lose it (the server then declares the
+		// attempt lost).
+		log.Error("cannot persist the attempt's report", "err", err)
+	}
+	if err := a.st.unmarkRunning(r.AttemptID); err != nil {
+		log.Warn("cannot remove the running marker", "err", err)
+	}
+	a.mu.Lock()
+	delete(a.running, r.AttemptID)
+	a.done[r.AttemptID] = r
+	a.mu.Unlock()
+	a.kick()
+}
+
+// killOrder carries out a kill order and reports whether it was news.
+// Orders for attempts that do not run here (unknown, or already finished)
+// and repeated orders are ignored.
+func (a *Agent) killOrder(k tandem.KillOrder) bool {
+	a.mu.Lock()
+	at := a.running[k.AttemptID]
+	a.mu.Unlock()
+	if at == nil {
+		return false
+	}
+	reason := k.Reason
+	if reason == "" {
+		reason = "killed by the server"
+	}
+	if !a.stopAttempt(at, stopKill, reason) {
+		return false
+	}
+	at.log.Info("killing attempt", "reason", reason, "grace", a.cfg.KillGrace.String())
+	return true
+}
+
+// stopAttempt sends SIGTERM to the attempt's process group and SIGKILL after
+// the kill grace if it still runs. Only the first stop of an attempt counts;
+// it reports whether this one did.
+func (a *Agent) stopAttempt(at *attempt, cause stopCause, reason string) bool {
+	at.sigMu.Lock()
+	defer at.sigMu.Unlock()
+	if isClosed(at.exited) {
+		return false
+	}
+	a.mu.Lock()
+	first := at.stop == stopNone
+	if first {
+		at.stop, at.stopReason = cause, reason
+	}
+	a.mu.Unlock()
+	if !first {
+		return false
+	}
+	_ = syscall.Kill(-at.pid, syscall.SIGTERM)
+	go func() {
+		t := time.NewTimer(a.cfg.KillGrace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			at.signalGroup(syscall.SIGKILL)
+		case <-at.exited:
+		}
+	}()
+	return true
+}
+
+// signalGroup sends sig to the attempt's process group unless its leader
+// has exited.
+func (at *attempt) signalGroup(sig syscall.Signal) {
+	at.sigMu.Lock()
+	defer at.sigMu.Unlock()
+	if !isClosed(at.exited) {
+		_ = syscall.Kill(-at.pid, sig)
+	}
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitExited blocks until process pid has exited, without reaping it
+// (waitid with WNOWAIT): until it is reaped, its PID stays reserved.
+func waitExited(pid int) error {
+	const pPID = 1     // idtype_t P_PID
+	var info [128]byte // siginfo_t, unread
+	for {
+		_, _, errno := syscall.Syscall6(syscall.SYS_WAITID, pPID, uintptr(pid),
+			uintptr(unsafe.Pointer(&info[0])), syscall.WEXITED|syscall.WNOWAIT, 0, 0)
+		switch errno {
+		case 0:
+			return nil
+		case syscall.EINTR:
+			continue
+		default:
+			return errno
+		}
+	}
+}

@@ -1,0 +1,223 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/client"
+	"github.com/tandemhq/tandem/internal/agent"
+	"github.com/tandemhq/tandem/internal/server"
+)
+
+// addAgent starts an in-process agent (running real processes) that talks
+// to the cluster's servers.
+func (c *cluster) addAgent(id string, capacity tandem.Resources, labels map[string]string) *agent.Agent {
+	c.t.Helper()
+	a, err := agent.New(agent.Config{ID: id, Servers: c.urls(), WorkDir: c.t.TempDir(), Listen: "127.0.0.1:0",
+		Capacity: capacity, Labels: labels, PollWait: 5 * time.Second, KillGrace: time.Second, Logger: testLogger()})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Start(ctx); err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { _ = a.Close() })
+	return a
+}
+
+var smallAgent = tandem.Resources{CPU: 2, MemoryMB: 1024}
+
+// waitJob waits until the job's state satisfies done, and returns it.
+func waitJob(t *testing.T, cl *client.Client, id string, done func(*tandem.Job) bool) *tandem.Job {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		j, err := cl.GetJob(context.Background(), id)
+		if err == nil && done(j) {
+			return j
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s: %+v %v; gave up waiting", id, j, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func ended(j *tandem.Job) bool { return j.State.Terminal() }
+
+func submit(t *testing.T, cl *client.Client, spec tandem.JobSpec) *tandem.Job {
+	t.Helper()
+	j, err := cl.SubmitJob(context.Background(), spec, client.SubmitOptions{})
+	if err != nil {
+		t.Fatalf("submit %v: %v", spec.Command, err)
+	}
+	return j
+}
+
+func logsOf(t *testing.T, url, id, query string) string {
+	t.Helper()
+	resp, err := http.Get(url + "/v1/jobs/" + id + "/logs" + query)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("logs of %s: %d %s", id, resp.StatusCode, b)
+	}
+	return string(b)
+}
+
+// A job runs on an agent: its output is readable, success, failure and a
+// missing executable each end as they should.
+func TestJobsRunOnAgents(t *testing.T) {
+	c := newCluster(t, 1, nil)
+	c.addAgent("a1", smallAgent, nil)
+	cl := c.client()
+	url := c.nodes[c.waitActive()].url
+
+	hello := submit(t, cl, tandem.JobSpec{Command: []string{"sh", "-c", "echo hello"}})
+	j := waitJob(t, cl, hello.ID, ended)
+	if j.State != tandem.JobSucceeded || len(j.Attempts) != 1 || *j.Attempts[0].ExitCode != 0 || j.Attempts[0].Agent != "a1" {
+		t.Fatalf("echo hello: %+v", j)
+	}
+	if got := logsOf(t, url, hello.ID, ""); got != "hello\n" {
+		t.Fatalf("logs: got %q, want %q", got, "hello\n")
+	}
+
+	fail := submit(t, cl, tandem.JobSpec{Command: []string{"sh", "-c", "echo oops >&2; exit 3"}})
+	j = waitJob(t, cl, fail.ID, ended)
+	if j.State != tandem.JobFailed || j.Attempts[0].ExitCode == nil || *j.Attempts[0].ExitCode != 3 {
+		t.Fatalf("exit 3: %+v", j)
+	}
+	if got := logsOf(t, url, fail.ID, "?attempt=1"); got != "oops\n" {
+		t.Fatalf("stderr in logs: got %q", got)
+	}
+
+	missing := submit(t, cl, tandem.JobSpec{Command: []string{"/no/such/program"}})
+	j = waitJob(t, cl, missing.ID, ended)
+	if j.State != tandem.JobFailed || !strings.Contains(j.Attempts[0].Reason, "/no/such/program") {
+		t.Fatalf("missing executable: %+v", j)
+	}
+	// The agent survived it.
+	after := submit(t, cl, tandem.JobSpec{Command: []string{"true"}})
+	if j := waitJob(t, cl, after.ID, ended); j.State != tandem.JobSucceeded {
+		t.Fatalf("job after a failed start: %+v", j)
+	}
+}
+
+// A running job keeps running through the crash of the active and ends
+// succeeded with exactly one attempt (work-preserving failover).
+func TestRunningJobSurvivesFailover(t *testing.T) {
+	c := newCluster(t, 3, nil)
+	c.addAgent("a1", smallAgent, nil)
+	cl := c.client()
+	a := c.waitActive()
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "launches")
+	j := submit(t, cl, tandem.JobSpec{Command: []string{"sh", "-c", "echo $TANDEM_ATTEMPT_ID >> " + marker + "; sleep 2"}})
+	waitJob(t, cl, j.ID, func(j *tandem.Job) bool { return j.State == tandem.JobRunning })
+	time.Sleep(6 * probeInterval)
+	c.crash(a)
+	got := waitJob(t, cl, j.ID, ended)
+	if got.State != tandem.JobSucceeded || len(got.Attempts) != 1 {
+		t.Fatalf("job after failover: state %s, %d attempts (%+v)", got.State, len(got.Attempts), got.Attempts)
+	}
+	b, _ := os.ReadFile(marker)
+	if lines := strings.Fields(string(b)); len(lines) != 1 {
+		t.Fatalf("launches: %q, want exactly one", lines)
+	}
+}
+
+// Placement: resources and label constraints decide where a job runs; a job
+// that fits nowhere stays pending with a reason; retries back off; kill and
+// timeout end attempts.
+func TestPlacementRetriesKillAndTimeout(t *testing.T) {
+	c := newCluster(t, 1, nil)
+	c.addAgent("small", tandem.Resources{CPU: 1, MemoryMB: 512}, map[string]string{"zone": "a"})
+	c.addAgent("gpu", tandem.Resources{CPU: 4, MemoryMB: 4096}, map[string]string{"zone": "b", "gpu": "yes"})
+	cl := c.client()
+	ctx := context.Background()
+
+	onGPU := submit(t, cl, tandem.JobSpec{Command: []string{"true"}, Constraints: map[string]string{"gpu": "yes"}})
+	if j := waitJob(t, cl, onGPU.ID, ended); j.Attempts[0].Agent != "gpu" {
+		t.Fatalf("constraint gpu=yes ran on %s", j.Attempts[0].Agent)
+	}
+	big := submit(t, cl, tandem.JobSpec{Command: []string{"true"}, Resources: tandem.Resources{CPU: 3, MemoryMB: 100}})
+	if j := waitJob(t, cl, big.ID, ended); j.Attempts[0].Agent != "gpu" {
+		t.Fatalf("3-cpu job ran on %s, want gpu (the only one with 3 cpu)", j.Attempts[0].Agent)
+	}
+	nowhere := submit(t, cl, tandem.JobSpec{Command: []string{"true"}, Resources: tandem.Resources{CPU: 64}})
+	j := waitJob(t, cl, nowhere.ID, func(j *tandem.Job) bool { return j.Reason != "" })
+	if j.State != tandem.JobPending || !strings.Contains(j.Reason, "no agent fits 64 cpu") {
+		t.Fatalf("unplaceable job: %s %q", j.State, j.Reason)
+	}
+	if _, err := cl.KillJob(ctx, nowhere.ID); err != nil {
+		t.Fatal(err)
+	}
+	if j := waitJob(t, cl, nowhere.ID, ended); j.State != tandem.JobKilled || len(j.Attempts) != 0 {
+		t.Fatalf("killed pending job: %+v", j)
+	}
+
+	retried := submit(t, cl, tandem.JobSpec{Command: []string{"false"}, MaxAttempts: 3, RetryBackoff: tandem.Duration(100 * time.Millisecond)})
+	j = waitJob(t, cl, retried.ID, ended)
+	if j.State != tandem.JobFailed || len(j.Attempts) != 3 {
+		t.Fatalf("retries: %s with %d attempts, want failed with 3", j.State, len(j.Attempts))
+	}
+	for i := 1; i < 3; i++ {
+		gap := j.Attempts[i].ScheduledAt.Sub(*j.Attempts[i-1].EndedAt)
+		if want := 100 * time.Millisecond << (i - 1); gap < want {
+			t.Fatalf("attempt %d started %s after attempt %d ended, want at least %s", i+1, gap, i, want)
+		}
+	}
+
+	sleeper := submit(t, cl, tandem.JobSpec{Command: []string{"sleep", "60"}})
+	waitJob(t, cl, sleeper.ID, func(j *tandem.Job) bool { return j.State == tandem.JobRunning })
+	if _, err := cl.KillJob(ctx, sleeper.ID); err != nil {
+		t.Fatal(err)
+	}
+	if j := waitJob(t, cl, sleeper.ID, ended); j.State != tandem.JobKilled || j.Attempts[0].State != tandem.AttemptKilled {
+		t.Fatalf("killed running job: %s, attempt %s", j.State, j.Attempts[0].State)
+	}
+	if j, err := cl.KillJob(ctx, sleeper.ID); err != nil || j.State != tandem.JobKilled {
+		t.Fatalf("killing a killed job again: %v %v, want the killed job", j, err)
+	}
+	if _, err := cl.KillJob(ctx, onGPU.ID); tandem.ErrorCode(err) != tandem.ECONFLICT {
+		t.Fatalf("killing a succeeded job: got %v, want conflict", err)
+	}
+
+	slow := submit(t, cl, tandem.JobSpec{Command: []string{"sleep", "60"}, Timeout: tandem.Duration(300 * time.Millisecond)})
+	if j := waitJob(t, cl, slow.ID, ended); j.State != tandem.JobFailed || !strings.Contains(j.Attempts[0].Reason, "timed out") {
+		t.Fatalf("timeout: %s %q", j.State, j.Attempts[0].Reason)
+	}
+}
+
+// An agent that has seen a newer epoch deposes a server that still thinks
+// it is active (fencing reaches the resources too).
+func TestSyncFromNewerEpochDeposesServer(t *testing.T) {
+	c := newCluster(t, 1, nil)
+	n := c.nodes[c.waitActive()]
+	epoch, _ := n.srv.ActiveEpoch()
+	_, err := n.srv.Sync(context.Background(), &tandem.SyncRequest{
+		Agent: tandem.AgentInfo{ID: "a9", URL: "http://127.0.0.1:1"}, Epoch: epoch + 1000,
+	})
+	if tandem.ErrorCode(err) != tandem.ENOTACTIVE {
+		t.Fatalf("sync with a newer epoch: got %v, want %s", err, tandem.ENOTACTIVE)
+	}
+	if e, ok := n.srv.ActiveEpoch(); ok && e == epoch {
+		t.Fatal("the server kept acting as active at the older epoch")
+	}
+}
+
+var _ = fmt.Sprint
+var _ = server.FailpointExitAfterAssign
