@@ -274,4 +274,21 @@ func TestLogsThroughStandbyAndAcrossFailover(t *testing.T) {
 	if _, _, code := runCLI(t, env, "job", "wait", j.ID); code != 0 {
 		t.Fatalf("job wait of a succeeded job: exit %d", code)
 	}
+	// The job ran on through the kill -9 of the active: one attempt, succeeded.
+	final := waitJobState(t, cl, j.ID, 10*time.Second, terminal)
+	if final.State != tandem.JobSucceeded || len(final.Attempts) != 1 {
+		t.Fatalf("job across the failover: %s with %d attempts", final.State, len(final.Attempts))
+	}
+	out2, _, code := runCLI(t, env, "job", "get", j.ID, "-o", "json")
+	if code != 0 || !strings.Contains(out2, `"attempts"`) || !strings.Contains(out2, `"state": "succeeded"`) {
+		t.Fatalf("job get -o json: exit %d\n%s", code, out2)
+	}
+	fail, err := cl.SubmitJob(context.Background(), tandem.JobSpec{Command: []string{"sh", "-c", "exit 7"}}, client.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code = runCLI(t, env, "job", "wait", fail.ID)
+	if code == 0 || !strings.Contains(errOut, "failed") {
+		t.Fatalf("job wait of a failing job: exit %d, stderr %q; want non-zero and why", code, errOut)
+	}
 }
