@@ -41,29 +41,29 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freeBasePort finds a base port whose server, etcd client and etcd peer
-// ports (base+i, base+100+i, base+200+i) are all free.
-func freeBasePort(t *testing.T, n int) int {
+// freeBasePort finds a base port whose whole range (a local cluster uses
+// base to base+999: servers, etcd, agents, proxies) is free right now.
+func freeBasePort(t *testing.T, _ int) int {
 	t.Helper()
 	for try := 0; try < 50; try++ {
-		base := 20000 + rand.IntN(30000)
-		free := true
-		for _, off := range []int{0, 100, 200} {
-			for i := 0; i < n && free; i++ {
-				ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off+i))
-				if err != nil {
-					free = false
-					break
-				}
-				ln.Close()
-			}
-		}
-		if free {
+		base := 10000 + 1000*rand.IntN(21) // below the ephemeral ports (32768 and up)
+		if rangeFree(base, 1000) {
 			return base
 		}
 	}
 	t.Fatal("no free port range")
 	return 0
+}
+
+func rangeFree(base, n int) bool {
+	for p := base; p < base+n; p++ {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			return false
+		}
+		ln.Close()
+	}
+	return true
 }
 
 // startCluster starts n server processes. With etcd == nil every server

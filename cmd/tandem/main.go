@@ -78,6 +78,7 @@ func newRootCmd() *cobra.Command {
 		newServerCmd(),
 		newDevCmd(),
 		newVersionCmd(),
+		newEtcdCmd(),
 		newJobCmd(g),
 		newAdminCmd(g),
 	)

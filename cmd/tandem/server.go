@@ -34,6 +34,7 @@ type serverFlags struct {
 	embed                             bool
 	etcdName, etcdPeerURL             string
 	etcdClientURL, initialCluster     string
+	etcdAdvClientURL, etcdAdvPeerURL  string
 	etcdToken                         string
 	etcdHeartbeat, etcdElection       time.Duration
 	logLevel, logFormat               string
@@ -73,6 +74,8 @@ servers form a complete HA cluster with nothing else installed:
 	fl.StringVar(&f.etcdName, "etcd-name", "", "embedded etcd member name (default: the server ID)")
 	fl.StringVar(&f.etcdPeerURL, "etcd-peer-url", "http://127.0.0.1:2380", "embedded etcd peer URL")
 	fl.StringVar(&f.etcdClientURL, "etcd-client-url", "http://127.0.0.1:2379", "embedded etcd client URL")
+	fl.StringVar(&f.etcdAdvClientURL, "etcd-advertise-client-url", "", "embedded etcd client URL others use, if not --etcd-client-url (e.g. through a proxy)")
+	fl.StringVar(&f.etcdAdvPeerURL, "etcd-advertise-peer-url", "", "embedded etcd peer URL others use, if not --etcd-peer-url")
 	fl.StringVar(&f.initialCluster, "initial-cluster", "", "embedded etcd initial cluster: name=peerURL,... (default: this member alone)")
 	fl.StringVar(&f.etcdToken, "etcd-cluster-token", "", "embedded etcd cluster token (default tandem-<cluster>)")
 	fl.DurationVar(&f.etcdHeartbeat, "etcd-heartbeat", 0, "embedded etcd heartbeat interval (default etcd's 100ms)")
@@ -184,6 +187,7 @@ func runServer(ctx context.Context, f *serverFlags) error {
 			"client_url", f.etcdClientURL, "peer_url", f.etcdPeerURL, "initial_cluster", f.initialCluster)
 		member, err = embedetcd.Start(embedetcd.Config{
 			Name: f.etcdName, Dir: filepath.Join(f.dataDir, "etcd"), ClientURL: f.etcdClientURL, PeerURL: f.etcdPeerURL,
+			AdvertiseClientURL: f.etcdAdvClientURL, AdvertisePeerURL: f.etcdAdvPeerURL,
 			InitialCluster: f.initialCluster, ClusterToken: f.etcdToken,
 			HeartbeatMs: uint(f.etcdHeartbeat.Milliseconds()), ElectionMs: uint(f.etcdElection.Milliseconds()),
 		})

@@ -21,12 +21,16 @@ import (
 
 // Config describes one member.
 type Config struct {
-	Name           string // member name, unique in the etcd cluster
-	Dir            string // data directory
-	ClientURL      string // e.g. http://127.0.0.1:2379
-	PeerURL        string // e.g. http://127.0.0.1:2380
-	InitialCluster string // name=peerURL,...; empty means a single-member cluster
-	ClusterToken   string // keeps separate clusters from joining each other
+	Name      string // member name, unique in the etcd cluster
+	Dir       string // data directory
+	ClientURL string // e.g. http://127.0.0.1:2379
+	PeerURL   string // e.g. http://127.0.0.1:2380
+	// AdvertiseClientURL and AdvertisePeerURL are how others reach the
+	// member when that differs from where it listens (through a proxy, say);
+	// empty means ClientURL and PeerURL.
+	AdvertiseClientURL, AdvertisePeerURL string
+	InitialCluster                       string // name=peerURL,...; empty means a single-member cluster
+	ClusterToken                         string // keeps separate clusters from joining each other
 	// HeartbeatMs and ElectionMs tune etcd's raft timing. Zero keeps etcd's
 	// defaults (100 ms, 1000 ms), whose smallest lease TTL is 2 s.
 	HeartbeatMs, ElectionMs uint
@@ -58,7 +62,14 @@ func (c *Config) Validate() error {
 	if c.Dir == "" {
 		return errors.New("embedded etcd: a data directory is required (--data-dir)")
 	}
-	for flag, u := range map[string]string{"--etcd-client-url": c.ClientURL, "--etcd-peer-url": c.PeerURL} {
+	if c.AdvertiseClientURL == "" {
+		c.AdvertiseClientURL = c.ClientURL
+	}
+	if c.AdvertisePeerURL == "" {
+		c.AdvertisePeerURL = c.PeerURL
+	}
+	for flag, u := range map[string]string{"--etcd-client-url": c.ClientURL, "--etcd-peer-url": c.PeerURL,
+		"--etcd-advertise-client-url": c.AdvertiseClientURL, "--etcd-advertise-peer-url": c.AdvertisePeerURL} {
 		if _, err := parseURL(u); err != nil {
 			return fmt.Errorf("embedded etcd: %s: %w", flag, err)
 		}
@@ -110,14 +121,16 @@ func Start(cfg Config) (*Member, error) {
 	}
 	cu, _ := parseURL(cfg.ClientURL)
 	pu, _ := parseURL(cfg.PeerURL)
+	acu, _ := parseURL(cfg.AdvertiseClientURL)
+	apu, _ := parseURL(cfg.AdvertisePeerURL)
 	ec := embed.NewConfig()
 	ec.Name = cfg.Name
 	ec.Dir = filepath.Join(cfg.Dir)
-	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
-	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
+	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*acu}
+	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*apu}
 	ec.InitialCluster = cfg.InitialCluster
 	if ec.InitialCluster == "" {
-		ec.InitialCluster = cfg.Name + "=" + cfg.PeerURL
+		ec.InitialCluster = cfg.Name + "=" + cfg.AdvertisePeerURL
 	}
 	ec.InitialClusterToken = cfg.ClusterToken
 	if ec.InitialClusterToken == "" {

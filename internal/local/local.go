@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/faultnet"
 )
 
 // Config describes a local cluster.
@@ -42,6 +43,15 @@ type Config struct {
 	// on BasePort+300+i.
 	Agents    int
 	AgentArgs []string // appended to every agent's command line
+	// ExternalEtcd, when positive, runs that many etcd members as separate
+	// processes (e1, ...; client port BasePort+700+m, peer BasePort+800+m)
+	// and points the servers at them.
+	ExternalEtcd int
+	EtcdArgs     []string // appended to every external etcd member's command line
+	// Proxied puts every server's HTTP port and etcd connections behind
+	// proxies (faultnet), so Partition can cut a server off. Proxies use
+	// ports BasePort+400 to BasePort+999.
+	Proxied bool
 }
 
 // Validate reports the first problem with the configuration.
@@ -52,8 +62,11 @@ func (c *Config) Validate() error {
 	if c.Agents < 0 || c.Agents > 99 {
 		return fmt.Errorf("agents must be from 0 to 99, not %d", c.Agents)
 	}
-	if c.BasePort < 1024 || c.BasePort+300+c.Agents > 65535 {
-		return fmt.Errorf("base port %d is out of range: it needs ports %d to %d free", c.BasePort, c.BasePort, c.BasePort+300+c.Agents)
+	if c.BasePort < 1024 || c.BasePort+1000 > 65535 {
+		return fmt.Errorf("base port %d is out of range: a cluster uses ports %d to %d", c.BasePort, c.BasePort, c.BasePort+999)
+	}
+	if c.ExternalEtcd < 0 || c.ExternalEtcd > 9 || c.ExternalEtcd > 0 && c.EtcdEndpoints != "" {
+		return fmt.Errorf("external etcd members must be from 0 to 9, and not with etcd endpoints")
 	}
 	if c.DataDir == "" {
 		return errors.New("a data directory is required")
@@ -77,6 +90,7 @@ type Proc struct {
 	LogPath string
 	binary  string
 	args    []string
+	health  string // path that answers 200 once the process is ready
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -89,6 +103,8 @@ type Cluster struct {
 	cfg     Config
 	Servers []*Proc
 	Agents  []*Proc
+	Etcd    []*Proc // external etcd members, if any
+	proxies []proxySpec
 }
 
 // AgentID returns the ID of agent i: agent1, agent2, ...
@@ -103,24 +119,74 @@ func New(cfg Config) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{cfg: cfg}
+	port := func(off, i int) int { return cfg.BasePort + off + i }
+	url := func(p int) string { return fmt.Sprintf("http://127.0.0.1:%d", p) }
+
+	// External etcd: members e1..eN, each its own process.
+	var memberURLs []string
+	if cfg.ExternalEtcd > 0 {
+		var initial []string
+		for m := 0; m < cfg.ExternalEtcd; m++ {
+			initial = append(initial, fmt.Sprintf("e%d=%s", m+1, url(port(800, m))))
+		}
+		for m := 0; m < cfg.ExternalEtcd; m++ {
+			id := fmt.Sprintf("e%d", m+1)
+			dir := filepath.Join(cfg.DataDir, id)
+			p := &Proc{ID: id, binary: cfg.Binary, URL: url(port(700, m)), LogPath: filepath.Join(dir, "etcd.log"), health: "/health"}
+			p.args = append([]string{"etcd", "--name", id, "--data-dir", dir, "--client-url", p.URL,
+				"--peer-url", url(port(800, m)), "--initial-cluster", strings.Join(initial, ","),
+				"--cluster-token", "tandem-bench-" + cfg.Cluster}, cfg.EtcdArgs...)
+			c.Etcd = append(c.Etcd, p)
+			memberURLs = append(memberURLs, p.URL)
+		}
+	}
+
+	// Embedded etcd: member i lives in server i; with proxies, others reach
+	// its peer port through a proxy.
 	var initial []string
 	for i := 0; i < cfg.Servers; i++ {
-		initial = append(initial, fmt.Sprintf("%s=http://127.0.0.1:%d", ServerID(i), cfg.BasePort+200+i))
+		peer := port(200, i)
+		if cfg.Proxied {
+			peer = port(600, i)
+		}
+		initial = append(initial, fmt.Sprintf("%s=%s", ServerID(i), url(peer)))
 	}
 	for i := 0; i < cfg.Servers; i++ {
 		id := ServerID(i)
 		dir := filepath.Join(cfg.DataDir, id)
-		s := &Proc{ID: id, binary: cfg.Binary, URL: fmt.Sprintf("http://127.0.0.1:%d", cfg.BasePort+i), LogPath: filepath.Join(dir, "server.log")}
-		s.args = []string{"server", "--id", id, "--cluster", cfg.Cluster,
-			"--listen", fmt.Sprintf("127.0.0.1:%d", cfg.BasePort+i), "--data-dir", dir, "--log-level", cfg.LogLevel}
-		if cfg.EtcdEndpoints != "" {
+		s := &Proc{ID: id, binary: cfg.Binary, URL: url(port(0, i)), LogPath: filepath.Join(dir, "server.log"), health: "/healthz"}
+		listen := port(0, i)
+		if cfg.Proxied {
+			listen = port(400, i) // clients and peers reach it through the proxy at its URL
+			c.proxies = append(c.proxies, proxySpec{server: i, listen: port(0, i), target: port(400, i)})
+		}
+		s.args = []string{"server", "--id", id, "--cluster", cfg.Cluster, "--advertise-url", s.URL,
+			"--listen", fmt.Sprintf("127.0.0.1:%d", listen), "--data-dir", dir, "--log-level", cfg.LogLevel}
+		switch {
+		case cfg.EtcdEndpoints != "":
 			s.args = append(s.args, "--etcd-endpoints", cfg.EtcdEndpoints)
-		} else {
+		case cfg.ExternalEtcd > 0:
+			eps := memberURLs
+			if cfg.Proxied {
+				eps = nil
+				for m := 0; m < cfg.ExternalEtcd; m++ {
+					c.proxies = append(c.proxies, proxySpec{server: i, listen: port(900, i*10+m), target: port(700, m)})
+					eps = append(eps, url(port(900, i*10+m)))
+				}
+			}
+			s.args = append(s.args, "--etcd-endpoints", strings.Join(eps, ","))
+		default:
 			s.args = append(s.args, "--embed-etcd",
-				"--etcd-client-url", fmt.Sprintf("http://127.0.0.1:%d", cfg.BasePort+100+i),
-				"--etcd-peer-url", fmt.Sprintf("http://127.0.0.1:%d", cfg.BasePort+200+i),
+				"--etcd-client-url", url(port(100, i)),
+				"--etcd-peer-url", url(port(200, i)),
 				"--initial-cluster", strings.Join(initial, ","),
 				"--etcd-cluster-token", "tandem-dev-"+cfg.Cluster)
+			if cfg.Proxied {
+				c.proxies = append(c.proxies,
+					proxySpec{server: i, listen: port(500, i), target: port(100, i)},
+					proxySpec{server: i, listen: port(600, i), target: port(200, i)})
+				s.args = append(s.args, "--etcd-endpoints", url(port(500, i)), "--etcd-advertise-peer-url", url(port(600, i)))
+			}
 		}
 		if cfg.LeaseTTL != 0 {
 			s.args = append(s.args, "--lease-ttl", cfg.LeaseTTL.String())
@@ -136,13 +202,62 @@ func New(cfg Config) (*Cluster, error) {
 	for i := 0; i < cfg.Agents; i++ {
 		id := AgentID(i)
 		dir := filepath.Join(cfg.DataDir, id)
-		port := cfg.BasePort + 300 + i
-		p := &Proc{ID: id, binary: cfg.Binary, URL: fmt.Sprintf("http://127.0.0.1:%d", port), LogPath: filepath.Join(dir, "agent.log")}
+		p := &Proc{ID: id, binary: cfg.Binary, URL: url(port(300, i)), LogPath: filepath.Join(dir, "agent.log"), health: "/healthz"}
 		p.args = append([]string{"agent", "--id", id, "--servers", servers, "--work-dir", dir,
-			"--listen", fmt.Sprintf("127.0.0.1:%d", port), "--log-level", cfg.LogLevel}, cfg.AgentArgs...)
+			"--listen", fmt.Sprintf("127.0.0.1:%d", port(300, i)), "--log-level", cfg.LogLevel}, cfg.AgentArgs...)
 		c.Agents = append(c.Agents, p)
 	}
 	return c, nil
+}
+
+// proxySpec is a proxy of server's traffic: listen forwards to target.
+type proxySpec struct {
+	server, listen, target int
+	p                      *faultnet.Proxy
+}
+
+// EtcdEndpoints returns the etcd client URLs, not through any proxy.
+func (c *Cluster) EtcdEndpoints() []string {
+	switch {
+	case c.cfg.EtcdEndpoints != "":
+		return strings.Split(c.cfg.EtcdEndpoints, ",")
+	case len(c.Etcd) > 0:
+		var out []string
+		for _, e := range c.Etcd {
+			out = append(out, e.URL)
+		}
+		return out
+	default:
+		var out []string
+		for i := range c.Servers {
+			out = append(out, fmt.Sprintf("http://127.0.0.1:%d", c.cfg.BasePort+100+i))
+		}
+		return out
+	}
+}
+
+// Partition cuts server i off: its HTTP port, its etcd connections and (with
+// embedded etcd) its member's peer port go silent. It needs Proxied.
+func (c *Cluster) Partition(i int) error { return c.setBlocked(i, true) }
+
+// Heal undoes Partition.
+func (c *Cluster) Heal(i int) error { return c.setBlocked(i, false) }
+
+func (c *Cluster) setBlocked(i int, blocked bool) error {
+	if !c.cfg.Proxied {
+		return errors.New("partitions need a cluster started with Proxied")
+	}
+	for _, ps := range c.proxies {
+		if ps.server != i || ps.p == nil {
+			continue
+		}
+		if blocked {
+			ps.p.Block()
+		} else {
+			ps.p.Unblock()
+		}
+	}
+	return nil
 }
 
 // URLs returns every server's URL.
@@ -157,6 +272,27 @@ func (c *Cluster) URLs() []string {
 // Start starts every server process and waits until each answers /healthz
 // or ctx ends.
 func (c *Cluster) Start(ctx context.Context) error {
+	for k := range c.proxies {
+		ps := &c.proxies[k]
+		p, err := faultnet.Listen(fmt.Sprintf("127.0.0.1:%d", ps.listen), fmt.Sprintf("127.0.0.1:%d", ps.target))
+		if err != nil {
+			c.Stop(time.Second)
+			return fmt.Errorf("proxy for %s: %w", c.Servers[ps.server].ID, err)
+		}
+		ps.p = p
+	}
+	for _, e := range c.Etcd {
+		if err := e.Start(); err != nil {
+			c.Stop(5 * time.Second)
+			return err
+		}
+	}
+	for _, e := range c.Etcd {
+		if err := e.WaitHealthy(ctx); err != nil {
+			c.Stop(5 * time.Second)
+			return err
+		}
+	}
 	for i := range c.Servers {
 		if err := c.StartServer(i); err != nil {
 			c.Stop(5 * time.Second)
@@ -290,7 +426,25 @@ func (s *Proc) Kill() error {
 // Stop asks every server to stop (SIGTERM), waits up to grace, then kills
 // what is left. It resumes stopped (SIGSTOP) processes so they can exit.
 func (c *Cluster) Stop(grace time.Duration) {
+	defer func() {
+		for _, ps := range c.proxies {
+			if ps.p != nil {
+				ps.p.Close()
+			}
+		}
+	}()
+	for _, ps := range c.proxies {
+		if ps.p != nil {
+			ps.p.Unblock()
+		}
+	}
 	all := append(append([]*Proc(nil), c.Agents...), c.Servers...)
+	// etcd members stop last, after the servers have resigned.
+	defer c.stopAll(c.Etcd, grace)
+	c.stopAll(all, grace)
+}
+
+func (c *Cluster) stopAll(all []*Proc, grace time.Duration) {
 	for _, p := range all {
 		if p.PID() != 0 {
 			_ = p.Signal(syscall.SIGCONT)
@@ -339,7 +493,7 @@ func (c *Cluster) WaitHealthy(ctx context.Context, i int) error { return c.Serve
 // WaitHealthy waits until the process answers /healthz with 200.
 func (s *Proc) WaitHealthy(ctx context.Context) error {
 	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+"/healthz", nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+s.health, nil)
 		if resp, err := httpClient.Do(req); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
