@@ -79,6 +79,7 @@ func newRootCmd() *cobra.Command {
 		newDevCmd(),
 		newVersionCmd(),
 		newEtcdCmd(),
+		newBenchCmd(),
 		newJobCmd(g),
 		newAdminCmd(g),
 	)

@@ -258,6 +258,9 @@ func (a *API) listJobs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	jobs, next := a.srv.Store().Jobs(q.Get("after"), limit, state)
+	for _, j := range jobs {
+		a.srv.Explain(j)
+	}
 	a.writeJSON(w, http.StatusOK, tandem.JobList{Jobs: jobs, Next: next})
 }
 
@@ -267,6 +270,7 @@ func (a *API) getJob(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	a.srv.Explain(job)
 	a.writeJSON(w, http.StatusOK, job)
 }
 

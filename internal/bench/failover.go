@@ -3,9 +3,33 @@ package bench
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/client"
+	"github.com/tandemhq/tandem/internal/local"
 )
+
+// Faults RunFailover can inject.
+const (
+	FaultKill       = "kill"       // kill -9 of the active server process
+	FaultStop       = "stop"       // SIGSTOP of the active for 3 x the lease TTL, then SIGCONT
+	FaultPartition  = "partition"  // cut the active off from etcd and its peers, then heal
+	FaultSwitchover = "switchover" // tandem admin failover to a standby
+)
+
+// Faults lists the faults RunFailover knows.
+var Faults = []string{FaultKill, FaultStop, FaultPartition, FaultSwitchover}
 
 // FailoverConfig configures RunFailover.
 type FailoverConfig struct {
@@ -13,18 +37,548 @@ type FailoverConfig struct {
 	Fault    string        // kill, stop, partition or switchover
 	Trials   int           // faults to inject, one at a time
 	LeaseTTL time.Duration // the servers' lease TTL
-	Etcd     string        // "embedded" (a member in every server) or "external" (a separate etcd process)
+	Etcd     string        // "embedded" (a member in every server) or "external" (separate etcd processes)
 	Clients  int           // concurrent submitting clients
 	Quiet    time.Duration // quiet time between faults
 	DataDir  string        // where the cluster keeps data and logs ("" for a temporary directory)
-	BasePort int           // first port of the cluster's port range
+	BasePort int           // first port of the cluster's port range (it uses 1000)
 	Out      io.Writer     // progress and the result table
 }
 
-// FailoverResult is what RunFailover measured; it is also the JSON output.
-type FailoverResult struct{}
-
-// RunFailover is being written; it reports that it is not available yet.
-func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, error) {
-	return nil, errors.New("bench failover: not implemented yet")
+func (c *FailoverConfig) validate() error {
+	known := false
+	for _, f := range Faults {
+		known = known || c.Fault == f
+	}
+	switch {
+	case !known:
+		return fmt.Errorf("unknown fault %q: use one of %s", c.Fault, strings.Join(Faults, ", "))
+	case c.Etcd != "embedded" && c.Etcd != "external":
+		return fmt.Errorf("etcd must be embedded or external, not %q", c.Etcd)
+	case c.Trials < 1 || c.Clients < 1:
+		return errors.New("trials and clients must be at least 1")
+	case c.LeaseTTL < time.Second || c.LeaseTTL%time.Second != 0:
+		return fmt.Errorf("lease TTL %s: use whole seconds, at least 1s", c.LeaseTTL)
+	case c.Quiet < 0:
+		return errors.New("quiet time must not be negative")
+	}
+	if c.Out == nil {
+		c.Out = io.Discard
+	}
+	return nil
 }
+
+// Trial is one injected fault and what it cost.
+type Trial struct {
+	N        int    `json:"n"`
+	From     string `json:"from"` // the active hit by the fault
+	To       string `json:"to"`   // the server that took over
+	OldEpoch int64  `json:"old_epoch"`
+	NewEpoch int64  `json:"new_epoch"`
+	Cause    string `json:"cause"` // as the new active recorded it
+	// UnavailabilityS is the time from the fault to the first submission
+	// acknowledged by the new active, through the failover client.
+	UnavailabilityS float64  `json:"unavailability_s"`
+	DetectionS      *float64 `json:"detection_s,omitempty"`
+	ElectionS       *float64 `json:"election_s,omitempty"`
+	TransitionS     *float64 `json:"transition_s,omitempty"`
+	// EtcdLeaderColocated says whether the etcd raft leader lived in the
+	// faulted server's process (embedded etcd only).
+	EtcdLeaderColocated bool `json:"etcd_leader_colocated"`
+	// OldActiveFenced, for stop and partition, says whether the old active
+	// reported standby once it was back.
+	OldActiveFenced *bool `json:"old_active_fenced,omitempty"`
+}
+
+// FailoverResult is what RunFailover measured; it is also the JSON output.
+type FailoverResult struct {
+	Fault           string    `json:"fault"`
+	Trials          int       `json:"trials"`
+	LeaseTTLS       float64   `json:"lease_ttl_s"`
+	Etcd            string    `json:"etcd"`
+	Clients         int       `json:"clients"`
+	EtcdTxnP50S     float64   `json:"etcd_txn_p50_s"`
+	UnavailabilityS Summary   `json:"unavailability_s"`
+	DetectionS      Summary   `json:"detection_s"`
+	ElectionS       Summary   `json:"election_s"`
+	TransitionS     Summary   `json:"transition_s"`
+	Colocated       int       `json:"etcd_leader_colocated_trials"`
+	NotFenced       int       `json:"old_active_not_fenced"`
+	Acknowledged    int       `json:"acknowledged"`
+	Lost            int       `json:"lost"`
+	Unfinished      int       `json:"unfinished"` // acknowledged jobs not terminal when the run ended
+	Launches        int       `json:"launches"`
+	Duplicates      int       `json:"duplicate_launches"`
+	Details         []Trial   `json:"trial_details"`
+	StartedAt       time.Time `json:"started_at"`
+}
+
+// ack is one acknowledged submission.
+type ack struct {
+	at    time.Time
+	id    string
+	epoch int64
+}
+
+// load submits short jobs from several clients until stopped, recording
+// every acknowledgement.
+type load struct {
+	mu    sync.Mutex
+	acks  []ack
+	errs  int
+	first []string // the first few client errors, to show
+	newAt chan struct{} // closed and replaced on every ack
+}
+
+func (l *load) record(a ack) {
+	l.mu.Lock()
+	l.acks = append(l.acks, a)
+	close(l.newAt)
+	l.newAt = make(chan struct{})
+	l.mu.Unlock()
+}
+
+// firstAfter waits for the first ack at or after t by an epoch above epoch.
+func (l *load) firstAfter(ctx context.Context, t time.Time, epoch int64) (ack, error) {
+	for {
+		l.mu.Lock()
+		for _, a := range l.acks {
+			if !a.at.Before(t) && a.epoch > epoch {
+				l.mu.Unlock()
+				return a, nil
+			}
+		}
+		ch := l.newAt
+		l.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ack{}, fmt.Errorf("no submission acknowledged by a new active: %w", ctx.Err())
+		}
+	}
+}
+
+func (l *load) run(ctx context.Context, cl *client.Client, spec tandem.JobSpec, n int) {
+	for i := 0; ctx.Err() == nil; i++ {
+		s := spec
+		s.Name = fmt.Sprintf("bench-%d-%d", n, i)
+		sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		j, err := cl.SubmitJob(sctx, s, client.SubmitOptions{})
+		cancel()
+		if err != nil {
+			l.mu.Lock()
+			l.errs++
+			if len(l.first) < 3 {
+				l.first = append(l.first, err.Error())
+			}
+			l.mu.Unlock()
+			continue
+		}
+		l.record(ack{at: time.Now(), id: j.ID, epoch: j.Epoch})
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// RunFailover starts a real local cluster (3 servers, 2 agents, every one
+// its own process), keeps a steady load of submissions of short jobs, and
+// injects cfg.Fault cfg.Trials times with quiet time between. It measures
+// each failover's phases as the servers recorded them and the
+// unavailability the clients saw, and checks afterwards that no
+// acknowledged job was lost and no attempt launched twice. The result says;
+// an error means the run itself could not be made.
+func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	dir := cfg.DataDir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "tandem-bench-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	}
+	// Proxies only where the fault needs them: behind a proxy, a killed
+	// server's port answers instead of refusing, which would hide the
+	// crash from the standbys' probes.
+	lc := local.Config{Binary: cfg.Binary, Servers: 3, Agents: 2, BasePort: cfg.BasePort, DataDir: dir,
+		LeaseTTL: cfg.LeaseTTL, Proxied: cfg.Fault == FaultPartition, LogLevel: "info"}
+	if cfg.LeaseTTL < 2*time.Second {
+		// etcd's smallest lease TTL is 1.5 election timeouts: tune raft so 1 s is allowed.
+		tune := []string{"--etcd-heartbeat", "50ms", "--etcd-election-timeout", "500ms"}
+		if cfg.Etcd == "embedded" {
+			lc.ExtraArgs = tune
+		} else {
+			lc.EtcdArgs = []string{"--heartbeat", "50ms", "--election-timeout", "500ms"}
+		}
+	}
+	if cfg.Etcd == "external" {
+		lc.ExternalEtcd = 3
+	}
+	c, err := local.New(lc)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(cfg.Out, "starting 3 servers (%s etcd) and 2 agents on loopback, lease TTL %s, data in %s\n", cfg.Etcd, cfg.LeaseTTL, dir)
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	err = c.Start(sctx)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	defer c.Stop(10 * time.Second)
+	if _, err := c.WaitActive(ctx); err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.EtcdEndpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+
+	res := &FailoverResult{Fault: cfg.Fault, Trials: cfg.Trials, LeaseTTLS: cfg.LeaseTTL.Seconds(), Etcd: cfg.Etcd,
+		Clients: cfg.Clients, StartedAt: time.Now().UTC()}
+	base, err := FencedTxnLatency(ctx, cli, "/tandem-bench/failover/", 200, 512)
+	if err != nil {
+		return nil, fmt.Errorf("etcd baseline: %w", err)
+	}
+	res.EtcdTxnP50S = Summarize(base).P50
+
+	ledger := filepath.Join(dir, "launches")
+	spec := tandem.JobSpec{Command: []string{"sh", "-c", `echo "$TANDEM_ATTEMPT_ID" >> ` + ledger}, MaxAttempts: 3,
+		RetryBackoff: tandem.Duration(100 * time.Millisecond)}
+	ld := &load{newAt: make(chan struct{})}
+	lctx, stopLoad := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for i := 0; i < cfg.Clients; i++ {
+		cl, err := client.New(client.Config{Servers: c.URLs()})
+		if err != nil {
+			stopLoad()
+			return nil, err
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); ld.run(lctx, cl, spec, i) }()
+	}
+	defer func() { stopLoad(); wg.Wait() }()
+	admin, err := client.New(client.Config{Servers: c.URLs()})
+	if err != nil {
+		return nil, err
+	}
+
+	fmt.Fprintf(cfg.Out, "injecting %d x %s, %s apart, under load from %d clients\n", cfg.Trials, cfg.Fault, cfg.Quiet, cfg.Clients)
+	for n := 1; n <= cfg.Trials; n++ {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(cfg.Quiet):
+		}
+		tr, err := trial(ctx, cfg, c, cli, admin, ld, n)
+		if err != nil {
+			return nil, fmt.Errorf("trial %d: %w", n, err)
+		}
+		res.Details = append(res.Details, *tr)
+		fmt.Fprintf(cfg.Out, "trial %d: %s -> %s (epoch %d -> %d, %s): unavailable %.0f ms; detection %s, election %s, transition %s%s\n",
+			n, tr.From, tr.To, tr.OldEpoch, tr.NewEpoch, tr.Cause, tr.UnavailabilityS*1000,
+			msOf(tr.DetectionS), msOf(tr.ElectionS), msOf(tr.TransitionS), trialNotes(tr))
+	}
+	stopLoad()
+	wg.Wait()
+
+	// Quiescence: every acknowledged job ends; then the checks.
+	ld.mu.Lock()
+	acks := append([]ack(nil), ld.acks...)
+	ld.mu.Unlock()
+	res.Acknowledged = len(acks)
+	fmt.Fprintf(cfg.Out, "load stopped: %d submissions acknowledged (%d client errors); waiting for every job to finish\n", len(acks), ld.errs)
+	for _, e := range ld.first {
+		fmt.Fprintf(cfg.Out, "  client error: %s\n", e)
+	}
+	jobs, err := waitQuiet(ctx, admin, acks, 90*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range acks {
+		j, ok := jobs[a.id]
+		switch {
+		case !ok:
+			res.Lost++
+		case !j.State.Terminal():
+			res.Unfinished++
+		}
+	}
+	res.Launches, res.Duplicates, err = countLaunches(ledger)
+	if err != nil {
+		return nil, err
+	}
+	var unavail, det, elec, trans []time.Duration
+	for _, t := range res.Details {
+		unavail = append(unavail, secsDur(t.UnavailabilityS))
+		for _, x := range []struct {
+			p   *float64
+			out *[]time.Duration
+		}{{t.DetectionS, &det}, {t.ElectionS, &elec}, {t.TransitionS, &trans}} {
+			if x.p != nil {
+				*x.out = append(*x.out, secsDur(*x.p))
+			}
+		}
+		if t.EtcdLeaderColocated {
+			res.Colocated++
+		}
+		if t.OldActiveFenced != nil && !*t.OldActiveFenced {
+			res.NotFenced++
+		}
+	}
+	res.UnavailabilityS, res.DetectionS = Summarize(unavail), Summarize(det)
+	res.ElectionS, res.TransitionS = Summarize(elec), Summarize(trans)
+	res.Print(cfg.Out)
+	return res, nil
+}
+
+// trial injects one fault and measures it.
+func trial(ctx context.Context, cfg FailoverConfig, c *local.Cluster, cli *clientv3.Client, admin *client.Client, ld *load, n int) (*Trial, error) {
+	a, err := c.WaitActive(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.Status(ctx, a)
+	if err != nil {
+		return nil, err
+	}
+	tr := &Trial{N: n, From: st.ID, OldEpoch: st.Epoch}
+	if cfg.Etcd == "embedded" {
+		tr.EtcdLeaderColocated = etcdLeaderIs(ctx, cli, st.ID)
+	}
+	ttl3 := 3 * cfg.LeaseTTL
+	var back chan struct{} // closed once a stopped or partitioned active is back
+	t0 := time.Now()
+	switch cfg.Fault {
+	case FaultKill:
+		err = c.Kill(a)
+	case FaultStop:
+		err = c.Signal(a, syscall.SIGSTOP)
+		back = after(ttl3, func() { _ = c.Signal(a, syscall.SIGCONT) })
+	case FaultPartition:
+		err = c.Partition(a)
+		back = after(ttl3, func() { _ = c.Heal(a) })
+	case FaultSwitchover:
+		to := c.Servers[(a+1)%len(c.Servers)].ID
+		_, err = admin.Failover(ctx, c.Servers[a].URL, tandem.HandoffRequest{From: st.ID, To: to})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("inject %s: %w", cfg.Fault, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	first, err := ld.firstAfter(wctx, t0, tr.OldEpoch)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	tr.UnavailabilityS = first.at.Sub(t0).Seconds()
+	ev, err := eventAfter(ctx, admin, tr.OldEpoch)
+	if err != nil {
+		return nil, err
+	}
+	tr.To, tr.NewEpoch, tr.Cause = ev.ActiveID, ev.Epoch, ev.Cause
+	tr.DetectionS, tr.ElectionS, tr.TransitionS = ev.DetectionS, ev.ElectionS, ev.TransitionS
+	switch {
+	case back != nil:
+		<-back
+		fenced := waitState(ctx, c, a, tandem.StateStandby, 15*time.Second)
+		tr.OldActiveFenced = &fenced
+	case cfg.Fault == FaultKill:
+		if err := c.StartServer(a); err != nil {
+			return nil, err
+		}
+		hctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		err := c.WaitHealthy(hctx, a)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return tr, nil
+}
+
+// after runs fn once d has passed and closes the returned channel then.
+func after(d time.Duration, fn func()) chan struct{} {
+	ch := make(chan struct{})
+	time.AfterFunc(d, func() { fn(); close(ch) })
+	return ch
+}
+
+// etcdLeaderIs reports whether the etcd raft leader is the member named name.
+func etcdLeaderIs(ctx context.Context, cli *clientv3.Client, name string) bool {
+	members, err := cli.MemberList(ctx)
+	if err != nil {
+		return false
+	}
+	for _, ep := range cli.Endpoints() {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := cli.Status(sctx, ep)
+		cancel()
+		if err != nil {
+			continue
+		}
+		for _, m := range members.Members {
+			if m.ID == st.Leader {
+				return m.Name == name
+			}
+		}
+	}
+	return false
+}
+
+// eventAfter waits for the failover event of the first epoch after epoch.
+func eventAfter(ctx context.Context, admin *client.Client, epoch int64) (tandem.FailoverEvent, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		events, err := admin.History(hctx)
+		cancel()
+		if err == nil {
+			for _, e := range events {
+				if e.Epoch > epoch {
+					return e, nil
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return tandem.FailoverEvent{}, fmt.Errorf("no failover event after epoch %d (last error: %v)", epoch, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitState waits for server i to report state; it reports whether it did.
+func waitState(ctx context.Context, c *local.Cluster, i int, state tandem.HAState, within time.Duration) bool {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := c.Status(sctx, i)
+		cancel()
+		if err == nil && st.State == state {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
+}
+
+// waitQuiet waits until every acknowledged job has ended (or within ends)
+// and returns every job in the cluster.
+func waitQuiet(ctx context.Context, admin *client.Client, acks []ack, within time.Duration) (map[string]*tandem.Job, error) {
+	deadline := time.Now().Add(within)
+	for {
+		jobs, err := allJobs(ctx, admin)
+		if err != nil {
+			return nil, err
+		}
+		done := true
+		for _, a := range acks {
+			if j, ok := jobs[a.id]; ok && !j.State.Terminal() {
+				done = false
+				break
+			}
+		}
+		if done || time.Now().After(deadline) {
+			return jobs, nil
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func allJobs(ctx context.Context, admin *client.Client) (map[string]*tandem.Job, error) {
+	out := make(map[string]*tandem.Job)
+	after := ""
+	for {
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		page, err := admin.ListJobs(lctx, client.ListOptions{Limit: 1000, After: after})
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("list jobs: %w", err)
+		}
+		for _, j := range page.Jobs {
+			out[j.ID] = j
+		}
+		if page.Next == "" {
+			return out, nil
+		}
+		after = page.Next
+	}
+}
+
+// countLaunches reads the launch ledger the jobs append to, outside tandem,
+// and counts launches and attempt IDs launched more than once (I4).
+func countLaunches(path string) (launches, duplicates int, err error) {
+	b, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, 0, err
+	}
+	seen := make(map[string]int)
+	for _, id := range strings.Fields(string(b)) {
+		seen[id]++
+		launches++
+	}
+	for _, n := range seen {
+		if n > 1 {
+			duplicates += n - 1
+		}
+	}
+	return launches, duplicates, nil
+}
+
+// Print writes the result table.
+func (r *FailoverResult) Print(w io.Writer) {
+	fmt.Fprintf(w, "\n%s x %d, lease TTL %gs, %s etcd; fenced etcd txn p50 %.2f ms\n", r.Fault, r.Trials, r.LeaseTTLS, r.Etcd, r.EtcdTxnP50S*1000)
+	Table(w, "PHASE (ms)\tP50\tP90\tP99\tMAX",
+		"unavailability (client)\t"+r.UnavailabilityS.Row(),
+		"detection\t"+r.DetectionS.Row(),
+		"election\t"+r.ElectionS.Row(),
+		"transition\t"+r.TransitionS.Row())
+	fmt.Fprintf(w, "etcd leader co-located with the faulted active in %d of %d trials\n", r.Colocated, r.Trials)
+	if r.Fault == FaultStop || r.Fault == FaultPartition {
+		fmt.Fprintf(w, "old active not fenced after it came back: %d\n", r.NotFenced)
+	}
+	fmt.Fprintf(w, "acknowledged %d, lost %d, unfinished %d, launches %d, duplicate launches %d\n",
+		r.Acknowledged, r.Lost, r.Unfinished, r.Launches, r.Duplicates)
+}
+
+// Failed reports whether the run broke a promise: an acknowledged job lost,
+// an attempt launched twice, or an old active that did not come back fenced.
+func (r *FailoverResult) Failed() error {
+	if r.Lost > 0 || r.Duplicates > 0 || r.NotFenced > 0 {
+		return fmt.Errorf("%d acknowledged jobs lost, %d duplicate launches, %d old actives not fenced", r.Lost, r.Duplicates, r.NotFenced)
+	}
+	return nil
+}
+
+func msOf(p *float64) string {
+	if p == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f ms", *p*1000)
+}
+
+func trialNotes(t *Trial) string {
+	var notes []string
+	if t.EtcdLeaderColocated {
+		notes = append(notes, "etcd leader was in the same process")
+	}
+	if t.OldActiveFenced != nil {
+		if *t.OldActiveFenced {
+			notes = append(notes, "old active came back fenced")
+		} else {
+			notes = append(notes, "OLD ACTIVE NOT FENCED")
+		}
+	}
+	if len(notes) == 0 {
+		return ""
+	}
+	return "; " + strings.Join(notes, "; ")
+}
+
+func secsDur(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

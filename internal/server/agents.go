@@ -137,6 +137,9 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 		return nil, tandem.ErrNotActive
 	}
 	agent := req.Agent.ID
+	// Reports are recorded even if the agent gives up on this request (it
+	// cancels a poll when it has news): the record is worth finishing.
+	rctx := context.WithoutCancel(ctx)
 	now := time.Now()
 	changed, wasLost, stale := s.agents.contact(req.Agent, req.Seq, now)
 	if stale {
@@ -146,7 +149,7 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 		s.log.Info("a lost agent is back; its replaced attempts will be killed", "agent", agent)
 	}
 	if changed {
-		if err := s.store.PutAgent(ctx, epoch, req.Agent); err != nil {
+		if err := s.store.PutAgent(rctx, epoch, req.Agent); err != nil {
 			return nil, err
 		}
 	}
@@ -154,7 +157,7 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	reported := make(map[string]bool)
 	for _, r := range req.Running {
 		reported[r.AttemptID] = true
-		order, err := s.recordRunning(ctx, epoch, agent, r)
+		order, err := s.recordRunning(rctx, epoch, agent, r)
 		if err != nil {
 			return nil, err
 		}
@@ -164,7 +167,7 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	}
 	for _, r := range req.Done {
 		reported[r.AttemptID] = true
-		if err := s.recordDone(ctx, epoch, agent, r); err != nil {
+		if err := s.recordDone(rctx, epoch, agent, r); err != nil {
 			return nil, err
 		}
 		resp.Ack = append(resp.Ack, r.AttemptID)
@@ -174,7 +177,7 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	for _, j := range s.store.LiveOn(agent) {
 		a := j.LastAttempt()
 		if a.State == tandem.AttemptRunning && !reported[a.ID] {
-			if err := s.loseAttempt(ctx, epoch, agent, j.ID, "its agent restarted and no longer runs it"); err != nil {
+			if err := s.loseAttempt(rctx, epoch, agent, j.ID, "its agent restarted and no longer runs it"); err != nil {
 				return nil, err
 			}
 		}

@@ -169,6 +169,7 @@ func (s *Server) becomeActive(ctx context.Context, epoch int64, wonAt time.Time,
 	s.metrics.setState(tandem.StateActive)
 	// Work of the active, bound to this term: it stops the moment the term ends.
 	s.agents.reset(s.store.Agents(), s.store.AgentsWithLive(), servingAt)
+	s.waiting.reset()
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.schedule(actx, epoch) }()
 	go func() { defer s.wg.Done(); s.watchAgents(actx, epoch) }()

@@ -6,6 +6,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tandemhq/tandem"
@@ -60,20 +61,13 @@ func (s *Server) scheduleOnce(ctx context.Context, epoch int64) time.Duration {
 		spec := j.JobSpec.WithDefaults()
 		agent, why := place(spec, agents, free)
 		if agent == "" {
-			if j.Reason != why {
-				_, err := s.mutate(ctx, epoch, j.ID, func(j *tandem.Job, _ time.Time) (bool, error) {
-					if j.State != tandem.JobPending || j.Reason == why {
-						return false, nil
-					}
-					j.Reason = why
-					return true, nil
-				})
-				if err != nil {
-					s.log.Warn("could not record why a job waits", "job", j.ID, "err", err)
-				}
-			}
+			// Why a job waits changes with every agent that comes and goes;
+			// it is kept in memory and shown by the active, not written for
+			// every pending job (that would double the writes of a backlog).
+			s.waiting.set(j.ID, why)
 			continue
 		}
+		s.waiting.set(j.ID, "")
 		var attemptID string
 		_, err := s.mutate(ctx, epoch, j.ID, func(j *tandem.Job, now time.Time) (bool, error) {
 			if j.State != tandem.JobPending || j.KillRequested {
@@ -166,4 +160,40 @@ func constraintText(c map[string]string) string {
 	}
 	sort.Strings(kv)
 	return " with " + strings.Join(kv, ",")
+}
+
+// waitReasons holds, on the active, why each pending job is not placed.
+type waitReasons struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func (w *waitReasons) set(id, why string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.m == nil {
+		w.m = make(map[string]string)
+	}
+	if why == "" {
+		delete(w.m, id)
+	} else {
+		w.m[id] = why
+	}
+}
+
+func (w *waitReasons) reset() {
+	w.mu.Lock()
+	w.m = nil
+	w.mu.Unlock()
+}
+
+// Explain fills in why a pending job waits, as far as the active knows: the
+// job's own reason (a retry's backoff) or the scheduler's latest word.
+func (s *Server) Explain(j *tandem.Job) {
+	if j.State != tandem.JobPending || j.Reason != "" {
+		return
+	}
+	s.waiting.mu.Lock()
+	j.Reason = s.waiting.m[j.ID]
+	s.waiting.mu.Unlock()
 }

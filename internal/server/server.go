@@ -123,6 +123,7 @@ type Server struct {
 	recorded    chan struct{} // closed once the current term's failover event is written
 
 	agents  agentTable
+	waiting waitReasons
 	jobMu   sync.Mutex // serializes the active's job writes (see mutate)
 	cmds    chan command
 	probe   prober

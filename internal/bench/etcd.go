@@ -1,0 +1,165 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// The etcd baselines: the cheapest write tandem could possibly make for a
+// job, measured on the same etcd. A tandem submission is at least one
+// transaction guarded by the leader key's create revision (I1); these
+// functions make exactly that transaction and nothing else, so the ratio of
+// tandem's rate to theirs is what tandem's own work costs.
+
+// ErrFenceMoved means the fence key of a baseline changed while it ran (some
+// other process wrote under the baseline's prefix), so the transactions no
+// longer measured what they should.
+var ErrFenceMoved = errors.New("bench: the fence key changed during the baseline")
+
+// baselineFence makes sure the fence key under prefix exists and returns
+// its create revision, the "epoch" every baseline transaction is guarded by.
+func baselineFence(ctx context.Context, cli *clientv3.Client, prefix string) (int64, error) {
+	key := prefix + "fence"
+	if _, err := cli.Put(ctx, key, "bench"); err != nil {
+		return 0, fmt.Errorf("create fence key %s: %w", key, err)
+	}
+	// The key may have been there already (a run interrupted before its
+	// clean-up): its create revision is what the guard must name.
+	resp, err := cli.Get(ctx, key)
+	if err != nil {
+		return 0, fmt.Errorf("read fence key %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, fmt.Errorf("fence key %s: %w", key, ErrFenceMoved)
+	}
+	return resp.Kvs[0].CreateRevision, nil
+}
+
+// baselineCleanup deletes everything under prefix. It runs even when ctx
+// has ended, so an interrupted baseline leaves nothing behind.
+func baselineCleanup(ctx context.Context, cli *clientv3.Client, prefix string) error {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Delete(dctx, prefix, clientv3.WithPrefix()); err != nil {
+		return fmt.Errorf("delete %s: %w", prefix, err)
+	}
+	return nil
+}
+
+// baselinePut makes one transaction shaped like tandem's fenced writes:
+// If(CreateRevision(fence) == rev) Then(Put(key, value)).
+func baselinePut(ctx context.Context, cli *clientv3.Client, fenceKey string, rev int64, key, value string) error {
+	resp, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(fenceKey), "=", rev)).
+		Then(clientv3.OpPut(key, value)).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("fenced txn on %s: %w", key, err)
+	}
+	if !resp.Succeeded {
+		return ErrFenceMoved
+	}
+	return nil
+}
+
+// FencedTxnLatency makes n sequential fenced transactions, each putting a
+// valueSize-byte value at <prefix>k/<i> guarded by the create revision of
+// <prefix>fence (created first), and returns each one's latency. Everything
+// under prefix is deleted at the end, also on error. prefix should lie
+// outside every tandem cluster's keys (/tandem/<cluster>/), so no server
+// watches the baseline's writes.
+func FencedTxnLatency(ctx context.Context, cli *clientv3.Client, prefix string, n, valueSize int) (lat []time.Duration, err error) {
+	if n < 1 || valueSize < 0 {
+		return nil, fmt.Errorf("fenced txn latency: n must be positive and the value size not negative (n %d, size %d)", n, valueSize)
+	}
+	rev, err := baselineFence(ctx, cli, prefix)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if cerr := baselineCleanup(ctx, cli, prefix); err == nil {
+			err = cerr
+		}
+	}()
+	value := strings.Repeat("x", valueSize)
+	lat = make([]time.Duration, 0, n)
+	for i := 0; i < n; i++ {
+		start := time.Now()
+		if err := baselinePut(ctx, cli, prefix+"fence", rev, prefix+"k/"+strconv.Itoa(i), value); err != nil {
+			return lat, err
+		}
+		lat = append(lat, time.Since(start))
+	}
+	return lat, nil
+}
+
+// FencedTxnRate makes the transactions of FencedTxnLatency from clients
+// goroutines at once, each starting a new one as soon as its last returns,
+// for d. It returns how many completed and their latencies. The goroutines
+// share cli, as a tandem server's request handlers share its one etcd
+// client. A transaction that fails ends the run with its error; ctx ending
+// does too.
+func FencedTxnRate(ctx context.Context, cli *clientv3.Client, prefix string, clients int, d time.Duration, valueSize int) (ops int, lat []time.Duration, err error) {
+	if clients < 1 || d <= 0 || valueSize < 0 {
+		return 0, nil, fmt.Errorf("fenced txn rate: clients and duration must be positive and the value size not negative (clients %d, duration %s, size %d)", clients, d, valueSize)
+	}
+	rev, err := baselineFence(ctx, cli, prefix)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer func() {
+		if cerr := baselineCleanup(ctx, cli, prefix); err == nil {
+			err = cerr
+		}
+	}()
+	value := strings.Repeat("x", valueSize)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		seq      atomic.Int64
+		mu       sync.Mutex
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	perClient := make([][]time.Duration, clients)
+	deadline := time.Now().Add(d)
+	for g := 0; g < clients; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) && rctx.Err() == nil {
+				key := prefix + "k/" + strconv.FormatInt(seq.Add(1), 10)
+				start := time.Now()
+				if err := baselinePut(rctx, cli, prefix+"fence", rev, key, value); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					cancel()
+					return
+				}
+				perClient[g] = append(perClient[g], time.Since(start))
+			}
+		}()
+	}
+	wg.Wait()
+	for _, l := range perClient {
+		lat = append(lat, l...)
+	}
+	if firstErr != nil {
+		return len(lat), lat, firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return len(lat), lat, err
+	}
+	return len(lat), lat, nil
+}

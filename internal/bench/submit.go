@@ -1,0 +1,531 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/client"
+	"github.com/tandemhq/tandem/internal/keys"
+	"github.com/tandemhq/tandem/internal/local"
+)
+
+// SubmitConfig configures RunSubmit. Zero values take the defaults noted.
+type SubmitConfig struct {
+	Binary   string        // the tandem binary to run servers and agents with (required)
+	Servers  int           // servers, each with an embedded etcd member (default 3)
+	Agents   int           // agents (default 2)
+	Clients  int           // concurrent submitting clients in the throughput run (default 8)
+	Duration time.Duration // length of the throughput run and of the raw etcd run (default 10s)
+	Jobs     int           // sequential submissions in the scheduling run (default 200)
+	DataDir  string        // where the cluster keeps data and logs ("" for a temporary directory, removed at the end)
+	BasePort int           // server i listens on BasePort+i, its etcd member on BasePort+100+i (default 17070)
+	LeaseTTL time.Duration // the servers' lease TTL (0: the server's default)
+	Out      io.Writer     // progress and the result table (nil: discarded)
+}
+
+// SubmitResult is what RunSubmit measured; it is also the JSON output.
+type SubmitResult struct {
+	Clients   int     `json:"clients"`
+	DurationS float64 `json:"duration_s"`
+	// SubmitMode says what became of the submitted jobs in the throughput run.
+	SubmitMode string `json:"submit_mode"`
+	// Acknowledged counts submissions answered 201; Failed those that
+	// returned an error (after the client's own retries).
+	Acknowledged   int     `json:"acknowledged"`
+	Failed         int     `json:"failed"`
+	SubmitsPerS    float64 `json:"submits_per_s"`
+	SubmitLatencyS Summary `json:"submit_latency_s"`
+	// EtcdTxnsPerS is the rate of raw fenced transactions on the same etcd,
+	// at the same concurrency and value size; Ratio is SubmitsPerS divided by it.
+	EtcdTxnsPerS    float64 `json:"etcd_fenced_txns_per_s"`
+	EtcdTxnLatencyS Summary `json:"etcd_fenced_txn_latency_s"`
+	Ratio           float64 `json:"ratio"`
+	// EtcdTxnP50S is the median latency of one fenced transaction made alone.
+	EtcdTxnP50S float64 `json:"etcd_txn_p50_s"`
+	// SubmitToRunningS is, on an idle cluster, the time from starting a
+	// submission to the job's attempt having started on an agent.
+	SubmitToRunningS Summary `json:"submit_to_running_s"`
+	// EtcdRevsPerS is the rate at which etcd's revision moved during the
+	// throughput run: every write of the cluster, the submissions' own and
+	// those the servers made because of them (a pending job's reason).
+	EtcdRevsPerS float64 `json:"etcd_revisions_per_s"`
+	// SettleS is how long the servers went on writing after the throughput
+	// run ended (the scheduler recording why each new job waits), -1 if
+	// they had not stopped within a minute.
+	SettleS float64 `json:"settle_s"`
+	// ValueBytes is the size of a stored job record, used for the raw
+	// transactions.
+	ValueBytes int `json:"value_bytes"`
+}
+
+// benchConstraint is a constraint no agent of the bench cluster matches:
+// jobs submitted with it stay pending, so the throughput run measures
+// submission alone, not the attempts that would follow.
+var benchConstraint = map[string]string{"bench": "none"}
+
+// seqTxns is how many sequential fenced transactions give EtcdTxnP50S.
+const seqTxns = 200
+
+const submitMode = "jobs kept pending (constraint bench=none matches no agent)"
+
+func (c *SubmitConfig) withDefaults() (SubmitConfig, error) {
+	cfg := *c
+	if cfg.Binary == "" {
+		return cfg, errors.New("bench submit: the tandem binary path is required")
+	}
+	if cfg.Servers == 0 {
+		cfg.Servers = 3
+	}
+	if cfg.Agents == 0 {
+		cfg.Agents = 2
+	}
+	if cfg.Clients == 0 {
+		cfg.Clients = 8
+	}
+	if cfg.Duration == 0 {
+		cfg.Duration = 10 * time.Second
+	}
+	if cfg.Jobs == 0 {
+		cfg.Jobs = 200
+	}
+	if cfg.BasePort == 0 {
+		cfg.BasePort = 17070
+	}
+	if cfg.Out == nil {
+		cfg.Out = io.Discard
+	}
+	switch {
+	case cfg.Servers < 1 || cfg.Agents < 1 || cfg.Clients < 1 || cfg.Jobs < 1:
+		return cfg, fmt.Errorf("bench submit: servers, agents, clients and jobs must be positive (%d, %d, %d, %d)", cfg.Servers, cfg.Agents, cfg.Clients, cfg.Jobs)
+	case cfg.Duration < 0 || cfg.LeaseTTL < 0:
+		return cfg, errors.New("bench submit: duration and lease TTL must not be negative")
+	}
+	return cfg, nil
+}
+
+// RunSubmit starts a local cluster (cfg.Servers server processes, each with
+// an embedded etcd member, and cfg.Agents agent processes) and measures, in
+// this order:
+//
+//   - the scheduling run: on the idle cluster, cfg.Jobs sequential
+//     submissions of `true`, each timed from the start of SubmitJob until the
+//     job's attempt has started (seen through an etcd watch), each waited on
+//     until it has ended before the next;
+//   - submission throughput: cfg.Clients goroutines, each with its own
+//     failover client, submitting jobs that stay pending for cfg.Duration;
+//   - the raw etcd baseline: fenced transactions of the same size from as
+//     many goroutines for as long, through the active's own etcd member,
+//     which is where the active's writes go;
+//   - 200 sequential fenced transactions, for their median latency.
+//
+// It prints a table to cfg.Out and stops the cluster before returning, also
+// when ctx ends or a step fails.
+func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err error) {
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	out := cfg.Out
+	dir := cfg.DataDir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "tandem-bench-submit-"); err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+	} else if dir, err = filepath.Abs(dir); err != nil {
+		return nil, err
+	}
+	lc, err := local.New(local.Config{Binary: cfg.Binary, Servers: cfg.Servers, Agents: cfg.Agents,
+		BasePort: cfg.BasePort, DataDir: dir, LeaseTTL: cfg.LeaseTTL})
+	if err != nil {
+		return nil, fmt.Errorf("bench submit: %w", err)
+	}
+	fmt.Fprintf(out, "starting %d servers (each with an embedded etcd member) and %d agents in %s\n", cfg.Servers, cfg.Agents, dir)
+	startCtx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	err = lc.Start(startCtx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("start the cluster: %w", err)
+	}
+	defer func() {
+		fmt.Fprintln(out, "stopping the cluster")
+		lc.Stop(10 * time.Second)
+	}()
+	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	active, err := lc.WaitActive(waitCtx)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+
+	layout := keys.New("default")
+	var allMembers []string
+	for i := 0; i < cfg.Servers; i++ {
+		allMembers = append(allMembers, "http://127.0.0.1:"+strconv.Itoa(cfg.BasePort+100+i))
+	}
+	cli, err := submitEtcdClient(allMembers...)
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+
+	res = &SubmitResult{Clients: cfg.Clients, DurationS: cfg.Duration.Seconds(), SubmitMode: submitMode}
+
+	// The scheduling run first, while the cluster holds no pending backlog
+	// for the scheduler to walk through.
+	fmt.Fprintf(out, "scheduling run: %d sequential submissions of `true` on the idle cluster\n", cfg.Jobs)
+	s2r, err := schedulingRun(ctx, lc.URLs(), cli, layout, cfg.Jobs)
+	if err != nil {
+		return nil, fmt.Errorf("scheduling run: %w", err)
+	}
+	res.SubmitToRunningS = Summarize(s2r)
+
+	fmt.Fprintf(out, "throughput: %d clients submitting for %s, %s\n", cfg.Clients, cfg.Duration, submitMode)
+	rev0, err := etcdRevision(ctx, cli, layout)
+	if err != nil {
+		return nil, err
+	}
+	tp, err := submitThroughput(ctx, lc.URLs(), cfg.Clients, cfg.Duration)
+	if err != nil {
+		return nil, fmt.Errorf("throughput run: %w", err)
+	}
+	rev1, err := etcdRevision(ctx, cli, layout)
+	if err != nil {
+		return nil, err
+	}
+	res.EtcdRevsPerS = float64(rev1-rev0) / tp.elapsed.Seconds()
+	res.Acknowledged, res.Failed = len(tp.lat), tp.failed
+	res.SubmitsPerS = float64(len(tp.lat)) / tp.elapsed.Seconds()
+	res.SubmitLatencyS = Summarize(tp.lat)
+	if tp.firstID == "" {
+		return nil, fmt.Errorf("throughput run: no submission was acknowledged (%d failed; first error: %v)", tp.failed, tp.firstErr)
+	}
+	if tp.firstErr != nil {
+		fmt.Fprintf(out, "  %d submissions failed; first error: %v\n", tp.failed, tp.firstErr)
+	}
+
+	// The scheduler records on each new pending job why it waits (one more
+	// fenced write per job); let it finish before etcd is measured alone.
+	t0 := time.Now()
+	if err := waitEtcdQuiet(ctx, cli, layout, time.Second, time.Minute); err != nil {
+		res.SettleS = -1
+		fmt.Fprintf(out, "  note: %v; measuring etcd anyway\n", err)
+	} else {
+		res.SettleS = max(0, time.Since(t0)-time.Second).Seconds()
+		fmt.Fprintf(out, "  the servers' own writes went on %.1fs after the run\n", res.SettleS)
+	}
+	got, err := cli.Get(ctx, layout.Job(tp.firstID))
+	if err != nil {
+		return nil, fmt.Errorf("read job %s: %w", tp.firstID, err)
+	}
+	if len(got.Kvs) == 0 {
+		return nil, fmt.Errorf("acknowledged job %s is not in etcd", tp.firstID)
+	}
+	res.ValueBytes = len(got.Kvs[0].Value)
+
+	// The raw baseline goes through the active's own member, as the active's
+	// writes do; it may be an etcd follower (the active moves raft
+	// leadership away from itself), which then forwards to the leader.
+	if a := lc.Active(ctx); a >= 0 {
+		active = a
+	}
+	raw, err := submitEtcdClient(allMembers[active])
+	if err != nil {
+		return nil, err
+	}
+	defer raw.Close()
+	prefix := fmt.Sprintf("/tandem-bench/%d/", os.Getpid())
+	fmt.Fprintf(out, "raw etcd: fenced transactions of %d bytes from %d clients for %s via %s's member\n",
+		res.ValueBytes, cfg.Clients, cfg.Duration, lc.Servers[active].ID)
+	ops, lat, err := FencedTxnRate(ctx, raw, prefix+"rate/", cfg.Clients, cfg.Duration, res.ValueBytes)
+	if err != nil {
+		return nil, fmt.Errorf("raw fenced transactions: %w", err)
+	}
+	res.EtcdTxnsPerS = float64(ops) / cfg.Duration.Seconds()
+	res.EtcdTxnLatencyS = Summarize(lat)
+	if res.EtcdTxnsPerS > 0 {
+		res.Ratio = res.SubmitsPerS / res.EtcdTxnsPerS
+	}
+
+	seq, err := FencedTxnLatency(ctx, raw, prefix+"latency/", seqTxns, res.ValueBytes)
+	if err != nil {
+		return nil, fmt.Errorf("sequential fenced transactions: %w", err)
+	}
+	res.EtcdTxnP50S = Summarize(seq).P50
+
+	fmt.Fprintln(out)
+	res.Print(out)
+	return res, nil
+}
+
+// Print writes the result as a table. Times are in milliseconds.
+func (r *SubmitResult) Print(w io.Writer) {
+	Table(w, "MEASURE\tN\tPER S\tP50 MS\tP90 MS\tP99 MS\tMAX MS",
+		fmt.Sprintf("tandem submit (%d clients, %d failed)\t%d\t%.0f\t%s", r.Clients, r.Failed, r.Acknowledged, r.SubmitsPerS, r.SubmitLatencyS.Row()),
+		fmt.Sprintf("raw etcd fenced txn (%d clients, %d B)\t%d\t%.0f\t%s", r.Clients, r.ValueBytes, r.EtcdTxnLatencyS.N, r.EtcdTxnsPerS, r.EtcdTxnLatencyS.Row()),
+		fmt.Sprintf("ratio submit/raw\t-\t%.2f\t-\t-\t-\t-", r.Ratio),
+		fmt.Sprintf("etcd revisions during submit run\t-\t%.0f\t-\t-\t-\t-", r.EtcdRevsPerS),
+		fmt.Sprintf("submit-to-running (idle, sequential)\t%d\t-\t%s", r.SubmitToRunningS.N, r.SubmitToRunningS.Row()),
+		fmt.Sprintf("etcd fenced txn (sequential)\t%d\t-\t%.1f\t-\t-\t-", seqTxns, r.EtcdTxnP50S*1000),
+	)
+	fmt.Fprintf(w, "submissions: %s\n", r.SubmitMode)
+}
+
+func submitEtcdClient(endpoints ...string) (*clientv3.Client, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, fmt.Errorf("connect to etcd at %v: %w", endpoints, err)
+	}
+	return cli, nil
+}
+
+// submitRun is what submitThroughput saw.
+type submitRun struct {
+	lat      []time.Duration // of acknowledged submissions
+	failed   int
+	firstErr error
+	firstID  string // an acknowledged job
+	elapsed  time.Duration
+}
+
+// submitThroughput runs clients goroutines, each with its own failover
+// client over every server, submitting jobs that stay pending back to back
+// until d has passed. A submission under way at the end is waited for and
+// counted, and the rate is taken over the time until the last one returned.
+func submitThroughput(ctx context.Context, urls []string, clients int, d time.Duration) (submitRun, error) {
+	var (
+		mu  sync.Mutex
+		res submitRun
+		wg  sync.WaitGroup
+	)
+	start := time.Now()
+	deadline := start.Add(d)
+	for g := 0; g < clients; g++ {
+		cl, err := client.New(client.Config{Servers: urls, UserAgent: "tandem-bench"})
+		if err != nil {
+			return res, err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var lat []time.Duration
+			var failed int
+			var firstErr error
+			firstID := ""
+			for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
+				spec := tandem.JobSpec{Name: fmt.Sprintf("bench-%d-%d", g, i), Command: []string{"true"}, Constraints: benchConstraint}
+				t0 := time.Now()
+				job, err := cl.SubmitJob(ctx, spec, client.SubmitOptions{})
+				if err != nil {
+					if ctx.Err() != nil {
+						break
+					}
+					failed++
+					if firstErr == nil {
+						firstErr = err
+					}
+					continue
+				}
+				lat = append(lat, time.Since(t0))
+				if firstID == "" {
+					firstID = job.ID
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			res.lat = append(res.lat, lat...)
+			res.failed += failed
+			if res.firstErr == nil {
+				res.firstErr = firstErr
+			}
+			if res.firstID == "" {
+				res.firstID = firstID
+			}
+		}()
+	}
+	wg.Wait()
+	res.elapsed = time.Since(start)
+	return res, ctx.Err()
+}
+
+// schedulingRun submits n jobs of `true` one at a time and returns, for
+// each, the time from the start of SubmitJob until the bench saw its attempt
+// started. Before each submission the previous job has ended, so every
+// measurement starts on an idle cluster. A few warm-up jobs, not counted,
+// make sure the agents are connected.
+func schedulingRun(ctx context.Context, urls []string, cli *clientv3.Client, layout keys.Layout, n int) ([]time.Duration, error) {
+	cl, err := client.New(client.Config{Servers: urls, UserAgent: "tandem-bench"})
+	if err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := watchJobs(wctx, cli, layout)
+	if err != nil {
+		return nil, err
+	}
+	const warmup = 3
+	lat := make([]time.Duration, 0, n)
+	for i := 0; i < warmup+n; i++ {
+		spec := tandem.JobSpec{Name: fmt.Sprintf("bench-run-%d", i), Command: []string{"true"}}
+		t0 := time.Now()
+		job, err := cl.SubmitJob(ctx, spec, client.SubmitOptions{})
+		if err != nil {
+			return nil, err
+		}
+		limit := 10 * time.Second
+		if i < warmup {
+			limit = time.Minute // the agents may still be connecting
+		}
+		started, err := w.wait(ctx, job.ID, limit, func(s jobSeen) bool { return !s.started.IsZero() })
+		if err != nil {
+			return nil, err
+		}
+		if i >= warmup {
+			lat = append(lat, started.started.Sub(t0))
+		}
+		if _, err := w.wait(ctx, job.ID, limit, func(s jobSeen) bool { return s.ended }); err != nil {
+			return nil, err
+		}
+	}
+	return lat, nil
+}
+
+// jobSeen is what the bench has seen of one job through its watch.
+type jobSeen struct {
+	started time.Time // when the bench first saw the latest attempt started
+	ended   bool      // the job is in a terminal state
+	state   tandem.JobState
+	reason  string
+}
+
+// jobWatch follows every job record of a cluster through one etcd watch,
+// started before any job it is asked about is submitted, so no change can
+// slip between a submission and the start of its observation.
+type jobWatch struct {
+	mu      sync.Mutex
+	seen    map[string]jobSeen
+	changed chan struct{} // closed and replaced on every change
+	err     error         // why the watch ended
+}
+
+func watchJobs(ctx context.Context, cli *clientv3.Client, layout keys.Layout) (*jobWatch, error) {
+	rev, err := etcdRevision(ctx, cli, layout)
+	if err != nil {
+		return nil, err
+	}
+	w := &jobWatch{seen: make(map[string]jobSeen), changed: make(chan struct{})}
+	// Watching from the next revision sees every later change.
+	wch := cli.Watch(ctx, layout.JobsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	go func() { // ends with ctx, which closes wch
+		for wr := range wch {
+			now := time.Now()
+			if err := wr.Err(); err != nil {
+				w.fail(err)
+				return
+			}
+			w.mu.Lock()
+			for _, ev := range wr.Events {
+				if ev.Type != clientv3.EventTypePut {
+					continue
+				}
+				var j tandem.Job
+				if json.Unmarshal(ev.Kv.Value, &j) != nil {
+					continue
+				}
+				s := w.seen[j.ID]
+				if a := j.LastAttempt(); a != nil && a.StartedAt != nil && s.started.IsZero() {
+					s.started = now
+				}
+				s.ended, s.state, s.reason = j.State.Terminal(), j.State, j.Reason
+				w.seen[j.ID] = s
+			}
+			close(w.changed)
+			w.changed = make(chan struct{})
+			w.mu.Unlock()
+		}
+		w.fail(errors.New("the etcd watch ended"))
+	}()
+	return w, nil
+}
+
+func (w *jobWatch) fail(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err == nil {
+		w.err = err
+		close(w.changed)
+	}
+}
+
+// wait blocks until done holds for what the watch has seen of job id, and
+// returns that; it fails after limit, or when ctx ends or the watch breaks.
+func (w *jobWatch) wait(ctx context.Context, id string, limit time.Duration, done func(jobSeen) bool) (jobSeen, error) {
+	timeout := time.NewTimer(limit)
+	defer timeout.Stop()
+	for {
+		w.mu.Lock()
+		s, ch, werr := w.seen[id], w.changed, w.err
+		w.mu.Unlock()
+		if done(s) {
+			return s, nil
+		}
+		if werr != nil {
+			return s, fmt.Errorf("watch job %s: %w", id, werr)
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return s, ctx.Err()
+		case <-timeout.C:
+			return s, fmt.Errorf("job %s: not there within %s (state %q, reason %q)", id, limit, s.state, s.reason)
+		}
+	}
+}
+
+// etcdRevision returns etcd's current revision.
+func etcdRevision(ctx context.Context, cli *clientv3.Client, layout keys.Layout) (int64, error) {
+	resp, err := cli.Get(ctx, layout.Leader(), clientv3.WithKeysOnly()) // any read carries the revision
+	if err != nil {
+		return 0, fmt.Errorf("read the etcd revision: %w", err)
+	}
+	return resp.Header.Revision, nil
+}
+
+// waitEtcdQuiet waits until etcd's revision has not moved for quiet, which
+// means the servers have finished the writes a run left them to do. It
+// gives up after limit.
+func waitEtcdQuiet(ctx context.Context, cli *clientv3.Client, layout keys.Layout, quiet, limit time.Duration) error {
+	var last int64
+	since := time.Now()
+	end := since.Add(limit)
+	for time.Now().Before(end) {
+		rev, err := etcdRevision(ctx, cli, layout)
+		if err != nil {
+			return err
+		}
+		if rev != last {
+			last, since = rev, time.Now()
+		} else if time.Since(since) >= quiet {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("etcd was still being written %s after the run", limit)
+}

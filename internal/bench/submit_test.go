@@ -1,0 +1,123 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/etcdtest"
+	"github.com/tandemhq/tandem/internal/keys"
+)
+
+func countUnder(t *testing.T, cli *clientv3.Client, prefix string) int64 {
+	t.Helper()
+	resp, err := cli.Get(context.Background(), prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Count
+}
+
+func TestFencedTxnBaselines(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	ctx := context.Background()
+
+	lat, err := FencedTxnLatency(ctx, cli, "/bench-test/seq/", 20, 300)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lat) != 20 {
+		t.Errorf("FencedTxnLatency: got %d latencies, want 20", len(lat))
+	}
+	if n := countUnder(t, cli, "/bench-test/seq/"); n != 0 {
+		t.Errorf("after FencedTxnLatency: got %d keys left under its prefix, want 0", n)
+	}
+
+	ops, lat, err := FencedTxnRate(ctx, cli, "/bench-test/rate/", 3, 300*time.Millisecond, 300)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ops == 0 || ops != len(lat) {
+		t.Errorf("FencedTxnRate: got %d ops and %d latencies, want as many, more than 0", ops, len(lat))
+	}
+	if n := countUnder(t, cli, "/bench-test/rate/"); n != 0 {
+		t.Errorf("after FencedTxnRate: got %d keys left under its prefix, want 0", n)
+	}
+}
+
+// The baseline's transactions are really fenced: once the fence key is
+// replaced they fail, as a deposed active's writes do.
+func TestFencedTxnRateStopsWhenFenceMoves(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	ctx := context.Background()
+	const prefix = "/bench-test/moved/"
+	mctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		// Wait for the run to have written something, then move the fence.
+		for mctx.Err() == nil {
+			resp, err := cli.Get(mctx, prefix+"k/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+			if err == nil && resp.Count > 0 {
+				_, _ = cli.Delete(mctx, prefix+"fence")
+				_, _ = cli.Put(mctx, prefix+"fence", "other")
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	start := time.Now()
+	_, _, err := FencedTxnRate(ctx, cli, prefix, 2, 30*time.Second, 10)
+	if !errors.Is(err, ErrFenceMoved) {
+		t.Fatalf("got error %v, want ErrFenceMoved", err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("the run went on for %s after the fence moved", d)
+	}
+}
+
+func TestJobWatchSeesStartAndEnd(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	ctx := context.Background()
+	layout := keys.New("default")
+	w, err := watchJobs(ctx, cli, layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(j tandem.Job) {
+		b, _ := json.Marshal(j)
+		if _, err := cli.Put(ctx, layout.Job(j.ID), string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	j := tandem.Job{ID: "j1", State: tandem.JobPending}
+	put(j)
+	j.State = tandem.JobScheduled
+	j.Attempts = []tandem.Attempt{{ID: "j1-1", Number: 1, State: tandem.AttemptScheduled}}
+	put(j)
+	if s, err := w.wait(ctx, "j1", 200*time.Millisecond, func(s jobSeen) bool { return !s.started.IsZero() }); err == nil {
+		t.Fatalf("a scheduled attempt counted as started: %+v", s)
+	}
+	j.State, j.Attempts[0].State, j.Attempts[0].StartedAt = tandem.JobRunning, tandem.AttemptRunning, &now
+	put(j)
+	s, err := w.wait(ctx, "j1", 10*time.Second, func(s jobSeen) bool { return !s.started.IsZero() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.ended {
+		t.Errorf("a running job counted as ended")
+	}
+	j.State = tandem.JobSucceeded
+	put(j)
+	if _, err := w.wait(ctx, "j1", 10*time.Second, func(s jobSeen) bool { return s.ended }); err != nil {
+		t.Fatal(err)
+	}
+}
