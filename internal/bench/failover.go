@@ -126,7 +126,7 @@ type load struct {
 	mu    sync.Mutex
 	acks  []ack
 	errs  int
-	first []string // the first few client errors, to show
+	first []string      // the first few client errors, to show
 	newAt chan struct{} // closed and replaced on every ack
 }
 
