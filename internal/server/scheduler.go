@@ -16,9 +16,10 @@ import (
 // placement is recorded in etcd, fenced by the epoch, before any agent can
 // hear of it (I4): agents only learn assignments from the recorded state.
 func (s *Server) schedule(ctx context.Context, epoch int64) {
+	var p planner
 	for {
 		changed := s.store.Changed()
-		wait := s.scheduleOnce(ctx, epoch)
+		wait := s.scheduleOnce(ctx, epoch, &p)
 		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -31,15 +32,40 @@ func (s *Server) schedule(ctx context.Context, epoch int64) {
 	}
 }
 
-// scheduleOnce makes one pass over the pending jobs, oldest first, and
-// returns how long to wait for the next retry backoff to end if nothing else
-// wakes the scheduler.
-func (s *Server) scheduleOnce(ctx context.Context, epoch int64) time.Duration {
-	next := time.Minute
-	pending := s.store.PendingJobs()
-	if len(pending) == 0 {
-		return next
+// planner is the scheduler's memory between passes. A job that fitted no
+// agent cannot fit while no agent gains room or appears, so a pass only
+// looks at the whole backlog when that happens; otherwise it looks at the
+// jobs that became pending since the last pass and at retries that are due.
+// That keeps a large backlog from costing a full scan per submission.
+type planner struct {
+	started bool
+	free    map[string]tandem.Resources // free resources at the last pass
+	agents  map[string]tandem.AgentInfo
+	delayed map[string]time.Time // pending jobs waiting out a retry backoff
+}
+
+// grew reports whether any agent appeared, changed, or gained free room
+// since the last pass.
+func (p *planner) grew(agents map[string]tandem.AgentInfo, free map[string]tandem.Resources) bool {
+	if !p.started || len(agents) != len(p.agents) {
+		return true
 	}
+	for id, a := range agents {
+		old, ok := p.agents[id]
+		if !ok || !sameAgent(old, a) {
+			return true
+		}
+		f, was := free[id], p.free[id]
+		if f.CPU > was.CPU+1e-9 || f.MemoryMB > was.MemoryMB {
+			return true
+		}
+	}
+	return false
+}
+
+// scheduleOnce makes one pass and returns how long to wait for the next
+// retry backoff to end if nothing else wakes the scheduler.
+func (s *Server) scheduleOnce(ctx context.Context, epoch int64, p *planner) time.Duration {
 	agents := s.agents.ready()
 	free := make(map[string]tandem.Resources, len(agents))
 	for id, a := range agents {
@@ -50,11 +76,36 @@ func (s *Server) scheduleOnce(ctx context.Context, epoch int64) time.Duration {
 		free[id] = f
 	}
 	now := time.Now()
-	for _, j := range pending {
+	var jobs []*tandem.Job
+	if p.grew(agents, free) {
+		s.store.TakeFreshPending()
+		jobs = s.store.PendingJobs()
+		p.delayed = make(map[string]time.Time)
+	} else {
+		jobs = s.store.TakeFreshPending()
+		for id, at := range p.delayed {
+			if !at.After(now) {
+				delete(p.delayed, id)
+				if j, err := s.store.Job(id); err == nil && j.State == tandem.JobPending {
+					jobs = append(jobs, j)
+				}
+			}
+		}
+		sort.Slice(jobs, func(a, b int) bool { return jobs[a].ID < jobs[b].ID })
+	}
+	p.started = true
+	defer func() { p.agents, p.free = agents, free }()
+
+	next := time.Minute
+	for _, at := range p.delayed {
+		next = min(next, at.Sub(now))
+	}
+	for _, j := range jobs {
 		if ctx.Err() != nil {
 			return next
 		}
 		if j.NotBefore != nil && j.NotBefore.After(now) {
+			p.delayed[j.ID] = *j.NotBefore
 			next = min(next, j.NotBefore.Sub(now))
 			continue
 		}
@@ -82,6 +133,7 @@ func (s *Server) scheduleOnce(ctx context.Context, epoch int64) time.Duration {
 		})
 		if err != nil {
 			s.log.Warn("could not record an assignment", "job", j.ID, "agent", agent, "err", err)
+			p.started = false // look at everything again next time
 			if ctx.Err() != nil {
 				return next
 			}
@@ -97,7 +149,7 @@ func (s *Server) scheduleOnce(ctx context.Context, epoch int64) time.Duration {
 			os.Exit(86)
 		}
 	}
-	return next
+	return max(next, time.Millisecond)
 }
 
 // FailpointExitAfterAssign makes the server exit right after it records an

@@ -59,6 +59,7 @@ type Store struct {
 	byState  map[tandem.JobState]int
 	jobRev   map[string]int64               // each job record's mod revision
 	pending  map[string]struct{}            // IDs of pending jobs
+	fresh    map[string]struct{}            // IDs that became (or stayed) pending since TakeFreshPending
 	live     map[string]map[string]struct{} // agent ID -> IDs of jobs with a live attempt on it
 	agents   map[string]tandem.AgentInfo
 	servers  map[string]tandem.ServerInfo
@@ -88,6 +89,7 @@ func New(cli *clientv3.Client, layout keys.Layout, log *slog.Logger) *Store {
 		byState: make(map[tandem.JobState]int),
 		jobRev:  make(map[string]int64),
 		pending: make(map[string]struct{}),
+		fresh:   make(map[string]struct{}),
 		live:    make(map[string]map[string]struct{}),
 		agents:  make(map[string]tandem.AgentInfo),
 		servers: make(map[string]tandem.ServerInfo),
@@ -150,6 +152,7 @@ func (s *Store) load(ctx context.Context) error {
 	s.byState = make(map[tandem.JobState]int)
 	s.jobRev = make(map[string]int64)
 	s.pending = make(map[string]struct{})
+	s.fresh = make(map[string]struct{})
 	s.live = make(map[string]map[string]struct{})
 	s.agents = make(map[string]tandem.AgentInfo)
 	s.servers = make(map[string]tandem.ServerInfo)
@@ -330,6 +333,7 @@ func (s *Store) index(j *tandem.Job) {
 	s.byState[j.State]++
 	if j.State == tandem.JobPending {
 		s.pending[j.ID] = struct{}{}
+		s.fresh[j.ID] = struct{}{}
 	}
 	if a := j.LastAttempt(); a != nil && a.State.Live() {
 		m := s.live[a.Agent]
@@ -345,6 +349,7 @@ func (s *Store) index(j *tandem.Job) {
 func (s *Store) unindex(j *tandem.Job) {
 	s.byState[j.State]--
 	delete(s.pending, j.ID)
+	delete(s.fresh, j.ID)
 	if a := j.LastAttempt(); a != nil {
 		delete(s.live[a.Agent], j.ID)
 	}
@@ -534,6 +539,21 @@ func (s *Store) PendingJobs() []*tandem.Job {
 	for id := range s.pending {
 		out = append(out, cloneJob(s.jobs[id]))
 	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
+	return out
+}
+
+// TakeFreshPending returns the pending jobs written since the last call,
+// oldest first, and forgets them: the scheduler's way to look only at what
+// is new instead of the whole backlog.
+func (s *Store) TakeFreshPending() []*tandem.Job {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*tandem.Job, 0, len(s.fresh))
+	for id := range s.fresh {
+		out = append(out, cloneJob(s.jobs[id]))
+	}
+	clear(s.fresh)
 	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
 	return out
 }
