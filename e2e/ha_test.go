@@ -17,6 +17,7 @@ import (
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/client"
 	"github.com/tandemhq/tandem/internal/etcdtest"
+	"github.com/tandemhq/tandem/internal/local"
 )
 
 // kill -9 of the active server process: another server becomes active, there
@@ -406,4 +407,59 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// A partitioned active (cut off from etcd, its peers and its clients, with
+// every etcd member inside the servers) is replaced, and when the partition
+// heals it is fenced: it reports standby and the new active keeps going.
+func TestPartitionedActiveIsFenced(t *testing.T) {
+	cfg := local.Config{Binary: binary, Servers: 3, BasePort: freeBasePort(t, 3), DataDir: t.TempDir(), Proxied: true, LogLevel: "debug"}
+	c, err := local.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := c.Start(sctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Stop(10 * time.Second) })
+	a := waitActive(t, c)
+	before, err := c.Status(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Partition(a); err != nil {
+		t.Fatal(err)
+	}
+	b := waitActive(t, c, a)
+	cl := newClient(t, c.URLs())
+	j, err := cl.SubmitJob(ctx, tandem.JobSpec{Command: []string{"true"}}, client.SubmitOptions{})
+	if err != nil {
+		t.Fatalf("submit during the partition: %v", err)
+	}
+	if j.Epoch <= before.Epoch || j.AcceptedBy != c.Servers[b].ID {
+		t.Fatalf("job accepted by %s at epoch %d; want %s above epoch %d", j.AcceptedBy, j.Epoch, c.Servers[b].ID, before.Epoch)
+	}
+	if err := c.Heal(a); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st, err := c.Status(ctx, a)
+		if err == nil && st.State == tandem.StateStandby && st.Epoch > before.Epoch {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("healed old active: %+v %v; want standby under a newer epoch", st, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := countActive(t, c); n != 1 {
+		t.Fatalf("active servers after healing: %d, want 1", n)
+	}
+	if _, err := cl.GetJob(ctx, j.ID); err != nil {
+		t.Fatalf("job written during the partition: %v", err)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -175,7 +176,11 @@ func (a *Agent) launch(as tandem.Assignment, log *slog.Logger) (*attempt, *exec.
 	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
 		cmd.Env = append(cmd.Env, k+"="+spec.Env[k])
 	}
-	cmd.Env = append(cmd.Env, "TANDEM_JOB_ID="+as.JobID, "TANDEM_ATTEMPT_ID="+id)
+	a.mu.Lock()
+	epoch := a.epoch // the epoch of the answer that carried this assignment
+	a.mu.Unlock()
+	cmd.Env = append(cmd.Env, "TANDEM_JOB_ID="+as.JobID, "TANDEM_ATTEMPT_ID="+id,
+		"TANDEM_AGENT_ID="+a.cfg.ID, "TANDEM_EPOCH="+strconv.FormatInt(epoch, 10))
 	cmd.Stdout, cmd.Stderr = out, out // one *os.File: interleaved, and no copying goroutines
 	// Its own process group, so a kill reaches its children too; and it
 	// dies with the agent process, so a restarted agent never has an
