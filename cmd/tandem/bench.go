@@ -135,15 +135,16 @@ func runBenchSubmit(ctx context.Context, out io.Writer, f *benchSubmitFlags) err
 }
 
 type benchFailoverFlags struct {
-	fault    string
-	trials   int
-	leaseTTL time.Duration
-	etcd     string
-	clients  int
-	quiet    time.Duration
-	basePort int
-	dataDir  string
-	jsonPath string
+	fault      string
+	trials     int
+	leaseTTL   time.Duration
+	etcd       string
+	clients    int
+	quiet      time.Duration
+	basePort   int
+	dataDir    string
+	jsonPath   string
+	serverArgs []string
 }
 
 var benchEtcdModes = []string{"embedded", "external"}
@@ -173,6 +174,7 @@ checks that no acknowledged job was lost and no attempt launched twice.`,
 	fl.IntVar(&f.basePort, "base-port", 18070, "first port of the cluster's port range (it uses the 1000 ports from it)")
 	fl.StringVar(&f.dataDir, "data-dir", "", "keep the cluster's data and logs here (default: a temporary directory, removed at the end)")
 	fl.StringVar(&f.jsonPath, "json", "", `also write the result as JSON to this file ("-" for stdout)`)
+	fl.StringArrayVar(&f.serverArgs, "server-arg", nil, "extra flag for every server, e.g. --server-arg=--etcd-leader-away=false (repeatable)")
 	return cmd
 }
 
@@ -216,7 +218,7 @@ func runBenchFailover(ctx context.Context, out io.Writer, f *benchFailoverFlags)
 	defer stop()
 	res, err := bench.RunFailover(ctx, bench.FailoverConfig{
 		Binary: bin, Fault: f.fault, Trials: f.trials, LeaseTTL: f.leaseTTL, Etcd: f.etcd, Clients: f.clients,
-		Quiet: f.quiet, DataDir: f.dataDir, BasePort: f.basePort, Out: out,
+		Quiet: f.quiet, DataDir: f.dataDir, BasePort: f.basePort, Out: out, ServerArgs: f.serverArgs,
 	})
 	if err != nil {
 		return interrupted(ctx, err)

@@ -43,6 +43,9 @@ type FailoverConfig struct {
 	DataDir  string        // where the cluster keeps data and logs ("" for a temporary directory)
 	BasePort int           // first port of the cluster's port range (it uses 1000)
 	Out      io.Writer     // progress and the result table
+	// ServerArgs are extra flags for every server (to measure, say, what
+	// --etcd-leader-away=false costs).
+	ServerArgs []string
 }
 
 func (c *FailoverConfig) validate() error {
@@ -219,6 +222,7 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 	if cfg.Etcd == "external" {
 		lc.ExternalEtcd = 3
 	}
+	lc.ExtraArgs = append(lc.ExtraArgs, cfg.ServerArgs...)
 	c, err := local.New(lc)
 	if err != nil {
 		return nil, err
