@@ -193,6 +193,9 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	s.mu.RLock()
 	actx := s.activeCtx
 	s.mu.RUnlock()
+	if actx == nil {
+		return nil, tandem.ErrNotActive // stepped down meanwhile
+	}
 	for {
 		changed := s.store.Changed()
 		resp.Assign = resp.Assign[:0]
