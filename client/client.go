@@ -131,7 +131,16 @@ type Config struct {
 
 	// UserAgent, when set, is sent as the User-Agent header.
 	UserAgent string
+
+	// AttemptTimeout bounds one attempt at one server on the failover path
+	// (DefaultAttemptTimeout when zero; negative means no bound but the
+	// HTTP client's), doubling after each attempt that timed out. A hung
+	// active costs a caller about this long before it tries the next server.
+	AttemptTimeout time.Duration
 }
+
+// DefaultAttemptTimeout is the default Config.AttemptTimeout.
+const DefaultAttemptTimeout = time.Second
 
 // server is one configured server.
 type server struct {
@@ -150,8 +159,9 @@ type Client struct {
 	// streamHC is hc without its overall timeout, for responses read as
 	// streams (a followed log stays open as long as its attempt runs);
 	// headerTimeout, hc's timeout, bounds the wait for their headers instead.
-	streamHC      *http.Client
-	headerTimeout time.Duration
+	streamHC       *http.Client
+	headerTimeout  time.Duration
+	attemptTimeout time.Duration
 	// followCheck is how long a followed log stream may bring nothing before
 	// FollowJobLogs asks the cluster whether it is still worth waiting on.
 	followCheck time.Duration
@@ -210,6 +220,12 @@ func New(cfg Config) (*Client, error) {
 	stream := *c.hc
 	stream.Timeout = 0
 	c.streamHC, c.headerTimeout = &stream, c.hc.Timeout
+	switch {
+	case cfg.AttemptTimeout == 0:
+		c.attemptTimeout = DefaultAttemptTimeout
+	case cfg.AttemptTimeout > 0:
+		c.attemptTimeout = cfg.AttemptTimeout
+	}
 	return c, nil
 }
 
@@ -343,6 +359,7 @@ func (c *Client) do(ctx context.Context, cl *call, out any) error {
 func (c *Client) exchange(ctx context.Context, cl *call, out any) (*http.Response, error) {
 	var failures failureLog
 	idx := c.sticky()
+	timeouts := 0
 	for attempt := 1; attempt <= c.backoff.Attempts; attempt++ {
 		cl.tries = attempt
 		if attempt > 1 {
@@ -355,7 +372,20 @@ func (c *Client) exchange(ctx context.Context, cl *call, out any) (*http.Respons
 		if ctx.Err() != nil {
 			return nil, ctxError(ctx, cl.op, &failures)
 		}
-		res := c.attempt(ctx, c.servers[idx].base, cl, out)
+		// A server that hangs (paused, cut off) accepts the connection and
+		// never answers: bound each attempt, so the client moves on within
+		// about AttemptTimeout instead of waiting out the HTTP timeout. The
+		// bound doubles after each timed-out attempt, for a server that is
+		// only slow. Streams are bounded until their headers by sendStream.
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if !cl.stream && c.attemptTimeout > 0 {
+			actx, cancel = context.WithTimeout(ctx, min(c.attemptTimeout<<timeouts, DefaultTimeout))
+		}
+		res := c.attempt(actx, c.servers[idx].base, cl, out)
+		if actx.Err() != nil && ctx.Err() == nil {
+			timeouts = min(timeouts+1, 4)
+		}
+		cancel()
 		if res.retry {
 			if ctx.Err() != nil {
 				// The attempt failed because the caller gave up, not the server.
