@@ -181,17 +181,29 @@ func (s *Server) becomeActive(ctx context.Context, epoch int64, wonAt time.Time,
 	go func() {
 		defer s.wg.Done()
 		defer close(recorded)
-		// Not bound to the term: the record should land even if this term
-		// ends at once, and if it has ended, the guard rejects it anyway.
+		// I6: keep trying until the event is recorded or the term is over
+		// (then the guard rejects it anyway). Each try is not bound to the
+		// term, so a term ended on purpose right now still gets its record.
 		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
 		s.updateRegistration(rctx)
-		if err := s.store.AppendEvent(rctx, ev); err != nil {
-			if errors.Is(err, tandem.ErrFenced) {
+		cancel()
+		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := s.store.AppendEvent(rctx, ev)
+			cancel()
+			switch {
+			case err == nil:
+				return
+			case errors.Is(err, tandem.ErrFenced):
 				s.fenced(epoch)
 				return
 			}
-			log.Warn("could not record the failover event", "err", err)
+			log.Warn("could not record the failover event; retrying", "err", err, "in", wait.String())
+			select {
+			case <-actx.Done():
+				return
+			case <-time.After(wait):
+			}
 		}
 	}()
 }
