@@ -30,7 +30,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -40,10 +39,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/endpoint"
 )
 
 // DefaultTimeout bounds each HTTP request of the default HTTP client: a server
@@ -231,33 +230,8 @@ func New(cfg Config) (*Client, error) {
 
 // parseServer validates and normalizes one server base URL.
 func parseServer(s string) (server, error) {
-	u, err := url.Parse(strings.TrimSpace(s))
-	if err != nil {
-		return server{}, tandem.Errorf(tandem.EINVALID, "server URL %q is malformed: %v", s, errors.Unwrap(err))
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return server{}, tandem.Errorf(tandem.EINVALID, "server URL %q: the scheme must be http or https, as in http://127.0.0.1:7070", s)
-	}
-	if u.Host == "" || u.Hostname() == "" {
-		return server{}, tandem.Errorf(tandem.EINVALID, "server URL %q has no host", s)
-	}
-	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return server{}, tandem.Errorf(tandem.EINVALID, "server URL %q: a server URL has no user, query or fragment", s)
-	}
-	u.Path = strings.TrimRight(u.Path, "/")
-	u.RawPath = ""
-	return server{base: u.String(), key: hostKey(u)}, nil
-}
-
-// hostKey is what two URLs of the same server have in common: scheme, host
-// and port, with the scheme's default port made explicit.
-func hostKey(u *url.URL) string {
-	scheme := strings.ToLower(u.Scheme)
-	port := u.Port()
-	if port == "" {
-		port = map[string]string{"http": "80", "https": "443"}[scheme]
-	}
-	return scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+	e, err := endpoint.Parse(s)
+	return server{base: e.Base, key: e.Key}, err
 }
 
 // Current returns the base URL of the server the client currently sticks to:
@@ -292,7 +266,7 @@ func (c *Client) advance(failed int) {
 }
 
 func (c *Client) serverIndex(u *url.URL) int {
-	k := hostKey(u)
+	k := endpoint.KeyOf(u)
 	for i, s := range c.servers {
 		if s.key == k {
 			return i
@@ -461,7 +435,7 @@ func (c *Client) attempt(ctx context.Context, base string, cl *call, out any) re
 		visited[target] = true
 		resp, err := c.send(ctx, cl.method, target, cl.body, cl.header, cl.stream)
 		if err != nil {
-			msg := describe(err)
+			msg := endpoint.Describe(err)
 			if hops > 0 {
 				msg = "redirected to " + target + ": " + msg
 			}
@@ -583,7 +557,7 @@ func (c *Client) finish(resp *http.Response, out any) result {
 		if err != nil {
 			// The server may have done the work; the retry is safe because
 			// reads are idempotent and submissions carry an idempotency key.
-			return result{retry: true, msg: "reading the response: " + describe(err)}
+			return result{retry: true, msg: "reading the response: " + endpoint.Describe(err)}
 		}
 		if out != nil {
 			if err := json.Unmarshal(body, out); err != nil {
@@ -631,26 +605,6 @@ func decodeError(origin string, status int, body []byte) *tandem.Error {
 	return tandem.Errorf(code, "%s: HTTP %d: %s", origin, status, strings.TrimSpace(string(snippet)))
 }
 
-// describe shortens a transport error to what a person needs to read.
-func describe(err error) string {
-	var ne net.Error
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "connection refused"
-	case errors.Is(err, syscall.ECONNRESET):
-		return "connection reset"
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "connection closed before a complete response"
-	case errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
-	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err.Error()
-	}
-	return err.Error()
-}
-
 func drain(resp *http.Response) {
 	// Reading a little of the body lets the connection be reused.
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrBodyBytes))
@@ -675,7 +629,7 @@ func (c *Client) direct(ctx context.Context, serverURL, op, method, path string,
 		if ctx.Err() != nil {
 			return ctxError(ctx, op, &failureLog{})
 		}
-		return tandem.Errorf(tandem.EUNAVAILABLE, "%s: %s", srv.base, describe(err))
+		return tandem.Errorf(tandem.EUNAVAILABLE, "%s: %s", srv.base, endpoint.Describe(err))
 	}
 	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
 		drain(resp)

@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/endpoint"
 )
 
 // Defaults for Config fields left zero.
@@ -262,33 +263,8 @@ func New(cfg Config) (*Agent, error) {
 
 // parseServer validates and normalizes one server base URL.
 func parseServer(s string) (server, error) {
-	u, err := url.Parse(strings.TrimSpace(s))
-	if err != nil {
-		return server{}, fmt.Errorf("server URL %q is malformed: %v", s, errors.Unwrap(err))
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return server{}, fmt.Errorf("server URL %q: the scheme must be http or https, as in http://127.0.0.1:7070", s)
-	}
-	if u.Host == "" || u.Hostname() == "" {
-		return server{}, fmt.Errorf("server URL %q has no host", s)
-	}
-	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return server{}, fmt.Errorf("server URL %q: a server URL has no user, query or fragment", s)
-	}
-	u.Path = strings.TrimRight(u.Path, "/")
-	u.RawPath = ""
-	return server{base: u.String(), key: hostKey(u)}, nil
-}
-
-// hostKey is what two URLs of one server have in common: scheme, host and
-// port, with the scheme's default port made explicit.
-func hostKey(u *url.URL) string {
-	scheme := strings.ToLower(u.Scheme)
-	port := u.Port()
-	if port == "" {
-		port = map[string]string{"http": "80", "https": "443"}[scheme]
-	}
-	return scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+	e, err := endpoint.Parse(s)
+	return server{base: e.Base, key: e.Key}, err
 }
 
 // Start opens the work dir (taking its lock, loading the epoch, the ledger

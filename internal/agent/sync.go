@@ -8,15 +8,14 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/endpoint"
 )
 
 const (
@@ -233,7 +232,7 @@ func (a *Agent) exchange(ctx context.Context, idx int, body []byte) (*tandem.Syn
 		req.Header.Set("User-Agent", "tandem-agent/"+tandem.Version)
 		resp, err := a.hc.Do(req)
 		if err != nil {
-			return nil, idx, fmt.Errorf("%s: %s", target, describe(err))
+			return nil, idx, fmt.Errorf("%s: %s", target, endpoint.Describe(err))
 		}
 		if resp.StatusCode == http.StatusTemporaryRedirect || resp.StatusCode == http.StatusPermanentRedirect {
 			drain(resp)
@@ -257,7 +256,7 @@ func (a *Agent) exchange(ctx context.Context, idx int, body []byte) (*tandem.Syn
 		err = json.NewDecoder(io.LimitReader(resp.Body, maxAnswerBytes)).Decode(&out)
 		drain(resp)
 		if err != nil {
-			return nil, idx, fmt.Errorf("%s: undecodable answer: %s", target, describe(err))
+			return nil, idx, fmt.Errorf("%s: undecodable answer: %s", target, endpoint.Describe(err))
 		}
 		if answered < 0 {
 			answered = idx
@@ -274,7 +273,7 @@ func (a *Agent) exchange(ctx context.Context, idx int, body []byte) (*tandem.Syn
 
 // serverIndex returns the index of the configured server u belongs to, or -1.
 func (a *Agent) serverIndex(u *url.URL) int {
-	k := hostKey(u)
+	k := endpoint.KeyOf(u)
 	for i, s := range a.servers {
 		if s.key == k {
 			return i
@@ -296,28 +295,6 @@ func errorMessage(resp *http.Response) string {
 		b = b[:200]
 	}
 	return strings.TrimSpace(string(b))
-}
-
-// describe shortens a transport error to what a person needs to read.
-func describe(err error) string {
-	var ne net.Error
-	switch {
-	case errors.Is(err, context.Canceled):
-		return "cancelled"
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "connection refused"
-	case errors.Is(err, syscall.ECONNRESET):
-		return "connection reset"
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "connection closed before a complete answer"
-	case errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
-	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err.Error()
-	}
-	return err.Error()
 }
 
 func drain(resp *http.Response) {
