@@ -133,7 +133,7 @@ type Config struct {
 
 	// AttemptTimeout bounds one attempt at one server on the failover path
 	// (DefaultAttemptTimeout when zero; negative means no bound but the
-	// HTTP client's), doubling after each attempt that timed out. A hung
+	// HTTP client's), doubling from the second attempt that timed out. A hung
 	// active costs a caller about this long before it tries the next server.
 	AttemptTimeout time.Duration
 }
@@ -349,11 +349,13 @@ func (c *Client) exchange(ctx context.Context, cl *call, out any) (*http.Respons
 		// A server that hangs (paused, cut off) accepts the connection and
 		// never answers: bound each attempt, so the client moves on within
 		// about AttemptTimeout instead of waiting out the HTTP timeout. The
-		// bound doubles after each timed-out attempt, for a server that is
-		// only slow. Streams are bounded until their headers by sendStream.
+		// bound doubles from the second timed-out attempt on, for a server
+		// that is only slow; the first repeat stays short because a standby
+		// may still redirect to the hung active until a new one is elected.
+		// Streams are bounded until their headers by sendStream.
 		actx, cancel := ctx, context.CancelFunc(func() {})
 		if !cl.stream && c.attemptTimeout > 0 {
-			actx, cancel = context.WithTimeout(ctx, min(c.attemptTimeout<<timeouts, DefaultTimeout))
+			actx, cancel = context.WithTimeout(ctx, min(c.attemptTimeout<<max(0, timeouts-1), DefaultTimeout))
 		}
 		res := c.attempt(actx, c.servers[idx].base, cl, out)
 		if actx.Err() != nil && ctx.Err() == nil {
