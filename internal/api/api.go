@@ -137,6 +137,13 @@ func (a *API) activeOnly(h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		st := a.srv.Status()
+		if st.ActiveURL != "" && st.ActiveID != st.ID && !a.srv.ActiveAnswering(st.Epoch) {
+			// Sending the client to an active that hangs would make it hang
+			// too; "no active" makes it try the other servers at once.
+			a.writeError(w, r, tandem.Errorf(tandem.ENOACTIVE,
+				"server %s is %s and the active %s does not answer; a failover may be under way, retry shortly", st.ID, st.State, st.ActiveID))
+			return
+		}
 		if st.ActiveURL != "" && st.ActiveID != st.ID {
 			target := strings.TrimRight(st.ActiveURL, "/") + r.URL.RequestURI()
 			w.Header().Set("Location", target)

@@ -30,6 +30,7 @@ type prober struct {
 	epoch   int64
 	seen    time.Time
 	refused int
+	failing bool // the last probe of this epoch's active got no good answer
 }
 
 func (p *prober) run(ctx context.Context, s *Server) {
@@ -52,8 +53,9 @@ func (p *prober) run(ctx context.Context, s *Server) {
 		ok, refused := probe(ctx, client, l.URL)
 		p.mu.Lock()
 		if p.epoch != l.Epoch {
-			p.id, p.epoch, p.seen, p.refused = l.ID, l.Epoch, time.Time{}, 0
+			p.id, p.epoch, p.seen, p.refused, p.failing = l.ID, l.Epoch, time.Time{}, 0, false
 		}
+		p.failing = !ok
 		switch {
 		case ok:
 			p.seen, p.refused = time.Now(), 0
@@ -97,6 +99,19 @@ func (s *Server) deposeDead(ctx context.Context, l election.Leader, seen time.Ti
 		s.log.Warn("deposed the active: its port refuses connections", "active", l.ID, "epoch", l.Epoch,
 			"last_seen", time.Since(seen).Round(time.Millisecond).String())
 	}
+}
+
+// answering reports whether the active of epoch seems to answer: not known
+// to fail, or answered within the last few probes. A standby redirects
+// clients only to an active that answers; to a hung one it says "no active"
+// so clients try the other servers instead of hanging there too.
+func (p *prober) answering(epoch int64, interval time.Duration) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.epoch != epoch || !p.failing {
+		return true
+	}
+	return time.Since(p.seen) < 3*interval
 }
 
 // lastSeen returns when server id last answered as active.

@@ -317,6 +317,12 @@ func (s *Server) Status() tandem.ServerStatus {
 	return st
 }
 
+// ActiveAnswering reports whether this standby's probes find the active of
+// epoch answering (see prober.answering).
+func (s *Server) ActiveAnswering(epoch int64) bool {
+	return s.probe.answering(epoch, s.cfg.ProbeInterval)
+}
+
 // RetryAfter is what a client should wait before retrying when no active is known.
 func (s *Server) RetryAfter() time.Duration { return s.cfg.LeaseTTL }
 

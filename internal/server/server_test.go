@@ -434,3 +434,28 @@ func waitHistory(t *testing.T, n *node, want int) []tandem.FailoverEvent {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A standby does not send clients to an active that does not answer its
+// probes (a hung or cut-off active): it says no active is available, so the
+// client tries the other servers instead of hanging there too.
+func TestStandbyDoesNotRedirectToAnActiveThatDoesNotAnswer(t *testing.T) {
+	c := newCluster(t, 2, func(cfg *server.Config) { cfg.DeposeDead = false })
+	a := c.waitActive()
+	standby := c.nodes[1-a]
+	time.Sleep(6 * probeInterval)
+	if r := do(t, "GET", standby.url+"/v1/jobs", "", ""); r.status != http.StatusTemporaryRedirect {
+		t.Fatalf("standby with an answering active: got %d, want 307", r.status)
+	}
+	c.nodes[a].http.Close() // the active stops answering HTTP; it keeps its lease
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r := do(t, "GET", standby.url+"/v1/jobs", "", "")
+		if r.status == http.StatusServiceUnavailable && errorCode(r.body) == tandem.ENOACTIVE && r.header.Get("Retry-After") != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("standby with a silent active: got %d %s, want 503 %s", r.status, r.body, tandem.ENOACTIVE)
+		}
+		time.Sleep(probeInterval)
+	}
+}
