@@ -334,6 +334,7 @@ func (c *Client) exchange(ctx context.Context, cl *call, out any) (*http.Respons
 	var failures failureLog
 	idx := c.sticky()
 	timeouts := 0
+	hung := make(map[int]bool) // servers that let an attempt of this call time out
 	for attempt := 1; attempt <= c.backoff.Attempts; attempt++ {
 		cl.tries = attempt
 		if attempt > 1 {
@@ -360,6 +361,7 @@ func (c *Client) exchange(ctx context.Context, cl *call, out any) (*http.Respons
 		res := c.attempt(actx, c.servers[idx].base, cl, out)
 		if actx.Err() != nil && ctx.Err() == nil {
 			timeouts = min(timeouts+1, 4)
+			hung[idx] = true
 		}
 		cancel()
 		if res.retry {
@@ -369,7 +371,7 @@ func (c *Client) exchange(ctx context.Context, cl *call, out any) (*http.Respons
 			}
 			failures.add(c.servers[idx].base, res.msg)
 			c.advance(idx)
-			idx = (idx + 1) % len(c.servers)
+			idx = nextServer(idx, len(c.servers), hung)
 			continue
 		}
 		if cl.active {
@@ -527,6 +529,20 @@ func (c *Client) sendStream(req *http.Request) (*http.Response, error) {
 	}
 	resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
 	return resp, nil
+}
+
+// nextServer returns the server after idx in round-robin order, passing
+// over servers that let an attempt of this call time out: a hung server
+// costs a whole attempt each visit, while the others answer at once. When
+// every server has hung, it forgets them and starts again.
+func nextServer(idx, n int, hung map[int]bool) int {
+	for k := 1; k <= n; k++ {
+		if next := (idx + k) % n; !hung[next] {
+			return next
+		}
+	}
+	clear(hung)
+	return (idx + 1) % n
 }
 
 // errHeaderTimeout is sendStream's error for headers that took longer than
