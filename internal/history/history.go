@@ -181,10 +181,10 @@ func Model() porcupine.Model {
 			return s.p.String()
 		},
 		DescribeOperationMetadata: func(md any) string {
-			if md == nil {
-				return ""
+			if s, ok := md.(string); ok && s != "" {
+				return "answered by " + s
 			}
-			return fmt.Sprint(md)
+			return ""
 		},
 	}
 }
@@ -264,22 +264,24 @@ func (r *Recorder) Start() time.Time { return r.start }
 func (r *Recorder) Nanos(t time.Time) int64 { return t.Sub(r.start).Nanoseconds() }
 
 // Submit records an acknowledged submission of job, called at call and
-// returned at ret, by client (0, 1, ...). Submissions that failed are not
+// returned at ret, by client (0, 1, ...), answered by server via (the
+// operation's metadata; "" if unknown). Submissions that failed are not
 // recorded: whether they created a job is unknown.
-func (r *Recorder) Submit(client int, job string, call, ret time.Time) {
+func (r *Recorder) Submit(client int, via, job string, call, ret time.Time) {
 	r.add(porcupine.Operation{ClientId: client, Input: Input{Kind: Submit, Job: job},
-		Output: Output{}, Call: r.Nanos(call), Return: r.Nanos(ret)})
+		Output: Output{}, Call: r.Nanos(call), Return: r.Nanos(ret), Metadata: via})
 }
 
-// Read records a read of job that returned j, or no such job when j is nil.
-// Reads that failed are not recorded: they tell nothing.
-func (r *Recorder) Read(client int, job string, j *tandem.Job, call, ret time.Time) {
+// Read records a read of job that returned j, or no such job when j is nil,
+// answered by server via. Reads that failed are not recorded: they tell
+// nothing.
+func (r *Recorder) Read(client int, via, job string, j *tandem.Job, call, ret time.Time) {
 	out := Output{NotFound: true}
 	if j != nil {
 		out = Output{Progress: ProgressOf(j)}
 	}
 	r.add(porcupine.Operation{ClientId: client, Input: Input{Kind: Read, Job: job},
-		Output: out, Call: r.Nanos(call), Return: r.Nanos(ret)})
+		Output: out, Call: r.Nanos(call), Return: r.Nanos(ret), Metadata: via})
 }
 
 func (r *Recorder) add(op porcupine.Operation) {

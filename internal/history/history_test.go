@@ -189,11 +189,11 @@ func TestProgressOf(t *testing.T) {
 func TestRecorderAndVisualize(t *testing.T) {
 	r := NewRecorder()
 	t0 := r.Start()
-	r.Submit(0, "a", t0, t0.Add(time.Millisecond))
-	r.Read(1, "a", &tandem.Job{State: tandem.JobRunning, Attempts: []tandem.Attempt{{}}}, t0.Add(2*time.Millisecond), t0.Add(3*time.Millisecond))
-	r.Read(1, "a", nil, t0.Add(4*time.Millisecond), t0.Add(5*time.Millisecond))
+	r.Submit(0, "rm1", "a", t0, t0.Add(time.Millisecond))
+	r.Read(1, "rm1", "a", &tandem.Job{State: tandem.JobRunning, Attempts: []tandem.Attempt{{}}}, t0.Add(2*time.Millisecond), t0.Add(3*time.Millisecond))
+	r.Read(1, "rm1", "a", nil, t0.Add(4*time.Millisecond), t0.Add(5*time.Millisecond))
 	h := r.Operations()
-	if len(h) != 3 || h[1].Call != int64(2*time.Millisecond) {
+	if len(h) != 3 || h[1].Call != int64(2*time.Millisecond) || h[1].Metadata != "rm1" {
 		t.Fatalf("recorded %+v", h)
 	}
 	res := Check(h, 10*time.Second)
