@@ -366,7 +366,6 @@ func (a *API) writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
 	if err := enc.Encode(v); err != nil {
 		a.log.Debug("write response", "err", err)
 	}

@@ -6,6 +6,7 @@ package etcdtest
 import (
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,14 +25,23 @@ type Etcd struct {
 // Start starts a single-member etcd for the test and stops it at cleanup.
 func Start(t testing.TB) *Etcd {
 	t.Helper()
-	m, err := embedetcd.Start(embedetcd.Config{
-		Name: "etcd-test", Dir: t.TempDir(),
-		ClientURL: "http://" + FreeAddr(t), PeerURL: "http://" + FreeAddr(t),
-		StartTimeout: 30 * time.Second,
-		// Faster raft timing than etcd's default lets tests use 1 s leases.
-		HeartbeatMs: 50, ElectionMs: 500,
-		LogLevel: "fatal",
-	})
+	var m *embedetcd.Member
+	var err error
+	// A port found free can be taken by another process before etcd binds
+	// it; then try other ports.
+	for try := 0; try < 5; try++ {
+		m, err = embedetcd.Start(embedetcd.Config{
+			Name: "etcd-test", Dir: t.TempDir(),
+			ClientURL: "http://" + FreeAddr(t), PeerURL: "http://" + FreeAddr(t),
+			StartTimeout: 30 * time.Second,
+			// Faster raft timing than etcd's default lets tests use 1 s leases.
+			HeartbeatMs: 50, ElectionMs: 500,
+			LogLevel: "fatal",
+		})
+		if err == nil || !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatalf("start etcd: %v", err)
 	}

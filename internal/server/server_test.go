@@ -163,7 +163,7 @@ func TestStandbyRedirectsJobsButNotHAEndpoints(t *testing.T) {
 		bodyChecks string
 	}{
 		{"/isActive", 200, 405, ""},
-		{"/healthz", 200, 200, `"status": "ok"`},
+		{"/healthz", 200, 200, `"status":"ok"`},
 		{"/metrics", 200, 200, "tandem_ha_state"},
 		{"/about", 200, 200, `"active_id"`},
 		{"/v1/ha/state", 200, 200, `"auto_failover"`},

@@ -726,9 +726,9 @@ func (s *Store) CreateJob(ctx context.Context, epoch int64, job *tandem.Job, ide
 		return nil, false, fmt.Errorf("create job %s: %w", job.ID, err)
 	}
 	if resp.Succeeded {
-		if err := s.WaitRev(ctx, resp.Header.Revision); err != nil {
-			return nil, false, err
-		}
+		// Show the job in the view now rather than waiting for the watch to
+		// bring it: it is committed as written, at this revision.
+		s.applyCreated(job, resp.Header.Revision)
 		return job, true, nil
 	}
 	if l := resp.Responses[0].GetResponseRange().Kvs; len(l) == 0 || l[0].CreateRevision != epoch {
@@ -755,6 +755,26 @@ func (s *Store) CreateJob(ctx context.Context, epoch int64, job *tandem.Job, ide
 		}
 	}
 	return nil, false, fmt.Errorf("create job %s: the job ID is already taken", job.ID)
+}
+
+// applyCreated puts a job this process just created at rev into the view,
+// unless the watch already brought that write or a later one.
+func (s *Store) applyCreated(job *tandem.Job, rev int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r, ok := s.jobRev[job.ID]; ok && r >= rev {
+		return
+	}
+	j := cloneJob(job)
+	if old, ok := s.jobs[j.ID]; ok {
+		s.unindex(old)
+	} else {
+		s.insertOrder(j.ID)
+	}
+	s.jobs[j.ID] = j
+	s.jobRev[j.ID] = rev
+	s.index(j)
+	s.notifyLocked()
 }
 
 // idempotencyLease returns a lease for new idempotency keys. Keys written in
