@@ -127,7 +127,7 @@ func TestRunningJobSurvivesFailover(t *testing.T) {
 	marker := filepath.Join(dir, "launches")
 	j := submit(t, cl, tandem.JobSpec{Command: []string{"sh", "-c", "echo $TANDEM_ATTEMPT_ID >> " + marker + "; sleep 2"}})
 	waitJob(t, cl, j.ID, func(j *tandem.Job) bool { return j.State == tandem.JobRunning })
-	time.Sleep(6 * probeInterval)
+	time.Sleep(20 * probeInterval)
 	c.crash(a)
 	got := waitJob(t, cl, j.ID, ended)
 	if got.State != tandem.JobSucceeded || len(got.Attempts) != 1 {

@@ -56,7 +56,7 @@ func testCrashFailover(t *testing.T, depose bool, cause string) {
 	oldEpoch, _ := c.nodes[first].srv.ActiveEpoch()
 	// Let the standbys' probes see the active alive first: deposing a dead
 	// active needs that, and so does measuring detection.
-	time.Sleep(6 * probeInterval)
+	time.Sleep(20 * probeInterval)
 
 	c.crash(first)
 	next := c.waitActive(first)
@@ -442,7 +442,7 @@ func TestStandbyDoesNotRedirectToAnActiveThatDoesNotAnswer(t *testing.T) {
 	c := newCluster(t, 2, func(cfg *server.Config) { cfg.DeposeDead = false })
 	a := c.waitActive()
 	standby := c.nodes[1-a]
-	time.Sleep(6 * probeInterval)
+	time.Sleep(20 * probeInterval)
 	if r := do(t, "GET", standby.url+"/v1/jobs", "", ""); r.status != http.StatusTemporaryRedirect {
 		t.Fatalf("standby with an answering active: got %d, want 307", r.status)
 	}
