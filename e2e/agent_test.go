@@ -21,27 +21,8 @@ import (
 func startJobCluster(t *testing.T, servers, agents int, serverArgs map[string][]string, extra ...string) *local.Cluster {
 	t.Helper()
 	e := etcdtest.Start(t)
-	cfg := local.Config{Binary: binary, Servers: servers, Agents: agents, BasePort: freeBasePort(t, max(servers, agents)),
-		DataDir: t.TempDir(), EtcdEndpoints: e.Endpoint, ExtraArgs: extra, ServerArgs: serverArgs, LogLevel: "debug"}
-	c, err := local.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := c.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.Stop(10 * time.Second)
-		if t.Failed() {
-			for _, p := range append(append([]*local.Proc(nil), c.Servers...), c.Agents...) {
-				b, _ := os.ReadFile(p.LogPath)
-				t.Logf("---- %s log ----\n%s", p.ID, tail(string(b), 40))
-			}
-		}
-	})
-	return c
+	return startLocal(t, local.Config{Binary: binary, Servers: servers, Agents: agents, BasePort: freeBasePort(t, max(servers, agents)),
+		DataDir: t.TempDir(), EtcdEndpoints: e.Endpoint, ExtraArgs: extra, ServerArgs: serverArgs, LogLevel: "debug"})
 }
 
 // launchMarker returns a shell command that appends its attempt ID to a

@@ -413,18 +413,8 @@ func (s *syncBuffer) String() string {
 // every etcd member inside the servers) is replaced, and when the partition
 // heals it is fenced: it reports standby and the new active keeps going.
 func TestPartitionedActiveIsFenced(t *testing.T) {
-	cfg := local.Config{Binary: binary, Servers: 3, BasePort: freeBasePort(t, 3), DataDir: t.TempDir(), Proxied: true, LogLevel: "debug"}
-	c, err := local.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := startLocal(t, local.Config{Binary: binary, Servers: 3, BasePort: freeBasePort(t, 3), DataDir: t.TempDir(), Proxied: true, LogLevel: "debug"})
 	ctx := context.Background()
-	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	if err := c.Start(sctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Stop(10 * time.Second) })
 	a := waitActive(t, c)
 	before, err := c.Status(ctx, a)
 	if err != nil {

@@ -75,6 +75,13 @@ func startCluster(t *testing.T, n int, etcd *etcdtest.Etcd, extra ...string) *lo
 	if etcd != nil {
 		cfg.EtcdEndpoints = etcd.Endpoint
 	}
+	return startLocal(t, cfg)
+}
+
+// startLocal starts a local cluster, stops it at cleanup, and shows the
+// tail of every process's log when the test failed.
+func startLocal(t *testing.T, cfg local.Config) *local.Cluster {
+	t.Helper()
 	c, err := local.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -87,9 +94,9 @@ func startCluster(t *testing.T, n int, etcd *etcdtest.Etcd, extra ...string) *lo
 	t.Cleanup(func() {
 		c.Stop(10 * time.Second)
 		if t.Failed() {
-			for _, s := range c.Servers {
-				b, _ := os.ReadFile(s.LogPath)
-				t.Logf("---- %s log ----\n%s", s.ID, tail(string(b), 60))
+			for _, p := range append(append([]*local.Proc(nil), c.Servers...), c.Agents...) {
+				b, _ := os.ReadFile(p.LogPath)
+				t.Logf("---- %s log ----\n%s", p.ID, tail(string(b), 50))
 			}
 		}
 	})
