@@ -54,7 +54,7 @@ func newMetrics(s *Server) *metrics {
 		Name: "tandem_view_revision", Help: "etcd revision this server's view of the cluster has reached.",
 	}, func() float64 { return float64(s.store.Rev()) })
 	m.reg.MustRegister(m.agentsLost, m.state, m.failovers, m.phases, m.stepDowns, m.fencedWrites, m.submissions,
-		epoch, rev, jobsCollector{s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		epoch, rev, jobsCollector{s}, agentsCollector{s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, st := range tandem.HAStates {
 		m.state.WithLabelValues(string(st))
 	}
@@ -97,6 +97,37 @@ func (c jobsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for st, n := range counts {
 		ch <- prometheus.MustNewConstMetric(jobsDesc, prometheus.GaugeValue, float64(n), string(st))
+	}
+}
+
+// agentsCollector reports, on the active, agents by state and their use.
+type agentsCollector struct{ s *Server }
+
+var (
+	agentsDesc    = prometheus.NewDesc("tandem_agents", "Agents the active knows, by state (reported by the active only).", []string{"state"}, nil)
+	agentCPUDesc  = prometheus.NewDesc("tandem_agent_cpu", "CPU cores of an agent: capacity and used by live attempts (active only).", []string{"agent", "kind"}, nil)
+	agentLiveDesc = prometheus.NewDesc("tandem_agent_live_attempts", "Live attempts on an agent (active only).", []string{"agent"}, nil)
+)
+
+func (c agentsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- agentsDesc
+	ch <- agentCPUDesc
+	ch <- agentLiveDesc
+}
+
+func (c agentsCollector) Collect(ch chan<- prometheus.Metric) {
+	if _, ok := c.s.ActiveEpoch(); !ok {
+		return // only the active hears from agents
+	}
+	counts := map[string]int{tandem.AgentReady: 0, tandem.AgentLost: 0}
+	for _, a := range c.s.Agents() {
+		counts[a.State]++
+		ch <- prometheus.MustNewConstMetric(agentCPUDesc, prometheus.GaugeValue, a.Capacity.CPU, a.ID, "capacity")
+		ch <- prometheus.MustNewConstMetric(agentCPUDesc, prometheus.GaugeValue, a.Used.CPU, a.ID, "used")
+		ch <- prometheus.MustNewConstMetric(agentLiveDesc, prometheus.GaugeValue, float64(len(a.Running)), a.ID)
+	}
+	for st, n := range counts {
+		ch <- prometheus.MustNewConstMetric(agentsDesc, prometheus.GaugeValue, float64(n), st)
 	}
 }
 

@@ -114,6 +114,14 @@ func TestJobsRunOnAgents(t *testing.T) {
 	if j := waitJob(t, cl, after.ID, ended); j.State != tandem.JobSucceeded {
 		t.Fatalf("job after a failed start: %+v", j)
 	}
+	// The active's metrics count jobs by state and agents.
+	m := do(t, "GET", url+"/metrics", "", "").body
+	for _, want := range []string{`tandem_jobs{state="succeeded"} 2`, `tandem_jobs{state="failed"} 2`,
+		`tandem_agents{state="ready"} 1`, `tandem_agent_cpu{agent="a1",kind="capacity"} 2`} {
+		if !strings.Contains(m, want) {
+			t.Fatalf("metrics lack %q", want)
+		}
+	}
 }
 
 // A running job keeps running through the crash of the active and ends
