@@ -168,6 +168,9 @@ func TestServerCrashAfterRecordingAssignment(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if a := waitActive(t, c); a != 0 {
+		t.Fatalf("active after the failover to rm1: %s", c.Servers[a].ID)
+	}
 	st, err := c.Status(ctx, 0)
 	if err != nil || st.State != tandem.StateActive {
 		t.Fatalf("rm1: %+v %v, want active", st, err)

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"net/http"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -146,6 +147,9 @@ func (s *Server) HandOff(ctx context.Context, req tandem.HandoffRequest) (tandem
 		ch := s.store.Changed()
 		if l := s.store.Leader(); l != nil && l.Epoch > from {
 			if l.ID == req.To {
+				// Holding the key is not yet serving: wait (briefly) until the
+				// target answers as active, so "done" means done.
+				waitServing(wctx, l.URL)
 				s.log.Info("failover complete", "to", req.To, "epoch", l.Epoch, "took", time.Since(start).String())
 				return s.Status(), nil
 			}
@@ -155,6 +159,27 @@ func (s *Server) HandOff(ctx context.Context, req tandem.HandoffRequest) (tandem
 		case <-ch:
 		case <-wctx.Done():
 			return s.Status(), tandem.Errorf(tandem.EUNAVAILABLE, "%s did not take over within %s; the hand-off ends with its lease and another server will be elected", req.To, 4*s.cfg.LeaseTTL)
+		}
+	}
+}
+
+// waitServing polls url's /isActive until it answers 200 or ctx ends.
+func waitServing(ctx context.Context, url string) {
+	client := &http.Client{Timeout: time.Second}
+	for ctx.Err() == nil {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/isActive", nil)
+		if err != nil {
+			return
+		}
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(2 * time.Millisecond):
 		}
 	}
 }
