@@ -171,10 +171,22 @@ func TestViewFollowsAndLoadsInPages(t *testing.T) {
 	if _, _, err := writer.CreateJob(ctx, epoch, job("z-last"), "", ""); err != nil {
 		t.Fatal(err)
 	}
+	// The writer shows its own write at once; the follower gets it from its
+	// watch, so wait for etcd's current revision.
+	now, err := cli.Get(ctx, "any-key")
+	if err != nil {
+		t.Fatal(err)
+	}
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := follower.WaitRev(wctx, writer.Rev()); err != nil {
+	if err := follower.WaitRev(wctx, now.Header.Revision); err != nil {
 		t.Fatal(err)
+	}
+	if err := writer.WaitRev(wctx, now.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	if got := writer.NumJobs(); got != n+1 {
+		t.Fatalf("writer view: got %d jobs, want %d", got, n+1)
 	}
 	if got := follower.NumJobs(); got != n+1 {
 		t.Fatalf("follower view: got %d jobs, want %d", got, n+1)
