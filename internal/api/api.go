@@ -37,6 +37,7 @@ const (
 // API serves one server's HTTP endpoints.
 type API struct {
 	srv      *server.Server
+	id       string
 	log      *slog.Logger
 	mux      *http.ServeMux
 	requests *prometheus.CounterVec
@@ -44,7 +45,7 @@ type API struct {
 
 // New returns the HTTP handler of srv.
 func New(srv *server.Server, log *slog.Logger) *API {
-	a := &API{srv: srv, log: log.With("server", srv.Config().ID), mux: http.NewServeMux()}
+	a := &API{srv: srv, id: srv.Config().ID, log: log.With("server", srv.Config().ID), mux: http.NewServeMux()}
 	a.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tandem_http_requests_total", Help: "HTTP requests served, by route and status code.",
 	}, []string{"route", "code"})
@@ -76,9 +77,8 @@ func New(srv *server.Server, log *slog.Logger) *API {
 
 // ServeHTTP implements http.Handler.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	st := a.srv.Status()
-	w.Header().Set("X-Tandem-Server", st.ID)
-	w.Header().Set("X-Tandem-State", string(st.State))
+	w.Header().Set("X-Tandem-Server", a.id)
+	w.Header().Set("X-Tandem-State", string(a.srv.State()))
 	a.mux.ServeHTTP(w, r)
 }
 
@@ -160,15 +160,15 @@ func (a *API) activeOnly(h http.HandlerFunc) http.HandlerFunc {
 
 func (a *API) isActive(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	st := a.srv.Status()
-	if st.State == tandem.StateActive {
+	state := a.srv.State()
+	if state == tandem.StateActive {
 		fmt.Fprintln(w, "active")
 		return
 	}
 	// Hadoop's semantics for load-balancer probes: 405 unless active.
 	w.Header().Set("Allow", http.MethodGet)
 	w.WriteHeader(http.StatusMethodNotAllowed)
-	fmt.Fprintln(w, st.State)
+	fmt.Fprintln(w, state)
 }
 
 type health struct {

@@ -289,6 +289,14 @@ func (s *Server) setState(st tandem.HAState) {
 	s.metrics.setState(st)
 }
 
+// State returns this server's HA state: a cheap read for every request's
+// headers and for /isActive probes, where Status would do much more.
+func (s *Server) State() tandem.HAState {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.state
+}
+
 // ActiveEpoch returns this server's epoch and true while it is active.
 func (s *Server) ActiveEpoch() (int64, bool) {
 	s.mu.RLock()
