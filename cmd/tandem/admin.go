@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"slices"
 	"strconv"
@@ -363,23 +364,13 @@ func newServersCmd(g *globals) *cobra.Command {
 		Short: "List the servers registered in the cluster's membership",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel, c, err := g.setup(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			servers, err := c.Servers(ctx)
-			if err != nil {
-				return err
-			}
-			if *format == outputJSON {
-				return writeJSON(cmd.OutOrStdout(), servers)
-			}
-			t := newTable(cmd.OutOrStdout(), "ID", "URL", "STATE", "PID", "VERSION", "STARTED")
-			for _, s := range servers {
-				t.row(s.ID, s.URL, string(s.State), strconv.Itoa(s.PID), orDash(s.Version), fmtTime(s.StartedAt))
-			}
-			return t.flush()
+			return show(g, cmd, format, (*client.Client).Servers, func(w io.Writer, servers []tandem.ServerInfo) error {
+				t := newTable(w, "ID", "URL", "STATE", "PID", "VERSION", "STARTED")
+				for _, s := range servers {
+					t.row(s.ID, s.URL, string(s.State), strconv.Itoa(s.PID), orDash(s.Version), fmtTime(s.StartedAt))
+				}
+				return t.flush()
+			})
 		},
 	}
 	format = addOutputFlag(cmd)
@@ -393,24 +384,14 @@ func newHistoryCmd(g *globals) *cobra.Command {
 		Short: "List the cluster's failovers, oldest first, with their phase durations",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel, c, err := g.setup(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			events, err := c.History(ctx)
-			if err != nil {
-				return err
-			}
-			if *format == outputJSON {
-				return writeJSON(cmd.OutOrStdout(), events)
-			}
-			t := newTable(cmd.OutOrStdout(), "EPOCH", "TIME", "ACTIVE", "PREVIOUS", "CAUSE", "DETECTION", "ELECTION", "TRANSITION")
-			for _, e := range events {
-				t.row(strconv.FormatInt(e.Epoch, 10), fmtTime(e.Time), e.ActiveID, orDash(e.PrevID), e.Cause,
-					fmtSeconds(e.DetectionS), fmtSeconds(e.ElectionS), fmtSeconds(e.TransitionS))
-			}
-			return t.flush()
+			return show(g, cmd, format, (*client.Client).History, func(w io.Writer, events []tandem.FailoverEvent) error {
+				t := newTable(w, "EPOCH", "TIME", "ACTIVE", "PREVIOUS", "CAUSE", "DETECTION", "ELECTION", "TRANSITION")
+				for _, e := range events {
+					t.row(strconv.FormatInt(e.Epoch, 10), fmtTime(e.Time), e.ActiveID, orDash(e.PrevID), e.Cause,
+						fmtSeconds(e.DetectionS), fmtSeconds(e.ElectionS), fmtSeconds(e.TransitionS))
+				}
+				return t.flush()
+			})
 		},
 	}
 	format = addOutputFlag(cmd)

@@ -2,13 +2,16 @@ package main
 
 import (
 	"cmp"
+	"context"
 	"fmt"
+	"io"
 	"slices"
 	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/client"
 )
 
 // newAgentListCmd returns `list`, which the agent command carries:
@@ -24,29 +27,22 @@ their capacity, how many attempts they run, and how long ago the active last
 heard from them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel, c, err := g.setup(cmd)
-			if err != nil {
-				return err
+			sorted := func(c *client.Client, ctx context.Context) ([]tandem.AgentStatus, error) {
+				agents, err := c.Agents(ctx)
+				slices.SortFunc(agents, func(a, b tandem.AgentStatus) int { return cmp.Compare(a.ID, b.ID) })
+				return agents, err
 			}
-			defer cancel()
-			agents, err := c.Agents(ctx)
-			if err != nil {
-				return err
-			}
-			slices.SortFunc(agents, func(a, b tandem.AgentStatus) int { return cmp.Compare(a.ID, b.ID) })
-			w := cmd.OutOrStdout()
-			if *format == outputJSON {
-				return writeJSON(w, agents)
-			}
-			now := time.Now()
-			t := newTable(w, "ID", "URL", "STATE", "CPU", "MEMORY(MiB)", "RUNNING", "LAST-CONTACT")
-			for _, a := range agents {
-				t.row(a.ID, orDash(a.URL), orDash(a.State),
-					fmtCPU(a.Used.CPU)+"/"+fmtCPU(a.Capacity.CPU),
-					fmt.Sprintf("%d/%d", a.Used.MemoryMB, a.Capacity.MemoryMB),
-					strconv.Itoa(len(a.Running)), fmtAgo(a.LastContact, now))
-			}
-			return t.flush()
+			return show(g, cmd, format, sorted, func(w io.Writer, agents []tandem.AgentStatus) error {
+				now := time.Now()
+				t := newTable(w, "ID", "URL", "STATE", "CPU", "MEMORY(MiB)", "RUNNING", "LAST-CONTACT")
+				for _, a := range agents {
+					t.row(a.ID, orDash(a.URL), orDash(a.State),
+						fmtCPU(a.Used.CPU)+"/"+fmtCPU(a.Capacity.CPU),
+						fmt.Sprintf("%d/%d", a.Used.MemoryMB, a.Capacity.MemoryMB),
+						strconv.Itoa(len(a.Running)), fmtAgo(a.LastContact, now))
+				}
+				return t.flush()
+			})
 		},
 	}
 	format = addOutputFlag(cmd)

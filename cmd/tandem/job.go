@@ -352,20 +352,8 @@ func newJobGetCmd(g *globals) *cobra.Command {
 		Short: "Show a job",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel, c, err := g.setup(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			job, err := c.GetJob(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			w := cmd.OutOrStdout()
-			if *getFormat == outputJSON {
-				return writeJSON(w, job)
-			}
-			return printJob(w, job)
+			get := func(c *client.Client, ctx context.Context) (*tandem.Job, error) { return c.GetJob(ctx, args[0]) }
+			return show(g, cmd, getFormat, get, printJob)
 		},
 	}
 	getFormat = addOutputFlag(cmd)
@@ -434,25 +422,16 @@ is killed by its agent, and ends killed once the agent reports ("tandem job
 wait ID" waits for that). Killing a job that has already ended fails.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel, c, err := g.setup(cmd)
-			if err != nil {
+			kill := func(c *client.Client, ctx context.Context) (*tandem.Job, error) { return c.KillJob(ctx, args[0]) }
+			return show(g, cmd, format, kill, func(w io.Writer, job *tandem.Job) error {
+				var err error
+				if job.State.Terminal() {
+					_, err = fmt.Fprintf(w, "job %s %s\n", job.ID, job.State)
+				} else {
+					_, err = fmt.Fprintf(w, "job %s: kill requested\n", job.ID)
+				}
 				return err
-			}
-			defer cancel()
-			job, err := c.KillJob(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			w := cmd.OutOrStdout()
-			if *format == outputJSON {
-				return writeJSON(w, job)
-			}
-			if job.State.Terminal() {
-				_, err = fmt.Fprintf(w, "job %s %s\n", job.ID, job.State)
-			} else {
-				_, err = fmt.Fprintf(w, "job %s: kill requested\n", job.ID)
-			}
-			return err
+			})
 		},
 	}
 	format = addOutputFlag(cmd)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/client"
 )
 
 // outputFormat is the value of the -o flag. Setting it to anything but
@@ -207,4 +209,26 @@ func fmtExit(a tandem.Attempt) string {
 		return strconv.Itoa(*a.ExitCode)
 	}
 	return "-"
+}
+
+// show runs a read command's common steps: fetch with the command's client
+// (failover, --timeout; a method expression such as (*client.Client).Servers
+// fits fetch), then print the result as JSON with -o json, or
+// for people with human.
+func show[T any](g *globals, cmd *cobra.Command, format *outputFormat,
+	fetch func(*client.Client, context.Context) (T, error), human func(io.Writer, T) error) error {
+	ctx, cancel, c, err := g.setup(cmd)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	v, err := fetch(c, ctx)
+	if err != nil {
+		return err
+	}
+	w := cmd.OutOrStdout()
+	if *format == outputJSON {
+		return writeJSON(w, v)
+	}
+	return human(w, v)
 }
