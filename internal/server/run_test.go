@@ -229,3 +229,54 @@ func TestSyncFromNewerEpochDeposesServer(t *testing.T) {
 
 var _ = fmt.Sprint
 var _ = server.FailpointExitAfterAssign
+
+// Killing a job whose attempt is recorded but not yet reported started
+// ends the job at once; if the agent had in fact launched it, its report
+// gets a kill order and changes nothing (I4: never two live attempts, and
+// no attempt the records say is over keeps running). The test speaks the
+// agent protocol itself, to hold the attempt between assignment and report.
+func TestKillBeforeTheAgentReportsStart(t *testing.T) {
+	c := newCluster(t, 1, nil)
+	n := c.nodes[c.waitActive()]
+	cl := c.client()
+	ctx := context.Background()
+	info := tandem.AgentInfo{ID: "fake", URL: "http://127.0.0.1:1", Capacity: smallAgent, StartedAt: time.Now()}
+	var seq uint64
+	sync := func(req tandem.SyncRequest) *tandem.SyncResponse {
+		t.Helper()
+		seq++
+		req.Agent, req.Seq = info, seq
+		resp, err := n.srv.Sync(ctx, &req)
+		if err != nil {
+			t.Fatalf("sync: %v", err)
+		}
+		return resp
+	}
+	epoch := sync(tandem.SyncRequest{}).Epoch // an agent that has not learned the epoch is answered at once
+	j := submit(t, cl, tandem.JobSpec{Command: []string{"sleep", "60"}})
+	resp := sync(tandem.SyncRequest{Epoch: epoch, WaitMS: 5000})
+	if len(resp.Assign) != 1 || resp.Assign[0].JobID != j.ID {
+		t.Fatalf("assignments: got %+v, want the job's attempt", resp.Assign)
+	}
+	attempt := resp.Assign[0].AttemptID
+	killed, err := cl.KillJob(ctx, j.ID)
+	if err != nil || killed.State != tandem.JobKilled || killed.Attempts[0].State != tandem.AttemptKilled {
+		t.Fatalf("kill of a scheduled job: %+v %v, want killed at once", killed, err)
+	}
+	// The agent had launched it after all, and says so.
+	now := time.Now()
+	resp = sync(tandem.SyncRequest{Epoch: resp.Epoch, Running: []tandem.AttemptReport{
+		{AttemptID: attempt, JobID: j.ID, State: tandem.AttemptRunning, PID: 4242, StartedAt: &now}}})
+	if len(resp.Kill) != 1 || resp.Kill[0].AttemptID != attempt || len(resp.Assign) != 0 {
+		t.Fatalf("answer to a report of the killed attempt: kill %+v assign %+v; want a kill order and nothing new", resp.Kill, resp.Assign)
+	}
+	got, err := cl.GetJob(ctx, j.ID)
+	if err != nil || got.State != tandem.JobKilled || len(got.Attempts) != 1 || got.Attempts[0].State != tandem.AttemptKilled {
+		t.Fatalf("job after the late report: %+v %v, want still killed with one killed attempt", got, err)
+	}
+	// An older sync of the same agent process is refused, so it cannot undo a later report.
+	seq -= 2
+	if _, err := n.srv.Sync(ctx, &tandem.SyncRequest{Agent: info, Seq: seq}); tandem.ErrorCode(err) != tandem.ECONFLICT {
+		t.Fatalf("stale sync: got %v, want %s", err, tandem.ECONFLICT)
+	}
+}
