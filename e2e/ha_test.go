@@ -348,6 +348,12 @@ func TestDevStartsAndStopsEverything(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		urls = append(urls, fmt.Sprintf("http://127.0.0.1:%d", base+i))
 	}
+	// A second dev on the same ports refuses at once, saying why, and does
+	// not mistake the first cluster's servers for its own.
+	_, errOut, code := runCLI(t, nil, "dev", "--base-port", fmt.Sprint(base))
+	if code == 0 || !strings.Contains(errOut, "already in use") {
+		t.Fatalf("second tandem dev on the same ports: exit %d, stderr %q", code, errOut)
+	}
 	cl := newClient(t, urls)
 	j, err := cl.SubmitJob(context.Background(), tandem.JobSpec{Command: []string{"echo", "hello"}}, client.SubmitOptions{})
 	if err != nil {

@@ -138,7 +138,7 @@ func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir s
 	fmt.Fprintf(out, "  %s job list\n", self)
 	fmt.Fprintf(out, "  %s agent list\n", self)
 	fmt.Fprintf(out, "  %s admin get-all-service-state\n", self)
-	fmt.Fprintf(out, "  kill -9 %d            # the active: another server takes over within about the lease TTL\n", activePID)
+	fmt.Fprintf(out, "  kill -9 %d            # the active: another server takes over in about 0.3 s\n", activePID)
 	fmt.Fprintf(out, "  %s admin history\n", self)
 	if len(c.Servers) > 1 {
 		fmt.Fprintf(out, "  %s admin failover <active-id> <standby-id>   # graceful switch, no TTL wait\n", self)

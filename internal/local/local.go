@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -105,6 +107,7 @@ type Cluster struct {
 	Agents  []*Proc
 	Etcd    []*Proc // external etcd members, if any
 	proxies []proxySpec
+	ports   []int // every port the cluster listens on
 }
 
 // AgentID returns the ID of agent i: agent1, agent2, ...
@@ -119,7 +122,18 @@ func New(cfg Config) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{cfg: cfg}
-	port := func(off, i int) int { return cfg.BasePort + off + i }
+	used := make(map[int]bool)
+	port := func(off, i int) int {
+		p := cfg.BasePort + off + i
+		used[p] = true
+		return p
+	}
+	defer func() {
+		for p := range used {
+			c.ports = append(c.ports, p)
+		}
+		sort.Ints(c.ports)
+	}()
 	url := func(p int) string { return fmt.Sprintf("http://127.0.0.1:%d", p) }
 
 	// External etcd: members e1..eN, each its own process.
@@ -272,6 +286,15 @@ func (c *Cluster) URLs() []string {
 // Start starts every server process and waits until each answers /healthz
 // or ctx ends.
 func (c *Cluster) Start(ctx context.Context) error {
+	// A port taken by another cluster would make this one's process exit
+	// while the other answers its health checks: refuse at once instead.
+	for _, p := range c.ports {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			return fmt.Errorf("port %d is already in use (another tandem dev or cluster?); pick another --base-port: %w", p, err)
+		}
+		ln.Close()
+	}
 	for k := range c.proxies {
 		ps := &c.proxies[k]
 		p, err := faultnet.Listen(fmt.Sprintf("127.0.0.1:%d", ps.listen), fmt.Sprintf("127.0.0.1:%d", ps.target))
