@@ -11,6 +11,7 @@ import (
 	"strconv"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/transport"
 )
 
 // IdempotencyKeyHeader is the request header that carries a submission's
@@ -50,13 +51,13 @@ func (c *Client) SubmitJob(ctx context.Context, spec tandem.JobSpec, opts Submit
 		return nil, fmt.Errorf("submit job: encode spec: %w", err)
 	}
 	var job tandem.Job
-	err = c.do(ctx, &call{
-		op:     "submit job",
-		method: http.MethodPost,
-		path:   "/v1/jobs",
-		body:   body,
-		header: http.Header{IdempotencyKeyHeader: {key}},
-		active: true,
+	err = c.tr.Do(ctx, &transport.Call{
+		Op:     "submit job",
+		Method: http.MethodPost,
+		Path:   "/v1/jobs",
+		Body:   body,
+		Header: http.Header{IdempotencyKeyHeader: {key}},
+		Active: true,
 	}, &job)
 	if err != nil {
 		return nil, err
@@ -80,11 +81,11 @@ func (c *Client) GetJob(ctx context.Context, id string) (*tandem.Job, error) {
 		return nil, tandem.Errorf(tandem.EINVALID, "job ID is empty")
 	}
 	var job tandem.Job
-	err := c.do(ctx, &call{
-		op:     "get job " + strconv.Quote(id),
-		method: http.MethodGet,
-		path:   "/v1/jobs/" + url.PathEscape(id),
-		active: true,
+	err := c.tr.Do(ctx, &transport.Call{
+		Op:     "get job " + strconv.Quote(id),
+		Method: http.MethodGet,
+		Path:   "/v1/jobs/" + url.PathEscape(id),
+		Active: true,
 	}, &job)
 	if err != nil {
 		return nil, err
@@ -115,7 +116,7 @@ func (c *Client) ListJobs(ctx context.Context, opts ListOptions) (*tandem.JobLis
 		q.Set("state", string(opts.State))
 	}
 	var list tandem.JobList
-	err := c.do(ctx, &call{op: "list jobs", method: http.MethodGet, path: "/v1/jobs", query: q, active: true}, &list)
+	err := c.tr.Do(ctx, &transport.Call{Op: "list jobs", Method: http.MethodGet, Path: "/v1/jobs", Query: q, Active: true}, &list)
 	if err != nil {
 		return nil, err
 	}
@@ -133,7 +134,7 @@ func (c *Client) Servers(ctx context.Context) ([]tandem.ServerInfo, error) {
 	var resp struct {
 		Servers []tandem.ServerInfo `json:"servers"`
 	}
-	if err := c.do(ctx, &call{op: "list servers", method: http.MethodGet, path: "/v1/cluster/servers"}, &resp); err != nil {
+	if err := c.tr.Do(ctx, &transport.Call{Op: "list servers", Method: http.MethodGet, Path: "/v1/cluster/servers"}, &resp); err != nil {
 		return nil, err
 	}
 	if resp.Servers == nil {
@@ -148,7 +149,7 @@ func (c *Client) History(ctx context.Context) ([]tandem.FailoverEvent, error) {
 	var resp struct {
 		Events []tandem.FailoverEvent `json:"events"`
 	}
-	if err := c.do(ctx, &call{op: "failover history", method: http.MethodGet, path: "/v1/ha/history"}, &resp); err != nil {
+	if err := c.tr.Do(ctx, &transport.Call{Op: "failover history", Method: http.MethodGet, Path: "/v1/ha/history"}, &resp); err != nil {
 		return nil, err
 	}
 	if resp.Events == nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/transport"
 )
 
 // recorder logs, in order, every request any test server receives and every
@@ -263,53 +263,6 @@ func TestBackoffFirstRetryImmediateThenGrowing(t *testing.T) {
 	}
 }
 
-func TestJitterStaysWithinHalfToFull(t *testing.T) {
-	c, err := New(Config{Servers: []string{"http://127.0.0.1:1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, pick := range []struct {
-		name  string
-		randN func(int64) int64
-		want  time.Duration
-	}{
-		{"lowest", func(int64) int64 { return 0 }, 50 * time.Millisecond},
-		{"highest", func(n int64) int64 { return n - 1 }, 100 * time.Millisecond},
-	} {
-		c.randN = pick.randN
-		if got := c.jitter(100 * time.Millisecond); got != pick.want {
-			t.Errorf("%s: got jitter %v, want %v", pick.name, got, pick.want)
-		}
-	}
-	c.randN = rand.Int64N
-	for range 1000 {
-		if got := c.jitter(100 * time.Millisecond); got < 50*time.Millisecond || got > 100*time.Millisecond {
-			t.Fatalf("got jitter %v, want within [50ms, 100ms]", got)
-		}
-	}
-}
-
-func TestDefaultBackoffSchedule(t *testing.T) {
-	b := DefaultBackoff()
-	var total time.Duration
-	for retry := 1; retry < b.Attempts; retry++ {
-		total += b.delay(retry)
-	}
-	// About 9s of retrying in the worst case, never more than Max per sleep.
-	if total < 8*time.Second || total > 10*time.Second {
-		t.Errorf("got total nominal sleep %v, want about 9s", total)
-	}
-	if got := b.delay(1); got != 0 {
-		t.Errorf("got first retry delay %v, want 0", got)
-	}
-	if got := b.delay(2); got != b.Base {
-		t.Errorf("got second retry delay %v, want Base %v", got, b.Base)
-	}
-	if got := b.delay(b.Attempts - 1); got != b.Max {
-		t.Errorf("got last delay %v, want Max %v", got, b.Max)
-	}
-}
-
 func TestStickiness(t *testing.T) {
 	rec := &recorder{}
 	down := serve(t, rec, "down", unavailable())
@@ -446,8 +399,8 @@ func TestRedirectLoopCountsAsFailedAttempt(t *testing.T) {
 			if got := c.Current(); got != active.URL {
 				t.Errorf("Current: got %s, want %s", got, active.URL)
 			}
-			if got := rec.hits("s1") + rec.hits("s2"); got > 2*(maxRedirects+1) {
-				t.Errorf("got %d requests into the loop, want at most %d", got, 2*(maxRedirects+1))
+			if got := rec.hits("s1") + rec.hits("s2"); got > 2*(transport.MaxRedirects+1) {
+				t.Errorf("got %d requests into the loop, want at most %d", got, 2*(transport.MaxRedirects+1))
 			}
 		})
 	}
@@ -725,7 +678,7 @@ func TestConfigNormalizes(t *testing.T) {
 	if got, want := c.Current(), "http://127.0.0.1:7070"; got != want {
 		t.Errorf("Current: got %q, want %q", got, want)
 	}
-	if got, want := c.backoff, DefaultBackoff(); got != want {
+	if got, want := c.tr.Backoff(), DefaultBackoff(); got != want {
 		t.Errorf("backoff: got %+v, want the default %+v", got, want)
 	}
 }
@@ -769,5 +722,36 @@ func TestUserAgent(t *testing.T) {
 	}
 	if list.Jobs == nil {
 		t.Errorf("got nil Jobs, want an empty slice")
+	}
+}
+
+func TestTokenGoesToConfiguredServersOnly(t *testing.T) {
+	auth := make(map[string]string) // server name -> Authorization it saw
+	var mu sync.Mutex
+	record := func(name string, h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			auth[name] = r.Header.Get("Authorization")
+			mu.Unlock()
+			h.ServeHTTP(w, r)
+		})
+	}
+	rec := &recorder{}
+	active := serve(t, rec, "active", record("active", &activeAPI{}))
+	standby := serve(t, rec, "standby", record("standby", redirectTo(func() string { return active.URL })))
+	c, err := New(Config{Servers: []string{standby.URL}, Token: "t0k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.SubmitJob(context.Background(), testSpec, SubmitOptions{}); err != nil {
+		t.Fatalf("SubmitJob: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got := auth["standby"]; got != "Bearer t0k" {
+		t.Errorf("configured server: got Authorization %q, want %q", got, "Bearer t0k")
+	}
+	if got, ok := auth["active"]; !ok || got != "" {
+		t.Errorf("unconfigured redirect target: got Authorization %q (asked: %v), want none", got, ok)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/transport"
 )
 
 // DefaultPoll is how often WaitJob asks for the job when given no interval.
@@ -42,15 +43,15 @@ func (c *Client) KillJob(ctx context.Context, id string) (*tandem.Job, error) {
 	if id == "" {
 		return nil, tandem.Errorf(tandem.EINVALID, "job ID is empty")
 	}
-	cl := &call{
-		op:     "kill job " + strconv.Quote(id),
-		method: http.MethodPost,
-		path:   "/v1/jobs/" + url.PathEscape(id) + "/kill",
-		active: true,
+	cl := &transport.Call{
+		Op:     "kill job " + strconv.Quote(id),
+		Method: http.MethodPost,
+		Path:   "/v1/jobs/" + url.PathEscape(id) + "/kill",
+		Active: true,
 	}
 	var job tandem.Job
-	err := c.do(ctx, cl, &job)
-	if err != nil && cl.tries > 1 && tandem.ErrorCode(err) == tandem.ECONFLICT {
+	err := c.tr.Do(ctx, cl, &job)
+	if err != nil && cl.Tries > 1 && tandem.ErrorCode(err) == tandem.ECONFLICT {
 		// An earlier attempt may have killed a job that had not started,
 		// which ends it at once; the retry then finds it ended.
 		if j, gerr := c.GetJob(ctx, id); gerr == nil && j.State == tandem.JobKilled && j.KillRequested {
@@ -70,7 +71,7 @@ func (c *Client) Agents(ctx context.Context) ([]tandem.AgentStatus, error) {
 	var resp struct {
 		Agents []tandem.AgentStatus `json:"agents"`
 	}
-	if err := c.do(ctx, &call{op: "list agents", method: http.MethodGet, path: "/v1/cluster/agents", active: true}, &resp); err != nil {
+	if err := c.tr.Do(ctx, &transport.Call{Op: "list agents", Method: http.MethodGet, Path: "/v1/cluster/agents", Active: true}, &resp); err != nil {
 		return nil, err
 	}
 	if resp.Agents == nil {
@@ -163,14 +164,14 @@ func (c *Client) openLogs(ctx context.Context, id string, opts LogOptions) (*htt
 	if opts.Offset > 0 {
 		q.Set("offset", strconv.FormatInt(opts.Offset, 10))
 	}
-	return c.exchange(ctx, &call{
-		op:     "logs of job " + strconv.Quote(id),
-		method: http.MethodGet,
-		path:   "/v1/jobs/" + url.PathEscape(id) + "/logs",
-		query:  q,
-		header: http.Header{"Accept": {"text/plain, application/json"}},
-		active: true,
-		stream: true,
+	return c.tr.Exchange(ctx, &transport.Call{
+		Op:     "logs of job " + strconv.Quote(id),
+		Method: http.MethodGet,
+		Path:   "/v1/jobs/" + url.PathEscape(id) + "/logs",
+		Query:  q,
+		Header: http.Header{"Accept": {"text/plain, application/json"}},
+		Active: true,
+		Stream: true,
 	}, nil)
 }
 
@@ -180,7 +181,7 @@ func (c *Client) openLogs(ctx context.Context, id string, opts LogOptions) (*htt
 // request is answered; it stays the one followed) and where to start;
 // opts.Follow is implied.
 //
-// It survives failovers of the active: when the stream breaks before the
+// It survives failovers of the Active: when the stream breaks before the
 // attempt has ended (the active died), or brings nothing for a while and
 // the cluster says the active has changed (the active hung), it asks again
 // through the failover path with the offset of the bytes already written,
@@ -239,8 +240,8 @@ func (c *Client) FollowJobLogs(ctx context.Context, id string, opts LogOptions, 
 			continue
 		}
 		idle++
-		if d := c.backoff.delay(idle); d > 0 {
-			if err := c.sleep(ctx, c.jitter(d)); err != nil {
+		if d := c.tr.Backoff().Jittered(idle, c.randN); d > 0 {
+			if err := c.sleep(ctx, d); err != nil {
 				return fmt.Errorf("logs of job %q: %w", id, context.Cause(ctx))
 			}
 		}
@@ -255,7 +256,7 @@ func (c *Client) FollowJobLogs(ctx context.Context, id string, opts LogOptions, 
 // active would otherwise hold the stream open for ever.
 func (c *Client) copyStream(ctx context.Context, cancel context.CancelFunc, resp *http.Response, w io.Writer, id, attemptID string) (n int64, readErr, writeErr error) {
 	defer resp.Body.Close()
-	from := c.serverIndex(resp.Request.URL)
+	from := c.tr.ServerIndex(resp.Request.URL)
 	var (
 		mu       sync.Mutex
 		progress = time.Now()
@@ -285,7 +286,7 @@ func (c *Client) copyStream(ctx context.Context, cancel context.CancelFunc, resp
 					continue
 				}
 				at := findAttempt(job, attemptID, 0)
-				moved := from >= 0 && c.sticky() != from
+				moved := from >= 0 && c.tr.CurrentIndex() != from
 				if moved || (at != nil && !at.State.Live()) {
 					cancel()
 					return

@@ -47,26 +47,3 @@ func TestHungServerIsLeftAfterTheAttemptTimeout(t *testing.T) {
 		t.Fatalf("client sticks to %s, want %s", c.Current(), ok.URL)
 	}
 }
-
-func TestNextServerPassesOverHungServers(t *testing.T) {
-	for _, tc := range []struct {
-		idx, n int
-		hung   []int
-		want   int
-	}{
-		{0, 3, nil, 1},
-		{2, 3, nil, 0},
-		{1, 3, []int{2}, 0},
-		{2, 3, []int{0}, 1},
-		{0, 3, []int{0, 1}, 2},
-		{0, 3, []int{0, 1, 2}, 1}, // all hung: start again in order
-	} {
-		hung := map[int]bool{}
-		for _, h := range tc.hung {
-			hung[h] = true
-		}
-		if got := nextServer(tc.idx, tc.n, hung); got != tc.want {
-			t.Errorf("nextServer(%d, %d, hung %v): got %d, want %d", tc.idx, tc.n, tc.hung, got, tc.want)
-		}
-	}
-}
