@@ -85,7 +85,7 @@ type Attempt struct {
 	ID     string       `json:"id"`
 	Number int          `json:"number"` // 1, 2, ...
 	Agent  string       `json:"agent"`
-	Epoch  int64        `json:"epoch"` // epoch of the active that scheduled it
+	Epoch  int64        `json:"epoch"` // epoch of the shard's owner that scheduled it
 	State  AttemptState `json:"state"`
 	// ScheduledAt, StartedAt and EndedAt are when the attempt was recorded,
 	// when its process started and when it ended.
@@ -137,48 +137,89 @@ type AttemptReport struct {
 	Reason    string       `json:"reason,omitempty"`
 }
 
-// SyncRequest is an agent's long-poll to the active: POST /v1/agent/sync.
+// SyncRequest is an agent's long poll to one server: POST /v1/agent/sync.
+// An agent keeps one sync session with every live server (DESIGN.md section
+// 10): each server answers for the shards it owns, so reports reach the owner
+// of each job's shard directly, and a server that owns nothing (a standby)
+// simply holds the poll.
 type SyncRequest struct {
 	Agent AgentInfo `json:"agent"`
-	// Epoch is the highest epoch the agent has seen; an active with a lower
-	// epoch is deposed and steps down.
-	Epoch int64 `json:"epoch"`
+	// Epochs is the highest epoch the agent has seen for each shard; the
+	// owner of a shard whose term has a lower epoch is deposed and ends that
+	// term.
+	Epochs map[int]int64 `json:"epochs"`
 	// Running lists every attempt the agent is running now.
 	Running []AttemptReport `json:"running"`
-	// Done lists finished attempts the active has not acknowledged yet.
+	// Done lists finished attempts no owner has acknowledged yet.
 	Done []AttemptReport `json:"done"`
-	// WaitMS is how long the active may hold the request when it has
+	// WaitMS is how long the server may hold the request when it has
 	// nothing to send (long poll); 0 answers at once.
 	WaitMS int `json:"wait_ms"`
-	// Seq numbers the syncs of one agent process (1, 2, ...): the active
+	// Session names the agent's sync session (one per server); Seq numbers
+	// the syncs of one session of one agent process (1, 2, ...): a server
 	// ignores a sync older than one it has already processed, so a delayed
 	// request cannot undo what a later one reported.
-	Seq uint64 `json:"seq"`
+	Session string `json:"session"`
+	Seq     uint64 `json:"seq"`
 }
 
 // Assignment tells an agent to launch attempt AttemptID of job JobID.
 // Assignments are recorded in etcd before they are sent and re-sent until the
 // agent reports the attempt, so the agent must launch each ID at most once.
+// Shard and Epoch name the term of the owner that vouches for it: an agent
+// refuses the item if it has seen a higher epoch for that shard (I1).
 type Assignment struct {
 	AttemptID string  `json:"attempt_id"`
 	JobID     string  `json:"job_id"`
+	Shard     int     `json:"shard"`
+	Epoch     int64   `json:"epoch"`
 	Spec      JobSpec `json:"spec"`
 }
 
-// KillOrder tells an agent to kill a running attempt.
+// KillOrder tells an agent to kill a running attempt; Shard and Epoch fence
+// it as they fence an Assignment.
 type KillOrder struct {
 	AttemptID string `json:"attempt_id"`
+	Shard     int    `json:"shard"`
+	Epoch     int64  `json:"epoch"`
 	Reason    string `json:"reason"`
 }
 
-// SyncResponse is the active's answer. Every field is only valid with its
-// Epoch: an agent ignores a response whose epoch is lower than one it has
-// seen (I1: fencing at the resource).
+// Ack tells an agent that the owner of Shard recorded the Done report of
+// AttemptID; the agent may forget it. An ack from a term older than one the
+// agent has seen for the shard is refused: a deposed owner's view may not
+// know the attempt at all.
+type Ack struct {
+	AttemptID string `json:"attempt_id"`
+	Shard     int    `json:"shard"`
+	Epoch     int64  `json:"epoch"`
+}
+
+// ShardTerm is one shard a server owns and the epoch of its term.
+type ShardTerm struct {
+	Shard int   `json:"shard"`
+	Epoch int64 `json:"epoch"`
+}
+
+// ServerRef names a live server and the URL agents reach it at.
+type ServerRef struct {
+	ID  string `json:"id"`
+	URL string `json:"url"`
+}
+
+// SyncResponse is a server's answer. Every item carries the shard and epoch
+// it is valid under; an agent refuses, item by item, those whose epoch is
+// lower than one it has seen for their shard (I1: fencing at the resource).
 type SyncResponse struct {
-	Epoch    int64        `json:"epoch"`
-	ServerID string       `json:"server_id"`
-	Assign   []Assignment `json:"assign"`
-	Kill     []KillOrder  `json:"kill"`
-	// Ack lists the Done reports now recorded; the agent may forget them.
-	Ack []string `json:"ack"`
+	ServerID string `json:"server_id"`
+	// Terms are the shards this server owns, with their epochs: the agent
+	// records them, so that it refuses a deposed owner even before any item
+	// of the new one arrives.
+	Terms  []ShardTerm  `json:"terms"`
+	Assign []Assignment `json:"assign"`
+	Kill   []KillOrder  `json:"kill"`
+	Ack    []Ack        `json:"ack"`
+	// Servers lists the live servers, so an agent keeps a session with
+	// every one, including servers it was not configured with.
+	Servers []ServerRef `json:"servers"`
 }

@@ -33,6 +33,15 @@ type ServerStatus struct {
 	// Revision is the etcd revision this server's view of the cluster has reached.
 	Revision int64 `json:"revision"`
 	Jobs     int   `json:"jobs"`
+	// Shards is the cluster's number of shards (1: active/standby).
+	Shards int `json:"shards"`
+	// Owned lists the shards this server owns (in a cluster of one shard,
+	// [0] on the active).
+	Owned []int `json:"owned"`
+	// Ready is whether this server counts in the shards' target map (it has
+	// been up its settle time and is not draining).
+	Ready    bool `json:"ready"`
+	Draining bool `json:"draining"`
 }
 
 // ServerInfo is one live server as seen in the membership registry:
@@ -47,6 +56,35 @@ type ServerInfo struct {
 	// Lease is the etcd lease the server's keys are bound to; a graceful
 	// failover binds the hand-off to the target's lease.
 	Lease int64 `json:"lease"`
+	// Ready is set once the server has been up its settle time: only ready
+	// servers that are not draining get shards in the target map.
+	Ready    bool `json:"ready"`
+	Draining bool `json:"draining,omitempty"`
+	// Shards is how many shards the server owns, from the answering
+	// server's view (not stored).
+	Shards int `json:"shards"`
+}
+
+// ShardInfo is one shard's ownership: GET /v1/cluster/shards.
+type ShardInfo struct {
+	Shard    int       `json:"shard"`
+	Owner    string    `json:"owner"` // server ID; "" while the shard is free
+	OwnerURL string    `json:"owner_url,omitempty"`
+	Epoch    int64     `json:"epoch"` // the owner key's create revision; 0 while free
+	Since    time.Time `json:"since,omitempty"`
+	// Target is the server the target map gives the shard to (active-active
+	// only); HandoffTo names a hand-off under way.
+	Target    string `json:"target,omitempty"`
+	HandoffTo string `json:"handoff_to,omitempty"`
+}
+
+// DrainRequest asks a server to give up its shards and take none until
+// undrained: POST /v1/ha/drain.
+type DrainRequest struct {
+	Drain bool `json:"drain"`
+	// WaitMS bounds how long the call waits for the server to own nothing
+	// (default 30000).
+	WaitMS int `json:"wait_ms,omitempty"`
 }
 
 // Failover causes recorded in FailoverEvent.Cause.
@@ -58,11 +96,16 @@ const (
 	CauseManual       = "manual"         // transition-to-standby / transition-to-active by an operator
 	CauseFenced       = "fenced"         // the active found its epoch superseded and stepped down
 	CauseCrashed      = "crash-detected" // a standby found the active's port closed and deposed it
+	CauseRebalance    = "rebalance"      // active-active: the target map moved the shard (a server joined or left)
+	CauseDrain        = "drain"          // the owner was drained (tandem admin drain) and handed the shard off
 )
 
-// FailoverEvent records one change of active (DESIGN.md I6). Durations are in
+// FailoverEvent records one change of active, or of a shard's owner in an
+// active-active cluster (DESIGN.md I6). Durations are in
 // seconds and are nil where the new active could not know them.
 type FailoverEvent struct {
+	// Shard is the shard whose owner changed (always 0 with one shard).
+	Shard       int       `json:"shard"`
 	Epoch       int64     `json:"epoch"`
 	ActiveID    string    `json:"active_id"`
 	ActiveURL   string    `json:"active_url"`

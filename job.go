@@ -116,10 +116,17 @@ type Job struct {
 	State     JobState  `json:"state"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
-	// Epoch is the epoch of the active server that accepted the job.
+	// Shard is the shard the job belongs to, forever: a hash of its ID
+	// (always 0 in a cluster of one shard).
+	Shard int `json:"shard"`
+	// Epoch is the epoch of the shard's owner that accepted the job.
 	Epoch int64 `json:"epoch"`
 	// AcceptedBy is the ID of the server that accepted the job.
-	AcceptedBy     string `json:"accepted_by"`
+	AcceptedBy string `json:"accepted_by"`
+	// UpdatedEpoch and UpdatedBy name the owner that wrote this version of
+	// the record: every write carries the epoch of its shard's owner (I1).
+	UpdatedEpoch   int64  `json:"updated_epoch,omitempty"`
+	UpdatedBy      string `json:"updated_by,omitempty"`
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
 	// Attempts lists every attempt, oldest first; at most the last one is live.
 	Attempts []Attempt `json:"attempts,omitempty"`

@@ -206,3 +206,35 @@ func (c *Client) Failover(ctx context.Context, serverURL string, req tandem.Hand
 	}
 	return &st, nil
 }
+
+// Shards returns every shard's ownership (owner, epoch, since when, and in an
+// active-active cluster its target and any hand-off under way), from
+// whichever server answers first. A cluster of one shard has one entry,
+// whose owner is the active. It retries across servers like SubmitJob.
+func (c *Client) Shards(ctx context.Context) ([]tandem.ShardInfo, error) {
+	var resp struct {
+		Shards []tandem.ShardInfo `json:"shards"`
+	}
+	if err := c.tr.Do(ctx, &transport.Call{Op: "list shards", Method: http.MethodGet, Path: "/v1/cluster/shards"}, &resp); err != nil {
+		return nil, err
+	}
+	if resp.Shards == nil {
+		resp.Shards = []tandem.ShardInfo{}
+	}
+	return resp.Shards, nil
+}
+
+// Drain asks the server at serverURL to give up every shard it owns and
+// take none (req.Drain), or to take shards again (!req.Drain), through
+// POST /v1/ha/drain. Draining blocks until the server owns nothing or
+// req.WaitMS passes (an unavailable *tandem.Error; the drain goes on);
+// draining the last server that could take the shards is a conflict. It
+// returns the server's status afterwards, and makes exactly one request, to
+// serverURL only.
+func (c *Client) Drain(ctx context.Context, serverURL string, req tandem.DrainRequest) (*tandem.ServerStatus, error) {
+	var st tandem.ServerStatus
+	if err := c.direct(ctx, serverURL, "drain", http.MethodPost, "/v1/ha/drain", req, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}

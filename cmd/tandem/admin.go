@@ -36,6 +36,8 @@ or by its URL (anything containing "://"), used as is.`,
 		newFailoverCmd(g),
 		newCheckHealthCmd(g),
 		newServersCmd(g),
+		newShardsCmd(g),
+		newDrainCmd(g),
 		newHistoryCmd(g),
 	)
 	return cmd
@@ -365,14 +367,116 @@ func newServersCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return show(g, cmd, format, (*client.Client).Servers, func(w io.Writer, servers []tandem.ServerInfo) error {
-				t := newTable(w, "ID", "URL", "STATE", "PID", "VERSION", "STARTED")
+				t := newTable(w, "ID", "URL", "STATE", "SHARDS", "READY", "PID", "VERSION", "STARTED")
 				for _, s := range servers {
-					t.row(s.ID, s.URL, string(s.State), strconv.Itoa(s.PID), orDash(s.Version), fmtTime(s.StartedAt))
+					ready := "yes"
+					switch {
+					case s.Draining:
+						ready = "draining"
+					case !s.Ready:
+						ready = "settling"
+					}
+					t.row(s.ID, s.URL, string(s.State), strconv.Itoa(s.Shards), ready, strconv.Itoa(s.PID), orDash(s.Version), fmtTime(s.StartedAt))
 				}
 				return t.flush()
 			})
 		},
 	}
+	format = addOutputFlag(cmd)
+	return cmd
+}
+
+func newShardsCmd(g *globals) *cobra.Command {
+	var format *outputFormat
+	cmd := &cobra.Command{
+		Use:   "shards",
+		Short: "List every shard's owner, epoch and since when (one shard: the active)",
+		Long: `List every shard with its owner (a server ID), the owner's epoch (the create
+revision of its owner key: every write to the shard's jobs is fenced by it),
+since when it owns the shard, and in an active-active cluster the server the
+target map gives it to and any hand-off under way. -o json gives a list of
+objects with at least shard, owner and epoch.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return show(g, cmd, format, (*client.Client).Shards, func(w io.Writer, shards []tandem.ShardInfo) error {
+				t := newTable(w, "SHARD", "OWNER", "EPOCH", "SINCE", "TARGET", "HANDOFF")
+				for _, s := range shards {
+					epoch := "-"
+					if s.Epoch != 0 {
+						epoch = strconv.FormatInt(s.Epoch, 10)
+					}
+					t.row(strconv.Itoa(s.Shard), orDash(s.Owner), epoch, fmtTime(s.Since), orDash(s.Target), orDash(s.HandoffTo))
+				}
+				return t.flush()
+			})
+		},
+	}
+	format = addOutputFlag(cmd)
+	return cmd
+}
+
+// drainStep is how long one drain request waits on the server; the command
+// repeats it until the server owns nothing or --wait passes, so no HTTP
+// timeout cuts a long drain short.
+const drainStep = 5 * time.Second
+
+func newDrainCmd(g *globals) *cobra.Command {
+	var format *outputFormat
+	var undo bool
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "drain ID",
+		Short: "Move a server's shards away before maintenance, and keep it from taking any",
+		Long: `Ask the server ID to give up every shard it owns and take none until
+undrained (--undo), and wait until it owns nothing. In an active-active
+cluster its shards go to their new targets a few at a time, each with no gap
+beyond a few etcd transactions; with one shard, an active server hands the
+active role to another server. Draining the last server that could take the
+shards is refused. The drain goes on if --wait passes first (exit 1).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if wait <= 0 {
+				return usagef("--wait is %v: it must be positive", wait)
+			}
+			ctx, cancel, c, err := g.setup(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			ref, err := resolveServerID(ctx, c, args[0])
+			if err != nil {
+				return err
+			}
+			start := time.Now()
+			var st *tandem.ServerStatus
+			for {
+				step := min(drainStep, time.Until(start.Add(wait)))
+				st, err = c.Drain(ctx, ref.url, tandem.DrainRequest{Drain: !undo, WaitMS: int(max(step, time.Millisecond).Milliseconds())})
+				if undo || err == nil || tandem.ErrorCode(err) != tandem.EUNAVAILABLE || time.Since(start) >= wait || ctx.Err() != nil {
+					break
+				}
+			}
+			if err != nil {
+				verb := "drain"
+				if undo {
+					verb = "undrain"
+				}
+				return fmt.Errorf("%s %s: %w", verb, ref.name(), err)
+			}
+			if *format == outputJSON {
+				return writeJSON(cmd.OutOrStdout(), st)
+			}
+			if undo {
+				_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s undrained: it takes shards again\n", ref.name())
+				return err
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s drained in %dms: it owns no shard and takes none until `tandem admin drain --undo %s`\n",
+				ref.name(), time.Since(start).Milliseconds(), ref.name())
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&undo, "undo", false, "undrain: let the server take shards again")
+	cmd.Flags().DurationVar(&wait, "wait", time.Minute, "how long to wait for the server to own nothing")
 	format = addOutputFlag(cmd)
 	return cmd
 }
@@ -385,10 +489,23 @@ func newHistoryCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return show(g, cmd, format, (*client.Client).History, func(w io.Writer, events []tandem.FailoverEvent) error {
-				t := newTable(w, "EPOCH", "TIME", "ACTIVE", "PREVIOUS", "CAUSE", "DETECTION", "ELECTION", "TRANSITION")
+				sharded := false
 				for _, e := range events {
-					t.row(strconv.FormatInt(e.Epoch, 10), fmtTime(e.Time), e.ActiveID, orDash(e.PrevID), e.Cause,
-						fmtSeconds(e.DetectionS), fmtSeconds(e.ElectionS), fmtSeconds(e.TransitionS))
+					sharded = sharded || e.Shard != 0
+				}
+				head := []string{"EPOCH", "TIME", "ACTIVE", "PREVIOUS", "CAUSE", "DETECTION", "ELECTION", "TRANSITION"}
+				if sharded {
+					head = append([]string{"SHARD"}, head...)
+					head[3] = "OWNER"
+				}
+				t := newTable(w, head...)
+				for _, e := range events {
+					row := []string{strconv.FormatInt(e.Epoch, 10), fmtTime(e.Time), e.ActiveID, orDash(e.PrevID), e.Cause,
+						fmtSeconds(e.DetectionS), fmtSeconds(e.ElectionS), fmtSeconds(e.TransitionS)}
+					if sharded {
+						row = append([]string{strconv.Itoa(e.Shard)}, row...)
+					}
+					t.row(row...)
 				}
 				return t.flush()
 			})

@@ -153,11 +153,14 @@ func TestServersAndHistory(t *testing.T) {
 	if code != 0 || len(lines) != 3 {
 		t.Fatalf("got %q, exit %d, want a header and 2 servers", out, code)
 	}
-	if got := strings.Fields(lines[0]); !slices.Equal(got, []string{"ID", "URL", "STATE", "PID", "VERSION", "STARTED"}) {
+	if got := strings.Fields(lines[0]); !slices.Equal(got, []string{"ID", "URL", "STATE", "SHARDS", "READY", "PID", "VERSION", "STARTED"}) {
 		t.Errorf("got header %q", got)
 	}
-	if got := strings.Fields(lines[1]); len(got) != 7 || got[0] != "rm1" || got[2] != "active" || got[3] != "100" || got[4] != "v-test" {
-		t.Errorf("got row %q, want rm1 URL active 100 v-test DATE TIME", got)
+	if got := strings.Fields(lines[1]); len(got) != 9 || got[0] != "rm1" || got[2] != "active" || got[3] != "1" || got[4] != "yes" || got[5] != "100" || got[6] != "v-test" {
+		t.Errorf("got row %q, want rm1 URL active 1 yes 100 v-test DATE TIME", got)
+	}
+	if got := strings.Fields(lines[2]); len(got) != 9 || got[0] != "rm2" || got[3] != "0" || got[4] != "settling" {
+		t.Errorf("got row %q, want rm2 URL STATE 0 settling ...", got)
 	}
 	out, _, _ = runCLI(t, "--servers", f.servers(), "admin", "servers", "-o", "json")
 	var servers []tandem.ServerInfo

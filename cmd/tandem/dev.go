@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/local"
 )
 
@@ -23,6 +24,7 @@ type devFlags struct {
 	basePort     int
 	dataDir      string
 	leaseTTL     time.Duration
+	shards       int
 	restartDelay time.Duration
 	logLevel     string
 }
@@ -45,6 +47,7 @@ stops everything and leaves no process behind.`,
 	fl.IntVar(&f.basePort, "base-port", 7070, "server i listens on base-port+i; its etcd member on base-port+100+i and base-port+200+i")
 	fl.StringVar(&f.dataDir, "data-dir", "", "keep data and logs here (default: a temporary directory removed on exit)")
 	fl.DurationVar(&f.leaseTTL, "lease-ttl", 2*time.Second, "lease TTL of every server")
+	fl.IntVar(&f.shards, "shards", 1, "number of shards: 1 is active/standby, more is active-active (every server owns some)")
 	fl.DurationVar(&f.restartDelay, "restart-delay", 3*time.Second, "restart a server this long after it dies (0: leave it dead)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "servers' log level")
 	return cmd
@@ -53,6 +56,9 @@ stops everything and leaves no process behind.`,
 func runDev(ctx context.Context, out io.Writer, f *devFlags) error {
 	if f.restartDelay < 0 {
 		return usagef("--restart-delay must not be negative")
+	}
+	if f.shards < 1 || f.shards > 1024 {
+		return usagef("--shards %d: use 1 (active/standby) to 1024", f.shards)
 	}
 	bin, err := os.Executable()
 	if err != nil {
@@ -68,14 +74,18 @@ func runDev(ctx context.Context, out io.Writer, f *devFlags) error {
 		return err
 	}
 	c, err := local.New(local.Config{Binary: bin, Servers: f.servers, Agents: f.agents, BasePort: f.basePort, DataDir: dir,
-		LeaseTTL: f.leaseTTL, LogLevel: f.logLevel})
+		LeaseTTL: f.leaseTTL, LogLevel: f.logLevel, Shards: f.shards})
 	if err != nil {
 		return usagef("%v", err)
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	fmt.Fprintf(out, "tandem dev: starting %d servers on loopback, each its own process with an embedded etcd member, and %d agents\n", f.servers, f.agents)
+	mode := "active/standby"
+	if f.shards > 1 {
+		mode = fmt.Sprintf("active-active, %d shards", f.shards)
+	}
+	fmt.Fprintf(out, "tandem dev: starting %d servers (%s) on loopback, each its own process with an embedded etcd member, and %d agents\n", f.servers, mode, f.agents)
 	startCtx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	err = c.Start(startCtx)
 	cancel()
@@ -85,7 +95,11 @@ func runDev(ctx context.Context, out io.Writer, f *devFlags) error {
 		}
 		return err
 	}
-	if _, err := c.WaitActive(ctx); err != nil {
+	wait := func(ctx context.Context) error { _, err := c.WaitActive(ctx); return err }
+	if f.shards > 1 {
+		wait = c.WaitOwned
+	}
+	if err := wait(ctx); err != nil {
 		c.Stop(10 * time.Second)
 		if ctx.Err() != nil {
 			return nil
@@ -107,9 +121,8 @@ func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir s
 	for i, s := range c.Servers {
 		state := "unknown"
 		if st, err := c.Status(ctx, i); err == nil {
-			state = string(st.State)
-			if st.State == "active" {
-				state = fmt.Sprintf("active (epoch %d)", st.Epoch)
+			state = describeState(st)
+			if st.State == "active" && activePID == 0 {
 				activePID = c.PID(i)
 			}
 		}
@@ -137,13 +150,35 @@ func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir s
 	fmt.Fprintf(out, "  %s job submit -- sleep 30; then kill -9 the active: the job keeps running and ends succeeded\n", self)
 	fmt.Fprintf(out, "  %s job list\n", self)
 	fmt.Fprintf(out, "  %s agent list\n", self)
-	fmt.Fprintf(out, "  %s admin get-all-service-state\n", self)
-	fmt.Fprintf(out, "  kill -9 %d            # the active: another server takes over in about 0.3 s\n", activePID)
-	fmt.Fprintf(out, "  %s admin history\n", self)
-	if len(c.Servers) > 1 {
-		fmt.Fprintf(out, "  %s admin failover <active-id> <standby-id>   # graceful switch, no TTL wait\n", self)
+	if f.shards > 1 {
+		fmt.Fprintf(out, "  %s admin shards                   # every shard's owner and epoch\n", self)
+		fmt.Fprintf(out, "  %s admin servers                  # how many shards each server owns\n", self)
+		fmt.Fprintf(out, "  kill -9 %d            # a server: the others take its shards in about 0.3 s\n", activePID)
+		fmt.Fprintf(out, "  %s admin drain rm1                # move rm1's shards away (--undo to bring it back)\n", self)
+		fmt.Fprintf(out, "  %s admin history\n", self)
+	} else {
+		fmt.Fprintf(out, "  %s admin get-all-service-state\n", self)
+		fmt.Fprintf(out, "  kill -9 %d            # the active: another server takes over in about 0.3 s\n", activePID)
+		fmt.Fprintf(out, "  %s admin history\n", self)
+		if len(c.Servers) > 1 {
+			fmt.Fprintf(out, "  %s admin failover <active-id> <standby-id>   # graceful switch, no TTL wait\n", self)
+		}
 	}
 	fmt.Fprintln(out, "\nCtrl-C stops everything. HA changes are printed below.")
+}
+
+// describeState is how tandem dev shows a server's state: the active's
+// epoch with one shard, how many shards a server owns with several.
+func describeState(st tandem.ServerStatus) string {
+	switch {
+	case st.Shards > 1 && st.Draining:
+		return fmt.Sprintf("draining (%d shards)", len(st.Owned))
+	case st.Shards > 1:
+		return fmt.Sprintf("%s (%d of %d shards)", st.State, len(st.Owned), st.Shards)
+	case st.State == tandem.StateActive:
+		return fmt.Sprintf("active (epoch %d)", st.Epoch)
+	}
+	return string(st.State)
 }
 
 // watchDev prints every change of HA state and restarts servers and agents
@@ -213,10 +248,7 @@ func watchDev(ctx context.Context, out io.Writer, c *local.Cluster, restartDelay
 			if err != nil {
 				continue
 			}
-			cur := string(st.State)
-			if st.State == "active" {
-				cur = fmt.Sprintf("active (epoch %d)", st.Epoch)
-			}
+			cur := describeState(st)
 			if cur != last[i] && last[i] != "" {
 				fmt.Fprintf(out, "%s %s is %s\n", now.Format("15:04:05.000"), s.ID, cur)
 			}

@@ -194,8 +194,12 @@ func (f *fakeCluster) handler(id string) http.Handler {
 		var infos []tandem.ServerInfo
 		for _, sid := range []string{"rm1", "rm2"} {
 			st := f.status(sid)
+			shards := 0
+			if st.State == tandem.StateActive {
+				shards = 1
+			}
 			infos = append(infos, tandem.ServerInfo{ID: sid, URL: st.URL, State: st.State, PID: 100, Version: "v-test",
-				StartedAt: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)})
+				StartedAt: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC), Ready: sid == "rm1", Shards: shards})
 		}
 		fakeJSON(w, http.StatusOK, map[string]any{"servers": infos})
 	})

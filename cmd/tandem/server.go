@@ -19,6 +19,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/api"
 	"github.com/tandemhq/tandem/internal/embedetcd"
 	"github.com/tandemhq/tandem/internal/server"
@@ -40,8 +41,13 @@ type serverFlags struct {
 	logLevel, logFormat               string
 	moveEtcdLeader, deposeDead        bool
 	probeInterval, agentTimeout       time.Duration
+	shards, maxMoves                  int
+	settle, freeGrace                 time.Duration
 	failpoint                         string
 }
+
+// The API serves a server through the interface it declares.
+var _ api.Service = (*server.Server)(nil)
 
 func newServerCmd() *cobra.Command {
 	f := &serverFlags{}
@@ -84,6 +90,10 @@ servers form a complete HA cluster with nothing else installed:
 	fl.BoolVar(&f.deposeDead, "depose-dead-active", def.DeposeDead, "standbys depose an active whose port refuses connections instead of waiting for its lease")
 	fl.DurationVar(&f.probeInterval, "probe-interval", def.ProbeInterval, "how often standbys probe the active")
 	fl.DurationVar(&f.agentTimeout, "agent-timeout", def.AgentTimeout, "an agent silent this long is declared lost and its attempts are retried elsewhere")
+	fl.IntVar(&f.shards, "shards", 0, "number of shards, fixed when the cluster is first started: 1 is active/standby, more is active-active (default: the cluster's setting, 1 for a new cluster)")
+	fl.DurationVar(&f.settle, "settle", def.Settle, "active-active: how long a server must be up before the target map gives it shards")
+	fl.IntVar(&f.maxMoves, "max-moves", def.MaxMoves, "active-active: how many shards a server hands off at a time when the target map moves them")
+	fl.DurationVar(&f.freeGrace, "free-grace", def.FreeGrace, "active-active: how long a free shard waits for its target before any server may take it")
 	fl.StringVar(&f.failpoint, "failpoint", "", "for tests: crash at a chosen point ("+server.FailpointExitAfterAssign+")")
 	_ = fl.MarkHidden("failpoint")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -218,6 +228,7 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	cfg.Etcd, cfg.Logger = cli, log
 	cfg.DeposeDead, cfg.ProbeInterval = f.deposeDead, f.probeInterval
 	cfg.AgentTimeout, cfg.Failpoint = f.agentTimeout, f.failpoint
+	cfg.Shards, cfg.Settle, cfg.MaxMoves, cfg.FreeGrace = f.shards, f.settle, f.maxMoves, f.freeGrace
 	srv, err := server.New(cfg)
 	if err != nil {
 		return usagef("%v", err)
@@ -265,7 +276,9 @@ func runServer(ctx context.Context, f *serverFlags) error {
 func keepEtcdLeaderAway(ctx context.Context, srv *server.Server, m *embedetcd.Member, cli *clientv3.Client, log *slog.Logger) {
 	for {
 		wait := 100 * time.Millisecond
-		if _, active := srv.ActiveEpoch(); active && m.IsLeader() {
+		// With several shards every server owns some: moving leadership
+		// between them would only bounce it around.
+		if srv.Shards() == 1 && srv.State() == tandem.StateActive && m.IsLeader() {
 			to, err := m.MoveLeadershipAway(ctx, cli)
 			switch {
 			case err != nil:

@@ -1,18 +1,32 @@
 // Package agent is tandem's agent: it runs job attempts as local processes,
-// keeps their logs, and reports to the active server (DESIGN.md section 9),
-// much as a YARN NodeManager does for its ResourceManager.
+// keeps their logs, and reports to the servers that own their jobs (DESIGN.md
+// sections 9 and 10), much as a YARN NodeManager does for its
+// ResourceManagers.
 //
-// One goroutine keeps a long poll, POST /v1/agent/sync, open to the server it
-// believes active. Each sync carries what the agent runs and what has
-// finished; each answer carries assignments, kill orders and
-// acknowledgements, all valid only with the answer's epoch. The agent
-// enforces two of tandem's promises itself:
+// The cluster's jobs are split into shards; each shard has one owner server
+// at a time, and each term of ownership an epoch (cluster-wide monotonic).
+// With one shard its owner is "the active". The agent keeps one sync
+// session with every server it knows, the configured ones and those the
+// servers' answers list: each session keeps a long poll, POST
+// /v1/agent/sync, open to its one server, and a failed session retries that
+// same server, with backoff, forever. Every sync carries what the agent runs
+// and what has finished; every server answers for the shards it owns, with
+// assignments, kill orders and acknowledgements, each carrying its shard and
+// the epoch of the term that vouches for it. A server that owns nothing
+// simply holds the poll. Something happening locally (an attempt started or
+// ended) cuts every session's poll short, so every owner hears at once.
 //
-//   - I1, fencing at the resource: it keeps the highest epoch it has seen, on
-//     disk, and refuses any answer with a lower one.
+// The agent enforces two of tandem's promises itself:
+//
+//   - I1, fencing at the resource, per shard: it keeps the highest epoch it
+//     has seen for each shard, on disk, recorded before it acts on the
+//     answer that raised it, and refuses, item by item, anything vouched for
+//     by a lower epoch of the item's shard. A deposed owner of one shard
+//     does not make the agent refuse what the owners of other shards send.
 //   - I4, launch at most once: every attempt ID is appended to an fsync'ed
 //     ledger before its process starts, and an ID in the ledger is never
-//     launched again, not even by a restarted agent.
+//     launched again, not even by a restarted agent. Answers, from however
+//     many sessions, are applied one at a time.
 //
 // The agent never kills an attempt because a server went away or changed
 // (work-preserving failover). Attempts do die with the agent process
@@ -28,6 +42,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -41,6 +56,7 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/endpoint"
+	"github.com/tandemhq/tandem/internal/transport"
 )
 
 // Defaults for Config fields left zero.
@@ -54,17 +70,20 @@ const (
 
 // Log attribute keys.
 const (
-	logAgent   = "agent"
-	logAttempt = "attempt"
-	logJob     = "job"
-	logEpoch   = "epoch"
+	logAgent     = "agent"
+	logAttempt   = "attempt"
+	logJob       = "job"
+	logShard     = "shard"
+	logEpoch     = "epoch"
+	logServerURL = "server_url"
+	logServerID  = "server_id"
 )
 
 var idPattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
 
-// Backoff paces the agent's retries when no server answers as the active:
-// the first retry (on the next server) is immediate, then Base doubling up
-// to Max, each scaled by a jitter uniform in [1/2, 1]. The agent never stops
+// Backoff paces a session's retries of its server after failures: the first
+// retry is immediate, then Base doubling up to Max, each scaled by a jitter
+// uniform in [1/2, 1]. A session of a configured server never stops
 // retrying.
 type Backoff struct {
 	Base time.Duration
@@ -76,10 +95,11 @@ type Config struct {
 	// ID names the agent in the cluster: 1 to 63 letters, digits, '.', '_'
 	// or '-', starting with a letter or digit.
 	ID string
-	// Servers are the servers' base URLs (http or https); the agent moves
-	// round-robin between them.
+	// Servers are the servers' base URLs (http or https). The agent keeps a
+	// sync session with each of them for as long as it runs, and with every
+	// other server their answers list while it is listed or answers.
 	Servers []string
-	// WorkDir holds the agent's durable state (ledger, epoch, pending
+	// WorkDir holds the agent's durable state (ledger, epochs, pending
 	// reports), the attempts' logs and their default work dirs. Only one
 	// agent may use a work dir at a time.
 	WorkDir string
@@ -95,39 +115,42 @@ type Config struct {
 	// Labels are matched against jobs' constraints.
 	Labels map[string]string
 	// PollWait is how long a server may hold a sync that it has nothing to
-	// answer (default 10s).
+	// answer (default 2s).
 	PollWait time.Duration
 	// KillGrace is the time between SIGTERM and SIGKILL when an attempt is
 	// killed or times out (default 5s).
 	KillGrace time.Duration
-	// Backoff paces retries across servers; zero fields take the defaults
-	// (20ms, 250ms).
+	// Backoff paces each session's retries of its server; zero fields take
+	// the defaults (20ms, 250ms).
 	Backoff Backoff
 	// Logger receives the agent's logs; every record carries agent=<ID>.
 	// Nil discards them.
 	Logger *slog.Logger
 }
 
-// server is one configured server.
+// server is one server's endpoint.
 type server struct {
 	base string // normalized base URL, no trailing slash
-	key  string // scheme://host:port, to recognise a redirect's target
+	key  string // scheme://host:port: the server's identity, and its session's name
 }
 
 // Agent runs attempts for a tandem cluster. Create it with New, run it with
 // Start, stop it with Close. Its methods are safe for concurrent use.
 type Agent struct {
 	cfg     Config
-	servers []server
+	servers []server // configured
 	log     *slog.Logger
-	hc      *http.Client
-	boot    string // this boot's ID (see bootID)
+	hc      *http.Client         // tr's, to close its idle connections
+	tr      *transport.Transport // for each sync's HTTP exchange (Direct)
+	boot    string               // this boot's ID (see bootID)
 
 	// Lock order: launchMu, then diskMu, then mu; an attempt's sigMu, then mu.
 
 	// launchMu serializes applying answers, so two answers carrying the
-	// same assignment cannot both pass the ledger check (I4). It guards
-	// ledger and the ledger file.
+	// same assignment cannot both pass the ledger check (I4), and an answer
+	// raising a shard's epoch is recorded before a concurrent one of the
+	// deposed owner is checked (I1). It guards ledger, the ledger file and
+	// the epoch file; epochs changes only under it (and mu).
 	launchMu sync.Mutex
 	ledger   map[string]bool // every attempt ID ever launched on this work dir (I4)
 
@@ -139,23 +162,25 @@ type Agent struct {
 	mu        sync.Mutex
 	st        *state // set by Start; its files are written under launchMu or diskMu
 	info      tandem.AgentInfo
-	epoch     int64                           // highest epoch seen (I1)
+	epochs    map[int]int64                   // highest epoch seen per shard (I1)
 	launching map[string]bool                 // IDs between the ledger and a running process
 	running   map[string]*attempt             // attempts whose process runs
 	done      map[string]tandem.AttemptReport // finished, not yet acknowledged
 	acked     map[string]bool                 // acknowledged by a server, to this process
-	current   int                             // index in servers of the server syncs go to
-	seq       uint64                          // sequence number of the last sync sent
-	pollStop  context.CancelFunc              // cancels the sync in flight, if any
-	kicked    chan struct{}                   // signalled by kick; capacity 1
+	sessions  map[string]*session             // by server key: one per server synced with
+	seqs      map[string]uint64               // by session name: the last Seq sent, across restarts of the session
+	answered  time.Time                       // when any session last had an answer
+	quietWarn time.Time                       // when "no server answers" was last logged
 	closed    bool
 	started   bool
 
+	sessionCtx    context.Context // parent of every session's context; Close cancels it
+	stopSessions  context.CancelFunc
+	sessionsGroup sync.WaitGroup // one per session goroutine
+
 	httpSrv    *http.Server
 	url        string
-	cancelLoop context.CancelFunc
 	cancelHTTP context.CancelFunc
-	loopDone   chan struct{}
 	httpDone   chan struct{}
 	closeOnce  sync.Once
 }
@@ -172,7 +197,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.WorkDir == "" {
 		return nil, errors.New("no work dir given")
 	}
-	a := &Agent{cfg: cfg, kicked: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg}
 	seen := make(map[string]string)
 	for _, s := range cfg.Servers {
 		srv, err := parseServer(s)
@@ -251,13 +276,20 @@ func New(cfg Config) (*Agent, error) {
 	a.log = log.With(logAgent, cfg.ID)
 	a.boot = bootID()
 
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
-	t.Proxy = nil // agents talk to servers directly; a proxy would hold long polls
-	a.hc = &http.Client{
-		Transport:     t,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	// No overall timeout: each sync is bounded by its own context (the poll
+	// wait plus answerSlack). No proxy: one would hold, cut or buffer long
+	// polls.
+	a.hc = transport.NewHTTPClient(transport.HTTPOptions{NoProxy: true, DialTimeout: dialTimeout})
+	tr, err := transport.New(transport.Config{
+		Servers:    cfg.Servers,
+		HTTPClient: a.hc,
+		Backoff:    transport.Backoff{Base: a.cfg.Backoff.Base, Max: a.cfg.Backoff.Max, Attempts: 1}, // unused by Direct; the sessions retry
+		UserAgent:  "tandem-agent/" + tandem.Version,
+	})
+	if err != nil {
+		return nil, err
 	}
+	a.tr = tr
 	return a, nil
 }
 
@@ -267,10 +299,11 @@ func parseServer(s string) (server, error) {
 	return server{base: e.Base, key: e.Key}, err
 }
 
-// Start opens the work dir (taking its lock, loading the epoch, the ledger
-// and the pending reports), starts the HTTP server and the sync loop, and
-// returns once the HTTP server listens. ctx bounds the start-up only; the
-// agent then runs until Close. Start may be called once.
+// Start opens the work dir (taking its lock, loading the epochs, the ledger
+// and the pending reports), starts the HTTP server and a sync session with
+// every configured server, and returns once the HTTP server listens. ctx
+// bounds the start-up only; the agent then runs until Close. Start may be
+// called once.
 func (a *Agent) Start(ctx context.Context) error {
 	a.mu.Lock()
 	if a.started || a.closed {
@@ -283,7 +316,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		return err
 	}
 
-	st, epoch, ledger, reports, err := openState(a.cfg.WorkDir, a.log)
+	st, epochs, ledger, reports, err := openState(a.cfg.WorkDir, a.log)
 	if err != nil {
 		return err
 	}
@@ -302,10 +335,12 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.ledger = ledger
 	a.launchMu.Unlock()
 	a.mu.Lock()
-	a.st, a.epoch, a.done = st, epoch, reports
+	a.st, a.epochs, a.done = st, epochs, reports
 	a.launching = make(map[string]bool)
 	a.running = make(map[string]*attempt)
 	a.acked = make(map[string]bool)
+	a.sessions = make(map[string]*session)
+	a.seqs = make(map[string]uint64)
 	a.url = advertise
 	a.info = tandem.AgentInfo{
 		ID: a.cfg.ID, URL: advertise, Capacity: a.cfg.Capacity, Labels: a.cfg.Labels,
@@ -318,7 +353,7 @@ func (a *Agent) Start(ctx context.Context) error {
 			a.log.Warn("attempt lost: it was running when the agent stopped", logAttempt, id, logJob, r.JobID)
 		}
 	}
-	a.log.Info("agent started", "url", advertise, "work_dir", a.cfg.WorkDir, logEpoch, epoch,
+	a.log.Info("agent started", "url", advertise, "work_dir", a.cfg.WorkDir, "epochs", epochs,
 		"launched_before", len(ledger), "pending_reports", len(reports),
 		"cpu", a.cfg.Capacity.CPU, "memory_mb", a.cfg.Capacity.MemoryMB, "servers", strings.Join(a.serverBases(), ","))
 
@@ -338,13 +373,12 @@ func (a *Agent) Start(ctx context.Context) error {
 		}
 	}()
 
-	loopCtx, cancelLoop := context.WithCancel(context.Background())
-	a.cancelLoop = cancelLoop
-	a.loopDone = make(chan struct{})
-	go func() {
-		defer close(a.loopDone)
-		a.syncLoop(loopCtx)
-	}()
+	a.mu.Lock()
+	a.sessionCtx, a.stopSessions = context.WithCancel(context.Background())
+	for i, srv := range a.servers {
+		a.startSessionLocked(srv, i)
+	}
+	a.mu.Unlock()
 	return nil
 }
 
@@ -370,22 +404,22 @@ func (a *Agent) serverBases() []string {
 	return out
 }
 
-// Close stops the sync loop and the HTTP server and releases the work dir.
-// It does not kill running attempts: they keep running until they end, and
-// die with the agent's process (Pdeathsig), which is how a restarted agent
-// loses them. Close waits for the loop and the server's handlers; it is
-// idempotent.
+// Close ends every sync session and the HTTP server and releases the work
+// dir. It does not kill running attempts: they keep running until they end,
+// and die with the agent's process (Pdeathsig), which is how a restarted
+// agent loses them. Close waits for the sessions' goroutines and the
+// server's handlers; it is idempotent.
 func (a *Agent) Close() error {
 	a.closeOnce.Do(func() {
 		a.mu.Lock()
-		a.closed = true
-		started := a.started && a.loopDone != nil
+		a.closed = true // no session starts from now on
+		started := a.started && a.stopSessions != nil
 		a.mu.Unlock()
 		if !started {
 			return
 		}
-		a.cancelLoop()
-		<-a.loopDone
+		a.stopSessions()
+		a.sessionsGroup.Wait()
 		a.cancelHTTP() // ends followed log streams
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		if err := a.httpSrv.Shutdown(sctx); err != nil {
@@ -421,10 +455,30 @@ type Status struct {
 	Running []string `json:"running"`
 	// Unacknowledged lists finished attempts not yet acknowledged.
 	Unacknowledged []string `json:"unacknowledged"`
-	// Epoch is the highest epoch seen.
-	Epoch int64 `json:"epoch"`
-	// Server is the base URL of the server the agent syncs with.
-	Server string `json:"server"`
+	// Epochs is the highest epoch seen for each shard.
+	Epochs map[int]int64 `json:"epochs"`
+	// Sessions are the agent's sync sessions: the configured servers' in
+	// the order configured, then the discovered servers' by URL.
+	Sessions []SessionStatus `json:"sessions"`
+}
+
+// SessionStatus is one sync session, with one server.
+type SessionStatus struct {
+	// URL is the server's base URL.
+	URL string `json:"url"`
+	// ServerID is the server's ID, as its last answer gave it; empty before
+	// any answer.
+	ServerID string `json:"server_id,omitempty"`
+	// Configured is whether the server was configured (Config.Servers)
+	// rather than learned from another server's answer.
+	Configured bool `json:"configured"`
+	// Terms are the shards the server owned at its last answer, with their
+	// epochs.
+	Terms []tandem.ShardTerm `json:"terms"`
+	// Failures counts the session's failed syncs since its last answer.
+	Failures int `json:"failures"`
+	// LastAnswer is when the server last answered; nil before any answer.
+	LastAnswer *time.Time `json:"last_answer,omitempty"`
 }
 
 // Status returns the agent's view of itself.
@@ -435,8 +489,11 @@ func (a *Agent) Status() Status {
 		Agent:          a.info,
 		Running:        make([]string, 0, len(a.running)),
 		Unacknowledged: make([]string, 0, len(a.done)),
-		Epoch:          a.epoch,
-		Server:         a.servers[a.current].base,
+		Epochs:         maps.Clone(a.epochs),
+		Sessions:       make([]SessionStatus, 0, len(a.sessions)),
+	}
+	if s.Epochs == nil {
+		s.Epochs = map[int]int64{}
 	}
 	for id := range a.running {
 		s.Running = append(s.Running, id)
@@ -446,5 +503,10 @@ func (a *Agent) Status() Status {
 	}
 	slices.Sort(s.Running)
 	slices.Sort(s.Unacknowledged)
+	ss := slices.Collect(maps.Values(a.sessions))
+	slices.SortFunc(ss, compareSessions)
+	for _, x := range ss {
+		s.Sessions = append(s.Sessions, x.statusLocked())
+	}
 	return s
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/endpoint"
 )
 
 func TestMain(m *testing.M) {
@@ -110,6 +112,34 @@ func shell(id, script string, env map[string]string) tandem.Assignment {
 	}}
 }
 
+// inTerm returns as vouched for by the owner of shard at epoch.
+func inTerm(as tandem.Assignment, shard int, epoch int64) tandem.Assignment {
+	as.Shard, as.Epoch = shard, epoch
+	return as
+}
+
+// sessionName is the name of an agent's session with the server at url.
+func sessionName(t *testing.T, url string) string {
+	t.Helper()
+	e, err := endpoint.Parse(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.Key
+}
+
+// deadURL returns the URL of a port nothing listens on.
+func deadURL(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + ln.Addr().String()
+	ln.Close()
+	return url
+}
+
 // gateScript waits for the file $GATE to exist.
 const gateScript = `while [ ! -e "$GATE" ]; do sleep 0.01; done`
 
@@ -172,7 +202,7 @@ func readPID(t *testing.T, path string) int {
 }
 
 func TestAttemptRunsReportsAndServesItsLog(t *testing.T) {
-	srv := newFakeServer(t, "rm1", 7)
+	srv := newFakeServer(t, "rm1", term(0, 7))
 	dir := t.TempDir()
 	a, _ := startAgent(t, testConfig(t, dir, srv.URL()))
 	gate := filepath.Join(t.TempDir(), "gate")
@@ -219,37 +249,54 @@ func TestAttemptRunsReportsAndServesItsLog(t *testing.T) {
 		info.Capacity != (tandem.Resources{CPU: 2, MemoryMB: 1024}) || info.Labels["zone"] != "test" || info.StartedAt.IsZero() {
 		t.Errorf("agent info: got %+v", info)
 	}
-	if req.Epoch != 7 || req.WaitMS != 2000 || req.Seq == 0 {
-		t.Errorf("sync: got epoch %d, wait_ms %d, seq %d; want 7, 2000, > 0", req.Epoch, req.WaitMS, req.Seq)
+	if len(req.Epochs) != 1 || req.Epochs[0] != 7 || req.WaitMS != 2000 || req.Seq == 0 || req.Session != sessionName(t, srv.URL()) {
+		t.Errorf("sync: got epochs %v, wait_ms %d, session %q, seq %d; want map[0:7], 2000, %q, > 0",
+			req.Epochs, req.WaitMS, req.Session, req.Seq, sessionName(t, srv.URL()))
 	}
 }
 
 func TestSyncSequenceNumbersIncrease(t *testing.T) {
-	srv := newFakeServer(t, "rm1", 1)
-	startAgent(t, testConfig(t, t.TempDir(), srv.URL()))
+	owner := newFakeServer(t, "rm1", term(0, 1))
+	owner.noAck = true // the reports keep going to every server
+	standby := newFakeServer(t, "rm2")
+	startAgent(t, testConfig(t, t.TempDir(), owner.URL(), standby.URL()))
+	// Nothing has happened locally yet, so nothing cancelled the first sync
+	// of either session before it was sent.
+	waitFor(t, "a sync at each server", func() bool { return owner.syncCount() > 0 && standby.syncCount() > 0 })
 	for i := range 3 {
-		srv.addAssignment(shell(fmt.Sprintf("seq-%d", i), "true", nil))
-		srv.waitDone(t, fmt.Sprintf("seq-%d", i))
+		owner.addAssignment(shell(fmt.Sprintf("seq-%d", i), "true", nil))
+		owner.waitDone(t, fmt.Sprintf("seq-%d", i))
+		standby.waitDone(t, fmt.Sprintf("seq-%d", i))
 	}
-	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	// A cancelled poll and the sync that replaced it may reach the server in
-	// either order, so arrival order proves nothing; each sync must carry a
-	// sequence number of its own, and they must grow overall.
-	seen := map[uint64]bool{}
-	for i, s := range srv.syncs {
-		if s.Seq == 0 || seen[s.Seq] {
-			t.Fatalf("sync %d has seq %d: want a new, non-zero number", i, s.Seq)
+	for _, srv := range []*fakeServer{owner, standby} {
+		srv.mu.Lock()
+		syncs := slices.Clone(srv.syncs)
+		srv.mu.Unlock()
+		// Each session numbers its own syncs from 1. A cancelled poll and
+		// the sync that replaced it may reach the server in either order, so
+		// arrival order proves nothing; each sync must carry a sequence
+		// number of its own, and they must grow overall.
+		if syncs[0].Seq != 1 {
+			t.Errorf("%s: first sync has seq %d, want 1", srv.id, syncs[0].Seq)
 		}
-		seen[s.Seq] = true
-	}
-	if n := len(srv.syncs); n > 1 && srv.syncs[n-1].Seq <= srv.syncs[0].Seq {
-		t.Fatalf("last sync has seq %d, first %d: want growth", srv.syncs[n-1].Seq, srv.syncs[0].Seq)
+		seen := map[uint64]bool{}
+		for i, s := range syncs {
+			if s.Session != sessionName(t, srv.URL()) {
+				t.Errorf("%s: sync %d has session %q, want %q", srv.id, i, s.Session, sessionName(t, srv.URL()))
+			}
+			if s.Seq == 0 || seen[s.Seq] {
+				t.Fatalf("%s: sync %d has seq %d: want a new, non-zero number", srv.id, i, s.Seq)
+			}
+			seen[s.Seq] = true
+		}
+		if n := len(syncs); n < 2 || syncs[n-1].Seq <= syncs[0].Seq {
+			t.Fatalf("%s: %d syncs, the last with seq %d, the first %d: want growth", srv.id, n, syncs[n-1].Seq, syncs[0].Seq)
+		}
 	}
 }
 
 func TestAttemptOutcomes(t *testing.T) {
-	srv := newFakeServer(t, "rm1", 1)
+	srv := newFakeServer(t, "rm1", term(0, 1), term(3, 6))
 	dir := t.TempDir()
 	a, _ := startAgent(t, testConfig(t, dir, srv.URL()))
 	own := t.TempDir()
@@ -300,8 +347,9 @@ func TestAttemptOutcomes(t *testing.T) {
 		{name: "killed by a signal", as: shell("att-sig", "kill -KILL $$", nil), state: tandem.AttemptFailed, signal: "killed", reason: "signal: killed"},
 		{
 			name: "environment and default work dir",
-			as: shell("att-env", `test "$TANDEM_JOB_ID" = job-att-env && test "$TANDEM_ATTEMPT_ID" = att-env && test "$FOO" = bar && `+pwdIs,
-				map[string]string{"FOO": "bar", "WANT": defReal}),
+			as: inTerm(shell("att-env", `test "$TANDEM_JOB_ID" = job-att-env && test "$TANDEM_ATTEMPT_ID" = att-env && `+
+				`test "$TANDEM_AGENT_ID" = agent1 && test "$TANDEM_SHARD" = 3 && test "$TANDEM_EPOCH" = 6 && test "$FOO" = bar && `+pwdIs,
+				map[string]string{"FOO": "bar", "WANT": defReal}), 3, 0),
 			state: tandem.AttemptSucceeded, code: code(0),
 		},
 		{
@@ -356,7 +404,7 @@ func TestAttemptOutcomes(t *testing.T) {
 }
 
 func TestAssignmentLaunchedOnce(t *testing.T) {
-	srv := newFakeServer(t, "rm1", 3)
+	srv := newFakeServer(t, "rm1", term(0, 3))
 	srv.resend = true // every answer carries the assignment, even once reported
 	dir := t.TempDir()
 	a, _ := startAgent(t, testConfig(t, dir, srv.URL()))
@@ -366,7 +414,7 @@ func TestAssignmentLaunchedOnce(t *testing.T) {
 
 	// The same assignment, from the fake's answers and from many concurrent
 	// answers at once.
-	resp := &tandem.SyncResponse{Epoch: 3, ServerID: "rm1", Assign: []tandem.Assignment{as}}
+	resp := &tandem.SyncResponse{ServerID: "rm1", Terms: []tandem.ShardTerm{term(0, 3)}, Assign: []tandem.Assignment{inTerm(as, 0, 3)}}
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Add(1)
@@ -410,7 +458,7 @@ func TestAssignmentLaunchedOnce(t *testing.T) {
 }
 
 func TestRestartKeepsLedgerAndReports(t *testing.T) {
-	srv := newFakeServer(t, "rm1", 4)
+	srv := newFakeServer(t, "rm1", term(0, 4))
 	srv.noAck = true
 	dir := t.TempDir()
 	cfg := testConfig(t, dir, srv.URL())
@@ -472,7 +520,7 @@ func TestRestartKeepsLedgerAndReports(t *testing.T) {
 }
 
 func TestAssignmentInLedgerReportedLost(t *testing.T) {
-	srv := newFakeServer(t, "rm1", 1)
+	srv := newFakeServer(t, "rm1", term(0, 1))
 	dir := t.TempDir()
 	// An attempt launched by an earlier agent process that left no trace
 	// but its ledger line (a crash before the running marker was written).
@@ -503,8 +551,8 @@ func TestAssignmentInLedgerReportedLost(t *testing.T) {
 }
 
 func TestDeposedServerRefused(t *testing.T) {
-	old := newFakeServer(t, "rm-old", 5)
-	next := newFakeServer(t, "rm-next", 5)
+	old := newFakeServer(t, "rm-old", term(0, 5))
+	next := newFakeServer(t, "rm-next") // a standby
 	dir := t.TempDir()
 	cfg := testConfig(t, dir, old.URL(), next.URL())
 	a, logs := startAgent(t, cfg)
@@ -512,26 +560,24 @@ func TestDeposedServerRefused(t *testing.T) {
 	gate, count := filepath.Join(tmp, "gate"), filepath.Join(tmp, "count")
 	old.addAssignment(shell("att-long", gateScript, map[string]string{"GATE": gate}))
 	old.waitRunning(t, "att-long")
-	if got := a.Status().Epoch; got != 5 {
-		t.Fatalf("epoch: got %d, want 5", got)
+	if got := a.Status().Epochs[0]; got != 5 {
+		t.Fatalf("epoch of shard 0: got %d, want 5", got)
 	}
 
-	// A newer active takes over at epoch 9 ...
+	// rm-old goes silent and rm-next takes shard 0 over at epoch 9 ...
 	old.update(func() { old.status = http.StatusServiceUnavailable })
-	next.update(func() { next.epoch = 9 })
+	next.setTerms(term(0, 9))
 	next.waitRunning(t, "att-long")
-	waitFor(t, "epoch 9", func() bool { return a.Status().Epoch == 9 })
-	// ... and the old one comes back, still believing it is active at 5,
-	// with an assignment and a kill order. The agent must refuse both.
-	next.update(func() { next.status = http.StatusServiceUnavailable })
+	waitFor(t, "epoch 9 for shard 0", func() bool { return a.Status().Epochs[0] == 9 })
+	// ... and rm-old comes back, still believing it owns shard 0 at 5, with
+	// an assignment and a kill order. The agent must refuse both.
 	old.update(func() {
 		old.status = 0
 		old.assign["att-stale"] = shell("att-stale", `echo launched >> "$COUNT"`, map[string]string{"COUNT": count})
 		old.kill["att-long"] = tandem.KillOrder{AttemptID: "att-long", Reason: "stale"}
 	})
-	waitFor(t, "the refusal to be logged", func() bool {
-		return strings.Contains(logs.String(), "refused sync response from deposed server")
-	})
+	const refusal = "refused items of deposed shard owners"
+	waitFor(t, "the refusal to be logged", func() bool { return strings.Contains(logs.String(), refusal) })
 	n := old.syncCount()
 	waitFor(t, "more syncs to the deposed server", func() bool { return old.syncCount() > n+3 })
 	if got := lines(t, count); len(got) != 0 {
@@ -541,35 +587,36 @@ func TestDeposedServerRefused(t *testing.T) {
 		t.Errorf("running after the deposed server's kill order: got %v, want [att-long]", got)
 	}
 	for _, line := range strings.Split(logs.String(), "\n") {
-		if strings.Contains(line, "refused sync response") && (!strings.Contains(line, " epoch=5 ") || !strings.Contains(line, " highest_epoch=9 ")) {
-			t.Errorf("the refusal's log should carry both epochs: %s", line)
+		if strings.Contains(line, refusal) && !strings.Contains(line, " refused.0.epoch=5 refused.0.highest_epoch=9 ") {
+			t.Errorf("the refusal's log should carry both epochs of shard 0: %s", line)
 		}
 	}
-	if s, _ := old.lastSync(); s.Epoch != 9 {
-		t.Errorf("epoch sent to the deposed server: got %d, want 9", s.Epoch)
+	if !strings.Contains(logs.String(), "refused.0.assignments=1 refused.0.kills=1") {
+		t.Errorf("no refusal log counts the assignment and the kill order:\n%s", logs)
+	}
+	if s, _ := old.lastSync(); s.Epochs[0] != 9 {
+		t.Errorf("epoch of shard 0 sent to the deposed server: got %d, want 9", s.Epochs[0])
 	}
 
 	// The highest epoch survives a restart: the new agent refuses rm-old at once.
 	stopAgent(t, a)
-	if b, err := os.ReadFile(filepath.Join(dir, epochFile)); err != nil || strings.TrimSpace(string(b)) != "9" {
-		t.Errorf("epoch file: got %q (%v), want 9", b, err)
+	if b, err := os.ReadFile(filepath.Join(dir, epochFile)); err != nil || string(b) != "{\"0\":9}\n" {
+		t.Errorf("epoch file: got %q (%v), want %q", b, err, "{\"0\":9}\n")
 	}
 	touch(t, gate)
 	cfg.Servers = []string{old.URL()}
 	a2, logs2 := startAgent(t, cfg)
-	if got := a2.Status().Epoch; got != 9 {
-		t.Errorf("epoch after the restart: got %d, want 9", got)
+	if got := a2.Status().Epochs; len(got) != 1 || got[0] != 9 {
+		t.Errorf("epochs after the restart: got %v, want map[0:9]", got)
 	}
-	waitFor(t, "the restarted agent's refusal", func() bool {
-		return strings.Contains(logs2.String(), "refused sync response from deposed server")
-	})
+	waitFor(t, "the restarted agent's refusal", func() bool { return strings.Contains(logs2.String(), refusal) })
 	if got := lines(t, count); len(got) != 0 {
 		t.Errorf("launches from the deposed server after the restart: got %d, want 0", len(got))
 	}
 }
 
 func TestKillOrder(t *testing.T) {
-	srv := newFakeServer(t, "rm1", 1)
+	srv := newFakeServer(t, "rm1", term(0, 1))
 	a, _ := startAgent(t, testConfig(t, t.TempDir(), srv.URL()))
 	tmp := t.TempDir()
 	tests := []struct {
@@ -595,8 +642,8 @@ func TestKillOrder(t *testing.T) {
 		})
 	}
 	// Assigned and killed in one answer: it starts and is killed.
-	both := &tandem.SyncResponse{Epoch: 1, Assign: []tandem.Assignment{shell("att-both", "sleep 600", nil)},
-		Kill: []tandem.KillOrder{{AttemptID: "att-both", Reason: "changed my mind"}}}
+	both := &tandem.SyncResponse{Terms: []tandem.ShardTerm{term(0, 1)}, Assign: []tandem.Assignment{inTerm(shell("att-both", "sleep 600", nil), 0, 1)},
+		Kill: []tandem.KillOrder{{AttemptID: "att-both", Shard: 0, Epoch: 1, Reason: "changed my mind"}}}
 	if _, err := a.apply(both, "test"); err != nil {
 		t.Fatalf("apply: %v", err)
 	}
@@ -604,13 +651,31 @@ func TestKillOrder(t *testing.T) {
 		t.Errorf("assigned and killed at once: got %s (%q), want killed (%q)", r.State, r.Reason, "changed my mind")
 	}
 	// A kill order for an attempt that is not running is ignored.
-	if _, err := a.apply(&tandem.SyncResponse{Epoch: 1, Kill: []tandem.KillOrder{{AttemptID: "att-unknown"}, {AttemptID: "att-kill-0"}}}, "test"); err != nil {
-		t.Errorf("apply: %v", err)
+	out, err := a.apply(&tandem.SyncResponse{Kill: []tandem.KillOrder{{AttemptID: "att-unknown", Epoch: 1}, {AttemptID: "att-kill-0", Epoch: 1}}}, "test")
+	if err != nil || out.acted || out.refused != 0 {
+		t.Errorf("apply: got %+v, %v; want nothing done, no error", out, err)
+	}
+
+	// A kill order of another shard (its owner's epoch vouches for nothing
+	// about this attempt) is ignored too.
+	srv.addAssignment(shell("att-other", "sleep 600", nil))
+	srv.waitRunning(t, "att-other")
+	out, err = a.apply(&tandem.SyncResponse{Terms: []tandem.ShardTerm{term(2, 4)},
+		Kill: []tandem.KillOrder{{AttemptID: "att-other", Shard: 2, Epoch: 4, Reason: "wrong shard"}}}, "test")
+	if err != nil || out.acted {
+		t.Errorf("kill order of another shard: got %+v, %v; want nothing done", out, err)
+	}
+	if got := a.Status().Running; !slices.Contains(got, "att-other") {
+		t.Errorf("running after a kill order of another shard: got %v, want att-other in it", got)
+	}
+	srv.addKill(tandem.KillOrder{AttemptID: "att-other", Reason: "right shard"})
+	if r := srv.waitDone(t, "att-other"); r.State != tandem.AttemptKilled || r.Reason != "right shard" {
+		t.Errorf("att-other: got %s (%q), want killed (%q)", r.State, r.Reason, "right shard")
 	}
 }
 
 func TestTimeout(t *testing.T) {
-	srv := newFakeServer(t, "rm1", 1)
+	srv := newFakeServer(t, "rm1", term(0, 1))
 	startAgent(t, testConfig(t, t.TempDir(), srv.URL()))
 	as := shell("att-slow", `trap "" TERM; sleep 600`, nil)
 	as.Spec.Timeout = tandem.Duration(300 * time.Millisecond)
@@ -622,85 +687,6 @@ func TestTimeout(t *testing.T) {
 	if d := r.EndedAt.Sub(*r.StartedAt); d < 300*time.Millisecond {
 		t.Errorf("ran for %s, want at least the timeout", d)
 	}
-}
-
-func TestFailover(t *testing.T) {
-	deadURL := func(t *testing.T) string {
-		t.Helper()
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		url := "http://" + ln.Addr().String()
-		ln.Close()
-		return url
-	}
-	tests := []struct {
-		name  string
-		first func(t *testing.T, second *fakeServer) string
-	}{
-		{name: "first server dead", first: func(t *testing.T, _ *fakeServer) string { return deadURL(t) }},
-		{name: "first server answers 503", first: func(t *testing.T, _ *fakeServer) string {
-			f := newFakeServer(t, "standby", 1)
-			f.status = http.StatusServiceUnavailable
-			return f.URL()
-		}},
-		{name: "first server redirects", first: func(t *testing.T, second *fakeServer) string {
-			f := newFakeServer(t, "standby", 1)
-			f.redirect = second.URL()
-			return f.URL()
-		}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			second := newFakeServer(t, "active", 2)
-			first := tt.first(t, second)
-			a, _ := startAgent(t, testConfig(t, t.TempDir(), first, second.URL()))
-			second.addAssignment(shell("att-fo", "echo failed over", nil))
-			if r := second.waitDone(t, "att-fo"); r.State != tandem.AttemptSucceeded {
-				t.Fatalf("got %s (%s), want succeeded", r.State, r.Reason)
-			}
-			if got := a.Status().Server; got != second.URL() {
-				t.Errorf("current server: got %s, want %s", got, second.URL())
-			}
-		})
-	}
-
-	t.Run("redirect to a server not configured", func(t *testing.T) {
-		target := newFakeServer(t, "elsewhere", 1)
-		first := newFakeServer(t, "standby", 1)
-		first.redirect = target.URL()
-		a, _ := startAgent(t, testConfig(t, t.TempDir(), first.URL()))
-		target.addAssignment(shell("att-elsewhere", "true", nil))
-		if r := target.waitDone(t, "att-elsewhere"); r.State != tandem.AttemptSucceeded {
-			t.Fatalf("got %s (%s), want succeeded", r.State, r.Reason)
-		}
-		if got := a.Status().Server; got != first.URL() {
-			t.Errorf("current server: got %s, want %s (the target is not configured)", got, first.URL())
-		}
-		if first.syncCount() < 2 {
-			t.Errorf("syncs to the configured server: got %d, want every sync to start there", first.syncCount())
-		}
-	})
-
-	t.Run("work preserved while no server answers", func(t *testing.T) {
-		only := newFakeServer(t, "rm1", 1)
-		a, _ := startAgent(t, testConfig(t, t.TempDir(), only.URL()))
-		gate := filepath.Join(t.TempDir(), "gate")
-		only.addAssignment(shell("att-keep", gateScript, map[string]string{"GATE": gate}))
-		only.waitRunning(t, "att-keep")
-		only.update(func() { only.status = http.StatusServiceUnavailable })
-		n := only.syncCount()
-		waitFor(t, "retries", func() bool { return only.syncCount() > n+5 })
-		if got := a.Status().Running; len(got) != 1 {
-			t.Errorf("running while no server answers: got %v, want [att-keep]", got)
-		}
-		only.update(func() { only.status = 0 })
-		touch(t, gate)
-		if r := only.waitDone(t, "att-keep"); r.State != tandem.AttemptSucceeded {
-			t.Errorf("got %s (%s), want succeeded", r.State, r.Reason)
-		}
-	})
 }
 
 func TestBackoff(t *testing.T) {
@@ -722,7 +708,7 @@ func TestBackoff(t *testing.T) {
 }
 
 func TestFollowLog(t *testing.T) {
-	srv := newFakeServer(t, "rm1", 1)
+	srv := newFakeServer(t, "rm1", term(0, 1))
 	a, _ := startAgent(t, testConfig(t, t.TempDir(), srv.URL()))
 	tmp := t.TempDir()
 	g1, g2 := filepath.Join(tmp, "g1"), filepath.Join(tmp, "g2")
@@ -773,9 +759,9 @@ func TestFollowLog(t *testing.T) {
 }
 
 func TestHTTPErrorsAndViews(t *testing.T) {
-	srv := newFakeServer(t, "rm1", 3)
+	srv := newFakeServer(t, "rm1", term(0, 3))
 	a, _ := startAgent(t, testConfig(t, t.TempDir(), srv.URL()))
-	waitFor(t, "a sync", func() bool { return a.Status().Epoch == 3 })
+	waitFor(t, "a sync", func() bool { return a.Status().Epochs[0] == 3 })
 
 	tests := []struct {
 		path string
@@ -807,8 +793,26 @@ func TestHTTPErrorsAndViews(t *testing.T) {
 	}
 	var st Status
 	getJSON(t, a.URL()+"/v1/agent", &st)
-	if st.Agent.ID != "agent1" || st.Epoch != 3 || st.Server != srv.URL() || st.Running == nil || st.Agent.URL != a.URL() {
-		t.Errorf("/v1/agent: got %+v", st)
+	if st.Agent.ID != "agent1" || st.Running == nil || st.Unacknowledged == nil || st.Agent.URL != a.URL() ||
+		len(st.Epochs) != 1 || st.Epochs[0] != 3 || len(st.Sessions) != 1 {
+		t.Fatalf("/v1/agent: got %+v", st)
+	}
+	if s := st.Sessions[0]; s.URL != srv.URL() || s.ServerID != "rm1" || !s.Configured || s.Failures != 0 ||
+		s.LastAnswer == nil || !slices.Equal(s.Terms, []tandem.ShardTerm{term(0, 3)}) {
+		t.Errorf("/v1/agent session: got %+v, want %s, rm1, configured, no failures, an answer, shard 0 at epoch 3", s, srv.URL())
+	}
+	// The JSON names, which other tools read.
+	var raw map[string]any
+	getJSON(t, a.URL()+"/v1/agent", &raw)
+	if epochs, ok := raw["epochs"].(map[string]any); !ok || epochs["0"] != 3.0 {
+		t.Errorf(`/v1/agent "epochs": got %v, want {"0": 3}`, raw["epochs"])
+	}
+	sessions, _ := raw["sessions"].([]any)
+	s0, _ := sessions[0].(map[string]any)
+	for _, k := range []string{"url", "server_id", "configured", "terms", "failures", "last_answer"} {
+		if _, ok := s0[k]; !ok {
+			t.Errorf(`/v1/agent session: no %q in %v`, k, s0)
+		}
 	}
 }
 
@@ -869,7 +873,7 @@ func TestNewValidates(t *testing.T) {
 }
 
 func TestWorkDirLocked(t *testing.T) {
-	srv := newFakeServer(t, "rm1", 1)
+	srv := newFakeServer(t, "rm1", term(0, 1))
 	cfg := testConfig(t, t.TempDir(), srv.URL())
 	startAgent(t, cfg)
 	b, err := New(cfg)
@@ -915,7 +919,7 @@ func runHelperAgent() {
 }
 
 func TestCrashedAgentsAttemptsAreLostNotRelaunched(t *testing.T) {
-	srv := newFakeServer(t, "rm1", 2)
+	srv := newFakeServer(t, "rm1", term(0, 2))
 	srv.resend = true
 	dir := t.TempDir()
 	var stderr logBuffer

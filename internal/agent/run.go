@@ -34,6 +34,7 @@ const (
 // attempt is one launched attempt whose process runs.
 type attempt struct {
 	id, job string
+	shard   int // the job's shard
 	pid     int // also the process group's ID (Setpgid)
 	started time.Time
 	log     *slog.Logger
@@ -60,12 +61,13 @@ func lostReport(id, job string) tandem.AttemptReport {
 	return tandem.AttemptReport{AttemptID: id, JobID: job, State: tandem.AttemptLost, EndedAt: &now, Reason: lostReason}
 }
 
-// assign handles one assignment and reports whether it was news: not an
-// attempt this process already runs or has reported. The caller holds
-// launchMu, which makes the ledger check and the launch one step (I4).
+// assign handles one assignment, whose epoch the caller has checked (I1),
+// and reports whether it was news: not an attempt this process already runs
+// or has reported. The caller holds launchMu, which makes the ledger check
+// and the launch one step (I4).
 func (a *Agent) assign(as tandem.Assignment) bool {
 	id := as.AttemptID
-	log := a.log.With(logAttempt, id, logJob, as.JobID)
+	log := a.log.With(logAttempt, id, logJob, as.JobID, logShard, as.Shard, logEpoch, as.Epoch)
 	a.mu.Lock()
 	_, isDone := a.done[id]
 	known := a.running[id] != nil || isDone || a.acked[id]
@@ -176,11 +178,8 @@ func (a *Agent) launch(as tandem.Assignment, log *slog.Logger) (*attempt, *exec.
 	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
 		cmd.Env = append(cmd.Env, k+"="+spec.Env[k])
 	}
-	a.mu.Lock()
-	epoch := a.epoch // the epoch of the answer that carried this assignment
-	a.mu.Unlock()
-	cmd.Env = append(cmd.Env, "TANDEM_JOB_ID="+as.JobID, "TANDEM_ATTEMPT_ID="+id,
-		"TANDEM_AGENT_ID="+a.cfg.ID, "TANDEM_EPOCH="+strconv.FormatInt(epoch, 10))
+	cmd.Env = append(cmd.Env, "TANDEM_JOB_ID="+as.JobID, "TANDEM_ATTEMPT_ID="+id, "TANDEM_AGENT_ID="+a.cfg.ID,
+		"TANDEM_SHARD="+strconv.Itoa(as.Shard), "TANDEM_EPOCH="+strconv.FormatInt(as.Epoch, 10))
 	cmd.Stdout, cmd.Stderr = out, out // one *os.File: interleaved, and no copying goroutines
 	// Its own process group, so a kill reaches its children too; and it
 	// dies with the agent process, so a restarted agent never has an
@@ -197,7 +196,7 @@ func (a *Agent) launch(as tandem.Assignment, log *slog.Logger) (*attempt, *exec.
 		return fail("cannot start %q: %v", name, err)
 	}
 	at := &attempt{
-		id: id, job: as.JobID, pid: cmd.Process.Pid, started: time.Now().UTC(),
+		id: id, job: as.JobID, shard: as.Shard, pid: cmd.Process.Pid, started: time.Now().UTC(),
 		log: log, exited: make(chan struct{}),
 	}
 	// The leader is not reaped yet, so its /proc entry is there. Recording
@@ -298,14 +297,20 @@ func (a *Agent) finish(r tandem.AttemptReport) {
 	a.kick()
 }
 
-// killOrder carries out a kill order and reports whether it was news.
-// Orders for attempts that do not run here (unknown, or already finished)
-// and repeated orders are ignored.
+// killOrder carries out a kill order, whose epoch the caller has checked
+// (I1), and reports whether it was news. Orders for attempts that do not run
+// here (unknown, or already finished) and repeated orders are ignored; so is
+// an order of another shard than the attempt's, whose epoch vouches for
+// nothing about the attempt.
 func (a *Agent) killOrder(k tandem.KillOrder) bool {
 	a.mu.Lock()
 	at := a.running[k.AttemptID]
 	a.mu.Unlock()
 	if at == nil {
+		return false
+	}
+	if k.Shard != at.shard {
+		at.log.Warn("kill order refused: it is for another shard than the attempt's", "order_shard", k.Shard, "order_epoch", k.Epoch)
 		return false
 	}
 	reason := k.Reason

@@ -21,7 +21,7 @@ import (
 // The agent's durable state lives in its work dir:
 //
 //	lock                  flock'ed while an agent runs on the dir
-//	epoch                 the highest epoch seen (I1), replaced atomically
+//	epoch                 the highest epoch seen per shard (I1), JSON, replaced atomically
 //	ledger                every attempt ID ever launched, one per line, append-only (I4)
 //	running/<attempt>     an attempt whose process may be running
 //	reports/<attempt>.json  a finished attempt's report, until a server acknowledges it
@@ -55,13 +55,13 @@ type state struct {
 }
 
 // openState creates the work dir's layout, takes its lock, and returns the
-// state with the epoch, the ledger and the pending reports it holds. Attempts
+// state with the epochs, the ledger and the pending reports it holds. Attempts
 // marked running (their agent process died with them, or the machine
 // rebooted) become reports of lost attempts.
-func openState(dir string, log *slog.Logger) (_ *state, epoch int64, ledger map[string]bool, reports map[string]tandem.AttemptReport, err error) {
+func openState(dir string, log *slog.Logger) (_ *state, epochs map[int]int64, ledger map[string]bool, reports map[string]tandem.AttemptReport, err error) {
 	for _, d := range []string{dir, filepath.Join(dir, runningDir), filepath.Join(dir, reportsDir), filepath.Join(dir, attemptsDir)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, 0, nil, nil, fmt.Errorf("create work dir: %w", err)
+			return nil, nil, nil, nil, fmt.Errorf("create work dir: %w", err)
 		}
 	}
 	st := &state{dir: dir}
@@ -74,26 +74,26 @@ func openState(dir string, log *slog.Logger) (_ *state, epoch int64, ledger map[
 	// ledger and could both launch an attempt (I4).
 	st.lock, err = os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
-		return nil, 0, nil, nil, fmt.Errorf("open lock file: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("open lock file: %w", err)
 	}
 	if err := syscall.Flock(int(st.lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, 0, nil, nil, fmt.Errorf("work dir %s is in use by another agent", dir)
+			return nil, nil, nil, nil, fmt.Errorf("work dir %s is in use by another agent", dir)
 		}
-		return nil, 0, nil, nil, fmt.Errorf("lock work dir %s: %w", dir, err)
+		return nil, nil, nil, nil, fmt.Errorf("lock work dir %s: %w", dir, err)
 	}
-	if epoch, err = st.readEpoch(); err != nil {
-		return nil, 0, nil, nil, err
+	if epochs, err = st.readEpochs(); err != nil {
+		return nil, nil, nil, nil, err
 	}
 	if ledger, err = st.openLedger(); err != nil {
-		return nil, 0, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	if reports, err = st.readReports(); err != nil {
-		return nil, 0, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	markers, err := os.ReadDir(filepath.Join(dir, runningDir))
 	if err != nil {
-		return nil, 0, nil, nil, fmt.Errorf("read running markers: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("read running markers: %w", err)
 	}
 	for _, m := range markers {
 		id := m.Name()
@@ -110,15 +110,15 @@ func openState(dir string, log *slog.Logger) (_ *state, epoch int64, ledger map[
 		if _, ok := reports[id]; !ok && validAttemptID(id) {
 			r := lostReport(id, m.Job)
 			if err := st.writeReport(r); err != nil {
-				return nil, 0, nil, nil, err
+				return nil, nil, nil, nil, err
 			}
 			reports[id] = r
 		}
 		if err := os.Remove(filepath.Join(dir, runningDir, id)); err != nil {
-			return nil, 0, nil, nil, fmt.Errorf("remove running marker: %w", err)
+			return nil, nil, nil, nil, fmt.Errorf("remove running marker: %w", err)
 		}
 	}
-	return st, epoch, ledger, reports, nil
+	return st, epochs, ledger, reports, nil
 }
 
 func (st *state) close() {
@@ -130,26 +130,59 @@ func (st *state) close() {
 	}
 }
 
-func (st *state) readEpoch() (int64, error) {
-	b, err := os.ReadFile(filepath.Join(st.dir, epochFile))
+// readEpochs reads the highest epoch seen per shard. The file holds a JSON
+// object, shard to epoch ({"0":12,"5":40}); a plain integer is the format of
+// tandem before sharding, the epoch of shard 0, and is read as such (the next
+// write replaces it). A missing file means no epoch seen; anything else that
+// does not parse stops the agent: without it the agent could obey a deposed
+// owner (I1).
+func (st *state) readEpochs() (map[int]int64, error) {
+	path := filepath.Join(st.dir, epochFile)
+	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
+		return map[int]int64{}, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read epoch: %w", err)
+		return nil, fmt.Errorf("read epoch: %w", err)
 	}
-	e, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	if err != nil || e < 0 {
-		return 0, fmt.Errorf("epoch file %s is corrupt (%q): refusing to start without knowing the highest epoch seen", filepath.Join(st.dir, epochFile), b)
+	epochs, err := parseEpochs(b)
+	if err != nil {
+		return nil, fmt.Errorf("epoch file %s is corrupt (%q: %v): refusing to start without knowing the highest epochs seen", path, b, err)
 	}
-	return e, nil
+	return epochs, nil
 }
 
-// writeEpoch durably records the highest epoch seen (I1): after a restart
-// the agent still refuses deposed servers.
-func (st *state) writeEpoch(e int64) error {
-	if err := writeFileAtomic(filepath.Join(st.dir, epochFile), []byte(strconv.FormatInt(e, 10)+"\n")); err != nil {
-		return fmt.Errorf("write epoch: %w", err)
+func parseEpochs(b []byte) (map[int]int64, error) {
+	b = bytes.TrimSpace(b)
+	if len(b) > 0 && b[0] != '{' {
+		e, err := strconv.ParseInt(string(b), 10, 64)
+		if err != nil || e < 0 {
+			return nil, errors.New("neither a JSON object nor an epoch")
+		}
+		return map[int]int64{0: e}, nil
+	}
+	epochs := map[int]int64{}
+	if err := json.Unmarshal(b, &epochs); err != nil { // also refuses trailing data and an empty file
+		return nil, err
+	}
+	for shard, e := range epochs {
+		if e < 0 {
+			return nil, fmt.Errorf("shard %d has a negative epoch, %d", shard, e)
+		}
+	}
+	return epochs, nil
+}
+
+// writeEpochs durably replaces the highest epochs seen (I1): after a restart
+// the agent still refuses deposed owners. It returns only once the file is
+// on disk.
+func (st *state) writeEpochs(epochs map[int]int64) error {
+	b, err := json.Marshal(epochs) // keys sorted: the file reads the same for the same epochs
+	if err != nil {
+		return fmt.Errorf("encode epochs: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(st.dir, epochFile), append(b, '\n')); err != nil {
+		return fmt.Errorf("write epochs: %w", err)
 	}
 	return nil
 }

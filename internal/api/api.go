@@ -1,10 +1,19 @@
 // Package api is the HTTP surface of a tandem server (DESIGN.md section 8):
-// HA endpoints that every server answers for itself, and job endpoints that
-// only the active serves, which a standby redirects to the active.
+// HA endpoints that every server answers for itself, and job endpoints.
+//
+// With one shard (active/standby) only the active serves jobs; a standby
+// redirects them to the active. With several shards (active-active) every
+// server reads jobs from its own hot view, any server that owns a shard
+// accepts submissions, and a write to a job goes to the owner of its shard.
+// Every answer carries the revision of the view it reflects
+// (X-Tandem-Revision); a read that brings X-Tandem-Min-Revision waits until
+// the server's view has reached it, so a client reads its own writes
+// whichever server answers.
 package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,7 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tandemhq/tandem"
-	"github.com/tandemhq/tandem/internal/server"
+	"github.com/tandemhq/tandem/internal/transport"
 )
 
 // MaxBodyBytes bounds every request body.
@@ -34,9 +43,51 @@ const (
 	MaxListLimit     = 1000
 )
 
+// MaxRevisionWait bounds how long a read waits for the server's view to reach
+// the revision the client asks for; past it the server answers 503 and the
+// client tries another.
+const MaxRevisionWait = 3 * time.Second
+
+// Service is what the API needs of a server; *server.Server implements it.
+type Service interface {
+	ID() string
+	Shards() int
+	State() tandem.HAState
+	Status() tandem.ServerStatus
+	// ActiveAnswering reports whether this server's probes find server id
+	// answering.
+	ActiveAnswering(id string) bool
+	Healthy(ctx context.Context) error
+	RetryAfter() time.Duration
+	Registry() *prometheus.Registry
+	History() []tandem.FailoverEvent
+	Servers() []tandem.ServerInfo
+	ShardInfos() []tandem.ShardInfo
+	// OwnerOf returns the owner of job id's shard; AnyOwner some server
+	// that owns a shard, preferring one that answers.
+	OwnerOf(id string) (tandem.ServerRef, bool)
+	AnyOwner() (tandem.ServerRef, bool)
+	Transition(ctx context.Context, req tandem.TransitionRequest) (tandem.ServerStatus, error)
+	HandOff(ctx context.Context, req tandem.HandoffRequest) (tandem.ServerStatus, error)
+	Drain(ctx context.Context, req tandem.DrainRequest) (tandem.ServerStatus, error)
+	Submit(ctx context.Context, spec tandem.JobSpec, idemKey string) (*tandem.Job, bool, error)
+	Kill(ctx context.Context, id string) (*tandem.Job, error)
+	// Job returns a job (with why it waits, if pending) and its record's
+	// revision; Jobs a page of them.
+	Job(id string) (*tandem.Job, int64, error)
+	Jobs(after string, limit int, state tandem.JobState) ([]*tandem.Job, string)
+	Agents() []tandem.AgentStatus
+	Agent(id string) (tandem.AgentInfo, bool)
+	Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.SyncResponse, error)
+	// Revision is the revision the view has reached; WaitRevision blocks
+	// until it reaches rev.
+	Revision() int64
+	WaitRevision(ctx context.Context, rev int64) error
+}
+
 // API serves one server's HTTP endpoints.
 type API struct {
-	srv      *server.Server
+	srv      Service
 	id       string
 	log      *slog.Logger
 	mux      *http.ServeMux
@@ -44,8 +95,8 @@ type API struct {
 }
 
 // New returns the HTTP handler of srv.
-func New(srv *server.Server, log *slog.Logger) *API {
-	a := &API{srv: srv, id: srv.Config().ID, log: log.With("server", srv.Config().ID), mux: http.NewServeMux()}
+func New(srv Service, log *slog.Logger) *API {
+	a := &API{srv: srv, id: srv.ID(), log: log.With("server", srv.ID()), mux: http.NewServeMux()}
 	a.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tandem_http_requests_total", Help: "HTTP requests served, by route and status code.",
 	}, []string{"route", "code"})
@@ -59,16 +110,19 @@ func New(srv *server.Server, log *slog.Logger) *API {
 	a.route("/v1/ha/history", methods{http.MethodGet: a.history})
 	a.route("/v1/ha/transition", methods{http.MethodPost: a.transition})
 	a.route("/v1/ha/failover", methods{http.MethodPost: a.failover})
+	a.route("/v1/ha/drain", methods{http.MethodPost: a.drain})
 	a.route("/v1/cluster/servers", methods{http.MethodGet: a.servers})
+	a.route("/v1/cluster/shards", methods{http.MethodGet: a.shards})
+	a.route("/v1/agent/sync", methods{http.MethodPost: a.sync})
 	metrics := promhttp.HandlerFor(srv.Registry(), promhttp.HandlerOpts{})
 	a.route("/metrics", methods{http.MethodGet: metrics.ServeHTTP})
-	// Served by the active only; a standby redirects them.
-	a.route("/v1/jobs", methods{http.MethodGet: a.activeOnly(a.listJobs), http.MethodPost: a.activeOnly(a.submit)})
-	a.route("/v1/jobs/{id}", methods{http.MethodGet: a.activeOnly(a.getJob)})
-	a.route("/v1/jobs/{id}/kill", methods{http.MethodPost: a.activeOnly(a.killJob)})
-	a.route("/v1/jobs/{id}/logs", methods{http.MethodGet: a.activeOnly(a.jobLogs)})
-	a.route("/v1/cluster/agents", methods{http.MethodGet: a.activeOnly(a.agents)})
-	a.route("/v1/agent/sync", methods{http.MethodPost: a.activeOnly(a.sync)})
+	// Jobs: on the active with one shard; on any server, or the shard's
+	// owner, with several.
+	a.route("/v1/jobs", methods{http.MethodGet: a.reader(a.listJobs), http.MethodPost: a.submitter(a.submit)})
+	a.route("/v1/jobs/{id}", methods{http.MethodGet: a.reader(a.getJob)})
+	a.route("/v1/jobs/{id}/kill", methods{http.MethodPost: a.jobWriter(a.killJob)})
+	a.route("/v1/jobs/{id}/logs", methods{http.MethodGet: a.reader(a.jobLogs)})
+	a.route("/v1/cluster/agents", methods{http.MethodGet: a.reader(a.agents)})
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, tandem.Errorf(tandem.ENOTFOUND, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -128,34 +182,126 @@ func (s *statusRecorder) Flush() {
 	}
 }
 
+// sharded reports whether the cluster runs several shards (active-active).
+// The server learns it when it starts, after the API is built, so routes ask
+// on every request.
+func (a *API) sharded() bool { return a.srv.Shards() > 1 }
+
 // activeOnly serves h on the active. A standby answers 307 to the active,
 // same path and query; with no active known, 503 with Retry-After.
 func (a *API) activeOnly(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if _, ok := a.srv.ActiveEpoch(); ok {
+		if a.srv.State() == tandem.StateActive {
 			h(w, r)
 			return
 		}
 		st := a.srv.Status()
-		if st.ActiveURL != "" && st.ActiveID != st.ID && !a.srv.ActiveAnswering(st.Epoch) {
-			// Sending the client to an active that hangs would make it hang
-			// too; "no active" makes it try the other servers at once.
+		if st.ActiveURL == "" || st.ActiveID == st.ID {
 			a.writeError(w, r, tandem.Errorf(tandem.ENOACTIVE,
-				"server %s is %s and the active %s does not answer; a failover may be under way, retry shortly", st.ID, st.State, st.ActiveID))
+				"server %s is %s and no active server is known; an election is under way, retry shortly", st.ID, st.State))
 			return
 		}
-		if st.ActiveURL != "" && st.ActiveID != st.ID {
-			target := strings.TrimRight(st.ActiveURL, "/") + r.URL.RequestURI()
-			w.Header().Set("Location", target)
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusTemporaryRedirect)
-			_ = json.NewEncoder(w).Encode(tandem.ErrorBody{Error: tandem.Errorf(tandem.ENOTACTIVE,
-				"server %s is %s; the active is %s at %s", st.ID, st.State, st.ActiveID, st.ActiveURL)})
-			return
-		}
-		a.writeError(w, r, tandem.Errorf(tandem.ENOACTIVE,
-			"server %s is %s and no active server is known; an election is under way, retry shortly", st.ID, st.State))
+		a.redirect(w, r, tandem.ServerRef{ID: st.ActiveID, URL: st.ActiveURL}, fmt.Sprintf("server %s is %s; the active is %s at %s", st.ID, st.State, st.ActiveID, st.ActiveURL))
 	}
+}
+
+// redirect answers 307 to the same path and query on to, unless this
+// server's probes find to silent: sending the client to a server that hangs
+// would make it hang too, so it gets 503 and tries the other servers at once.
+func (a *API) redirect(w http.ResponseWriter, r *http.Request, to tandem.ServerRef, why string) {
+	if !a.srv.ActiveAnswering(to.ID) {
+		a.writeError(w, r, tandem.Errorf(tandem.ENOACTIVE,
+			"%s, which does not answer; a failover may be under way, retry shortly", why))
+		return
+	}
+	target := strings.TrimRight(to.URL, "/") + r.URL.RequestURI()
+	w.Header().Set("Location", target)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusTemporaryRedirect)
+	_ = json.NewEncoder(w).Encode(tandem.ErrorBody{Error: tandem.Errorf(tandem.ENOTACTIVE, "%s", why)})
+}
+
+// reader serves a read: on the active with one shard, on any server with
+// several. Either way it first waits for the view to reach the revision the
+// client asks for (read-your-writes across servers).
+func (a *API) reader(h http.HandlerFunc) http.HandlerFunc {
+	read := func(w http.ResponseWriter, r *http.Request) {
+		if v := r.Header.Get(transport.MinRevisionHeader); v != "" {
+			rev, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || rev < 0 {
+				a.writeError(w, r, tandem.Errorf(tandem.EINVALID, "%s must be a revision (a whole number), not %q", transport.MinRevisionHeader, v))
+				return
+			}
+			ctx, cancel := context.WithTimeout(r.Context(), MaxRevisionWait)
+			err = a.srv.WaitRevision(ctx, rev)
+			cancel()
+			if err != nil {
+				a.writeError(w, r, tandem.Errorf(tandem.EUNAVAILABLE,
+					"server %s's view is at revision %d, behind the %d asked for; retry, or ask another server", a.id, a.srv.Revision(), rev))
+				return
+			}
+		}
+		h(w, r)
+	}
+	one := a.activeOnly(read)
+	return func(w http.ResponseWriter, r *http.Request) {
+		if a.sharded() {
+			read(w, r)
+			return
+		}
+		one(w, r)
+	}
+}
+
+// submitter serves a submission: on the active with one shard; with several,
+// on any server that owns a shard (the job gets an ID in one of them), and a
+// server that owns none sends the client to one that does.
+func (a *API) submitter(h http.HandlerFunc) http.HandlerFunc {
+	one := a.activeOnly(h)
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !a.sharded() {
+			one(w, r)
+			return
+		}
+		if a.srv.State() == tandem.StateActive {
+			h(w, r)
+			return
+		}
+		if to, ok := a.srv.AnyOwner(); ok && to.ID != a.id {
+			a.redirect(w, r, to, fmt.Sprintf("server %s owns no shard; %s does", a.id, to.ID))
+			return
+		}
+		a.writeError(w, r, tandem.Errorf(tandem.ENOACTIVE, "server %s owns no shard and no owner is known; retry shortly", a.id))
+	}
+}
+
+// jobWriter serves a write to one job (r's {id}): on the active with one
+// shard; with several, on the owner of the job's shard, to which any other
+// server sends the client.
+func (a *API) jobWriter(h http.HandlerFunc) http.HandlerFunc {
+	one := a.activeOnly(h)
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !a.sharded() {
+			one(w, r)
+			return
+		}
+		id := r.PathValue("id")
+		to, ok := a.srv.OwnerOf(id)
+		switch {
+		case ok && to.ID == a.id:
+			h(w, r)
+		case ok:
+			a.redirect(w, r, to, fmt.Sprintf("job %s belongs to a shard owned by %s", id, to.ID))
+		default:
+			a.writeError(w, r, tandem.Errorf(tandem.ENOACTIVE, "the shard of job %s has no owner right now; retry shortly", id))
+		}
+	}
+}
+
+// setRevision reports in the answer the revision it reflects: rev, or the
+// view's if later.
+func (a *API) setRevision(w http.ResponseWriter, rev int64) {
+	w.Header().Set(transport.RevisionHeader, strconv.FormatInt(max(rev, a.srv.Revision()), 10))
 }
 
 func (a *API) isActive(w http.ResponseWriter, r *http.Request) {
@@ -203,6 +349,25 @@ func (a *API) servers(w http.ResponseWriter, r *http.Request) {
 	}{Servers: nonNil(a.srv.Servers())})
 }
 
+func (a *API) shards(w http.ResponseWriter, r *http.Request) {
+	a.writeJSON(w, http.StatusOK, struct {
+		Shards []tandem.ShardInfo `json:"shards"`
+	}{Shards: nonNil(a.srv.ShardInfos())})
+}
+
+func (a *API) drain(w http.ResponseWriter, r *http.Request) {
+	var req tandem.DrainRequest
+	if !a.decode(w, r, &req) {
+		return
+	}
+	st, err := a.srv.Drain(r.Context(), req)
+	if err != nil {
+		a.writeError(w, r, err)
+		return
+	}
+	a.writeJSON(w, http.StatusOK, st)
+}
+
 func (a *API) transition(w http.ResponseWriter, r *http.Request) {
 	var req tandem.TransitionRequest
 	if !a.decode(w, r, &req) {
@@ -239,6 +404,9 @@ func (a *API) submit(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	if _, rev, err := a.srv.Job(job.ID); err == nil {
+		a.setRevision(w, rev)
+	}
 	w.Header().Set("Location", "/v1/jobs/"+job.ID)
 	if !created {
 		w.Header().Set("Idempotent-Replayed", "true")
@@ -264,20 +432,18 @@ func (a *API) listJobs(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, tandem.Errorf(tandem.EINVALID, "unknown job state %q; known states: %v", state, tandem.JobStates))
 		return
 	}
-	jobs, next := a.srv.Store().Jobs(q.Get("after"), limit, state)
-	for _, j := range jobs {
-		a.srv.Explain(j)
-	}
+	a.setRevision(w, 0)
+	jobs, next := a.srv.Jobs(q.Get("after"), limit, state)
 	a.writeJSON(w, http.StatusOK, tandem.JobList{Jobs: jobs, Next: next})
 }
 
 func (a *API) getJob(w http.ResponseWriter, r *http.Request) {
-	job, err := a.srv.Store().Job(r.PathValue("id"))
+	job, rev, err := a.srv.Job(r.PathValue("id"))
+	a.setRevision(w, rev)
 	if err != nil {
 		a.writeError(w, r, err)
 		return
 	}
-	a.srv.Explain(job)
 	a.writeJSON(w, http.StatusOK, job)
 }
 
@@ -286,6 +452,9 @@ func (a *API) killJob(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		a.writeError(w, r, err)
 		return
+	}
+	if _, rev, err := a.srv.Job(job.ID); err == nil {
+		a.setRevision(w, rev)
 	}
 	a.writeJSON(w, http.StatusOK, job)
 }

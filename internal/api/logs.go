@@ -4,27 +4,24 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"time"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/transport"
 )
 
 // logClient fetches attempt logs from agents. No overall timeout: a
 // followed log stays open as long as the attempt runs.
-var logClient = &http.Client{Transport: &http.Transport{
-	DialContext:           (&net.Dialer{Timeout: 3 * time.Second}).DialContext,
-	ResponseHeaderTimeout: 10 * time.Second,
-}}
+var logClient = transport.NewHTTPClient(transport.HTTPOptions{ResponseHeaderTimeout: 10 * time.Second, NoProxy: true})
 
 // jobLogs serves GET /v1/jobs/{id}/logs: the output of one attempt, fetched
 // from the agent that ran it. ?attempt=N picks attempt number N (default the
 // latest), ?follow=1 streams until the attempt ends, ?offset=B skips B bytes.
 func (a *API) jobLogs(w http.ResponseWriter, r *http.Request) {
-	job, err := a.srv.Store().Job(r.PathValue("id"))
+	job, _, err := a.srv.Job(r.PathValue("id"))
 	if err != nil {
 		a.writeError(w, r, err)
 		return
@@ -52,7 +49,7 @@ func (a *API) jobLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	agent, ok := a.srv.Store().Agent(at.Agent)
+	agent, ok := a.srv.Agent(at.Agent)
 	if !ok || agent.URL == "" {
 		a.writeError(w, r, tandem.Errorf(tandem.EUNAVAILABLE, "agent %s, which ran attempt %s, is not registered", at.Agent, at.ID))
 		return

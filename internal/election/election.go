@@ -1,14 +1,21 @@
-// Package election elects one active server per cluster on etcd and fences
-// everything it writes (DESIGN.md sections 3 and 4).
+// Package election is the etcd half of tandem's HA core (DESIGN.md sections
+// 3, 4 and 10): winning, giving up, handing off and deposing the ownership of
+// one key, and the fence that guards every write of an owner.
 //
-// The leader key is a single lease-bound key. Whoever creates it is active;
-// its epoch is the key's create revision, which etcd makes cluster-wide
-// monotonic, so a newer active always has a higher epoch. Every write of the
-// active carries Guard(epoch) in its transaction: once the key is deleted
-// (lease expiry, resignation, hand-off) or re-created by someone else, the
-// guard fails and the write is rejected by etcd itself. Safety never depends
-// on the lease's timing (I5); the lease only decides how soon a crashed
-// active is replaced.
+// Everything tandem makes highly available is owned through a
+// keys.Ownership: a lease-bound owner key, a hand-off key and a resign key.
+// Whoever creates the owner key owns the thing; its epoch is the key's create
+// revision, which etcd makes cluster-wide monotonic, so a newer owner always
+// has a higher epoch. A Fence is that key and revision as a value: its
+// IsOwner comparison goes into every transaction of the owner, so once the
+// key is deleted (lease expiry, resignation, hand-off, deposition) or
+// re-created by someone else, etcd itself rejects the write. Safety never
+// depends on the lease's timing (I5); the lease only decides how soon a
+// crashed owner is replaced.
+//
+// The same operations serve every form of ownership: the one shard of an
+// active/standby cluster (whose owner is the active), each shard of an
+// active-active cluster, and later supervised services and schedules.
 package election
 
 import (
@@ -18,30 +25,69 @@ import (
 	"fmt"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/keys"
 )
 
-// Leader is the value of the leader key, plus the key's revisions.
-type Leader struct {
-	ID    string `json:"id"`
-	URL   string `json:"url"`
-	Epoch int64  `json:"-"` // create revision of the leader key
-	Lease int64  `json:"-"`
+// Fence is the proof of ownership a write carries: the owner key and the
+// create revision it must still have. It is a value, like etcd's
+// concurrency.Mutex: compare it, copy it, put IsOwner in a transaction.
+type Fence struct {
+	Key string `json:"key"`
+	Rev int64  `json:"rev"`
 }
 
-// Handoff is the value of the hand-off key: leadership is being handed to To.
+// IsOwner is the comparison that fences a write: it holds only while Key is
+// the one created at Rev.
+func (f Fence) IsOwner() clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(f.Key), "=", f.Rev)
+}
+
+// Epoch is the owner's epoch: the owner key's create revision.
+func (f Fence) Epoch() int64 { return f.Rev }
+
+// IsZero reports whether f fences nothing (no ownership).
+func (f Fence) IsZero() bool { return f.Rev == 0 }
+
+// String implements fmt.Stringer.
+func (f Fence) String() string { return fmt.Sprintf("%s@%d", f.Key, f.Rev) }
+
+// Held reports whether the owner key, as read in kvs (the answer of a Get of
+// f.Key), is still the one f fences. Transactions put that Get in their Else
+// branch to tell a fenced write from another failed comparison.
+func (f Fence) Held(kvs []*mvccpb.KeyValue) bool {
+	return len(kvs) > 0 && kvs[0].CreateRevision == f.Rev
+}
+
+// Owner is the value of an owner key, plus the key's revisions.
+type Owner struct {
+	ID    string    `json:"id"`
+	URL   string    `json:"url"`
+	At    time.Time `json:"at"` // when the owner took the key
+	Epoch int64     `json:"-"`  // create revision of the owner key
+	Lease int64     `json:"-"`  // the lease the key is bound to
+	Key   string    `json:"-"`  // the owner key itself
+}
+
+// Fence returns the fence of this ownership.
+func (o Owner) Fence() Fence { return Fence{Key: o.Key, Rev: o.Epoch} }
+
+// Handoff is the value of a hand-off key: ownership is being handed to To.
 type Handoff struct {
 	To        string    `json:"to"`
 	From      string    `json:"from"`
 	FromEpoch int64     `json:"from_epoch"`
+	Reason    string    `json:"reason,omitempty"` // a tandem.Cause* value
 	At        time.Time `json:"at"`
 	ModRev    int64     `json:"-"`
 }
 
-// Resignation is the value of the resign key: why an active gave up on purpose.
+// Resignation is the value of a resign key: why an owner gave up on purpose,
+// or was deposed as dead.
 type Resignation struct {
 	From   string    `json:"from"`
 	Epoch  int64     `json:"epoch"`
@@ -50,128 +96,220 @@ type Resignation struct {
 	At     time.Time `json:"at"`
 }
 
-// Election campaigns for and gives up the leader key of one cluster.
-type Election struct {
-	cli  *clientv3.Client
-	keys keys.Layout
-	me   Leader
+// Candidate wins, gives up and hands off ownerships on behalf of one server.
+type Candidate struct {
+	cli     *clientv3.Client
+	id, url string
+	now     func() time.Time
 }
 
-// New returns an Election for the server me (ID and URL) in the cluster laid
-// out by layout.
-func New(cli *clientv3.Client, layout keys.Layout, id, url string) *Election {
-	return &Election{cli: cli, keys: layout, me: Leader{ID: id, URL: url}}
+// NewCandidate returns a Candidate for the server id, reachable at url.
+func NewCandidate(cli *clientv3.Client, id, url string) *Candidate {
+	return &Candidate{cli: cli, id: id, url: url, now: time.Now}
 }
 
-// Guard is the comparison that fences a write to epoch: it holds only while
-// the leader key is the one created at that revision.
-func Guard(layout keys.Layout, epoch int64) clientv3.Cmp {
-	return clientv3.Compare(clientv3.CreateRevision(layout.Leader()), "=", epoch)
-}
-
-// TryAcquire makes one attempt to create the leader key bound to lease. It
-// does not block waiting for the key to be free: callers retry when they see
-// the key deleted. handoff is the pending hand-off the caller has seen, or
-// nil: a hand-off to another server keeps this server out until it completes
-// or its target's lease ends. It returns the new epoch and true if this server
-// is now the leader.
-func (e *Election) TryAcquire(ctx context.Context, lease clientv3.LeaseID, handoff *Handoff) (int64, bool, error) {
-	val, err := json.Marshal(e.me)
+// TryAcquire makes one attempt to create o's owner key bound to lease. It
+// does not wait for the key to be free: callers retry when they see it
+// deleted. handoff is the pending hand-off the caller has seen, or nil: a
+// hand-off to another server keeps this one out until it completes or its
+// target's lease ends, and one to this server is taken and cleared in the
+// same transaction. It returns the new fence and true if this server now
+// owns o; false with a nil error when someone else got there first.
+func (c *Candidate) TryAcquire(ctx context.Context, o keys.Ownership, lease clientv3.LeaseID, handoff *Handoff) (Fence, bool, error) {
+	val, err := json.Marshal(Owner{ID: c.id, URL: c.url, At: c.now().UTC()})
 	if err != nil {
-		return 0, false, err
+		return Fence{}, false, err
 	}
-	put := clientv3.OpPut(e.keys.Leader(), string(val), clientv3.WithLease(lease))
-	free := clientv3.Compare(clientv3.CreateRevision(e.keys.Leader()), "=", 0)
+	put := clientv3.OpPut(o.Owner, string(val), clientv3.WithLease(lease))
+	free := clientv3.Compare(clientv3.CreateRevision(o.Owner), "=", 0)
 	var txn clientv3.Txn
-	switch {
-	case handoff != nil && handoff.To == e.me.ID:
-		// The hand-off names us: take it and clear it in one step.
-		txn = e.cli.Txn(ctx).If(free, clientv3.Compare(clientv3.ModRevision(e.keys.Handoff()), "=", handoff.ModRev)).
-			Then(put, clientv3.OpDelete(e.keys.Handoff()))
-	default:
-		txn = e.cli.Txn(ctx).If(free, clientv3.Compare(clientv3.CreateRevision(e.keys.Handoff()), "=", 0)).Then(put)
+	if handoff != nil && handoff.To == c.id {
+		txn = c.cli.Txn(ctx).If(free, clientv3.Compare(clientv3.ModRevision(o.Handoff), "=", handoff.ModRev)).
+			Then(put, clientv3.OpDelete(o.Handoff))
+	} else {
+		txn = c.cli.Txn(ctx).If(free, clientv3.Compare(clientv3.CreateRevision(o.Handoff), "=", 0)).Then(put)
 	}
 	resp, err := txn.Commit()
 	if err != nil {
-		return 0, false, fmt.Errorf("campaign: %w", err)
+		return Fence{}, false, fmt.Errorf("campaign for %s: %w", o.Owner, err)
 	}
 	if !resp.Succeeded {
-		return 0, false, nil
+		return Fence{}, false, nil
 	}
 	// The key did not exist, so the transaction's revision is its create revision.
-	return resp.Header.Revision, true, nil
+	return Fence{Key: o.Owner, Rev: resp.Header.Revision}, true, nil
 }
 
-// Resign gives up leadership held at epoch, recording reason so the next
-// active can say why it took over. ErrFenced means epoch was no longer the
-// leader's: someone else already leads, which is as good as resigned.
-func (e *Election) Resign(ctx context.Context, epoch int64, reason string) error {
-	rec, _ := json.Marshal(Resignation{From: e.me.ID, Epoch: epoch, Reason: reason, At: time.Now()})
-	resp, err := e.cli.Txn(ctx).If(Guard(e.keys, epoch)).
-		Then(clientv3.OpDelete(e.keys.Leader()), clientv3.OpPut(e.keys.Resign(), string(rec))).Commit()
+// Resign gives up the ownerships of moves, each only if its fence still
+// holds, in one transaction, recording reason so each next owner can say why
+// it took over. It returns, for each move, whether it was given up; one
+// whose fence no longer held already has another owner, which is as good as
+// resigned. With a single move, that case is an ErrFenced error.
+func (c *Candidate) Resign(ctx context.Context, reason string, moves ...Move) ([]bool, error) {
+	if len(moves) == 0 {
+		return nil, nil
+	}
+	now := c.now().UTC()
+	ops := make([]clientv3.Op, 0, len(moves))
+	for _, m := range moves {
+		rec, _ := json.Marshal(Resignation{From: c.id, Epoch: m.Fence.Rev, Reason: reason, At: now})
+		ops = append(ops, clientv3.OpTxn(
+			[]clientv3.Cmp{m.Fence.IsOwner()},
+			[]clientv3.Op{clientv3.OpDelete(m.Keys.Owner), clientv3.OpPut(m.Keys.Resign, string(rec))}, nil))
+	}
+	done, err := commitEach(ctx, c.cli, ops)
 	if err != nil {
-		return fmt.Errorf("resign epoch %d: %w", epoch, err)
+		return done, fmt.Errorf("resign %d ownerships: %w", len(moves), err)
 	}
-	if !resp.Succeeded {
-		return fmt.Errorf("resign epoch %d: %w", epoch, tandem.ErrFenced)
+	if len(moves) == 1 && !done[0] {
+		return done, fmt.Errorf("resign %s: %w", moves[0].Fence, tandem.ErrFenced)
 	}
-	return nil
+	return done, nil
 }
 
 // ErrTargetGone means the hand-off target is no longer registered with the
 // lease the caller saw: it restarted or died.
 var ErrTargetGone = errors.New("election: hand-off target is not registered with that lease")
 
-// HandOff gives leadership held at epoch to the server to, whose membership
-// record is bound to toLease, in one transaction: the leader key is deleted
-// and a hand-off key naming to, bound to to's lease, keeps every other server
-// from taking the key. If to dies before taking over, its lease takes the
-// hand-off key with it and the others campaign as usual.
-func (e *Election) HandOff(ctx context.Context, epoch int64, to string, toLease clientv3.LeaseID) error {
-	now := time.Now()
-	rec, _ := json.Marshal(Resignation{From: e.me.ID, Epoch: epoch, Reason: tandem.CauseHandoff, To: to, At: now})
-	h, _ := json.Marshal(Handoff{To: to, From: e.me.ID, FromEpoch: epoch, At: now})
-	target := clientv3.Compare(clientv3.LeaseValue(e.keys.Server(to)), "=", toLease)
-	resp, err := e.cli.Txn(ctx).If(Guard(e.keys, epoch), target).
-		Then(
-			clientv3.OpDelete(e.keys.Leader()),
-			clientv3.OpPut(e.keys.Handoff(), string(h), clientv3.WithLease(toLease)),
-			clientv3.OpPut(e.keys.Resign(), string(rec)),
-		).
-		Else(clientv3.OpGet(e.keys.Leader(), clientv3.WithKeysOnly())).Commit()
-	if err != nil {
-		return fmt.Errorf("hand off epoch %d to %s: %w", epoch, to, err)
-	}
-	if resp.Succeeded {
-		return nil
-	}
-	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 0 || kvs[0].CreateRevision != epoch {
-		return fmt.Errorf("hand off epoch %d to %s: %w", epoch, to, tandem.ErrFenced)
-	}
-	return fmt.Errorf("hand off to %s: %w", to, ErrTargetGone)
+// Target is the server a hand-off goes to: its ID, its membership key and
+// the lease that key is bound to.
+type Target struct {
+	ID        string
+	MemberKey string
+	Lease     clientv3.LeaseID
 }
 
-// Depose removes leader l on another server's behalf, when that server is
-// known to be dead (its port refuses connections), instead of waiting for
-// its lease to run out. The transaction only deletes the key created at
-// l.Epoch, so it can never remove a newer leader; and a wrongly deposed
-// active is merely fenced (I1), so this is a liveness shortcut, not
-// something safety rests on (I5). seenAt, the last time l was seen alive,
-// is recorded as the resignation time, so the new active can tell how long
-// detection took. It then revokes l's lease, which removes the dead server's
-// other keys. It reports false if l was no longer the leader.
-func Depose(ctx context.Context, cli *clientv3.Client, layout keys.Layout, l Leader, seenAt time.Time) (bool, error) {
-	rec, _ := json.Marshal(Resignation{From: l.ID, Epoch: l.Epoch, Reason: tandem.CauseCrashed, At: seenAt})
-	resp, err := cli.Txn(ctx).If(Guard(layout, l.Epoch)).
-		Then(clientv3.OpDelete(layout.Leader()), clientv3.OpPut(layout.Resign(), string(rec))).Commit()
+// Move is one ownership to hand off: its keys and the fence it is held by.
+type Move struct {
+	Keys  keys.Ownership
+	Fence Fence
+}
+
+// HandOff gives the ownerships of moves to the server to, in one
+// transaction and without waiting for any TTL: for each move whose fence
+// still holds, the owner key is deleted and a hand-off key naming to, bound
+// to to's lease, keeps every other server from taking it. If to dies before
+// taking over, its lease takes the hand-off keys with it and the others
+// campaign as usual. reason (a tandem.Cause* value) is recorded as the
+// resignation's reason.
+//
+// It returns, for each move, whether it was handed off; a move whose fence no
+// longer held is left alone (its owner is already someone else). The whole
+// call fails with ErrTargetGone, moving nothing, if to is not registered
+// with that lease any more.
+func (c *Candidate) HandOff(ctx context.Context, to Target, reason string, moves ...Move) ([]bool, error) {
+	if len(moves) == 0 {
+		return nil, nil
+	}
+	now := c.now().UTC()
+	ops := make([]clientv3.Op, 0, len(moves))
+	for _, m := range moves {
+		rec, _ := json.Marshal(Resignation{From: c.id, Epoch: m.Fence.Rev, Reason: reason, To: to.ID, At: now})
+		h, _ := json.Marshal(Handoff{To: to.ID, From: c.id, FromEpoch: m.Fence.Rev, Reason: reason, At: now})
+		ops = append(ops, clientv3.OpTxn(
+			[]clientv3.Cmp{m.Fence.IsOwner()},
+			[]clientv3.Op{
+				clientv3.OpDelete(m.Keys.Owner),
+				clientv3.OpPut(m.Keys.Handoff, string(h), clientv3.WithLease(to.Lease)),
+				clientv3.OpPut(m.Keys.Resign, string(rec)),
+			}, nil))
+	}
+	target := clientv3.Compare(clientv3.LeaseValue(to.MemberKey), "=", to.Lease)
+	resp, err := c.cli.Txn(ctx).If(target).Then(ops...).Commit()
 	if err != nil {
-		return false, fmt.Errorf("depose %s (epoch %d): %w", l.ID, l.Epoch, err)
+		return nil, fmt.Errorf("hand off %d ownerships to %s: %w", len(moves), to.ID, err)
 	}
 	if !resp.Succeeded {
-		return false, nil
+		return nil, fmt.Errorf("hand off to %s: %w", to.ID, ErrTargetGone)
 	}
-	if l.Lease != 0 {
-		_, _ = cli.Revoke(ctx, clientv3.LeaseID(l.Lease)) // best effort: the lease expires anyway
+	done := make([]bool, len(moves))
+	for i, r := range resp.Responses {
+		done[i] = r.GetResponseTxn().GetSucceeded()
 	}
-	return true, nil
+	return done, nil
+}
+
+// Deposed is one ownership of a dead server: its keys and its owner record
+// (whose Epoch fences the deposition).
+type Deposed struct {
+	Keys  keys.Ownership
+	Owner Owner
+}
+
+// Depose removes every ownership in owned, all held by one server known to
+// be dead (its port refuses connections), instead of waiting for its lease
+// to run out. Each deletion is fenced by that ownership's epoch, so it can
+// never remove a newer owner; a wrongly deposed owner is merely fenced (I1):
+// this is a liveness shortcut, not something safety rests on (I5). All of
+// them go in one transaction (up to MaxOpsPerTxn of them), so every
+// ownership of the dead server is freed at one revision. seenAt, the last time the server was seen alive, is
+// recorded as the resignation time, so a new owner can tell how long
+// detection took. Then the server's lease is revoked (best effort), which
+// removes its other keys. It returns how many ownerships it freed.
+func Depose(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID, seenAt time.Time, owned ...Deposed) (int, error) {
+	if len(owned) == 0 {
+		return 0, nil
+	}
+	ops := make([]clientv3.Op, 0, len(owned))
+	for _, d := range owned {
+		rec, _ := json.Marshal(Resignation{From: d.Owner.ID, Epoch: d.Owner.Epoch, Reason: tandem.CauseCrashed, At: seenAt.UTC()})
+		ops = append(ops, clientv3.OpTxn(
+			[]clientv3.Cmp{d.Owner.Fence().IsOwner()},
+			[]clientv3.Op{clientv3.OpDelete(d.Keys.Owner), clientv3.OpPut(d.Keys.Resign, string(rec))}, nil))
+	}
+	done, err := commitEach(ctx, cli, ops)
+	n := 0
+	for _, ok := range done {
+		if ok {
+			n++
+		}
+	}
+	if err != nil {
+		return n, fmt.Errorf("depose %s: %w", owned[0].Owner.ID, err)
+	}
+	if lease != 0 {
+		_, _ = cli.Revoke(ctx, lease) // best effort: the lease expires anyway
+	}
+	return n, nil
+}
+
+// NewSession grants a lease of ttl seconds and keeps it alive until the
+// session is closed or the lease is lost. Unlike concurrency.NewSession, the
+// grant honours ctx: with etcd unreachable it fails when ctx ends instead of
+// blocking for as long as the client lives.
+func NewSession(ctx context.Context, cli *clientv3.Client, ttl int) (*concurrency.Session, error) {
+	resp, err := cli.Grant(ctx, int64(ttl))
+	if err != nil {
+		return nil, fmt.Errorf("grant a %ds lease: %w", ttl, err)
+	}
+	sess, err := concurrency.NewSession(cli, concurrency.WithLease(resp.ID), concurrency.WithTTL(ttl))
+	if err != nil {
+		rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, _ = cli.Revoke(rctx, resp.ID)
+		cancel()
+		return nil, fmt.Errorf("keep lease %x alive: %w", resp.ID, err)
+	}
+	return sess, nil
+}
+
+// MaxOpsPerTxn bounds the operations of one transaction, within etcd's
+// default limit of 128 (--max-txn-ops).
+const MaxOpsPerTxn = 100
+
+// commitEach commits ops, each a nested transaction, in as few transactions
+// as etcd's limit allows, and reports which nested ones succeeded. On an
+// error, the ones before the failing transaction are reported.
+func commitEach(ctx context.Context, cli *clientv3.Client, ops []clientv3.Op) ([]bool, error) {
+	done := make([]bool, len(ops))
+	for lo := 0; lo < len(ops); lo += MaxOpsPerTxn {
+		hi := min(lo+MaxOpsPerTxn, len(ops))
+		resp, err := cli.Txn(ctx).Then(ops[lo:hi]...).Commit()
+		if err != nil {
+			return done, err
+		}
+		for i, r := range resp.Responses {
+			done[lo+i] = r.GetResponseTxn().GetSucceeded()
+		}
+	}
+	return done, nil
 }

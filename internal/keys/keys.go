@@ -6,6 +6,8 @@ package keys
 import (
 	"fmt"
 	"regexp"
+	"strconv"
+	"strings"
 )
 
 var clusterName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
@@ -29,15 +31,70 @@ func New(cluster string) Layout { return Layout{prefix: "/tandem/" + cluster + "
 // Prefix is the prefix of every key of the cluster.
 func (l Layout) Prefix() string { return l.prefix }
 
-// Leader is the lease-bound leader key; its create revision is the epoch.
+// Leader is the lease-bound leader key of a cluster of one shard; its create
+// revision is the epoch.
 func (l Layout) Leader() string { return l.prefix + "leader" }
 
-// Handoff names the server a graceful failover hands leadership to; it is
-// bound to the target's lease, so it vanishes if the target dies.
-func (l Layout) Handoff() string { return l.prefix + "handoff" }
+// Config holds the cluster-wide settings written once when the cluster is
+// first started (the number of shards).
+func (l Layout) Config() string { return l.prefix + "config" }
 
-// Resign records why the last active gave up leadership on purpose.
-func (l Layout) Resign() string { return l.prefix + "resign" }
+// Ownership is the set of keys of one thing that can be owned: the
+// lease-bound owner key, whose create revision is the owner's epoch; the
+// hand-off key, bound to the target's lease, that names the server a
+// graceful hand-off goes to; and the resign key, recording why the last
+// owner gave it up.
+type Ownership struct {
+	Owner, Handoff, Resign string
+}
+
+// MaxShards bounds the number of shards of a cluster.
+const MaxShards = 1024
+
+// Shard returns the keys of shard k of a cluster of n shards. A cluster of
+// one shard keeps the layout of active/standby (leader, handoff, resign), so
+// its one owner is the active; with more, each shard has its keys under
+// shards/<k>/.
+func (l Layout) Shard(k, n int) Ownership {
+	if n <= 1 {
+		return Ownership{Owner: l.prefix + "leader", Handoff: l.prefix + "handoff", Resign: l.prefix + "resign"}
+	}
+	base := fmt.Sprintf("%s%04d/", l.ShardsPrefix(), k)
+	return Ownership{Owner: base + "owner", Handoff: base + "handoff", Resign: base + "resign"}
+}
+
+// ShardsPrefix is the prefix of the per-shard keys of an active-active cluster.
+func (l Layout) ShardsPrefix() string { return l.prefix + "shards/" }
+
+// ParseShardKey splits a key under ShardsPrefix into its shard and its part
+// ("owner", "handoff" or "resign"); ok is false for any other key.
+func (l Layout) ParseShardKey(key string) (shard int, part string, ok bool) {
+	rest, found := strings.CutPrefix(key, l.ShardsPrefix())
+	if !found {
+		return 0, "", false
+	}
+	num, part, found := strings.Cut(rest, "/")
+	if !found || len(num) != 4 {
+		return 0, "", false
+	}
+	k, err := strconv.Atoi(num)
+	if err != nil || k < 0 || k >= MaxShards {
+		return 0, "", false
+	}
+	switch part {
+	case "owner", "handoff", "resign":
+		return k, part, true
+	}
+	return 0, "", false
+}
+
+// PlacementsPrefix is the prefix of the per-agent placement records.
+func (l Layout) PlacementsPrefix() string { return l.prefix + "placements/" }
+
+// Placement is agent's placement record: every placement on the agent
+// rewrites it, and every placement transaction compares its revision, so
+// owners of different shards never over-commit one agent.
+func (l Layout) Placement(agent string) string { return l.PlacementsPrefix() + agent }
 
 // ServersPrefix is the prefix of the membership registry.
 func (l Layout) ServersPrefix() string { return l.prefix + "servers/" }

@@ -36,11 +36,14 @@ type Config struct {
 	// EtcdEndpoints, when set, points every server at an existing etcd
 	// instead of giving each an embedded member.
 	EtcdEndpoints string
-	LeaseTTL      time.Duration       // 0: the server's default
-	AutoFailover  *bool               // nil: the server's default (on)
-	ExtraArgs     []string            // appended to every server's command line
-	ServerArgs    map[string][]string // appended to one server's command line, by ID
-	LogLevel      string              // log level of every process (default info)
+	LeaseTTL      time.Duration // 0: the server's default
+	// Shards, when above 1, makes the cluster active-active with that many
+	// shards (0: the server's default, one shard).
+	Shards       int
+	AutoFailover *bool               // nil: the server's default (on)
+	ExtraArgs    []string            // appended to every server's command line
+	ServerArgs   map[string][]string // appended to one server's command line, by ID
+	LogLevel     string              // log level of every process (default info)
 	// Agents is the number of agents (agent1, ...); agent i serves its logs
 	// on BasePort+300+i.
 	Agents    int
@@ -75,6 +78,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Binary == "" {
 		return errors.New("the tandem binary path is required")
+	}
+	if c.Shards < 0 || c.Shards > 1024 {
+		return fmt.Errorf("shards must be from 1 to 1024, not %d", c.Shards)
 	}
 	if c.Cluster == "" {
 		c.Cluster = "default"
@@ -204,6 +210,9 @@ func New(cfg Config) (*Cluster, error) {
 		}
 		if cfg.LeaseTTL != 0 {
 			s.args = append(s.args, "--lease-ttl", cfg.LeaseTTL.String())
+		}
+		if cfg.Shards > 0 {
+			s.args = append(s.args, "--shards", strconv.Itoa(cfg.Shards))
 		}
 		if cfg.AutoFailover != nil {
 			s.args = append(s.args, "--auto-failover="+strconv.FormatBool(*cfg.AutoFailover))
@@ -545,6 +554,56 @@ func (c *Cluster) Active(ctx context.Context) int {
 		}
 	}
 	return -1
+}
+
+// Shards asks server i for every shard's ownership.
+func (c *Cluster) Shards(ctx context.Context, i int) ([]tandem.ShardInfo, error) {
+	var out struct {
+		Shards []tandem.ShardInfo `json:"shards"`
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Servers[i].URL+"/v1/cluster/shards", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, fmt.Errorf("%s: HTTP %d: %s", c.Servers[i].ID, resp.StatusCode, b)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return nil, fmt.Errorf("%s: %w", c.Servers[i].ID, err)
+	}
+	return out.Shards, nil
+}
+
+// WaitOwned waits until some live server sees every shard owned.
+func (c *Cluster) WaitOwned(ctx context.Context) error {
+	for {
+		for i := range c.Servers {
+			if c.PID(i) == 0 {
+				continue
+			}
+			sctx, cancel := context.WithTimeout(ctx, time.Second)
+			shards, err := c.Shards(sctx, i)
+			cancel()
+			owned := err == nil && len(shards) > 0
+			for _, s := range shards {
+				owned = owned && s.Owner != ""
+			}
+			if owned {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("some shard has no owner: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // WaitActive waits until some server other than those in not reports itself active.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/election"
+	"github.com/tandemhq/tandem/internal/ha"
 )
 
 // refusalMessage is yarn rmadmin's refusal, in tandem's words (seeds/002).
@@ -18,14 +19,25 @@ const refusalMessage = "automatic failover is enabled for cluster %q: refusing t
 	"If you are very sure you know what you are doing, use --forcemanual " +
 	"(or `tandem admin failover FROM TO` for a graceful switch)"
 
+// errSharded refuses the active/standby commands in an active-active cluster.
+func (s *Server) errSharded(what string) error {
+	return tandem.Errorf(tandem.ECONFLICT,
+		"cluster %q runs %d shards (active-active): %s moves one active, which it does not have; use `tandem admin drain ID` to move a server's shards away",
+		s.cfg.Cluster, s.shards, what)
+}
+
 // Transition moves this server to the requested HA state (active or
 // standby), as an operator's manual command. With automatic failover on it
 // is refused unless req.ForceManual. Becoming active is refused while
 // another server is active: use HandOff for that. It returns once the
-// server is in the requested state.
+// server is in the requested state. Only a cluster of one shard has an
+// active to move.
 func (s *Server) Transition(ctx context.Context, req tandem.TransitionRequest) (tandem.ServerStatus, error) {
 	if req.State != tandem.StateActive && req.State != tandem.StateStandby {
 		return tandem.ServerStatus{}, tandem.Errorf(tandem.EINVALID, "state must be %q or %q, not %q", tandem.StateActive, tandem.StateStandby, req.State)
+	}
+	if s.shards > 1 {
+		return s.Status(), s.errSharded("transition-to-" + string(req.State))
 	}
 	if s.cfg.AutoFailover && !req.ForceManual {
 		return tandem.ServerStatus{}, tandem.Errorf(tandem.EREFUSED, refusalMessage, s.cfg.Cluster)
@@ -42,45 +54,44 @@ func (s *Server) Transition(ctx context.Context, req tandem.TransitionRequest) (
 // toStandby runs on the run goroutine.
 func (s *Server) toStandby(ctx context.Context) error {
 	s.mu.Lock()
-	epoch, active := s.epoch, s.state == tandem.StateActive
 	if s.cfg.AutoFailover {
 		// Sit out the election until another server takes over (or, if none
 		// does, three TTLs), or this server would win again at once.
 		s.sitOutUntil = time.Now().Add(3 * s.cfg.LeaseTTL)
 	}
 	s.mu.Unlock()
-	if active {
-		s.resign(ctx, epoch, tandem.CauseManual)
-		s.log.Info("transitioned to standby by an operator", "epoch", epoch)
+	if t := s.core.Term(0); t != nil {
+		s.endTerm(0, t.Epoch(), ha.ErrResigned, downResigned)
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		s.resignAll(rctx, []*ha.Term{t}, tandem.CauseManual)
+		cancel()
+		s.log.Info("transitioned to standby by an operator", "epoch", t.Epoch())
 	}
 	return nil
 }
 
 // toActive runs on the run goroutine.
 func (s *Server) toActive(ctx context.Context) error {
-	s.mu.RLock()
-	state := s.state
-	s.mu.RUnlock()
-	if state == tandem.StateActive {
+	if s.core.Term(0) != nil {
 		return nil
 	}
-	if state != tandem.StateStandby {
-		return tandem.Errorf(tandem.ECONFLICT, "server %s is %s, not standby", s.cfg.ID, state)
+	if st := s.State(); st != tandem.StateStandby {
+		return tandem.Errorf(tandem.ECONFLICT, "server %s is %s, not standby", s.cfg.ID, st)
 	}
-	if l := s.store.Leader(); l != nil {
+	if l := s.store.Owner(0); l != nil {
 		return tandem.Errorf(tandem.ECONFLICT,
 			"server %s is already active (epoch %d): transition it to standby first, or use `tandem admin failover %s %s`",
 			l.ID, l.Epoch, l.ID, s.cfg.ID)
 	}
-	if h := s.store.Handoff(); h != nil && h.To != s.cfg.ID {
+	h := s.store.Handoff(0)
+	if h != nil && h.To != s.cfg.ID {
 		return tandem.Errorf(tandem.ECONFLICT, "a hand-off from %s to %s is under way", h.From, h.To)
 	}
-	if err := s.campaign(ctx, s.store.Handoff(), tandem.CauseManual); err != nil {
+	if err := s.campaign(ctx, 0, h, tandem.CauseManual); err != nil {
 		return tandem.Errorf(tandem.EUNAVAILABLE, "transition to active: %v", err)
 	}
 	if _, ok := s.ActiveEpoch(); !ok {
-		l := s.store.Leader()
-		if l != nil {
+		if l := s.store.Owner(0); l != nil {
 			return tandem.Errorf(tandem.ECONFLICT, "server %s became active first (epoch %d)", l.ID, l.Epoch)
 		}
 		return tandem.Errorf(tandem.EUNAVAILABLE, "transition to active did not complete; try again")
@@ -89,11 +100,14 @@ func (s *Server) toActive(ctx context.Context) error {
 	return nil
 }
 
-// HandOff is a graceful failover (tandem admin failover FROM TO): this
-// server, which must be the active FROM, hands leadership to TO in one etcd
-// transaction, without waiting for any TTL. It returns once TO is active, or
-// an error saying who is active instead.
+// HandOff is a graceful failover (tandem admin failover FROM TO) of a
+// cluster of one shard: this server, which must be the active FROM, hands
+// the shard to TO in one etcd transaction, without waiting for any TTL. It
+// returns once TO is active, or an error saying who is active instead.
 func (s *Server) HandOff(ctx context.Context, req tandem.HandoffRequest) (tandem.ServerStatus, error) {
+	if s.shards > 1 {
+		return s.Status(), s.errSharded("failover")
+	}
 	if req.From != "" && req.From != s.cfg.ID {
 		return tandem.ServerStatus{}, tandem.Errorf(tandem.EINVALID, "this is server %s, not %s: send the failover to the active it names", s.cfg.ID, req.From)
 	}
@@ -106,72 +120,88 @@ func (s *Server) HandOff(ctx context.Context, req tandem.HandoffRequest) (tandem
 	start := time.Now()
 	var from int64
 	err := s.exec(ctx, func(ctx context.Context) error {
-		epoch, ok := s.ActiveEpoch()
-		from = epoch
-		if !ok {
-			active := "no server"
-			if l := s.store.Leader(); l != nil {
-				active = l.ID
-			}
-			return tandem.Errorf(tandem.ECONFLICT, "server %s is not active (%s is): run the failover from the active", s.cfg.ID, active)
-		}
-		target, ok := s.store.Server(req.To)
-		if !ok {
-			return tandem.Errorf(tandem.ENOTFOUND, "server %s is not a live member of cluster %s", req.To, s.cfg.Cluster)
-		}
-		s.waitRecorded(ctx)
-		hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		err := s.elect.HandOff(hctx, epoch, req.To, clientv3.LeaseID(target.Lease))
-		switch {
-		case err == nil:
-			s.stepDown(downResigned, epoch)
-			s.log.Info("handed leadership off", "epoch", epoch, "to", req.To)
-			return nil
-		case errors.Is(err, tandem.ErrFenced):
-			s.fenced(epoch)
-			return tandem.Errorf(tandem.ECONFLICT, "server %s was no longer active", s.cfg.ID)
-		case errors.Is(err, election.ErrTargetGone):
-			return tandem.Errorf(tandem.ECONFLICT, "server %s restarted or left while the failover was prepared; try again", req.To)
-		default:
-			return tandem.Errorf(tandem.EUNAVAILABLE, "failover: %v", err)
-		}
+		var err error
+		from, err = s.handOffActive(ctx, req.To, tandem.CauseHandoff)
+		return err
 	})
 	if err != nil {
 		return s.Status(), err
 	}
-	// Wait for the target to take the leader key.
+	if err := s.waitTakeover(ctx, req.To, from); err != nil {
+		return s.Status(), err
+	}
+	s.log.Info("failover complete", "to", req.To, "took", time.Since(start).String())
+	return s.Status(), nil
+}
+
+// handOffActive, on the run goroutine, hands shard 0 to the server to and
+// ends this server's term. It returns the epoch handed off.
+func (s *Server) handOffActive(ctx context.Context, to, reason string) (int64, error) {
+	t := s.core.Term(0)
+	if t == nil {
+		active := "no server"
+		if l := s.store.Owner(0); l != nil {
+			active = l.ID
+		}
+		return 0, tandem.Errorf(tandem.ECONFLICT, "server %s is not active (%s is): run the failover from the active", s.cfg.ID, active)
+	}
+	target, ok := s.store.Server(to)
+	if !ok {
+		return 0, tandem.Errorf(tandem.ENOTFOUND, "server %s is not a live member of cluster %s", to, s.cfg.Cluster)
+	}
+	s.history.waitRecorded(ctx, t.Epoch())
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	done, err := s.cand.HandOff(hctx, election.Target{ID: to, MemberKey: s.keys.Server(to), Lease: clientv3.LeaseID(target.Lease)},
+		reason, election.Move{Keys: s.keys.Shard(0, 1), Fence: t.Fence})
+	switch {
+	case err == nil && done[0]:
+		s.endTerm(0, t.Epoch(), ha.ErrHandedOff, downHandedOff)
+		s.log.Info("handed leadership off", "epoch", t.Epoch(), "to", to, "reason", reason)
+		return t.Epoch(), nil
+	case err == nil:
+		s.fenced(0, t.Epoch())
+		return 0, tandem.Errorf(tandem.ECONFLICT, "server %s was no longer active", s.cfg.ID)
+	case errors.Is(err, election.ErrTargetGone):
+		return 0, tandem.Errorf(tandem.ECONFLICT, "server %s restarted or left while the failover was prepared; try again", to)
+	default:
+		return 0, tandem.Errorf(tandem.EUNAVAILABLE, "failover: %v", err)
+	}
+}
+
+// waitTakeover waits until the server to holds shard 0 at a newer epoch than
+// from and answers as active, so "done" means done.
+func (s *Server) waitTakeover(ctx context.Context, to string, from int64) error {
 	wctx, cancel := context.WithTimeout(ctx, 4*s.cfg.LeaseTTL)
 	defer cancel()
 	for {
 		ch := s.store.Changed()
-		if l := s.store.Leader(); l != nil && l.Epoch > from {
-			if l.ID == req.To {
-				// Holding the key is not yet serving: wait (briefly) until the
-				// target answers as active, so "done" means done.
+		if l := s.store.Owner(0); l != nil && l.Epoch > from {
+			if l.ID == to {
 				waitServing(wctx, l.URL)
-				s.log.Info("failover complete", "to", req.To, "epoch", l.Epoch, "took", time.Since(start).String())
-				return s.Status(), nil
+				return nil
 			}
-			return s.Status(), tandem.Errorf(tandem.ECONFLICT, "failover to %s did not complete: %s became active (epoch %d)", req.To, l.ID, l.Epoch)
+			return tandem.Errorf(tandem.ECONFLICT, "failover to %s did not complete: %s became active (epoch %d)", to, l.ID, l.Epoch)
 		}
 		select {
 		case <-ch:
 		case <-wctx.Done():
-			return s.Status(), tandem.Errorf(tandem.EUNAVAILABLE, "%s did not take over within %s; the hand-off ends with its lease and another server will be elected", req.To, 4*s.cfg.LeaseTTL)
+			return tandem.Errorf(tandem.EUNAVAILABLE, "%s did not take over within %s; the hand-off ends with its lease and another server will be elected", to, 4*s.cfg.LeaseTTL)
 		}
 	}
 }
 
+// probeClient asks servers whether they are active.
+var probeClient = &http.Client{Timeout: time.Second}
+
 // waitServing polls url's /isActive until it answers 200 or ctx ends.
 func waitServing(ctx context.Context, url string) {
-	client := &http.Client{Timeout: time.Second}
 	for ctx.Err() == nil {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/isActive", nil)
 		if err != nil {
 			return
 		}
-		if resp, err := client.Do(req); err == nil {
+		if resp, err := probeClient.Do(req); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return
@@ -182,4 +212,84 @@ func waitServing(ctx context.Context, url string) {
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
+}
+
+// DefaultDrainWait bounds how long Drain waits for the shards to move.
+const DefaultDrainWait = 30 * time.Second
+
+// Drain makes this server give up every shard it owns and take none until
+// undrained (req.Drain false): before maintenance, without a failover's
+// interruption. With one shard, an active server hands the shard to another
+// live server; with several, the target map leaves this server out and it
+// hands its shards to their new targets, a few at a time. Draining the last
+// server that could take over is refused. Drain returns once the server
+// owns nothing, or an error when req.WaitMS passes first (the drain goes on).
+func (s *Server) Drain(ctx context.Context, req tandem.DrainRequest) (tandem.ServerStatus, error) {
+	wait := DefaultDrainWait
+	if req.WaitMS < 0 || req.WaitMS > 3600_000 {
+		return s.Status(), tandem.Errorf(tandem.EINVALID, "wait_ms must be from 0 to 3600000, not %d", req.WaitMS)
+	}
+	if req.WaitMS > 0 {
+		wait = time.Duration(req.WaitMS) * time.Millisecond
+	}
+	err := s.exec(ctx, func(ctx context.Context) error {
+		if !req.Drain {
+			s.setDraining(false)
+			s.log.Info("undrained: takes shards again")
+			return nil
+		}
+		if other := s.otherServer(); other == "" {
+			return tandem.Errorf(tandem.ECONFLICT, "server %s is the only live server that is not draining: no other server could take its shards", s.cfg.ID)
+		}
+		s.setDraining(true)
+		s.log.Info("draining: giving up every shard")
+		if s.shards == 1 && s.core.Term(0) != nil {
+			if _, err := s.handOffActive(ctx, s.otherServer(), tandem.CauseDrain); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil || !req.Drain {
+		return s.Status(), err
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	for {
+		ch := s.core.Changed()
+		if s.core.Count() == 0 {
+			return s.Status(), nil
+		}
+		select {
+		case <-ch:
+		case <-wctx.Done():
+			return s.Status(), tandem.Errorf(tandem.EUNAVAILABLE, "server %s still owns %d shards after %s; the drain goes on", s.cfg.ID, s.core.Count(), wait)
+		}
+	}
+}
+
+func (s *Server) setDraining(on bool) {
+	s.mu.Lock()
+	s.draining = on
+	s.mu.Unlock()
+	s.poke()
+	s.registrationChanged()
+}
+
+// otherServer returns a live server other than this one that is not
+// draining (preferring ready ones), or "".
+func (s *Server) otherServer() string {
+	best := ""
+	for _, si := range s.store.Servers() {
+		if si.ID == s.cfg.ID || si.Draining {
+			continue
+		}
+		if si.Ready {
+			return si.ID
+		}
+		if best == "" {
+			best = si.ID
+		}
+	}
+	return best
 }

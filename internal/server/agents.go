@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"sort"
@@ -9,15 +10,18 @@ import (
 	"time"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/ha"
 	"github.com/tandemhq/tandem/internal/keys"
+	"github.com/tandemhq/tandem/internal/shard"
 )
 
-// MaxSyncWait bounds how long the active holds an agent's long poll.
+// MaxSyncWait bounds how long a server holds an agent's long poll.
 const MaxSyncWait = 30 * time.Second
 
-// agentTable is the active's record of when it last heard from each agent.
-// It lives in memory only: a new active starts every agent's clock when it
-// takes over, and agents find it within a fraction of a second.
+// agentTable is this server's record of when it last heard from each agent.
+// Agents sync with every server, so a standby's table is as warm as an
+// owner's, and a server that takes a shard knows at once which agents are
+// in touch. It lives in memory only.
 type agentTable struct {
 	mu sync.Mutex
 	m  map[string]*agentEntry
@@ -27,53 +31,54 @@ type agentEntry struct {
 	info        tandem.AgentInfo
 	lastContact time.Time
 	lost        bool
-	seq         uint64 // last sync processed from this agent process
+	seq         map[string]uint64 // last sync processed from this agent process, per session
 }
 
-// reset starts a new term: every registered agent, and every agent that
-// holds live attempts, is given until now+timeout to get in touch.
-func (t *agentTable) reset(registered []tandem.AgentInfo, withLive []string, now time.Time) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.m = make(map[string]*agentEntry)
-	for _, a := range registered {
-		t.m[a.ID] = &agentEntry{info: a, lastContact: now}
-	}
-	for _, id := range withLive {
-		if _, ok := t.m[id]; !ok {
-			t.m[id] = &agentEntry{info: tandem.AgentInfo{ID: id}, lastContact: now}
-		}
-	}
-}
-
-// contact records a sync from an agent. It reports whether the agent's
-// registration changed (so it must be written), whether it had been
-// declared lost, and whether the sync is stale: older than one already
-// processed from the same agent process.
-func (t *agentTable) contact(info tandem.AgentInfo, seq uint64, now time.Time) (changed, wasLost, stale bool) {
+// contact records a sync from an agent. It reports whether the agent had
+// been declared lost, and whether the sync is stale: older than one already
+// processed from the same session of the same agent process.
+func (t *agentTable) contact(info tandem.AgentInfo, session string, seq uint64, now time.Time) (wasLost, stale bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.m == nil {
 		t.m = make(map[string]*agentEntry)
 	}
-	e, ok := t.m[info.ID]
-	if !ok {
+	e := t.m[info.ID]
+	if e == nil {
 		e = &agentEntry{}
 		t.m[info.ID] = e
 	}
 	sameProcess := e.info.PID == info.PID && e.info.StartedAt.Equal(info.StartedAt)
-	if sameProcess && seq != 0 && seq <= e.seq {
-		return false, false, true
+	if !sameProcess || e.seq == nil {
+		e.seq = make(map[string]uint64)
 	}
-	changed = !ok || !sameAgent(e.info, info)
+	if sameProcess && seq != 0 && seq <= e.seq[session] {
+		return false, true
+	}
 	wasLost = e.lost
-	e.info, e.lastContact, e.lost, e.seq = info, now, false, seq
-	return changed, wasLost, false
+	e.info, e.lastContact, e.lost = info, now, false
+	e.seq[session] = seq
+	return wasLost, false
 }
 
 func sameAgent(a, b tandem.AgentInfo) bool {
 	return a.ID == b.ID && a.URL == b.URL && a.Capacity == b.Capacity && maps.Equal(a.Labels, b.Labels) &&
 		a.Version == b.Version && a.PID == b.PID && a.StartedAt.Equal(b.StartedAt)
+}
+
+// expect gives every agent in ids that this server has never heard from
+// until now+timeout to get in touch.
+func (t *agentTable) expect(ids []string, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		t.m = make(map[string]*agentEntry)
+	}
+	for _, id := range ids {
+		if _, ok := t.m[id]; !ok {
+			t.m[id] = &agentEntry{info: tandem.AgentInfo{ID: id}, lastContact: now}
+		}
+	}
 }
 
 // silent marks and returns the agents not heard from since before cutoff.
@@ -114,12 +119,16 @@ func (t *agentTable) snapshot() map[string]agentEntry {
 	return out
 }
 
-// Sync is one long poll of an agent (DESIGN.md section 9). The active
-// records what the agent reports (attempts running and done), then answers
-// with the attempts assigned to it that it has not reported yet, kill
-// orders and acknowledgements, holding the request up to req.WaitMS when it
-// has nothing to say. Every answer carries the epoch; an agent that has
-// seen a higher one makes this server step down, as it is deposed.
+// Sync is one long poll of one of an agent's sessions (DESIGN.md sections
+// 9 and 10). Every server answers it, for the shards it owns and only
+// those: it records what the agent reports about their jobs (attempts
+// running and done), then answers with the attempts of those shards assigned
+// to the agent that it has not reported yet, kill orders and
+// acknowledgements, each carrying its shard and the epoch of this server's
+// term, holding the request up to req.WaitMS when it has nothing to say. A
+// server that owns nothing holds the poll and answers with the list of
+// servers, so the agent keeps a session with each. An agent that has seen a
+// higher epoch for a shard deposes this server's term of it.
 func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.SyncResponse, error) {
 	if err := keys.ValidateName("agent", req.Agent.ID); err != nil {
 		return nil, tandem.Errorf(tandem.EINVALID, "%v", err)
@@ -127,13 +136,15 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	if req.Agent.Capacity.CPU < 0 || req.Agent.Capacity.MemoryMB < 0 || req.WaitMS < 0 {
 		return nil, tandem.Errorf(tandem.EINVALID, "capacity and wait_ms must not be negative")
 	}
-	epoch, ok := s.ActiveEpoch()
-	if !ok {
-		return nil, tandem.ErrNotActive
+	if len(req.Session) > 512 {
+		return nil, tandem.Errorf(tandem.EINVALID, "session name is longer than 512 bytes")
 	}
-	if req.Epoch > epoch {
-		s.log.Warn("an agent has seen a newer epoch: this server is deposed", "agent", req.Agent.ID, "epoch", epoch, "agent_epoch", req.Epoch)
-		s.stepDown(downDeposed, epoch)
+	for k := range req.Epochs {
+		if k < 0 || k >= keys.MaxShards {
+			return nil, tandem.Errorf(tandem.EINVALID, "epochs name shard %d, outside 0 to %d", k, keys.MaxShards-1)
+		}
+	}
+	if s.State() != tandem.StateActive && s.State() != tandem.StateStandby {
 		return nil, tandem.ErrNotActive
 	}
 	agent := req.Agent.ID
@@ -141,24 +152,46 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	// cancels a poll when it has news): the record is worth finishing.
 	rctx := context.WithoutCancel(ctx)
 	now := time.Now()
-	changed, wasLost, stale := s.agents.contact(req.Agent, req.Seq, now)
+	wasLost, stale := s.agents.contact(req.Agent, req.Session, req.Seq, now)
 	if stale {
-		return nil, tandem.Errorf(tandem.ECONFLICT, "sync %d of agent %s is older than one already processed", req.Seq, agent)
+		return nil, tandem.Errorf(tandem.ECONFLICT, "sync %d of agent %s (session %q) is older than one already processed", req.Seq, agent, req.Session)
 	}
 	if wasLost {
 		s.log.Info("a lost agent is back; its replaced attempts will be killed", "agent", agent)
 	}
-	if changed {
-		if err := s.store.PutAgent(rctx, epoch, req.Agent); err != nil {
+	// I1 at the resource, seen from here: an agent that has seen a newer
+	// epoch of a shard than this server's term of it was told by a newer
+	// owner; this server's term is over.
+	for _, t := range s.core.Held() {
+		if e := req.Epochs[t.Shard]; e > t.Epoch() {
+			s.log.Warn("an agent has seen a newer epoch of the shard: this server is deposed", "agent", agent,
+				"shard", t.Shard, "epoch", t.Epoch(), "agent_epoch", e)
+			s.endTerm(t.Shard, t.Epoch(), ha.ErrDeposed, downDeposed)
+		}
+	}
+	held := s.core.Held()
+	// The registration in etcd (where every server reads an agent's URL for
+	// logs) is written by an owner whenever it differs from what the agent
+	// says; a server may have met the agent while it owned nothing.
+	if reg, ok := s.store.Agent(agent); len(held) > 0 && (!ok || !sameAgent(reg, req.Agent)) {
+		if err := s.store.PutAgent(rctx, held[0].Fence, req.Agent); err != nil {
+			if errors.Is(err, tandem.ErrFenced) {
+				s.fenced(held[0].Shard, held[0].Epoch())
+			}
 			return nil, err
 		}
 	}
-	resp := &tandem.SyncResponse{Epoch: epoch, ServerID: s.cfg.ID, Assign: []tandem.Assignment{}, Kill: []tandem.KillOrder{}, Ack: []string{}}
+	resp := &tandem.SyncResponse{ServerID: s.cfg.ID, Terms: []tandem.ShardTerm{}, Assign: []tandem.Assignment{},
+		Kill: []tandem.KillOrder{}, Ack: []tandem.Ack{}, Servers: s.serverRefs()}
 	reported := make(map[string]bool)
 	for _, r := range req.Running {
 		reported[r.AttemptID] = true
-		order, err := s.recordRunning(rctx, epoch, agent, r)
-		if err != nil {
+		t := s.termOf(r.JobID)
+		if t == nil {
+			continue // another server's shard: its owner hears of it in its own session
+		}
+		order, err := s.recordRunning(rctx, t, agent, r)
+		if err != nil && !errors.Is(err, errNotOwner) {
 			return nil, err
 		}
 		if order != nil {
@@ -167,17 +200,27 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	}
 	for _, r := range req.Done {
 		reported[r.AttemptID] = true
-		if err := s.recordDone(rctx, epoch, agent, r); err != nil {
+		t := s.termOf(r.JobID)
+		if t == nil {
+			continue
+		}
+		err := s.recordDone(rctx, t, agent, r)
+		if errors.Is(err, errNotOwner) {
+			continue
+		}
+		if err != nil {
 			return nil, err
 		}
-		resp.Ack = append(resp.Ack, r.AttemptID)
+		resp.Ack = append(resp.Ack, tandem.Ack{AttemptID: r.AttemptID, Shard: t.Shard, Epoch: t.Epoch()})
 	}
 	// Running attempts the agent no longer reports died with an earlier
 	// process of the agent (attempts die with their agent).
 	for _, j := range s.store.LiveOn(agent) {
+		t := s.termOf(j.ID)
 		a := j.LastAttempt()
-		if a.State == tandem.AttemptRunning && !reported[a.ID] {
-			if err := s.loseAttempt(rctx, epoch, agent, j.ID, "its agent restarted and no longer runs it"); err != nil {
+		if t != nil && a.State == tandem.AttemptRunning && !reported[a.ID] {
+			err := s.loseAttempt(rctx, t, agent, j.ID, "its agent restarted and no longer runs it")
+			if err != nil && !errors.Is(err, errNotOwner) {
 				return nil, err
 			}
 		}
@@ -185,48 +228,78 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	// Hold the poll at most half the agent timeout, so an idle agent is
 	// heard from at least twice in every timeout window.
 	wait := min(time.Duration(req.WaitMS)*time.Millisecond, MaxSyncWait, s.cfg.AgentTimeout/2)
-	if len(resp.Ack) > 0 || len(resp.Kill) > 0 || req.Epoch < epoch {
-		wait = 0 // something to say, or the agent has yet to learn this epoch
+	if len(resp.Ack) > 0 || len(resp.Kill) > 0 || newEpochs(req.Epochs, s.core.Held()) {
+		wait = 0 // something to say, or the agent has yet to learn an epoch
 	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
-	s.mu.RLock()
-	actx := s.activeCtx
-	s.mu.RUnlock()
-	if actx == nil {
-		return nil, tandem.ErrNotActive // stepped down meanwhile
-	}
 	for {
 		changed := s.store.Changed()
+		termsChanged := s.core.Changed()
+		held := s.core.Held()
+		resp.Terms = resp.Terms[:0]
+		for _, t := range held {
+			resp.Terms = append(resp.Terms, tandem.ShardTerm{Shard: t.Shard, Epoch: t.Epoch()})
+		}
 		resp.Assign = resp.Assign[:0]
 		for _, j := range s.store.LiveOn(agent) {
+			t := s.termOf(j.ID)
+			if t == nil {
+				continue
+			}
 			a := j.LastAttempt()
 			if a.State == tandem.AttemptScheduled && !reported[a.ID] {
-				resp.Assign = append(resp.Assign, tandem.Assignment{AttemptID: a.ID, JobID: j.ID, Spec: j.JobSpec.WithDefaults()})
+				resp.Assign = append(resp.Assign, tandem.Assignment{AttemptID: a.ID, JobID: j.ID, Shard: t.Shard, Epoch: t.Epoch(), Spec: j.JobSpec.WithDefaults()})
 			}
 			if j.KillRequested && a.State == tandem.AttemptRunning && !reported[a.ID] {
-				resp.Kill = append(resp.Kill, tandem.KillOrder{AttemptID: a.ID, Reason: "killed by request"})
+				resp.Kill = append(resp.Kill, tandem.KillOrder{AttemptID: a.ID, Shard: t.Shard, Epoch: t.Epoch(), Reason: "killed by request"})
 			}
 		}
-		if len(resp.Assign) > 0 || len(resp.Kill) > 0 || len(resp.Ack) > 0 {
+		if len(resp.Assign) > 0 || len(resp.Kill) > 0 || len(resp.Ack) > 0 || newEpochs(req.Epochs, held) {
 			return resp, nil
 		}
 		select {
 		case <-changed:
+		case <-termsChanged:
 		case <-timer.C:
 			return resp, nil
 		case <-ctx.Done():
 			return resp, nil
-		case <-actx.Done():
-			return nil, tandem.ErrNotActive
+		case <-s.stopped:
+			return resp, nil
 		}
 	}
 }
 
+// newEpochs reports whether a term in held has an epoch the agent has not
+// seen yet.
+func newEpochs(seen map[int]int64, held []*ha.Term) bool {
+	for _, t := range held {
+		if seen[t.Shard] < t.Epoch() {
+			return true
+		}
+	}
+	return false
+}
+
+// serverRefs lists the live servers, for agents to keep a session with each.
+func (s *Server) serverRefs() []tandem.ServerRef {
+	servers := s.store.Servers()
+	out := make([]tandem.ServerRef, 0, len(servers))
+	for _, si := range servers {
+		out = append(out, tandem.ServerRef{ID: si.ID, URL: si.URL})
+	}
+	return out
+}
+
 // watchAgents declares agents lost when they are silent for longer than the
-// agent timeout, and ends their live attempts as lost (to be retried
-// elsewhere if attempts remain). It runs while this server is active.
-func (s *Server) watchAgents(ctx context.Context, epoch int64) {
+// agent timeout, and ends their live attempts in the shards this server owns
+// as lost (to be retried elsewhere if attempts remain). It runs while this
+// server owns any shard (registered with the core as WhileOwning work).
+func (s *Server) watchAgents(ctx context.Context) {
+	// An agent this server has never heard from gets a whole timeout from
+	// now, as if it had just been heard.
+	s.agents.expect(s.registeredAgents(), time.Now())
 	tick := time.NewTicker(s.cfg.AgentTimeout / 10)
 	defer tick.Stop()
 	for {
@@ -235,30 +308,37 @@ func (s *Server) watchAgents(ctx context.Context, epoch int64) {
 			return
 		case <-tick.C:
 		}
-		for _, id := range s.store.AgentsWithLive() {
-			s.agents.mu.Lock()
-			if _, ok := s.agents.m[id]; !ok {
-				s.agents.m[id] = &agentEntry{info: tandem.AgentInfo{ID: id}, lastContact: time.Now()}
-			}
-			s.agents.mu.Unlock()
-		}
+		s.agents.expect(s.store.AgentsWithLive(), time.Now())
 		for _, id := range s.agents.silent(time.Now().Add(-s.cfg.AgentTimeout)) {
 			jobs := s.store.LiveOn(id)
 			s.log.Warn("agent declared lost", "agent", id, "silent_for", s.cfg.AgentTimeout.String(), "live_attempts", len(jobs))
 			s.metrics.agentsLost.Inc()
 			for _, j := range jobs {
+				t := s.termOf(j.ID)
+				if t == nil {
+					continue // its shard's owner decides for itself
+				}
 				reason := fmt.Sprintf("agent %s silent for more than %s", id, s.cfg.AgentTimeout)
-				if err := s.loseAttempt(ctx, epoch, id, j.ID, reason); err != nil {
-					s.log.Warn("could not mark an attempt lost", "agent", id, "job", j.ID, "err", err)
+				if err := s.loseAttempt(ctx, t, id, j.ID, reason); err != nil && !errors.Is(err, errNotOwner) {
+					s.log.Warn("could not mark an attempt lost", "agent", id, "job", j.ID, "shard", t.Shard, "epoch", t.Epoch(), "err", err)
 				}
 			}
 		}
 	}
 }
 
-// Agents returns every agent the active knows, with its use and live
-// attempts. On a standby it lists the registered agents, without contact
-// times.
+// registeredAgents returns the IDs of the registered agents and of those
+// with live attempts.
+func (s *Server) registeredAgents() []string {
+	ids := s.store.AgentsWithLive()
+	for _, a := range s.store.Agents() {
+		ids = append(ids, a.ID)
+	}
+	return ids
+}
+
+// Agents returns every agent this server knows, with its use and live
+// attempts; an agent this server has not heard from is lost.
 func (s *Server) Agents() []tandem.AgentStatus {
 	known := s.agents.snapshot()
 	for _, a := range s.store.Agents() {
@@ -282,3 +362,6 @@ func (s *Server) Agents() []tandem.AgentStatus {
 	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
 	return out
 }
+
+// shardOf returns the shard job id belongs to in this cluster.
+func (s *Server) shardOf(id string) int { return shard.Of(id, s.shards) }

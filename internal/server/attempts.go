@@ -7,42 +7,67 @@ import (
 	"time"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/ha"
+	"github.com/tandemhq/tandem/internal/shard"
 	"github.com/tandemhq/tandem/internal/store"
 )
 
+// errNotOwner means this server does not own the job's shard (any more).
+var errNotOwner = tandem.Errorf(tandem.ENOTACTIVE, "this server does not own the job's shard")
+
 // mutate applies fn to the current record of job id and writes the result,
-// fenced by epoch (I1) and conditional on the record not having changed
-// since it was read. fn returns false to write nothing. All job changes of
-// the active go through here, one at a time.
-func (s *Server) mutate(ctx context.Context, epoch int64, id string, fn func(j *tandem.Job, now time.Time) (bool, error)) (*tandem.Job, error) {
-	s.jobMu.Lock()
-	defer s.jobMu.Unlock()
+// fenced by t, the term of the job's shard (I1), and conditional on the
+// record not having changed since it was read. fn returns false to write
+// nothing. With place, the write is also a placement on an agent (see
+// store.Placement). All job changes of an owner go through here, one at a
+// time per shard. It returns the job as written and the write's revision
+// (0 when nothing was written).
+func (s *Server) mutate(ctx context.Context, t *ha.Term, id string, place *store.Placement, fn func(j *tandem.Job, now time.Time) (bool, error)) (*tandem.Job, int64, error) {
+	mu := &s.jobMu[t.Shard]
+	mu.Lock()
+	defer mu.Unlock()
 	for try := 0; ; try++ {
+		if t.Ended() != nil {
+			return nil, 0, errNotOwner // I1: never write for a term that is over
+		}
 		j, rev, err := s.store.JobWithRev(id)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		now := time.Now().UTC()
 		write, err := fn(j, now)
 		if err != nil || !write {
-			return j, err
+			return j, 0, err
 		}
-		j.UpdatedAt = now
+		j.UpdatedAt, j.UpdatedEpoch, j.UpdatedBy = now, t.Epoch(), s.cfg.ID
 		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
-		err = s.store.UpdateJob(wctx, epoch, j, rev)
+		wrev, err := s.store.UpdateJob(wctx, t.Fence, j, rev, place)
 		cancel()
+		var conflict *store.ConflictError
 		switch {
 		case err == nil:
-			return j, nil
+			return j, wrev, nil
 		case errors.Is(err, tandem.ErrFenced):
-			s.fenced(epoch)
-			return nil, err
-		case errors.Is(err, store.ErrConflict) && try < 5:
-			time.Sleep(5 * time.Millisecond) // let the view catch up with the other write
+			s.fenced(t.Shard, t.Epoch())
+			return nil, 0, err
+		case errors.As(err, &conflict) && try < 5:
+			// The view is behind the record: let it catch up, then read again.
+			wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+			err := s.store.WaitRev(wctx, conflict.Rev)
+			cancel()
+			if err != nil {
+				return nil, 0, err
+			}
 		default:
-			return nil, err
+			return nil, 0, err
 		}
 	}
+}
+
+// termOf returns the term of the shard job id belongs to, or nil if this
+// server does not own it.
+func (s *Server) termOf(id string) *ha.Term {
+	return s.core.Term(shard.Of(id, s.shards))
 }
 
 // settle sets a job's state after its latest attempt ended: done, killed,
@@ -83,16 +108,19 @@ func currentOn(j *tandem.Job, attemptID, agent string) (*tandem.Attempt, bool) {
 // recordRunning records that agent runs an attempt. It returns a kill order
 // when the attempt is not current any more (replaced after its agent was
 // declared lost, or its job was killed): the agent must not keep it.
-func (s *Server) recordRunning(ctx context.Context, epoch int64, agent string, r tandem.AttemptReport) (*tandem.KillOrder, error) {
+func (s *Server) recordRunning(ctx context.Context, t *ha.Term, agent string, r tandem.AttemptReport) (*tandem.KillOrder, error) {
 	var order *tandem.KillOrder
-	_, err := s.mutate(ctx, epoch, r.JobID, func(j *tandem.Job, now time.Time) (bool, error) {
+	kill := func(reason string) *tandem.KillOrder {
+		return &tandem.KillOrder{AttemptID: r.AttemptID, Shard: t.Shard, Epoch: t.Epoch(), Reason: reason}
+	}
+	_, _, err := s.mutate(ctx, t, r.JobID, nil, func(j *tandem.Job, now time.Time) (bool, error) {
 		a, ok := currentOn(j, r.AttemptID, agent)
 		if !ok {
-			order = &tandem.KillOrder{AttemptID: r.AttemptID, Reason: "not a current attempt of its job (replaced, or the job ended)"}
+			order = kill("not a current attempt of its job (replaced, or the job ended)")
 			return false, nil
 		}
 		if j.KillRequested {
-			order = &tandem.KillOrder{AttemptID: r.AttemptID, Reason: "killed by request"}
+			order = kill("killed by request")
 		}
 		if a.State == tandem.AttemptRunning {
 			return false, nil
@@ -105,18 +133,18 @@ func (s *Server) recordRunning(ctx context.Context, epoch int64, agent string, r
 		return true, nil
 	})
 	if tandem.ErrorCode(err) == tandem.ENOTFOUND {
-		return &tandem.KillOrder{AttemptID: r.AttemptID, Reason: "unknown job"}, nil
+		return kill("unknown job"), nil
 	}
 	return order, err
 }
 
 // recordDone records how an attempt ended, if it is current; reports of
 // attempts that are not are acknowledged and ignored.
-func (s *Server) recordDone(ctx context.Context, epoch int64, agent string, r tandem.AttemptReport) error {
+func (s *Server) recordDone(ctx context.Context, t *ha.Term, agent string, r tandem.AttemptReport) error {
 	if r.State.Live() || r.State == "" {
 		return tandem.Errorf(tandem.EINVALID, "done report for %s has state %q, not a final one", r.AttemptID, r.State)
 	}
-	_, err := s.mutate(ctx, epoch, r.JobID, func(j *tandem.Job, now time.Time) (bool, error) {
+	_, _, err := s.mutate(ctx, t, r.JobID, nil, func(j *tandem.Job, now time.Time) (bool, error) {
 		a, ok := currentOn(j, r.AttemptID, agent)
 		if !ok {
 			return false, nil
@@ -142,8 +170,8 @@ func (s *Server) recordDone(ctx context.Context, epoch int64, agent string, r ta
 }
 
 // loseAttempt ends a live attempt on agent as lost, with reason.
-func (s *Server) loseAttempt(ctx context.Context, epoch int64, agent, jobID, reason string) error {
-	_, err := s.mutate(ctx, epoch, jobID, func(j *tandem.Job, now time.Time) (bool, error) {
+func (s *Server) loseAttempt(ctx context.Context, t *ha.Term, agent, jobID, reason string) error {
+	_, _, err := s.mutate(ctx, t, jobID, nil, func(j *tandem.Job, now time.Time) (bool, error) {
 		a := j.LastAttempt()
 		if a == nil || a.Agent != agent || !a.State.Live() {
 			return false, nil
@@ -158,13 +186,15 @@ func (s *Server) loseAttempt(ctx context.Context, epoch int64, agent, jobID, rea
 // Kill asks for a job to be killed. A pending job, or one whose attempt no
 // agent has started, ends killed at once; a running attempt gets a kill
 // order with its agent's next sync, and the job ends killed when the agent
-// reports it. Killing a finished job is a conflict.
+// reports it. Killing a finished job is a conflict. Only the owner of the
+// job's shard kills it (ErrNotActive elsewhere; the API sends the caller to
+// the owner).
 func (s *Server) Kill(ctx context.Context, id string) (*tandem.Job, error) {
-	epoch, ok := s.ActiveEpoch()
-	if !ok {
+	t := s.termOf(id)
+	if t == nil {
 		return nil, tandem.ErrNotActive
 	}
-	return s.mutate(ctx, epoch, id, func(j *tandem.Job, now time.Time) (bool, error) {
+	j, _, err := s.mutate(ctx, t, id, nil, func(j *tandem.Job, now time.Time) (bool, error) {
 		if j.KillRequested || j.State == tandem.JobKilled {
 			return false, nil // killing is idempotent
 		}
@@ -183,4 +213,8 @@ func (s *Server) Kill(ctx context.Context, id string) (*tandem.Job, error) {
 		}
 		return true, nil
 	})
+	if errors.Is(err, errNotOwner) {
+		return nil, tandem.ErrNotActive
+	}
+	return j, err
 }

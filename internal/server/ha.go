@@ -3,13 +3,18 @@ package server
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
+
+	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/election"
+	"github.com/tandemhq/tandem/internal/ha"
 )
 
-// command is a request for the run goroutine, which owns HA transitions.
+// command is a request for the run goroutine, which owns every change of
+// ownership.
 type command struct {
 	do    func(ctx context.Context) error
 	reply chan error
@@ -33,14 +38,24 @@ func (s *Server) exec(ctx context.Context, fn func(ctx context.Context) error) e
 	}
 }
 
-// run is the HA state machine. It wakes on every change of the cluster view,
-// on loss of the etcd session and on commands, and each time decides again
-// what this server should be.
+// poke asks the run goroutine to look at the cluster again.
+func (s *Server) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run is the ownership state machine. It wakes on every change of the
+// cluster view or of the terms held, on loss of the etcd session and on
+// commands, and each time decides again what this server should own. Every
+// etcd call it makes is bounded, so commands are always answered.
 func (s *Server) run(ctx context.Context) {
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
 	for {
 		changed := s.store.Changed()
+		terms := s.core.Changed()
 		s.mu.RLock()
 		sess := s.session
 		s.mu.RUnlock()
@@ -62,49 +77,95 @@ func (s *Server) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-changed:
+		case <-terms:
 		case <-sessDone:
-			s.sessionLost(ctx)
+			s.sessionLost(sess)
 		case c := <-s.cmds:
 			c.reply <- c.do(ctx)
+		case <-s.wake:
 		case <-retry.C:
 		}
 	}
 }
 
-// step compares what this server is with what the cluster view says and acts
-// on the difference. It returns how long to wait before looking again when
-// nothing changes.
-func (s *Server) step(ctx context.Context) time.Duration {
-	idle := time.Hour
-	s.mu.RLock()
-	state, epoch, sitOut := s.state, s.epoch, s.sitOutUntil
-	s.mu.RUnlock()
-	leader := s.store.Leader()
+// idle is how long step waits when nothing but a change can make it act.
+const idle = time.Hour
 
-	if state == tandem.StateActive {
-		// I1: the view has passed our epoch and the leader key is someone
-		// else's (or nobody's): we are deposed. Stop acting as active now.
-		if s.store.Rev() >= epoch && (leader == nil || leader.Epoch != epoch) {
-			s.stepDown(downDeposed, epoch)
+// step compares what this server owns with what the cluster view says and
+// acts on the difference. It returns how long to wait before looking again
+// when nothing changes.
+func (s *Server) step(ctx context.Context) time.Duration {
+	s.mu.RLock()
+	sess := s.session
+	s.mu.RUnlock()
+	if sess == nil {
+		return s.renewSession(ctx)
+	}
+	s.checkTerms()
+	wait := s.settle()
+	if s.shards == 1 {
+		return min(wait, s.stepOne(ctx))
+	}
+	return min(wait, s.stepMany(ctx))
+}
+
+// checkTerms ends every term the view shows lost (I1): the view has passed
+// the term's epoch and the owner key is someone else's, or nobody's.
+func (s *Server) checkTerms() {
+	rev := s.store.Rev()
+	for _, t := range s.core.Held() {
+		if rev < t.Epoch() {
+			continue // the view has not caught up with our own win yet
 		}
+		if o := s.store.Owner(t.Shard); o == nil || o.Epoch != t.Epoch() {
+			s.endTerm(t.Shard, t.Epoch(), ha.ErrDeposed, downDeposed)
+		}
+	}
+}
+
+// settle marks this server ready once it has been up its settle time, and
+// returns how long until then (idle once ready).
+func (s *Server) settle() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ready {
 		return idle
 	}
-	if state != tandem.StateStandby || leader != nil {
-		if leader != nil && !sitOut.IsZero() && leader.ID != s.cfg.ID {
+	if left := s.cfg.Settle - time.Since(s.started); left > 0 {
+		return left
+	}
+	s.ready = true
+	if s.shards > 1 {
+		s.log.Info("ready: counts in the shards' target map", "settle", s.cfg.Settle.String())
+	}
+	s.registrationChanged()
+	return idle
+}
+
+// stepOne is the active/standby case: one shard, whose owner is the active.
+// In automatic mode every standby campaigns as soon as the leader key is
+// free, except while a hand-off to another server is under way, or during a
+// sit-out after an operator made this server standby.
+func (s *Server) stepOne(ctx context.Context) time.Duration {
+	if s.core.Term(0) != nil {
+		return idle
+	}
+	s.mu.RLock()
+	sitOut, draining := s.sitOutUntil, s.draining
+	s.mu.RUnlock()
+	if leader := s.store.Owner(0); leader != nil {
+		if !sitOut.IsZero() && leader.ID != s.cfg.ID {
 			s.mu.Lock()
 			s.sitOutUntil = time.Time{} // someone else took over: rejoin the election
 			s.mu.Unlock()
 		}
 		return idle
 	}
-	handoff := s.store.Handoff()
+	handoff := s.store.Handoff(0)
 	toMe := handoff != nil && handoff.To == s.cfg.ID
 	if !toMe {
-		if !s.cfg.AutoFailover {
-			return idle
-		}
-		if handoff != nil {
-			return idle // a hand-off to another server is under way; its lease bounds the wait
+		if !s.cfg.AutoFailover || draining || handoff != nil {
+			return idle // a hand-off to another server is under way: its lease bounds the wait
 		}
 		if now := time.Now(); now.Before(sitOut) {
 			return sitOut.Sub(now)
@@ -112,18 +173,25 @@ func (s *Server) step(ctx context.Context) time.Duration {
 	}
 	cause := ""
 	if toMe {
-		cause = tandem.CauseHandoff
+		cause = handoffCause(handoff)
 	}
-	if err := s.campaign(ctx, handoff, cause); err != nil {
+	if err := s.campaign(ctx, 0, handoff, cause); err != nil {
 		s.log.Warn("campaign failed", "err", err)
 		return 250 * time.Millisecond
 	}
 	return idle
 }
 
-// campaign makes one attempt to become active and, if it wins, completes the
+func handoffCause(h *election.Handoff) string {
+	if h.Reason != "" {
+		return h.Reason
+	}
+	return tandem.CauseHandoff
+}
+
+// campaign makes one attempt to own shard and, if it wins, completes the
 // transition. cause overrides the cause recorded for the new term.
-func (s *Server) campaign(ctx context.Context, handoff *election.Handoff, cause string) error {
+func (s *Server) campaign(ctx context.Context, shard int, handoff *election.Handoff, cause string) error {
 	s.mu.RLock()
 	sess := s.session
 	s.mu.RUnlock()
@@ -132,97 +200,69 @@ func (s *Server) campaign(ctx context.Context, handoff *election.Handoff, cause 
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.LeaseTTL)
 	defer cancel()
-	epoch, won, err := s.elect.TryAcquire(cctx, sess.Lease(), handoff)
+	fence, won, err := s.cand.TryAcquire(cctx, s.keys.Shard(shard, s.shards), sess.Lease(), handoff)
 	if err != nil || !won {
 		return err
 	}
-	s.becomeActive(ctx, epoch, time.Now(), cause)
+	s.becomeOwner(ctx, shard, fence, time.Now(), cause)
 	return nil
 }
 
-// becomeActive finishes a won election: catch the view up to the revision
-// at which leadership was won (hot standby: nothing else to load), then
-// serve writes. The failover is recorded in the HA history afterwards.
-func (s *Server) becomeActive(ctx context.Context, epoch int64, wonAt time.Time, cause string) {
-	log := s.log.With("epoch", epoch)
+// becomeOwner finishes a won campaign: catch the view up to the revision at
+// which the shard was won (hot standby: nothing else to load), then begin
+// the term, which starts the owner's work. The failover is recorded in the
+// history by the term's own work.
+func (s *Server) becomeOwner(ctx context.Context, shard int, fence election.Fence, wonAt time.Time, cause string) {
+	log := s.log.With("shard", shard, "epoch", fence.Rev)
 	wctx, cancel := context.WithTimeout(ctx, 2*s.cfg.LeaseTTL)
-	err := s.store.WaitRev(wctx, epoch)
+	err := s.store.WaitRev(wctx, fence.Rev)
 	cancel()
 	if err != nil {
-		log.Error("won the election but could not catch up; resigning", "err", err)
-		s.resign(ctx, epoch, tandem.CauseFenced)
+		log.Error("won the shard but could not catch up; resigning", "err", err)
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, _ = s.cand.Resign(rctx, tandem.CauseFenced, election.Move{Keys: s.keys.Shard(shard, s.shards), Fence: fence})
+		cancel()
 		return
 	}
-	if l := s.store.Leader(); l == nil || l.Epoch != epoch {
-		log.Warn("won the election but lost the leader key before serving")
+	if o := s.store.Owner(shard); o == nil || o.Epoch != fence.Rev {
+		log.Warn("won the shard but lost its key before serving")
 		return
 	}
 	s.ids.seed(s.store.LastJobID())
-	actx, stop := context.WithCancel(context.Background())
 	s.mu.Lock()
-	s.state, s.epoch, s.activeCtx, s.stopActive = tandem.StateActive, epoch, actx, stop
 	s.sitOutUntil = time.Time{}
-	recorded := make(chan struct{})
-	s.recorded = recorded
 	s.mu.Unlock()
-	servingAt := time.Now()
-	s.metrics.setState(tandem.StateActive)
-	// Work of the active, bound to this term: it stops the moment the term ends.
-	s.agents.reset(s.store.Agents(), s.store.AgentsWithLive(), servingAt)
-	s.waiting.reset()
-	s.wg.Add(2)
-	go func() { defer s.wg.Done(); s.schedule(actx, epoch) }()
-	go func() { defer s.wg.Done(); s.watchAgents(actx, epoch) }()
-	ev := s.failoverEvent(epoch, wonAt, servingAt, cause)
-	log.Info("became active", "cause", ev.Cause, "prev", ev.PrevID, "prev_epoch", ev.PrevEpoch,
+	ev := s.failoverEvent(shard, fence.Rev, wonAt, time.Now(), cause)
+	s.history.stash(ev)
+	if _, err := s.core.Begin(shard, fence); err != nil {
+		s.history.drop(fence.Rev)
+		log.Error("could not begin the term", "err", err)
+		return
+	}
+	msg := "took the shard"
+	if s.shards == 1 {
+		msg = "became active"
+	}
+	log.Info(msg, "cause", ev.Cause, "prev", ev.PrevID, "prev_epoch", ev.PrevEpoch,
 		"detection_s", fmtDur(ev.DetectionS), "election_s", fmtDur(ev.ElectionS), "transition_s", fmtDur(ev.TransitionS))
 	s.metrics.observeFailover(ev)
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		defer close(recorded)
-		// I6: keep trying until the event is recorded or the term is over
-		// (then the guard rejects it anyway). Each try is not bound to the
-		// term, so a term ended on purpose right now still gets its record.
-		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		s.updateRegistration(rctx)
-		cancel()
-		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			err := s.store.AppendEvent(rctx, ev)
-			cancel()
-			switch {
-			case err == nil:
-				return
-			case errors.Is(err, tandem.ErrFenced):
-				s.fenced(epoch)
-				return
-			}
-			log.Warn("could not record the failover event; retrying", "err", err, "in", wait.String())
-			select {
-			case <-actx.Done():
-				return
-			case <-time.After(wait):
-			}
-		}
-	}()
 }
 
-// failoverEvent explains the term that starts at epoch (I6): why the last
-// active went away and how long detection, election and transition took, as
-// far as this server saw them.
-func (s *Server) failoverEvent(epoch int64, wonAt, servingAt time.Time, cause string) tandem.FailoverEvent {
-	ev := tandem.FailoverEvent{Epoch: epoch, ActiveID: s.cfg.ID, ActiveURL: s.cfg.URL, Time: servingAt,
+// failoverEvent explains the term of shard that starts at epoch (I6): why
+// the last owner went away and how long detection, election and transition
+// took, as far as this server saw them.
+func (s *Server) failoverEvent(shard int, epoch int64, wonAt, servingAt time.Time, cause string) tandem.FailoverEvent {
+	ev := tandem.FailoverEvent{Shard: shard, Epoch: epoch, ActiveID: s.cfg.ID, ActiveURL: s.cfg.URL, Time: servingAt,
 		TransitionS: secs(servingAt.Sub(wonAt))}
-	gone := s.store.LastGone()
-	resign := s.store.Resignation()
+	gone := s.store.LastGone(shard)
+	resign := s.store.Resignation(shard)
 	switch {
 	case gone != nil:
 		ev.PrevID, ev.PrevEpoch = gone.Prev.ID, gone.Prev.Epoch
 		ev.ElectionS = secs(wonAt.Sub(gone.At))
 		if resign != nil && resign.Epoch == gone.Prev.Epoch {
 			// Resigned, handed off, or deposed as dead: the record says when
-			// (for a dead active, when it was last seen alive).
+			// (for a dead owner, when it was last seen alive).
 			ev.Cause = resign.Reason
 			ev.DetectionS = secs(gone.At.Sub(resign.At))
 		} else {
@@ -232,10 +272,15 @@ func (s *Server) failoverEvent(epoch int64, wonAt, servingAt time.Time, cause st
 			}
 		}
 	default:
-		// The leader key was already gone when this server started watching.
+		// The owner key was already gone when this server started watching.
 		ev.Cause = tandem.CauseInitial
-		if evs := s.store.Events(); len(evs) > 0 {
-			last := evs[len(evs)-1]
+		var last *tandem.FailoverEvent
+		for _, e := range s.store.Events() {
+			if e.Shard == shard {
+				last = &e
+			}
+		}
+		if last != nil {
 			ev.PrevID, ev.PrevEpoch, ev.Cause = last.ActiveID, last.Epoch, tandem.CauseLeaseExpired
 			if resign != nil && resign.Epoch == last.Epoch {
 				ev.Cause = resign.Reason
@@ -251,66 +296,155 @@ func (s *Server) failoverEvent(epoch int64, wonAt, servingAt time.Time, cause st
 	return ev
 }
 
-// Reasons to step down, used in logs and as a metric label.
+// Reasons a term ends, used in logs and as a metric label.
 const (
-	downDeposed     = "deposed"      // the view shows the leader key is no longer ours
-	downFenced      = "fenced"       // etcd rejected a write guarded by our epoch
-	downSessionLost = "session_lost" // our lease ended, and the leader key with it
-	downResigned    = "resigned"     // we gave leadership up on purpose
+	downDeposed     = "deposed"      // the view shows the owner key is no longer ours
+	downFenced      = "fenced"       // etcd rejected a write guarded by our fence
+	downSessionLost = "session_lost" // our lease ended, and the owner keys with it
+	downResigned    = "resigned"     // we gave ownership up on purpose
+	downHandedOff   = "handed_off"   // we handed the shard to another server
 )
 
-// stepDown stops acting as active for epoch, at once. It is safe to call
-// from any goroutine and more than once.
-func (s *Server) stepDown(reason string, epoch int64) {
+// endTerm stops acting as owner of shard under epoch, at once. It is safe to
+// call from any goroutine and more than once.
+func (s *Server) endTerm(shard int, epoch int64, cause error, reason string) {
+	if !s.core.End(shard, epoch, cause) {
+		return
+	}
+	s.metrics.stepDowns.WithLabelValues(reason).Inc()
+	msg := "gave up the shard"
+	if s.shards == 1 {
+		msg = "stepped down to standby"
+	}
+	if reason == downHandedOff {
+		s.log.Info(msg, "shard", shard, "epoch", epoch, "reason", reason)
+	} else {
+		s.log.Warn(msg, "shard", shard, "epoch", epoch, "reason", reason)
+	}
+	s.poke()
+}
+
+// fenced is called when etcd rejected a write guarded by the term of shard
+// at epoch (I1): a newer owner exists, so this server stops acting as its
+// owner immediately and never retries the write as owner.
+func (s *Server) fenced(shard int, epoch int64) {
+	s.metrics.fencedWrites.Inc()
+	s.endTerm(shard, epoch, ha.ErrFenced, downFenced)
+}
+
+// resignAll gives up the keys of terms that have just ended, recording
+// reason, after their failover events are in the history.
+func (s *Server) resignAll(ctx context.Context, terms []*ha.Term, reason string) {
+	if len(terms) == 0 {
+		return
+	}
+	moves := make([]election.Move, 0, len(terms))
+	for _, t := range terms {
+		s.history.waitRecorded(ctx, t.Epoch())
+		moves = append(moves, election.Move{Keys: s.keys.Shard(t.Shard, s.shards), Fence: t.Fence})
+	}
+	done, err := s.cand.Resign(ctx, reason, moves...)
+	if err != nil {
+		s.log.Warn("resign failed; the lease will expire instead", "shards", len(terms), "err", err)
+		return
+	}
+	n := 0
+	for _, ok := range done {
+		if ok {
+			n++
+		}
+	}
+	s.log.Info("resigned", "reason", reason, "shards", n)
+}
+
+// sessionLost handles the end of this server's etcd lease (it expired during
+// a pause or partition, or etcd was unreachable for longer than the TTL).
+// Everything bound to the lease is gone, owner keys included, so every term
+// ends at once, before anything else; the next step makes a new session.
+func (s *Server) sessionLost(sess *concurrency.Session) {
 	s.mu.Lock()
-	if s.state != tandem.StateActive || s.epoch != epoch {
+	if s.session != sess {
 		s.mu.Unlock()
 		return
 	}
-	s.state, s.epoch = tandem.StateStandby, 0
-	if s.stopActive != nil {
-		s.stopActive()
-	}
-	s.activeCtx, s.stopActive = nil, nil
+	s.session = nil
 	s.mu.Unlock()
-	s.metrics.setState(tandem.StateStandby)
-	s.metrics.stepDowns.WithLabelValues(reason).Inc()
-	s.log.Warn("stepped down to standby", "epoch", epoch, "reason", reason)
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		s.updateRegistration(ctx)
-	}()
-}
-
-// fenced is called when etcd rejected a write guarded by epoch (I1): a newer
-// active exists, so this server stops acting as active immediately and never
-// retries the write as active.
-func (s *Server) fenced(epoch int64) {
-	s.metrics.fencedWrites.Inc()
-	s.stepDown(downFenced, epoch)
-}
-
-// resign gives up leadership on purpose and steps down.
-func (s *Server) resign(ctx context.Context, epoch int64, reason string) {
-	s.waitRecorded(ctx)
-	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	if err := s.elect.Resign(rctx, epoch, reason); err != nil && !errors.Is(err, tandem.ErrFenced) {
-		s.log.Warn("resign failed; the lease will expire instead", "epoch", epoch, "err", err)
+	for _, t := range s.core.EndAll(ha.ErrSessionLost) {
+		s.metrics.stepDowns.WithLabelValues(downSessionLost).Inc()
+		s.log.Warn("lost the shard with the etcd session", "shard", t.Shard, "epoch", t.Epoch())
 	}
-	s.stepDown(downResigned, epoch)
+	s.log.Warn("etcd session lost; creating a new one")
 }
 
-// waitRecorded waits (briefly) until the current term's failover event is
-// in etcd, so a term ended on purpose right after it began still shows in
-// the history.
-func (s *Server) waitRecorded(ctx context.Context) {
-	s.mu.RLock()
-	ch := s.recorded
-	s.mu.RUnlock()
+// renewSession tries once, briefly, to make a new session; it returns how
+// long to wait before the next try.
+func (s *Server) renewSession(ctx context.Context) time.Duration {
+	sctx, cancel := context.WithTimeout(ctx, s.cfg.LeaseTTL)
+	err := s.newSession(sctx, false)
+	cancel()
+	if err == nil {
+		s.sessRetry = 0
+		s.log.Info("etcd session re-established", "lease", s.Lease())
+		return 0
+	}
+	s.sessRetry = min(max(2*s.sessRetry, 100*time.Millisecond), 2*time.Second)
+	s.log.Warn("new etcd session failed; retrying", "err", err, "in", s.sessRetry.String())
+	return s.sessRetry
+}
+
+// history holds the failover events of terms about to begin, for the
+// term's own work to record, and tells who waits when it has.
+type history struct {
+	mu       sync.Mutex
+	pending  map[int64]tandem.FailoverEvent
+	recorded map[int64]chan struct{}
+}
+
+func (h *history) stash(ev tandem.FailoverEvent) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.pending == nil {
+		h.pending, h.recorded = make(map[int64]tandem.FailoverEvent), make(map[int64]chan struct{})
+	}
+	h.pending[ev.Epoch] = ev
+	h.recorded[ev.Epoch] = make(chan struct{})
+}
+
+func (h *history) take(epoch int64) (tandem.FailoverEvent, chan struct{}, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ev, ok := h.pending[epoch]
+	delete(h.pending, epoch)
+	return ev, h.recorded[epoch], ok
+}
+
+func (h *history) drop(epoch int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.pending, epoch)
+	if ch := h.recorded[epoch]; ch != nil {
+		close(ch)
+		delete(h.recorded, epoch)
+	}
+}
+
+// done marks epoch's event recorded (or given up).
+func (h *history) done(epoch int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ch := h.recorded[epoch]; ch != nil {
+		close(ch)
+		delete(h.recorded, epoch)
+	}
+}
+
+// waitRecorded waits (briefly) until the event of the term at epoch is in
+// etcd, so a term ended on purpose right after it began still shows in the
+// history.
+func (h *history) waitRecorded(ctx context.Context, epoch int64) {
+	h.mu.Lock()
+	ch := h.recorded[epoch]
+	h.mu.Unlock()
 	if ch == nil {
 		return
 	}
@@ -321,48 +455,34 @@ func (s *Server) waitRecorded(ctx context.Context) {
 	}
 }
 
-// sessionLost handles the end of this server's etcd lease (it expired during
-// a pause or partition, or etcd was unreachable for longer than the TTL).
-// Everything bound to the lease is gone, including the leader key if we held
-// it, so an active steps down at once; then a new session is made.
-func (s *Server) sessionLost(ctx context.Context) {
-	s.mu.Lock()
-	epoch, active := s.epoch, s.state == tandem.StateActive
-	s.session = nil
-	s.mu.Unlock()
-	if active {
-		s.stepDown(downSessionLost, epoch)
-	}
-	s.log.Warn("etcd session lost; creating a new one")
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		sctx, cancel := context.WithTimeout(ctx, 2*s.cfg.LeaseTTL)
-		err := s.newSession(sctx, false)
-		cancel()
-		if err == nil {
-			s.log.Info("etcd session re-established", "lease", s.Lease())
-			return
-		}
-		s.log.Warn("new etcd session failed; retrying", "err", err, "in", backoff.String())
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 2*time.Second)
-	}
-}
-
-// updateRegistration rewrites this server's membership record with its
-// current state, so `tandem admin servers` shows it.
-func (s *Server) updateRegistration(ctx context.Context) {
-	s.mu.RLock()
-	sess := s.session
-	s.mu.RUnlock()
-	if sess == nil {
+// recordTerm is the work of every term that records its failover event
+// (I6). It keeps trying until the event is recorded or the term is over
+// (then the fence rejects it anyway). Each try is not bound to the term, so
+// a term ended on purpose right now still gets its record.
+func (s *Server) recordTerm(t *ha.Term) {
+	ev, _, ok := s.history.take(t.Epoch())
+	defer s.history.done(t.Epoch())
+	if !ok {
 		return
 	}
-	if err := s.store.Register(ctx, sess.Lease(), s.info(sess.Lease())); err != nil && ctx.Err() == nil {
-		s.log.Warn("could not update membership record", "err", err)
+	log := s.log.With("shard", t.Shard, "epoch", t.Epoch())
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := s.store.AppendEvent(rctx, t.Fence, ev)
+		cancel()
+		switch {
+		case err == nil:
+			return
+		case errors.Is(err, tandem.ErrFenced):
+			s.fenced(t.Shard, t.Epoch())
+			return
+		}
+		log.Warn("could not record the failover event; retrying", "err", err, "in", wait.String())
+		select {
+		case <-t.Done():
+			return
+		case <-time.After(wait):
+		}
 	}
 }
 

@@ -11,7 +11,6 @@ import (
 // several servers can live in one test process.
 type metrics struct {
 	reg          *prometheus.Registry
-	state        *prometheus.GaugeVec
 	failovers    *prometheus.CounterVec
 	phases       *prometheus.HistogramVec
 	stepDowns    *prometheus.CounterVec
@@ -23,11 +22,8 @@ type metrics struct {
 func newMetrics(s *Server) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
-		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "tandem_ha_state", Help: "1 for this server's current HA state, 0 for the others.",
-		}, []string{"state"}),
 		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tandem_failovers_total", Help: "Times this server became active, by cause.",
+			Name: "tandem_failovers_total", Help: "Times this server became active, or took a shard (active-active), by cause.",
 		}, []string{"cause"}),
 		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tandem_failover_phase_seconds",
@@ -35,10 +31,10 @@ func newMetrics(s *Server) *metrics {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2, 3, 5, 10, 30},
 		}, []string{"phase"}),
 		stepDowns: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tandem_stepdowns_total", Help: "Times this server stopped being active, by reason.",
+			Name: "tandem_stepdowns_total", Help: "Terms of this server that ended (it stopped being active, or gave a shard up), by reason.",
 		}, []string{"reason"}),
 		fencedWrites: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tandem_fenced_writes_total", Help: "Writes etcd rejected because this server's epoch was superseded.",
+			Name: "tandem_fenced_writes_total", Help: "Writes etcd rejected because this server's term of the shard was superseded.",
 		}),
 		submissions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tandem_job_submissions_total", Help: "Job submissions handled by this server, by result.",
@@ -48,27 +44,38 @@ func newMetrics(s *Server) *metrics {
 		Name: "tandem_agents_lost_total", Help: "Agents this server declared lost while active.",
 	})
 	epoch := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "tandem_epoch", Help: "Epoch of the active server as this server knows it (0: none known).",
+		Name: "tandem_epoch", Help: "Epoch of the active server as this server knows it (0: none known, or several shards).",
 	}, func() float64 { return float64(s.Status().Epoch) })
 	rev := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tandem_view_revision", Help: "etcd revision this server's view of the cluster has reached.",
 	}, func() float64 { return float64(s.store.Rev()) })
-	m.reg.MustRegister(m.agentsLost, m.state, m.failovers, m.phases, m.stepDowns, m.fencedWrites, m.submissions,
-		epoch, rev, jobsCollector{s}, agentsCollector{s}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	for _, st := range tandem.HAStates {
-		m.state.WithLabelValues(string(st))
-	}
-	m.setState(tandem.StateInitializing)
+	owned := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tandem_shards_owned", Help: "Shards this server owns now.",
+	}, func() float64 { return float64(s.core.Count()) })
+	shards := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tandem_shards", Help: "The cluster's number of shards (1: active/standby).",
+	}, func() float64 { return float64(s.shards) })
+	m.reg.MustRegister(m.agentsLost, m.failovers, m.phases, m.stepDowns, m.fencedWrites, m.submissions,
+		epoch, rev, owned, shards, stateCollector{s}, jobsCollector{s}, agentsCollector{s},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
-func (m *metrics) setState(st tandem.HAState) {
-	for _, s := range tandem.HAStates {
+// stateCollector reports 1 for this server's current HA state, 0 for the others.
+type stateCollector struct{ s *Server }
+
+var stateDesc = prometheus.NewDesc("tandem_ha_state", "1 for this server's current HA state, 0 for the others.", []string{"state"}, nil)
+
+func (c stateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- stateDesc }
+
+func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
+	cur := c.s.State()
+	for _, st := range tandem.HAStates {
 		v := 0.0
-		if s == st {
+		if st == cur {
 			v = 1
 		}
-		m.state.WithLabelValues(string(s)).Set(v)
+		ch <- prometheus.MustNewConstMetric(stateDesc, prometheus.GaugeValue, v, string(st))
 	}
 }
 
@@ -100,13 +107,13 @@ func (c jobsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// agentsCollector reports, on the active, agents by state and their use.
+// agentsCollector reports, on an owner, agents by state and their use.
 type agentsCollector struct{ s *Server }
 
 var (
-	agentsDesc    = prometheus.NewDesc("tandem_agents", "Agents the active knows, by state (reported by the active only).", []string{"state"}, nil)
-	agentCPUDesc  = prometheus.NewDesc("tandem_agent_cpu", "CPU cores of an agent: capacity and used by live attempts (active only).", []string{"agent", "kind"}, nil)
-	agentLiveDesc = prometheus.NewDesc("tandem_agent_live_attempts", "Live attempts on an agent (active only).", []string{"agent"}, nil)
+	agentsDesc    = prometheus.NewDesc("tandem_agents", "Agents this server knows, by state (reported by owners only).", []string{"state"}, nil)
+	agentCPUDesc  = prometheus.NewDesc("tandem_agent_cpu", "CPU cores of an agent: capacity and used by live attempts (owners only).", []string{"agent", "kind"}, nil)
+	agentLiveDesc = prometheus.NewDesc("tandem_agent_live_attempts", "Live attempts on an agent (owners only).", []string{"agent"}, nil)
 )
 
 func (c agentsCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -116,8 +123,8 @@ func (c agentsCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c agentsCollector) Collect(ch chan<- prometheus.Metric) {
-	if _, ok := c.s.ActiveEpoch(); !ok {
-		return // only the active hears from agents
+	if c.s.core.Count() == 0 {
+		return // one series per cluster: only owners report agents
 	}
 	counts := map[string]int{tandem.AgentReady: 0, tandem.AgentLost: 0}
 	for _, a := range c.s.Agents() {
@@ -137,5 +144,48 @@ func (s *Server) Registry() *prometheus.Registry { return s.metrics.reg }
 // History returns the HA history, oldest first.
 func (s *Server) History() []tandem.FailoverEvent { return s.store.Events() }
 
-// Servers returns the live servers.
-func (s *Server) Servers() []tandem.ServerInfo { return s.store.Servers() }
+// Servers returns the live servers, each with how many shards it owns.
+func (s *Server) Servers() []tandem.ServerInfo {
+	count := map[string]int{}
+	for _, o := range s.store.Owners() {
+		count[o.ID]++
+	}
+	servers := s.store.Servers()
+	for i := range servers {
+		servers[i].Shards = count[servers[i].ID]
+	}
+	return servers
+}
+
+// ShardInfos returns every shard's owner, epoch and since when, with its
+// target and any hand-off under way.
+func (s *Server) ShardInfos() []tandem.ShardInfo {
+	owners, handoffs := s.store.Owners(), s.store.Handoffs()
+	var targets []string
+	if s.shards > 1 {
+		targets = s.targetMap(s.store.Servers())
+	}
+	out := make([]tandem.ShardInfo, s.shards)
+	for k := range out {
+		out[k].Shard = k
+		if o, ok := owners[k]; ok {
+			out[k].Owner, out[k].OwnerURL, out[k].Epoch, out[k].Since = o.ID, o.URL, o.Epoch, o.At
+		}
+		if h, ok := handoffs[k]; ok {
+			out[k].HandoffTo = h.To
+		}
+		if targets != nil {
+			out[k].Target = targets[k]
+		}
+	}
+	return out
+}
+
+// OwnerOf returns the owner of the shard of job id, as the view knows it.
+func (s *Server) OwnerOf(id string) (tandem.ServerRef, bool) {
+	o := s.store.Owner(s.shardOf(id))
+	if o == nil {
+		return tandem.ServerRef{}, false
+	}
+	return tandem.ServerRef{ID: o.ID, URL: o.URL}, true
+}

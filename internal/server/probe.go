@@ -4,40 +4,45 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sort"
 	"sync"
 	"syscall"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/election"
 )
 
-// deadAfter is how many consecutive refused connections make a standby
-// declare the active dead.
+// deadAfter is how many consecutive refused connections make a server
+// declare an owner dead.
 const deadAfter = 3
 
-// prober is a standby's health monitor of the active (seeds/004's health
-// monitor). It records the last time the active answered, so a new active
-// can say how long detection took; and when the active's port refuses
-// connections several times in a row after answering before, the process
-// is gone, so the prober deposes it at once instead of waiting out its
-// lease. A timeout (a hung or cut-off active) proves nothing and is left to
-// the lease. Safety never rests on the prober (I5): deposing only deletes
-// the leader key of that exact epoch, and fencing does the rest (I1).
+// prober is each server's health monitor of the owners (seeds/004's health
+// monitor): the active, with one shard; every server that owns a shard, with
+// several. It records the last time each answered, so a new owner can say
+// how long detection took; and when an owner's port refuses connections
+// several times in a row after answering before, its process is gone, so the
+// prober deposes every shard it owns at once instead of waiting out its
+// lease. A timeout (a hung or cut-off owner) proves nothing and is left to
+// the lease. Safety never rests on the prober (I5): deposing only deletes the
+// owner keys of those exact epochs, and fencing does the rest (I1).
 type prober struct {
-	mu      sync.Mutex
-	id      string
-	epoch   int64
+	mu    sync.Mutex
+	peers map[string]*peerHealth // by server ID
+}
+
+type peerHealth struct {
+	url     string
+	lease   int64 // the lease of the server's keys when last probed
 	seen    time.Time
 	refused int
-	failing bool // the last probe of this epoch's active got no good answer
+	failing bool // the last probe got no good answer
 }
 
 func (p *prober) run(ctx context.Context, s *Server) {
-	client := &http.Client{Timeout: 2 * s.cfg.ProbeInterval}
-	if client.Timeout < 250*time.Millisecond {
-		client.Timeout = 250 * time.Millisecond
-	}
+	client := &http.Client{Timeout: max(2*s.cfg.ProbeInterval, 250*time.Millisecond)}
 	tick := time.NewTicker(s.cfg.ProbeInterval)
 	defer tick.Stop()
 	for {
@@ -46,35 +51,80 @@ func (p *prober) run(ctx context.Context, s *Server) {
 			return
 		case <-tick.C:
 		}
-		l := s.store.Leader()
-		if l == nil || l.ID == s.cfg.ID {
-			continue
+		owners := s.store.Owners()
+		byServer := map[string][]election.Owner{}
+		for _, o := range owners {
+			if o.ID != s.cfg.ID {
+				byServer[o.ID] = append(byServer[o.ID], o)
+			}
 		}
-		ok, refused := probe(ctx, client, l.URL)
-		p.mu.Lock()
-		if p.epoch != l.Epoch {
-			p.id, p.epoch, p.seen, p.refused, p.failing = l.ID, l.Epoch, time.Time{}, 0, false
+		p.forget(byServer)
+		ids := make([]string, 0, len(byServer))
+		for id := range byServer {
+			ids = append(ids, id)
 		}
-		p.failing = !ok
-		switch {
-		case ok:
-			p.seen, p.refused = time.Now(), 0
-		case refused:
-			p.refused++
-		default:
-			p.refused = 0
+		sort.Strings(ids)
+		var wg sync.WaitGroup
+		for _, id := range ids {
+			held := byServer[id]
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p.check(ctx, s, client, id, held)
+			}()
 		}
-		dead := s.cfg.DeposeDead && p.refused >= deadAfter && !p.seen.IsZero()
-		seen := p.seen
-		p.mu.Unlock()
-		if dead {
-			s.deposeDead(ctx, *l, seen)
+		wg.Wait()
+	}
+}
+
+// forgetAfter is how long the prober remembers when a peer that owns
+// nothing any more was last seen: a new owner asks, to say how long the
+// detection of a lost owner took.
+const forgetAfter = time.Minute
+
+// forget drops the peers that own nothing and have not been seen for a while.
+func (p *prober) forget(owning map[string][]election.Owner) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, h := range p.peers {
+		if _, ok := owning[id]; !ok && time.Since(h.seen) > forgetAfter {
+			delete(p.peers, id)
 		}
 	}
 }
 
+// check probes the server id, which owns held, and deposes it if it is dead.
+func (p *prober) check(ctx context.Context, s *Server, client *http.Client, id string, held []election.Owner) {
+	o := held[0]
+	ok, refused := probe(ctx, client, o.URL)
+	p.mu.Lock()
+	if p.peers == nil {
+		p.peers = make(map[string]*peerHealth)
+	}
+	h := p.peers[id]
+	if h == nil || h.lease != o.Lease || h.url != o.URL {
+		h = &peerHealth{url: o.URL, lease: o.Lease}
+		p.peers[id] = h
+	}
+	h.failing = !ok
+	switch {
+	case ok:
+		h.seen, h.refused = time.Now(), 0
+	case refused:
+		h.refused++
+	default:
+		h.refused = 0
+	}
+	dead := s.cfg.DeposeDead && h.refused >= deadAfter && !h.seen.IsZero()
+	seen := h.seen
+	p.mu.Unlock()
+	if dead {
+		s.deposeDead(ctx, id, o.Lease, held, seen)
+	}
+}
+
 // probe asks url whether it is active. refused reports a connection refused:
-// nothing listens on the active's port any more.
+// nothing listens on the server's port any more.
 func probe(ctx context.Context, client *http.Client, url string) (ok, refused bool) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/isActive", nil)
 	if err != nil {
@@ -88,37 +138,61 @@ func probe(ctx context.Context, client *http.Client, url string) (ok, refused bo
 	return resp.StatusCode == http.StatusOK, false
 }
 
-func (s *Server) deposeDead(ctx context.Context, l election.Leader, seen time.Time) {
+// deposeDead frees every shard of the dead server id at once, fenced by each
+// shard's epoch, and revokes its lease.
+func (s *Server) deposeDead(ctx context.Context, id string, lease int64, held []election.Owner, seen time.Time) {
+	owned := make([]election.Deposed, 0, len(held))
+	for _, o := range held {
+		k, ok := s.shardOfOwnerKey(o.Key)
+		if !ok {
+			continue
+		}
+		owned = append(owned, election.Deposed{Keys: s.keys.Shard(k, s.shards), Owner: o})
+	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.LeaseTTL)
 	defer cancel()
-	done, err := election.Depose(dctx, s.cfg.Etcd, s.keys, l, seen)
+	n, err := election.Depose(dctx, s.cfg.Etcd, clientv3.LeaseID(lease), seen, owned...)
 	switch {
 	case err != nil:
-		s.log.Warn("could not depose the dead active", "active", l.ID, "epoch", l.Epoch, "err", err)
-	case done:
-		s.log.Warn("deposed the active: its port refuses connections", "active", l.ID, "epoch", l.Epoch,
+		s.log.Warn("could not depose a dead owner", "owner", id, "shards", len(owned), "err", err)
+	case n > 0:
+		s.log.Warn("deposed a dead owner: its port refuses connections", "owner", id, "shards", n,
 			"last_seen", time.Since(seen).Round(time.Millisecond).String())
 	}
 }
 
-// answering reports whether the active of epoch seems to answer: not known
-// to fail, or answered within the last few probes. A standby redirects
-// clients only to an active that answers; to a hung one it says "no active"
-// so clients try the other servers instead of hanging there too.
-func (p *prober) answering(epoch int64, interval time.Duration) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.epoch != epoch || !p.failing {
-		return true
+// shardOfOwnerKey returns the shard whose owner key is key.
+func (s *Server) shardOfOwnerKey(key string) (int, bool) {
+	if s.shards == 1 {
+		return 0, key == s.keys.Leader()
 	}
-	return time.Since(p.seen) < 3*interval
+	k, part, ok := s.keys.ParseShardKey(key)
+	return k, ok && part == "owner" && k < s.shards
 }
 
-// lastSeen returns when server id last answered as active.
+// answering reports whether the server id seems to answer: not known to
+// fail, or answered within the last few probes. A standby redirects clients
+// only to an owner that answers; to a hung one it says "no active" so
+// clients try the other servers instead of hanging there too.
+func (p *prober) answering(id string, interval time.Duration) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h := p.peers[id]
+	if h == nil || !h.failing {
+		return true
+	}
+	return time.Since(h.seen) < 3*interval
+}
+
+// lastSeen returns when server id last answered.
 func (p *prober) lastSeen(id string) (time.Time, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.seen, p.id == id && !p.seen.IsZero()
+	h := p.peers[id]
+	if h == nil || h.seen.IsZero() {
+		return time.Time{}, false
+	}
+	return h.seen, true
 }
 
 // healthCache rate-limits the etcd round trip behind /healthz.
@@ -144,9 +218,9 @@ func (s *Server) Healthy(ctx context.Context) error {
 
 func (s *Server) checkHealth(ctx context.Context) error {
 	s.mu.RLock()
-	sess, state := s.session, s.state
+	sess := s.session
 	s.mu.RUnlock()
-	if state == tandem.StateStopping {
+	if s.State() == tandem.StateStopping {
 		return errUnhealthy("server is stopping")
 	}
 	if sess == nil {
@@ -154,7 +228,7 @@ func (s *Server) checkHealth(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	if _, err := s.cfg.Etcd.Get(ctx, s.keys.Leader()); err != nil {
+	if _, err := s.cfg.Etcd.Get(ctx, s.keys.Config()); err != nil {
 		return errUnhealthy("etcd read failed: " + err.Error())
 	}
 	if err := s.store.WatchErr(); err != nil {

@@ -210,17 +210,23 @@ func TestPlacementRetriesKillAndTimeout(t *testing.T) {
 	}
 }
 
-// An agent that has seen a newer epoch deposes a server that still thinks
-// it is active (fencing reaches the resources too).
+// An agent that has seen a newer epoch of a shard deposes a server that
+// still thinks it owns it (fencing reaches the resources too): its term ends
+// at once, and its answer vouches for nothing of that shard.
 func TestSyncFromNewerEpochDeposesServer(t *testing.T) {
 	c := newCluster(t, 1, nil)
 	n := c.nodes[c.waitActive()]
 	epoch, _ := n.srv.ActiveEpoch()
-	_, err := n.srv.Sync(context.Background(), &tandem.SyncRequest{
-		Agent: tandem.AgentInfo{ID: "a9", URL: "http://127.0.0.1:1"}, Epoch: epoch + 1000,
+	resp, err := n.srv.Sync(context.Background(), &tandem.SyncRequest{
+		Agent: tandem.AgentInfo{ID: "a9", URL: "http://127.0.0.1:1"}, Epochs: map[int]int64{0: epoch + 1000},
 	})
-	if tandem.ErrorCode(err) != tandem.ENOTACTIVE {
-		t.Fatalf("sync with a newer epoch: got %v, want %s", err, tandem.ENOTACTIVE)
+	if err != nil {
+		t.Fatalf("sync with a newer epoch: %v", err)
+	}
+	for _, st := range resp.Terms {
+		if st.Shard == 0 && st.Epoch == epoch {
+			t.Fatalf("the answer still vouches for shard 0 at the older epoch %d: %+v", epoch, resp.Terms)
+		}
 	}
 	if e, ok := n.srv.ActiveEpoch(); ok && e == epoch {
 		t.Fatal("the server kept acting as active at the older epoch")
@@ -252,9 +258,13 @@ func TestKillBeforeTheAgentReportsStart(t *testing.T) {
 		}
 		return resp
 	}
-	epoch := sync(tandem.SyncRequest{}).Epoch // an agent that has not learned the epoch is answered at once
+	first := sync(tandem.SyncRequest{}) // an agent that has not learned the epoch is answered at once
+	if len(first.Terms) != 1 || first.Terms[0].Shard != 0 {
+		t.Fatalf("terms in the first answer: got %+v, want shard 0", first.Terms)
+	}
+	epochs := map[int]int64{0: first.Terms[0].Epoch}
 	j := submit(t, cl, tandem.JobSpec{Command: []string{"sleep", "60"}})
-	resp := sync(tandem.SyncRequest{Epoch: epoch, WaitMS: 5000})
+	resp := sync(tandem.SyncRequest{Epochs: epochs, WaitMS: 5000})
 	if len(resp.Assign) != 1 || resp.Assign[0].JobID != j.ID {
 		t.Fatalf("assignments: got %+v, want the job's attempt", resp.Assign)
 	}
@@ -265,7 +275,7 @@ func TestKillBeforeTheAgentReportsStart(t *testing.T) {
 	}
 	// The agent had launched it after all, and says so.
 	now := time.Now()
-	resp = sync(tandem.SyncRequest{Epoch: resp.Epoch, Running: []tandem.AttemptReport{
+	resp = sync(tandem.SyncRequest{Epochs: epochs, Running: []tandem.AttemptReport{
 		{AttemptID: attempt, JobID: j.ID, State: tandem.AttemptRunning, PID: 4242, StartedAt: &now}}})
 	if len(resp.Kill) != 1 || resp.Kill[0].AttemptID != attempt || len(resp.Assign) != 0 {
 		t.Fatalf("answer to a report of the killed attempt: kill %+v assign %+v; want a kill order and nothing new", resp.Kill, resp.Assign)

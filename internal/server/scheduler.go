@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -10,22 +11,33 @@ import (
 	"time"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/ha"
+	"github.com/tandemhq/tandem/internal/shard"
+	"github.com/tandemhq/tandem/internal/store"
 )
 
-// schedule places pending jobs on agents while this server is active. Each
-// placement is recorded in etcd, fenced by the epoch, before any agent can
-// hear of it (I4): agents only learn assignments from the recorded state.
-func (s *Server) schedule(ctx context.Context, epoch int64) {
+// schedule places the pending jobs of the shards this server owns on
+// agents, while it owns any (registered with the core as WhileOwning work).
+// Each placement is recorded in etcd, fenced by the job's shard owner's
+// epoch, before any agent can hear of it (I4): agents only learn
+// assignments from the recorded state. Placement onto one agent by owners of
+// different shards is serialised by the agent's placement record, compared
+// and rewritten in every placement transaction, so they never over-commit
+// it.
+func (s *Server) schedule(ctx context.Context) {
 	var p planner
 	for {
 		changed := s.store.Changed()
-		wait := s.scheduleOnce(ctx, epoch, &p)
+		terms := s.core.Changed()
+		wait := s.scheduleOnce(ctx, &p)
 		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			timer.Stop()
 			return
 		case <-changed:
+		case <-terms:
+			p.started = false // shards came or went: look at every pending job again
 		case <-timer.C:
 		}
 		timer.Stop()
@@ -34,9 +46,10 @@ func (s *Server) schedule(ctx context.Context, epoch int64) {
 
 // planner is the scheduler's memory between passes. A job that fitted no
 // agent cannot fit while no agent gains room or appears, so a pass only
-// looks at the whole backlog when that happens; otherwise it looks at the
-// jobs that became pending since the last pass and at retries that are due.
-// That keeps a large backlog from costing a full scan per submission.
+// looks at the whole backlog when that happens (or when this server's
+// shards change); otherwise it looks at the jobs that became pending since
+// the last pass and at retries that are due. That keeps a large backlog from
+// costing a full scan per submission.
 type planner struct {
 	started bool
 	free    map[string]tandem.Resources // free resources at the last pass
@@ -65,15 +78,25 @@ func (p *planner) grew(agents map[string]tandem.AgentInfo, free map[string]tande
 
 // scheduleOnce makes one pass and returns how long to wait for the next
 // retry backoff to end if nothing else wakes the scheduler.
-func (s *Server) scheduleOnce(ctx context.Context, epoch int64, p *planner) time.Duration {
+func (s *Server) scheduleOnce(ctx context.Context, p *planner) time.Duration {
+	held := s.core.Held()
+	if len(held) == 0 {
+		return time.Minute
+	}
+	terms := make(map[int]*ha.Term, len(held))
+	for _, t := range held {
+		terms[t.Shard] = t
+	}
 	agents := s.agents.ready()
 	free := make(map[string]tandem.Resources, len(agents))
+	placed := make(map[string]int64, len(agents)) // each agent's placement record revision, consistent with free
 	for id, a := range agents {
 		f := a.Capacity
-		for _, j := range s.store.LiveOn(id) {
+		live, rev := s.store.AgentLoad(id)
+		for _, j := range live {
 			f = f.Sub(j.JobSpec.WithDefaults().Resources)
 		}
-		free[id] = f
+		free[id], placed[id] = f, rev
 	}
 	now := time.Now()
 	var jobs []*tandem.Job
@@ -104,6 +127,10 @@ func (s *Server) scheduleOnce(ctx context.Context, epoch int64, p *planner) time
 		if ctx.Err() != nil {
 			return next
 		}
+		t := terms[shard.Of(j.ID, s.shards)]
+		if t == nil {
+			continue // another server's shard
+		}
 		if j.NotBefore != nil && j.NotBefore.After(now) {
 			p.delayed[j.ID] = *j.NotBefore
 			next = min(next, j.NotBefore.Sub(now))
@@ -113,26 +140,39 @@ func (s *Server) scheduleOnce(ctx context.Context, epoch int64, p *planner) time
 		agent, why := place(spec, agents, free)
 		if agent == "" {
 			// Why a job waits changes with every agent that comes and goes;
-			// it is kept in memory and shown by the active, not written for
+			// it is kept in memory and shown by its owner, not written for
 			// every pending job (that would double the writes of a backlog).
 			s.waiting.set(j.ID, why)
 			continue
 		}
 		s.waiting.set(j.ID, "")
 		var attemptID string
-		_, err := s.mutate(ctx, epoch, j.ID, func(j *tandem.Job, now time.Time) (bool, error) {
+		pl := &store.Placement{Agent: agent, Rev: placed[agent]}
+		_, rev, err := s.mutate(ctx, t, j.ID, pl, func(j *tandem.Job, now time.Time) (bool, error) {
 			if j.State != tandem.JobPending || j.KillRequested {
 				return false, nil
 			}
 			n := len(j.Attempts) + 1
 			attemptID = fmt.Sprintf("%s-%d", j.ID, n)
-			j.Attempts = append(j.Attempts, tandem.Attempt{ID: attemptID, Number: n, Agent: agent, Epoch: epoch,
+			pl.Attempt = attemptID
+			j.Attempts = append(j.Attempts, tandem.Attempt{ID: attemptID, Number: n, Agent: agent, Epoch: t.Epoch(),
 				State: tandem.AttemptScheduled, ScheduledAt: now})
 			j.State, j.Reason, j.NotBefore = tandem.JobScheduled, "", nil
 			return true, nil
 		})
+		var race *store.PlacementConflictError
+		if errors.As(err, &race) {
+			// Another shard's owner placed work on the agent since its load
+			// was read: look again, from a view that has that placement.
+			s.log.Debug("placement raced another owner; looking again", "job", j.ID, "agent", agent)
+			wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+			_ = s.store.WaitRev(wctx, race.Rev)
+			cancel()
+			p.started = false
+			return time.Millisecond
+		}
 		if err != nil {
-			s.log.Warn("could not record an assignment", "job", j.ID, "agent", agent, "err", err)
+			s.log.Warn("could not record an assignment", "job", j.ID, "agent", agent, "shard", t.Shard, "epoch", t.Epoch(), "err", err)
 			p.started = false // look at everything again next time
 			if ctx.Err() != nil {
 				return next
@@ -143,7 +183,8 @@ func (s *Server) scheduleOnce(ctx context.Context, epoch int64, p *planner) time
 			continue
 		}
 		free[agent] = free[agent].Sub(spec.Resources)
-		s.log.Debug("attempt scheduled", "job", j.ID, "attempt", attemptID, "agent", agent, "epoch", epoch)
+		placed[agent] = rev
+		s.log.Debug("attempt scheduled", "job", j.ID, "attempt", attemptID, "agent", agent, "shard", t.Shard, "epoch", t.Epoch())
 		if s.cfg.Failpoint == FailpointExitAfterAssign {
 			s.log.Warn("failpoint: exiting after recording an assignment", "attempt", attemptID)
 			os.Exit(86)
@@ -239,8 +280,9 @@ func (w *waitReasons) reset() {
 	w.mu.Unlock()
 }
 
-// Explain fills in why a pending job waits, as far as the active knows: the
-// job's own reason (a retry's backoff) or the scheduler's latest word.
+// Explain fills in why a pending job waits, as far as this server knows:
+// the job's own reason (a retry's backoff) or, on its shard's owner, the
+// scheduler's latest word.
 func (s *Server) Explain(j *tandem.Job) {
 	if j.State != tandem.JobPending || j.Reason != "" {
 		return

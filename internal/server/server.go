@@ -1,10 +1,19 @@
-// Package server is a tandem server: a master that takes part in the
-// election, keeps a hot view of the cluster, and, while active, accepts jobs.
+// Package server is a tandem server: a master that keeps a hot view of the
+// cluster, takes part in the ownership of its shards, and works for the
+// shards it owns.
 //
-// One goroutine (run) owns every HA state change: campaigning, becoming
-// active, stepping down, manual transitions and hand-offs all happen there,
-// in order. Request handlers read the state through Status and ask for
-// changes through commands sent to that goroutine.
+// A cluster has N shards, fixed when it is first started. With N = 1 (the
+// default) it is active/standby: the owner of the one shard is the active,
+// the others are hot standbys. With N > 1 it is active-active: every ready
+// server owns some shards (a deterministic target map spreads them), serves
+// the API, and schedules the jobs of its shards; a job belongs to one shard
+// forever, and every write to it is fenced by its shard owner's epoch.
+//
+// One goroutine (run) owns every change of ownership: campaigning, handing
+// off, manual transitions and recovery from a lost etcd session all happen
+// there, in order. Winning a shard begins a term in the ha.Core; the work of
+// an owner (history, scheduler, agent watch) is registered with the core and
+// runs under the term's context, which ends the instant ownership does.
 package server
 
 import (
@@ -22,6 +31,7 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/election"
+	"github.com/tandemhq/tandem/internal/ha"
 	"github.com/tandemhq/tandem/internal/keys"
 	"github.com/tandemhq/tandem/internal/store"
 )
@@ -31,21 +41,35 @@ type Config struct {
 	ID      string // unique server ID within the cluster, e.g. rm1
 	Cluster string // cluster name; keys live under /tandem/<cluster>/
 	URL     string // the URL other servers and clients reach this server at
-	// LeaseTTL bounds how long a crashed active keeps the leader key. It is
+	// Shards is the cluster's number of shards: 0 takes the cluster's
+	// setting (1 for a new cluster); another value must match the setting
+	// the cluster was created with, or Start fails.
+	Shards int
+	// LeaseTTL bounds how long a crashed owner keeps its shards. It is
 	// rounded up to whole seconds (etcd leases count seconds); etcd itself
 	// raises it to its minimum (2 s with etcd's default timing).
 	LeaseTTL time.Duration
-	// AutoFailover makes standbys campaign on their own. Off, servers stay
-	// standby until an operator makes one active.
+	// AutoFailover makes servers campaign on their own. Off, servers stay
+	// standby until an operator makes one active (one shard only).
 	AutoFailover bool
-	// ProbeInterval is how often a standby checks that the active answers.
+	// ProbeInterval is how often a server checks that the owners answer.
 	ProbeInterval time.Duration
-	// DeposeDead lets a standby depose an active whose port refuses
+	// DeposeDead lets a server depose an owner whose port refuses
 	// connections (its process is gone) without waiting for its lease.
 	DeposeDead bool
-	// AgentTimeout is how long an agent may be silent before the active
+	// AgentTimeout is how long an agent may be silent before an owner
 	// declares it lost and retries its attempts elsewhere.
 	AgentTimeout time.Duration
+	// Settle is how long a server must be up before it counts in the
+	// shards' target map (active-active), so a server that restarts in a
+	// loop does not pull shards back and forth.
+	Settle time.Duration
+	// MaxMoves bounds how many shards a server hands off at a time when the
+	// target map moves them away from it.
+	MaxMoves int
+	// FreeGrace is how long a free shard waits for its target to take it
+	// before any server may (its target may be hung).
+	FreeGrace time.Duration
 	// Failpoint, for tests only, makes the server crash at a chosen point.
 	Failpoint string
 	Etcd      *clientv3.Client
@@ -62,6 +86,9 @@ func DefaultConfig() Config {
 		ProbeInterval: 100 * time.Millisecond,
 		DeposeDead:    true,
 		AgentTimeout:  10 * time.Second,
+		Settle:        time.Second,
+		MaxMoves:      8,
+		FreeGrace:     time.Second,
 	}
 }
 
@@ -76,6 +103,12 @@ func (c *Config) Validate() error {
 	if c.URL == "" {
 		return errors.New("server URL is empty: set --advertise-url")
 	}
+	if c.Shards < 0 || c.Shards > keys.MaxShards {
+		return fmt.Errorf("shards %d: use 1 to %d (or 0 for the cluster's setting)", c.Shards, keys.MaxShards)
+	}
+	if c.Shards > 1 && !c.AutoFailover {
+		return errors.New("manual failover (auto failover off) is for a cluster of one shard; with several shards, ownership follows the target map (use drain to move shards away)")
+	}
 	if c.LeaseTTL < time.Second {
 		return fmt.Errorf("lease TTL %s is too short: etcd leases count whole seconds, so use at least 1s", c.LeaseTTL)
 	}
@@ -84,6 +117,15 @@ func (c *Config) Validate() error {
 	}
 	if c.AgentTimeout < 100*time.Millisecond {
 		return fmt.Errorf("agent timeout %s is too short (at least 100ms)", c.AgentTimeout)
+	}
+	if c.Settle < 0 || c.Settle > 10*time.Minute {
+		return fmt.Errorf("settle time %s must be from 0 to 10m", c.Settle)
+	}
+	if c.MaxMoves < 1 || c.MaxMoves > 64 {
+		return fmt.Errorf("max moves %d must be from 1 to 64", c.MaxMoves)
+	}
+	if c.FreeGrace < 0 || c.FreeGrace > 5*time.Minute {
+		return fmt.Errorf("free grace %s must be from 0 to 5m", c.FreeGrace)
 	}
 	if c.Failpoint != "" && c.Failpoint != FailpointExitAfterAssign {
 		return fmt.Errorf("unknown failpoint %q", c.Failpoint)
@@ -108,29 +150,43 @@ type Server struct {
 	log     *slog.Logger
 	keys    keys.Layout
 	store   *store.Store
-	elect   *election.Election
+	cand    *election.Candidate
+	core    *ha.Core
 	metrics *metrics
 	ids     idGen
 	started time.Time
 
+	// shards is the cluster's number of shards, known once Start has read
+	// the cluster's settings; jobMu serialises this server's writes to the
+	// jobs of each shard (see mutate).
+	shards int
+	jobMu  []sync.Mutex
+
 	mu          sync.RWMutex
-	state       tandem.HAState
-	epoch       int64 // our epoch while active
-	activeCtx   context.Context
-	stopActive  context.CancelFunc
+	stopping    bool
+	running     bool // Start has finished
 	session     *concurrency.Session
-	sitOutUntil time.Time     // auto mode: after a manual transition-to-standby, don't campaign until then
-	recorded    chan struct{} // closed once the current term's failover event is written
+	sitOutUntil time.Time // one shard, auto mode: after a manual transition-to-standby, don't campaign until then
+	ready       bool      // counts in the target map (recorded in the membership record)
+	draining    bool      // gives up its shards and takes none (recorded in the membership record)
+
+	sessRetry time.Duration // run goroutine only: backoff of session renewal
+	history   history
 
 	agents  agentTable
 	waiting waitReasons
-	jobMu   sync.Mutex // serializes the active's job writes (see mutate)
 	cmds    chan command
 	probe   prober
 	health  healthCache
 	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	bg      group // goroutines of the server's own; Close waits for them
 	stopped chan struct{}
+	// wake asks the run goroutine to look again (a term ended elsewhere).
+	wake chan struct{}
+	// regKick asks keepRegistered to rewrite the membership record.
+	regKick chan struct{}
+	// freeSince is when each free shard was first seen free (run goroutine only).
+	freeSince map[int]time.Time
 }
 
 // New returns a Server; Start runs it.
@@ -141,50 +197,79 @@ func New(cfg Config) (*Server, error) {
 	log := cfg.Logger.With("server", cfg.ID)
 	layout := keys.New(cfg.Cluster)
 	s := &Server{
-		cfg:     cfg,
-		log:     log,
-		keys:    layout,
-		store:   store.New(cfg.Etcd, layout, log),
-		elect:   election.New(cfg.Etcd, layout, cfg.ID, cfg.URL),
-		started: time.Now(),
-		state:   tandem.StateInitializing,
-		cmds:    make(chan command),
-		stopped: make(chan struct{}),
+		cfg:       cfg,
+		log:       log,
+		keys:      layout,
+		store:     store.New(cfg.Etcd, layout, log),
+		cand:      election.NewCandidate(cfg.Etcd, cfg.ID, cfg.URL),
+		core:      ha.New(log),
+		started:   time.Now(),
+		cmds:      make(chan command),
+		stopped:   make(chan struct{}),
+		wake:      make(chan struct{}, 1),
+		regKick:   make(chan struct{}, 1),
+		freeSince: make(map[int]time.Time),
 	}
 	s.metrics = newMetrics(s)
+	// The work of an owner, registered once: the transition code below never
+	// names it.
+	s.core.OnTerm("history", s.recordTerm)
+	s.core.WhileOwning("scheduler", s.schedule)
+	s.core.WhileOwning("agent-watch", s.watchAgents)
 	return s, nil
 }
 
 // Store returns the server's view of the cluster (read-only use).
 func (s *Server) Store() *store.Store { return s.store }
 
-// Start loads the cluster's state, registers this server and starts taking
-// part in the election. It returns once the server is standby; ctx bounds
-// the start-up only.
+// Start loads the cluster's state and settings, registers this server and
+// starts taking part in the ownership of shards. It returns once the server
+// is standby; ctx bounds the start-up only.
 func (s *Server) Start(ctx context.Context) error {
 	if err := s.store.Start(ctx); err != nil {
 		return err
 	}
+	n, err := s.store.EnsureConfig(ctx, s.cfg.Shards)
+	if err != nil {
+		s.store.Close()
+		if errors.Is(err, store.ErrShardsMismatch) {
+			return fmt.Errorf("cluster %q: %w", s.cfg.Cluster, err)
+		}
+		return err
+	}
+	if n > 1 && !s.cfg.AutoFailover {
+		s.store.Close()
+		return fmt.Errorf("cluster %q has %d shards: manual failover (--auto-failover=false) is for a cluster of one shard", s.cfg.Cluster, n)
+	}
+	s.shards, s.jobMu = n, make([]sync.Mutex, n)
 	if err := s.newSession(ctx, true); err != nil {
 		s.store.Close()
 		return err
 	}
-	s.setState(tandem.StateStandby)
-	s.log.Info("server started", "state", tandem.StateStandby, "url", s.cfg.URL,
+	s.mu.Lock()
+	s.running = true
+	s.ready = s.cfg.Settle == 0
+	s.mu.Unlock()
+	s.log.Info("server started", "state", tandem.StateStandby, "url", s.cfg.URL, "shards", n,
 		"auto_failover", s.cfg.AutoFailover, "lease_ttl", s.cfg.LeaseTTL.String(), "cluster", s.cfg.Cluster)
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	s.wg.Add(2)
-	go func() { defer s.wg.Done(); s.run(runCtx) }()
-	go func() { defer s.wg.Done(); s.probe.run(runCtx, s) }()
+	s.bg.Go(func() { s.run(runCtx) })
+	s.bg.Go(func() { s.probe.run(runCtx, s) })
+	s.bg.Go(func() { s.keepRegistered(runCtx) })
 	return nil
 }
+
+// Shards returns the cluster's number of shards (0 before Start).
+func (s *Server) Shards() int { return s.shards }
 
 // newSession grants a fresh lease and registers this server under it. At
 // start-up a record left by an earlier process with the same ID is waited
 // out (it dies with that process's lease); a live duplicate is an error.
+// Every etcd call honours ctx, so an unreachable etcd makes it fail when ctx
+// ends rather than block.
 func (s *Server) newSession(ctx context.Context, startup bool) error {
-	sess, err := concurrency.NewSession(s.cfg.Etcd, concurrency.WithTTL(s.cfg.ttlSeconds()))
+	sess, err := election.NewSession(ctx, s.cfg.Etcd, s.cfg.ttlSeconds())
 	if err != nil {
 		return fmt.Errorf("create etcd session: %w", err)
 	}
@@ -197,7 +282,7 @@ func (s *Server) newSession(ctx context.Context, startup bool) error {
 			break
 		}
 		if !errors.Is(err, store.ErrDuplicateServer) || !startup || time.Now().After(deadline) {
-			_ = sess.Close()
+			s.closeSession(sess)
 			if errors.Is(err, store.ErrDuplicateServer) {
 				return fmt.Errorf("%w; give each server a unique --id", err)
 			}
@@ -205,7 +290,7 @@ func (s *Server) newSession(ctx context.Context, startup bool) error {
 		}
 		select {
 		case <-ctx.Done():
-			_ = sess.Close()
+			s.closeSession(sess)
 			return ctx.Err()
 		case <-s.store.Changed():
 		case <-time.After(250 * time.Millisecond):
@@ -217,20 +302,28 @@ func (s *Server) newSession(ctx context.Context, startup bool) error {
 	return nil
 }
 
-func (s *Server) info(lease clientv3.LeaseID) tandem.ServerInfo {
-	s.mu.RLock()
-	st := s.state
-	s.mu.RUnlock()
-	if st == tandem.StateInitializing {
-		st = tandem.StateStandby
-	}
-	return tandem.ServerInfo{ID: s.cfg.ID, URL: s.cfg.URL, State: st, PID: os.Getpid(),
-		Version: tandem.Version, StartedAt: s.started, Lease: int64(lease)}
+// closeSession revokes sess's lease, giving up after a second: with etcd
+// unreachable the lease expires on its own.
+func (s *Server) closeSession(sess *concurrency.Session) {
+	sess.Orphan()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, _ = s.cfg.Etcd.Revoke(ctx, sess.Lease())
 }
 
-// Close stops the server gracefully: an active resigns first, so a standby
-// takes over at once instead of after the lease TTL. Close waits for the
-// server's goroutines and releases its lease.
+// info is this server's membership record.
+func (s *Server) info(lease clientv3.LeaseID) tandem.ServerInfo {
+	s.mu.RLock()
+	ready, draining := s.ready, s.draining
+	s.mu.RUnlock()
+	return tandem.ServerInfo{ID: s.cfg.ID, URL: s.cfg.URL, State: s.State(), PID: os.Getpid(),
+		Version: tandem.Version, StartedAt: s.started, Lease: int64(lease), Ready: ready && !draining, Draining: draining}
+}
+
+// Close stops the server gracefully: an owner resigns first, so other
+// servers take over at once instead of after the lease TTL. Close waits for
+// the server's goroutines and releases its lease; it returns within a few
+// seconds even with etcd unreachable.
 func (s *Server) Close() error {
 	select {
 	case <-s.stopped:
@@ -239,40 +332,32 @@ func (s *Server) Close() error {
 	}
 	defer close(s.stopped)
 	s.mu.Lock()
-	wasActive, epoch := s.state == tandem.StateActive, s.epoch
-	s.state = tandem.StateStopping
-	if s.stopActive != nil {
-		s.stopActive()
-	}
+	s.stopping = true
 	sess := s.session
 	s.mu.Unlock()
-	s.metrics.setState(tandem.StateStopping)
+	// Stop the run goroutine first, so it campaigns no more; then give up
+	// every term: stop its work, record why, and delete its key.
 	if s.cancel != nil {
 		s.cancel()
 	}
-	s.wg.Wait()
+	s.bg.Close()
 	// Two seconds for resigning and leaving: enough with a quorum, and
 	// without one they cannot succeed anyway (the lease then expires).
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if wasActive {
-		s.waitRecorded(ctx)
-		if err := s.elect.Resign(ctx, epoch, tandem.CauseShutdown); err != nil {
-			s.log.Warn("resign on shutdown failed; the lease will expire instead", "epoch", epoch, "err", err)
-		} else {
-			s.log.Info("resigned on shutdown", "epoch", epoch)
-		}
-	}
+	held := s.core.EndAll(ha.ErrStopping)
+	s.resignAll(ctx, held, tandem.CauseShutdown)
+	s.core.Close()
 	if sess != nil {
 		_ = s.store.Deregister(ctx, sess.Lease(), s.cfg.ID)
-		_ = sess.Close() // revokes the lease: anything still bound to it goes
+		s.closeSession(sess) // revokes the lease: anything still bound to it goes
 	}
 	s.store.Close()
 	s.log.Info("server stopped")
 	return nil
 }
 
-// Lease returns the lease this server's keys are bound to (0 before Start).
+// Lease returns the lease this server's keys are bound to (0 without a session).
 func (s *Server) Lease() clientv3.LeaseID {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -282,42 +367,51 @@ func (s *Server) Lease() clientv3.LeaseID {
 	return s.session.Lease()
 }
 
-func (s *Server) setState(st tandem.HAState) {
-	s.mu.Lock()
-	s.state = st
-	s.mu.Unlock()
-	s.metrics.setState(st)
-}
-
-// State returns this server's HA state: a cheap read for every request's
-// headers and for /isActive probes, where Status would do much more.
+// State returns this server's HA state: active while it owns a shard. It is
+// a cheap read, for every request's headers and for /isActive probes.
 func (s *Server) State() tandem.HAState {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.state
+	stopping, running := s.stopping, s.running
+	s.mu.RUnlock()
+	switch {
+	case stopping:
+		return tandem.StateStopping
+	case !running:
+		return tandem.StateInitializing
+	case s.core.Count() > 0:
+		return tandem.StateActive
+	}
+	return tandem.StateStandby
 }
 
-// ActiveEpoch returns this server's epoch and true while it is active.
+// ActiveEpoch returns this server's epoch and true while it is the active
+// of a cluster of one shard (the owner of shard 0).
 func (s *Server) ActiveEpoch() (int64, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.epoch, s.state == tandem.StateActive
+	if s.shards != 1 {
+		return 0, false
+	}
+	if t := s.core.Term(0); t != nil && s.State() == tandem.StateActive {
+		return t.Epoch(), true
+	}
+	return 0, false
 }
 
-// Status returns the server's account of itself and of the active it knows.
+// Status returns the server's account of itself and of the active it knows
+// (one shard), or of the shards it owns (several).
 func (s *Server) Status() tandem.ServerStatus {
 	s.mu.RLock()
-	st := tandem.ServerStatus{
-		ID: s.cfg.ID, Cluster: s.cfg.Cluster, URL: s.cfg.URL, State: s.state,
-		AutoFailover: s.cfg.AutoFailover, PID: os.Getpid(), Version: tandem.Version, StartedAt: s.started,
-	}
-	if s.state == tandem.StateActive {
-		st.Epoch, st.ActiveID, st.ActiveURL = s.epoch, s.cfg.ID, s.cfg.URL
-	}
+	ready, draining := s.ready, s.draining
 	s.mu.RUnlock()
-	if st.ActiveID == "" {
-		if l := s.store.Leader(); l != nil && l.ID != s.cfg.ID {
-			st.Epoch, st.ActiveID, st.ActiveURL = l.Epoch, l.ID, l.URL
+	st := tandem.ServerStatus{
+		ID: s.cfg.ID, Cluster: s.cfg.Cluster, URL: s.cfg.URL, State: s.State(),
+		AutoFailover: s.cfg.AutoFailover, PID: os.Getpid(), Version: tandem.Version, StartedAt: s.started,
+		Shards: s.shards, Owned: s.core.Owned(), Ready: ready && !draining, Draining: draining,
+	}
+	if s.shards == 1 {
+		if epoch, ok := s.ActiveEpoch(); ok {
+			st.Epoch, st.ActiveID, st.ActiveURL = epoch, s.cfg.ID, s.cfg.URL
+		} else if o := s.store.Owner(0); o != nil && o.ID != s.cfg.ID {
+			st.Epoch, st.ActiveID, st.ActiveURL = o.Epoch, o.ID, o.URL
 		}
 	}
 	st.Revision = s.store.Rev()
@@ -325,14 +419,46 @@ func (s *Server) Status() tandem.ServerStatus {
 	return st
 }
 
-// ActiveAnswering reports whether this standby's probes find the active of
-// epoch answering (see prober.answering).
-func (s *Server) ActiveAnswering(epoch int64) bool {
-	return s.probe.answering(epoch, s.cfg.ProbeInterval)
+// ActiveAnswering reports whether this server's probes find the server id
+// answering (see prober.answering).
+func (s *Server) ActiveAnswering(id string) bool {
+	return s.probe.answering(id, s.cfg.ProbeInterval)
 }
 
-// RetryAfter is what a client should wait before retrying when no active is known.
+// RetryAfter is what a client should wait before retrying when no owner is known.
 func (s *Server) RetryAfter() time.Duration { return s.cfg.LeaseTTL }
 
 // Config returns the server's configuration.
 func (s *Server) Config() Config { return s.cfg }
+
+// group runs goroutines that Close waits for, and refuses new ones once
+// Close has begun, so a request goroutine can never add to it while Close
+// waits (a WaitGroup must not grow from zero during Wait).
+type group struct {
+	mu     sync.Mutex
+	wg     sync.WaitGroup
+	closed bool
+}
+
+// Go runs f in a goroutine unless the group is closed; it reports whether it did.
+func (g *group) Go(f func()) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// Close refuses new goroutines and waits for the running ones.
+func (g *group) Close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.wg.Wait()
+}

@@ -39,11 +39,16 @@ const maxEvents = 1000
 // loadPage is how many keys one range request of the initial load reads.
 const loadPage = 5000
 
-// Gone records the last time the view saw the leader key disappear.
+// Gone records the last time the view saw a shard's owner key disappear.
 type Gone struct {
-	Prev election.Leader
+	Prev election.Owner
 	At   time.Time // local time the deletion was observed
 	Rev  int64
+}
+
+// Config is the cluster-wide settings, written once by the first server.
+type Config struct {
+	Shards int `json:"shards"`
 }
 
 // Store is the etcd-backed state of one cluster and this process's view of it.
@@ -63,10 +68,12 @@ type Store struct {
 	live     map[string]map[string]struct{} // agent ID -> IDs of jobs with a live attempt on it
 	agents   map[string]tandem.AgentInfo
 	servers  map[string]tandem.ServerInfo
-	leader   *election.Leader
-	handoff  *election.Handoff
-	resign   *election.Resignation
-	gone     *Gone
+	owners   map[int]*election.Owner       // shard -> owner
+	handoffs map[int]*election.Handoff     // shard -> hand-off under way
+	resigns  map[int]*election.Resignation // shard -> last resignation
+	gone     map[int]*Gone                 // shard -> last owner seen to go
+	placed   map[string]int64              // agent -> mod revision of its placement record
+	config   *Config
 	events   []tandem.FailoverEvent
 	changed  chan struct{} // closed and replaced whenever the view changes
 	watchErr error
@@ -82,19 +89,24 @@ type Store struct {
 // New returns a Store for the cluster laid out by layout. Call Start before use.
 func New(cli *clientv3.Client, layout keys.Layout, log *slog.Logger) *Store {
 	return &Store{
-		cli:     cli,
-		keys:    layout,
-		log:     log,
-		jobs:    make(map[string]*tandem.Job),
-		byState: make(map[tandem.JobState]int),
-		jobRev:  make(map[string]int64),
-		pending: make(map[string]struct{}),
-		fresh:   make(map[string]struct{}),
-		live:    make(map[string]map[string]struct{}),
-		agents:  make(map[string]tandem.AgentInfo),
-		servers: make(map[string]tandem.ServerInfo),
-		changed: make(chan struct{}),
-		done:    make(chan struct{}),
+		cli:      cli,
+		keys:     layout,
+		log:      log,
+		jobs:     make(map[string]*tandem.Job),
+		byState:  make(map[tandem.JobState]int),
+		jobRev:   make(map[string]int64),
+		pending:  make(map[string]struct{}),
+		fresh:    make(map[string]struct{}),
+		live:     make(map[string]map[string]struct{}),
+		agents:   make(map[string]tandem.AgentInfo),
+		servers:  make(map[string]tandem.ServerInfo),
+		owners:   make(map[int]*election.Owner),
+		handoffs: make(map[int]*election.Handoff),
+		resigns:  make(map[int]*election.Resignation),
+		gone:     make(map[int]*Gone),
+		placed:   make(map[string]int64),
+		changed:  make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 }
 
@@ -156,7 +168,11 @@ func (s *Store) load(ctx context.Context) error {
 	s.live = make(map[string]map[string]struct{})
 	s.agents = make(map[string]tandem.AgentInfo)
 	s.servers = make(map[string]tandem.ServerInfo)
-	s.leader, s.handoff, s.resign = nil, nil, nil
+	s.owners = make(map[int]*election.Owner)
+	s.handoffs = make(map[int]*election.Handoff)
+	s.resigns = make(map[int]*election.Resignation)
+	s.placed = make(map[string]int64)
+	s.config = nil
 	s.events = nil
 	for _, kv := range kvs {
 		s.applyPut(kv, true)
@@ -245,24 +261,36 @@ func (s *Store) notifyLocked() {
 // applyPut folds one key into the view. During a load, order is sorted afterwards.
 func (s *Store) applyPut(kv *mvccpb.KeyValue, loading bool) {
 	key := string(kv.Key)
+	if shard, part, ok := s.ownershipKey(key); ok {
+		switch part {
+		case "owner":
+			var o election.Owner
+			if s.decode(kv, &o) {
+				o.Epoch, o.Lease, o.Key = kv.CreateRevision, kv.Lease, key
+				s.owners[shard] = &o
+			}
+		case "handoff":
+			var h election.Handoff
+			if s.decode(kv, &h) {
+				h.ModRev = kv.ModRevision
+				s.handoffs[shard] = &h
+			}
+		case "resign":
+			var r election.Resignation
+			if s.decode(kv, &r) {
+				s.resigns[shard] = &r
+			}
+		}
+		return
+	}
 	switch {
-	case key == s.keys.Leader():
-		var l election.Leader
-		if s.decode(kv, &l) {
-			l.Epoch, l.Lease = kv.CreateRevision, kv.Lease
-			s.leader = &l
+	case key == s.keys.Config():
+		var c Config
+		if s.decode(kv, &c) {
+			s.config = &c
 		}
-	case key == s.keys.Handoff():
-		var h election.Handoff
-		if s.decode(kv, &h) {
-			h.ModRev = kv.ModRevision
-			s.handoff = &h
-		}
-	case key == s.keys.Resign():
-		var r election.Resignation
-		if s.decode(kv, &r) {
-			s.resign = &r
-		}
+	case strings.HasPrefix(key, s.keys.PlacementsPrefix()):
+		s.placed[strings.TrimPrefix(key, s.keys.PlacementsPrefix())] = kv.ModRevision
 	case strings.HasPrefix(key, s.keys.ServersPrefix()):
 		var si tandem.ServerInfo
 		if s.decode(kv, &si) {
@@ -304,14 +332,23 @@ func (s *Store) applyPut(kv *mvccpb.KeyValue, loading bool) {
 
 func (s *Store) applyDelete(kv *mvccpb.KeyValue) {
 	key := string(kv.Key)
-	switch {
-	case key == s.keys.Leader():
-		if s.leader != nil {
-			s.gone = &Gone{Prev: *s.leader, At: time.Now(), Rev: kv.ModRevision}
+	if shard, part, ok := s.ownershipKey(key); ok {
+		switch part {
+		case "owner":
+			if o := s.owners[shard]; o != nil {
+				s.gone[shard] = &Gone{Prev: *o, At: time.Now(), Rev: kv.ModRevision}
+			}
+			delete(s.owners, shard)
+		case "handoff":
+			delete(s.handoffs, shard)
+		case "resign":
+			delete(s.resigns, shard)
 		}
-		s.leader = nil
-	case key == s.keys.Handoff():
-		s.handoff = nil
+		return
+	}
+	switch {
+	case strings.HasPrefix(key, s.keys.PlacementsPrefix()):
+		delete(s.placed, strings.TrimPrefix(key, s.keys.PlacementsPrefix()))
 	case strings.HasPrefix(key, s.keys.ServersPrefix()):
 		delete(s.servers, strings.TrimPrefix(key, s.keys.ServersPrefix()))
 	case strings.HasPrefix(key, s.keys.JobsPrefix()):
@@ -326,6 +363,21 @@ func (s *Store) applyDelete(kv *mvccpb.KeyValue) {
 			}
 		}
 	}
+}
+
+// ownershipKey recognises the keys of a shard's ownership: leader, handoff
+// and resign for the one shard of an active/standby cluster, shards/<k>/...
+// for an active-active one.
+func (s *Store) ownershipKey(key string) (int, string, bool) {
+	switch key {
+	case s.keys.Leader():
+		return 0, "owner", true
+	case s.keys.Prefix() + "handoff":
+		return 0, "handoff", true
+	case s.keys.Prefix() + "resign":
+		return 0, "resign", true
+	}
+	return s.keys.ParseShardKey(key)
 }
 
 // index adds j to the per-state, pending and per-agent indexes.
@@ -406,48 +458,82 @@ func (s *Store) WaitRev(ctx context.Context, rev int64) error {
 	}
 }
 
-// Leader returns the current leader as the view knows it, or nil.
-func (s *Store) Leader() *election.Leader {
+// Owner returns shard's owner as the view knows it, or nil while it is free.
+func (s *Store) Owner(shard int) *election.Owner {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if s.leader == nil {
-		return nil
+	if o := s.owners[shard]; o != nil {
+		c := *o
+		return &c
 	}
-	l := *s.leader
-	return &l
+	return nil
 }
 
-// Handoff returns the pending hand-off, or nil.
-func (s *Store) Handoff() *election.Handoff {
+// Owners returns every shard's owner as the view knows it; free shards are
+// absent.
+func (s *Store) Owners() map[int]election.Owner {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if s.handoff == nil {
-		return nil
+	out := make(map[int]election.Owner, len(s.owners))
+	for k, o := range s.owners {
+		out[k] = *o
 	}
-	h := *s.handoff
-	return &h
+	return out
 }
 
-// Resignation returns the last recorded resignation, or nil.
-func (s *Store) Resignation() *election.Resignation {
+// Handoff returns the hand-off of shard under way, or nil.
+func (s *Store) Handoff(shard int) *election.Handoff {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if s.resign == nil {
-		return nil
+	if h := s.handoffs[shard]; h != nil {
+		c := *h
+		return &c
 	}
-	r := *s.resign
-	return &r
+	return nil
 }
 
-// LastGone returns when the view last saw the leader key disappear, or nil.
-func (s *Store) LastGone() *Gone {
+// Handoffs returns every hand-off under way, by shard.
+func (s *Store) Handoffs() map[int]election.Handoff {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if s.gone == nil {
+	out := make(map[int]election.Handoff, len(s.handoffs))
+	for k, h := range s.handoffs {
+		out[k] = *h
+	}
+	return out
+}
+
+// Resignation returns the last recorded resignation of shard, or nil.
+func (s *Store) Resignation(shard int) *election.Resignation {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if r := s.resigns[shard]; r != nil {
+		c := *r
+		return &c
+	}
+	return nil
+}
+
+// LastGone returns when the view last saw shard's owner key disappear, or nil.
+func (s *Store) LastGone(shard int) *Gone {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if g := s.gone[shard]; g != nil {
+		c := *g
+		return &c
+	}
+	return nil
+}
+
+// ClusterConfig returns the cluster's settings, or nil if none are stored yet.
+func (s *Store) ClusterConfig() *Config {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.config == nil {
 		return nil
 	}
-	g := *s.gone
-	return &g
+	c := *s.config
+	return &c
 }
 
 // Servers returns the live servers, sorted by ID.
@@ -605,39 +691,118 @@ func (s *Store) Agent(id string) (tandem.AgentInfo, bool) {
 	return a, ok
 }
 
-// UpdateJob writes job, fenced by epoch (I1) and conditional on the record
-// still being at rev (no lost update). ErrFenced means epoch is superseded;
-// ErrConflict means the record changed since rev: re-read and retry. On
-// success the view shows the write.
-func (s *Store) UpdateJob(ctx context.Context, epoch int64, job *tandem.Job, rev int64) error {
+// Placement makes a job update also a placement on Agent: the update
+// commits only if the agent's placement record is still at Rev (its mod
+// revision as the caller's view had it), and rewrites that record. Owners of
+// different shards placing on one agent are so serialised: whichever commits
+// second finds the record changed and must look at the agent's load again.
+type Placement struct {
+	Agent   string
+	Rev     int64
+	Attempt string
+}
+
+// UpdateJob writes job, fenced by f (I1 per shard) and conditional on the
+// record still being at rev (no lost update). ErrFenced means f no longer
+// holds; ErrConflict means the record changed since rev: re-read and retry;
+// with place, ErrPlacementConflict means another placement on the agent came
+// first. On success the view shows the write, and the commit's revision is
+// returned.
+func (s *Store) UpdateJob(ctx context.Context, f election.Fence, job *tandem.Job, rev int64, place *Placement) (int64, error) {
 	val, err := json.Marshal(job)
 	if err != nil {
-		return fmt.Errorf("encode job %s: %w", job.ID, err)
+		return 0, fmt.Errorf("encode job %s: %w", job.ID, err)
 	}
 	key := s.keys.Job(job.ID)
-	resp, err := s.cli.Txn(ctx).
-		If(election.Guard(s.keys, epoch), clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
-		Then(clientv3.OpPut(key, string(val))).
-		Else(clientv3.OpGet(s.keys.Leader(), clientv3.WithKeysOnly())).Commit()
+	cmps := []clientv3.Cmp{f.IsOwner(), clientv3.Compare(clientv3.ModRevision(key), "=", rev)}
+	ops := []clientv3.Op{clientv3.OpPut(key, string(val))}
+	if place != nil {
+		pk := s.keys.Placement(place.Agent)
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(pk), "=", place.Rev))
+		ops = append(ops, clientv3.OpPut(pk, place.Attempt))
+	}
+	elses := []clientv3.Op{clientv3.OpGet(f.Key, clientv3.WithKeysOnly()), clientv3.OpGet(key, clientv3.WithKeysOnly())}
+	if place != nil {
+		elses = append(elses, clientv3.OpGet(s.keys.Placement(place.Agent), clientv3.WithKeysOnly()))
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(elses...).Commit()
 	if err != nil {
-		return fmt.Errorf("update job %s: %w", job.ID, err)
+		return 0, fmt.Errorf("update job %s: %w", job.ID, err)
 	}
 	if !resp.Succeeded {
-		if l := resp.Responses[0].GetResponseRange().Kvs; len(l) == 0 || l[0].CreateRevision != epoch {
-			return fmt.Errorf("update job %s: %w", job.ID, tandem.ErrFenced)
+		if !f.Held(resp.Responses[0].GetResponseRange().Kvs) {
+			return 0, fmt.Errorf("update job %s: %w", job.ID, tandem.ErrFenced)
 		}
-		return fmt.Errorf("update job %s: %w", job.ID, ErrConflict)
+		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) == 0 || kvs[0].ModRevision != rev {
+			cur := resp.Header.Revision
+			if len(kvs) > 0 {
+				cur = kvs[0].ModRevision
+			}
+			return 0, fmt.Errorf("update job %s: %w", job.ID, &ConflictError{Key: key, Rev: cur})
+		}
+		cur := resp.Header.Revision
+		if kvs := resp.Responses[2].GetResponseRange().Kvs; len(kvs) > 0 {
+			cur = kvs[0].ModRevision
+		}
+		return 0, fmt.Errorf("place job %s: %w", job.ID, &PlacementConflictError{Agent: place.Agent, Rev: cur})
 	}
-	return s.WaitRev(ctx, resp.Header.Revision)
+	return resp.Header.Revision, s.WaitRev(ctx, resp.Header.Revision)
 }
 
 // ErrConflict means a conditional update found the record changed.
 var ErrConflict = errors.New("store: the record changed since it was read")
 
-// PutAgent records an agent's registration, fenced by epoch.
-func (s *Store) PutAgent(ctx context.Context, epoch int64, info tandem.AgentInfo) error {
+// ConflictError is an ErrConflict that says which revision the record is at
+// now: a view that reaches Rev has the record as it is.
+type ConflictError struct {
+	Key string
+	Rev int64
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("%v: %s is at revision %d", ErrConflict, e.Key, e.Rev)
+}
+
+// Is makes errors.Is(err, ErrConflict) hold.
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
+// ErrPlacementConflict means another owner placed work on the agent since
+// the caller looked at its load.
+var ErrPlacementConflict = errors.New("store: the agent's placements changed since its load was read")
+
+// PlacementConflictError is an ErrPlacementConflict that says which
+// revision the agent's placement record is at now: a view that reaches Rev
+// has every placement on the agent.
+type PlacementConflictError struct {
+	Agent string
+	Rev   int64
+}
+
+func (e *PlacementConflictError) Error() string {
+	return fmt.Sprintf("%v: agent %s's placement record is at revision %d", ErrPlacementConflict, e.Agent, e.Rev)
+}
+
+// Is makes errors.Is(err, ErrPlacementConflict) hold.
+func (e *PlacementConflictError) Is(target error) bool { return target == ErrPlacementConflict }
+
+// AgentLoad returns, from one consistent state of the view, the jobs with a
+// live attempt on agent and the mod revision of its placement record: the
+// base of a Placement.
+func (s *Store) AgentLoad(agent string) ([]*tandem.Job, int64) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*tandem.Job, 0, len(s.live[agent]))
+	for id := range s.live[agent] {
+		out = append(out, cloneJob(s.jobs[id]))
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
+	return out, s.placed[agent]
+}
+
+// PutAgent records an agent's registration, fenced by f.
+func (s *Store) PutAgent(ctx context.Context, f election.Fence, info tandem.AgentInfo) error {
 	val, _ := json.Marshal(info)
-	resp, err := s.cli.Txn(ctx).If(election.Guard(s.keys, epoch)).
+	resp, err := s.cli.Txn(ctx).If(f.IsOwner()).
 		Then(clientv3.OpPut(s.keys.Agent(info.ID), string(val))).Commit()
 	if err != nil {
 		return fmt.Errorf("register agent %s: %w", info.ID, err)
@@ -646,6 +811,39 @@ func (s *Store) PutAgent(ctx context.Context, epoch int64, info tandem.AgentInfo
 		return fmt.Errorf("register agent %s: %w", info.ID, tandem.ErrFenced)
 	}
 	return s.WaitRev(ctx, resp.Header.Revision)
+}
+
+// ErrShardsMismatch means the cluster was created with another number of
+// shards than the caller asked for.
+var ErrShardsMismatch = errors.New("store: the cluster has another number of shards")
+
+// EnsureConfig returns the cluster's number of shards, writing shards as the
+// cluster's setting if none is stored yet (the first server of a cluster
+// decides; shards 0 means "whatever the cluster has, or 1 for a new
+// cluster"). A stored setting that differs from a non-zero shards is an
+// ErrShardsMismatch naming both: the number of shards is fixed once.
+func (s *Store) EnsureConfig(ctx context.Context, shards int) (int, error) {
+	want := max(shards, 1)
+	val, _ := json.Marshal(Config{Shards: want})
+	key := s.keys.Config()
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(val))).Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("read the cluster's settings: %w", err)
+	}
+	if resp.Succeeded {
+		return want, s.WaitRev(ctx, resp.Header.Revision)
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	var c Config
+	if len(kvs) == 0 || json.Unmarshal(kvs[0].Value, &c) != nil || c.Shards < 1 {
+		return 0, fmt.Errorf("the cluster's settings at %s are unreadable: %q", key, kvs)
+	}
+	if shards != 0 && c.Shards != shards {
+		return c.Shards, fmt.Errorf("%w: it was created with %d shards and the number is fixed for its life; start with --shards %d (or leave --shards out)",
+			ErrShardsMismatch, c.Shards, c.Shards)
+	}
+	return c.Shards, nil
 }
 
 // JobCounts returns how many jobs are in each state.
@@ -689,20 +887,22 @@ func (s *Store) IdemKey(key string) string {
 	return s.keys.Idem(hex.EncodeToString(sum[:]))
 }
 
-// CreateJob stores job, fenced by epoch (I1). With a non-empty idemKey the
+// CreateJob stores job, fenced by f (I1). With a non-empty idemKey the
 // creation and the key are one transaction (I3): if the key was already used
 // for the same spec (same specHash), the job it created is returned with
 // created == false; for another spec, an EIDEMPOTENCY error. ErrFenced means
 // epoch is no longer the leader's and nothing was written. On success the
-// job is committed to the etcd quorum (I2) and visible in the view.
-func (s *Store) CreateJob(ctx context.Context, epoch int64, job *tandem.Job, idemKey, specHash string) (*tandem.Job, bool, error) {
+// job is committed to the etcd quorum (I2) and visible in the view. The
+// key lives apart from every shard, so one key makes one job whichever
+// server and shard takes the submission (I3).
+func (s *Store) CreateJob(ctx context.Context, f election.Fence, job *tandem.Job, idemKey, specHash string) (*tandem.Job, bool, error) {
 	val, err := json.Marshal(job)
 	if err != nil {
 		return nil, false, fmt.Errorf("encode job %s: %w", job.ID, err)
 	}
 	jobKey := s.keys.Job(job.ID)
 	cmps := []clientv3.Cmp{
-		election.Guard(s.keys, epoch),
+		f.IsOwner(),
 		clientv3.Compare(clientv3.CreateRevision(jobKey), "=", 0),
 	}
 	ops := []clientv3.Op{clientv3.OpPut(jobKey, string(val))}
@@ -717,7 +917,7 @@ func (s *Store) CreateJob(ctx context.Context, epoch int64, job *tandem.Job, ide
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(ikey), "=", 0))
 		ops = append(ops, clientv3.OpPut(ikey, string(rec), clientv3.WithLease(lease)))
 	}
-	elses := []clientv3.Op{clientv3.OpGet(s.keys.Leader(), clientv3.WithKeysOnly())}
+	elses := []clientv3.Op{clientv3.OpGet(f.Key, clientv3.WithKeysOnly())}
 	if ikey != "" {
 		elses = append(elses, clientv3.OpGet(ikey))
 	}
@@ -731,7 +931,7 @@ func (s *Store) CreateJob(ctx context.Context, epoch int64, job *tandem.Job, ide
 		s.applyCreated(job, resp.Header.Revision)
 		return job, true, nil
 	}
-	if l := resp.Responses[0].GetResponseRange().Kvs; len(l) == 0 || l[0].CreateRevision != epoch {
+	if !f.Held(resp.Responses[0].GetResponseRange().Kvs) {
 		return nil, false, fmt.Errorf("create job %s: %w", job.ID, tandem.ErrFenced)
 	}
 	if ikey != "" {
@@ -754,8 +954,11 @@ func (s *Store) CreateJob(ctx context.Context, epoch int64, job *tandem.Job, ide
 			return prev, false, nil
 		}
 	}
-	return nil, false, fmt.Errorf("create job %s: the job ID is already taken", job.ID)
+	return nil, false, fmt.Errorf("create job %s: %w", job.ID, ErrIDTaken)
 }
+
+// ErrIDTaken means a job with the new job's ID exists already.
+var ErrIDTaken = errors.New("store: the job ID is already taken")
 
 // applyCreated puts a job this process just created at rev into the view,
 // unless the watch already brought that write or a later one.
@@ -795,10 +998,10 @@ func (s *Store) idempotencyLease(ctx context.Context) (clientv3.LeaseID, error) 
 	return resp.ID, nil
 }
 
-// AppendEvent records a failover event, fenced by ev.Epoch.
-func (s *Store) AppendEvent(ctx context.Context, ev tandem.FailoverEvent) error {
+// AppendEvent records a failover event, fenced by f, the term it explains.
+func (s *Store) AppendEvent(ctx context.Context, f election.Fence, ev tandem.FailoverEvent) error {
 	val, _ := json.Marshal(ev)
-	resp, err := s.cli.Txn(ctx).If(election.Guard(s.keys, ev.Epoch)).
+	resp, err := s.cli.Txn(ctx).If(f.IsOwner()).
 		Then(clientv3.OpPut(s.keys.Event(ev.Epoch), string(val))).Commit()
 	if err != nil {
 		return fmt.Errorf("record failover event: %w", err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,13 +41,20 @@ func grant(t *testing.T, cli *clientv3.Client) clientv3.LeaseID {
 	return resp.ID
 }
 
-func acquire(t *testing.T, cli *clientv3.Client, id string, lease clientv3.LeaseID, h *election.Handoff) (int64, bool) {
+// acquire makes id try to own the one shard of an active/standby cluster.
+func acquire(t *testing.T, cli *clientv3.Client, id string, lease clientv3.LeaseID) (election.Fence, bool) {
 	t.Helper()
-	epoch, won, err := election.New(cli, layout, id, "http://"+id).TryAcquire(context.Background(), lease, h)
+	return acquireShard(t, cli, id, lease, 0, 1)
+}
+
+// acquireShard makes id try to own shard k of n.
+func acquireShard(t *testing.T, cli *clientv3.Client, id string, lease clientv3.LeaseID, k, n int) (election.Fence, bool) {
+	t.Helper()
+	f, won, err := election.NewCandidate(cli, id, "http://"+id).TryAcquire(context.Background(), layout.Shard(k, n), lease, nil)
 	if err != nil {
-		t.Fatalf("%s: acquire: %v", id, err)
+		t.Fatalf("%s: acquire shard %d: %v", id, k, err)
 	}
-	return epoch, won
+	return f, won
 }
 
 func job(id string) *tandem.Job {
@@ -71,14 +79,14 @@ func TestWriteWithSupersededEpochIsFenced(t *testing.T) {
 	ctx := context.Background()
 
 	leaseA := grant(t, cliA)
-	epochA, won := acquire(t, cliA, "a", leaseA, nil)
+	epochA, won := acquire(t, cliA, "a", leaseA)
 	if !won {
 		t.Fatal("a did not win an empty election")
 	}
 	if _, _, err := a.CreateJob(ctx, epochA, job("j1"), "", ""); err != nil {
 		t.Fatalf("write by the active: %v", err)
 	}
-	if _, won := acquire(t, cliB, "b", grant(t, cliB), nil); won {
+	if _, won := acquire(t, cliB, "b", grant(t, cliB)); won {
 		t.Fatal("b won while a holds the leader key")
 	}
 
@@ -86,9 +94,9 @@ func TestWriteWithSupersededEpochIsFenced(t *testing.T) {
 	if _, err := cliB.Revoke(ctx, leaseA); err != nil {
 		t.Fatal(err)
 	}
-	epochB, won := acquire(t, cliB, "b", grant(t, cliB), nil)
-	if !won || epochB <= epochA {
-		t.Fatalf("b: won=%v epoch=%d, want a win with an epoch above %d", won, epochB, epochA)
+	epochB, won := acquire(t, cliB, "b", grant(t, cliB))
+	if !won || epochB.Rev <= epochA.Rev {
+		t.Fatalf("b: won=%v epoch=%d, want a win with an epoch above %d", won, epochB.Rev, epochA.Rev)
 	}
 
 	_, _, err := a.CreateJob(ctx, epochA, job("j2"), "k2", "h")
@@ -118,7 +126,7 @@ func TestIdempotencyKeyAcrossEpochs(t *testing.T) {
 	s := newStore(t, cli)
 	ctx := context.Background()
 	leaseA := grant(t, cli)
-	epoch1, _ := acquire(t, cli, "a", leaseA, nil)
+	epoch1, _ := acquire(t, cli, "a", leaseA)
 
 	first, created, err := s.CreateJob(ctx, epoch1, job("j1"), "key-1", "spec-A")
 	if err != nil || !created {
@@ -136,7 +144,7 @@ func TestIdempotencyKeyAcrossEpochs(t *testing.T) {
 	if _, err := cli.Revoke(ctx, leaseA); err != nil {
 		t.Fatal(err)
 	}
-	epoch2, won := acquire(t, cli, "b", grant(t, cli), nil)
+	epoch2, won := acquire(t, cli, "b", grant(t, cli))
 	if !won {
 		t.Fatal("b did not win")
 	}
@@ -156,7 +164,7 @@ func TestViewFollowsAndLoadsInPages(t *testing.T) {
 	cli := e.Client(t)
 	writer, follower := newStore(t, cli), newStore(t, e.Client(t))
 	ctx := context.Background()
-	epoch, _ := acquire(t, cli, "a", grant(t, cli), nil)
+	epoch, _ := acquire(t, cli, "a", grant(t, cli))
 
 	const n = 12001 // more than two load pages
 	for i := 0; i < n; i += 100 {
@@ -204,50 +212,6 @@ func TestViewFollowsAndLoadsInPages(t *testing.T) {
 	}
 }
 
-// A hand-off reserves leadership for its target: nobody else can take the
-// key, the target can, and if the target dies the reservation goes with it.
-func TestHandOff(t *testing.T) {
-	e := etcdtest.Start(t)
-	cli := e.Client(t)
-	s := newStore(t, cli)
-	ctx := context.Background()
-	leaseA, leaseB, leaseC := grant(t, cli), grant(t, cli), grant(t, cli)
-	for id, l := range map[string]clientv3.LeaseID{"b": leaseB, "c": leaseC} {
-		if err := s.Register(ctx, l, tandem.ServerInfo{ID: id}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	epochA, _ := acquire(t, cli, "a", leaseA, nil)
-	ea := election.New(cli, layout, "a", "http://a")
-	if err := ea.HandOff(ctx, epochA, "b", leaseC); !errors.Is(err, election.ErrTargetGone) {
-		t.Fatalf("hand-off with the wrong lease: got %v, want ErrTargetGone", err)
-	}
-	if err := ea.HandOff(ctx, epochA, "b", leaseB); err != nil {
-		t.Fatalf("hand-off: %v", err)
-	}
-	if err := ea.HandOff(ctx, epochA, "b", leaseB); !errors.Is(err, tandem.ErrFenced) {
-		t.Fatalf("second hand-off of the same epoch: got %v, want ErrFenced", err)
-	}
-	if err := s.WaitRev(ctx, epochA+1); err != nil {
-		t.Fatal(err)
-	}
-	h := s.Handoff()
-	if h == nil || h.To != "b" {
-		t.Fatalf("hand-off in view: got %+v, want one to b", h)
-	}
-	if _, won := acquire(t, cli, "c", leaseC, h); won {
-		t.Fatal("c took the leader key reserved for b")
-	}
-	// b dies before taking over: the reservation ends with its lease.
-	if _, err := cli.Revoke(ctx, leaseB); err != nil {
-		t.Fatal(err)
-	}
-	epochC, won := acquire(t, cli, "c", leaseC, nil)
-	if !won || epochC <= epochA {
-		t.Fatalf("c after b died: won=%v epoch=%d", won, epochC)
-	}
-}
-
 // A second live process cannot register under an ID that is taken.
 func TestRegisterRefusesDuplicateID(t *testing.T) {
 	e := etcdtest.Start(t)
@@ -263,5 +227,152 @@ func TestRegisterRefusesDuplicateID(t *testing.T) {
 	}
 	if err := s.Register(ctx, l2, tandem.ServerInfo{ID: "rm1", URL: "http://two"}); !errors.Is(err, store.ErrDuplicateServer) {
 		t.Fatalf("duplicate: got %v, want ErrDuplicateServer", err)
+	}
+}
+
+// I1 per shard: a write fenced by one shard's term fails once that shard
+// has a new owner, while the owner of another shard writes on.
+func TestFencingIsPerShard(t *testing.T) {
+	e := etcdtest.Start(t)
+	cliA, cliB := e.Client(t), e.Client(t)
+	a := newStore(t, cliA)
+	ctx := context.Background()
+	leaseA, leaseB := grant(t, cliA), grant(t, cliB)
+	a1, _ := acquireShard(t, cliA, "a", leaseA, 1, 4)
+	a2, _ := acquireShard(t, cliA, "a", leaseA, 2, 4)
+	if _, _, err := a.CreateJob(ctx, a1, job("one"), "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.CreateJob(ctx, a2, job("two"), "", ""); err != nil {
+		t.Fatal(err)
+	}
+	// Shard 1 moves to b (a's key is deleted, as by a hand-off or deposition).
+	if _, err := cliB.Delete(ctx, layout.Shard(1, 4).Owner); err != nil {
+		t.Fatal(err)
+	}
+	b1, won := acquireShard(t, cliB, "b", leaseB, 1, 4)
+	if !won || b1.Rev <= a1.Rev || b1.Key != a1.Key {
+		t.Fatalf("b on shard 1: won=%v fence %v, want a win with a newer epoch of the same key than %v", won, b1, a1)
+	}
+	one, rev1, _ := a.JobWithRev("one")
+	one.Reason = "written by a deposed owner"
+	if _, err := a.UpdateJob(ctx, a1, one, rev1, nil); !errors.Is(err, tandem.ErrFenced) {
+		t.Fatalf("write to shard 1 with a's old fence: got %v, want ErrFenced", err)
+	}
+	two, rev2, _ := a.JobWithRev("two")
+	two.Reason = "still a's"
+	if _, err := a.UpdateJob(ctx, a2, two, rev2, nil); err != nil {
+		t.Fatalf("write to shard 2, still a's: %v", err)
+	}
+	// The owner's view shows each shard's owner.
+	if err := a.WaitRev(ctx, b1.Rev); err != nil {
+		t.Fatal(err)
+	}
+	if o := a.Owner(1); o == nil || o.ID != "b" || o.Epoch != b1.Rev {
+		t.Fatalf("owner of shard 1 in the view: got %+v, want b at %d", o, b1.Rev)
+	}
+	if o := a.Owner(2); o == nil || o.ID != "a" || o.Epoch != a2.Rev {
+		t.Fatalf("owner of shard 2 in the view: got %+v, want a at %d", o, a2.Rev)
+	}
+	if g := a.LastGone(1); g == nil || g.Prev.ID != "a" || g.Prev.Epoch != a1.Rev {
+		t.Fatalf("last owner gone from shard 1: got %+v, want a at %d", g, a1.Rev)
+	}
+}
+
+// Owners of two shards placing work on one agent at once: whichever commits
+// second finds the agent's placement record changed, and nothing of its
+// placement is written.
+func TestPlacementOnOneAgentIsSerialised(t *testing.T) {
+	e := etcdtest.Start(t)
+	cliA, cliB := e.Client(t), e.Client(t)
+	a, b := newStore(t, cliA), newStore(t, cliB)
+	ctx := context.Background()
+	fa, _ := acquireShard(t, cliA, "a", grant(t, cliA), 0, 2)
+	fb, _ := acquireShard(t, cliB, "b", grant(t, cliB), 1, 2)
+	if _, _, err := a.CreateJob(ctx, fa, job("ja"), "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.CreateJob(ctx, fb, job("jb"), "", ""); err != nil {
+		t.Fatal(err)
+	}
+	now, _ := cliA.Get(ctx, "x")
+	for _, s := range []*store.Store{a, b} {
+		if err := s.WaitRev(ctx, now.Header.Revision); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Both read the agent's load from the same state: nothing placed yet.
+	_, revA := a.AgentLoad("w1")
+	_, revB := b.AgentLoad("w1")
+	if revA != 0 || revB != 0 {
+		t.Fatalf("placement record of a new agent: got %d and %d, want 0", revA, revB)
+	}
+	ja, jaRev, _ := a.JobWithRev("ja")
+	ja.State = tandem.JobScheduled
+	ja.Attempts = []tandem.Attempt{{ID: "ja-1", Number: 1, Agent: "w1", Epoch: fa.Rev, State: tandem.AttemptScheduled}}
+	placedAt, err := a.UpdateJob(ctx, fa, ja, jaRev, &store.Placement{Agent: "w1", Rev: revA, Attempt: "ja-1"})
+	if err != nil {
+		t.Fatalf("first placement: %v", err)
+	}
+	jb, jbRev, _ := b.JobWithRev("jb")
+	jb.State = tandem.JobScheduled
+	jb.Attempts = []tandem.Attempt{{ID: "jb-1", Number: 1, Agent: "w1", Epoch: fb.Rev, State: tandem.AttemptScheduled}}
+	_, err = b.UpdateJob(ctx, fb, jb, jbRev, &store.Placement{Agent: "w1", Rev: revB, Attempt: "jb-1"})
+	var race *store.PlacementConflictError
+	if !errors.As(err, &race) || !errors.Is(err, store.ErrPlacementConflict) || race.Rev != placedAt {
+		t.Fatalf("second placement from a stale load: got %v, want a placement conflict at revision %d", err, placedAt)
+	}
+	if got, _, _ := b.JobWithRev("jb"); got.State != tandem.JobPending {
+		t.Fatalf("job of the refused placement: %s, want still pending", got.State)
+	}
+	// From a view that has the first placement, the second one commits.
+	if err := b.WaitRev(ctx, race.Rev); err != nil {
+		t.Fatal(err)
+	}
+	live, revB := b.AgentLoad("w1")
+	if len(live) != 1 || live[0].ID != "ja" || revB != placedAt {
+		t.Fatalf("agent load after the first placement: %d live jobs, record at %d; want ja, at %d", len(live), revB, placedAt)
+	}
+	if _, err := b.UpdateJob(ctx, fb, jb, jbRev, &store.Placement{Agent: "w1", Rev: revB, Attempt: "jb-1"}); err != nil {
+		t.Fatalf("placement from an up-to-date load: %v", err)
+	}
+}
+
+// The number of shards is written once: later servers adopt it, and one
+// that asks for another number is refused, naming both.
+func TestClusterConfigIsFixedOnce(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	s := newStore(t, cli)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		ask, want int
+		mismatch  bool
+	}{
+		{ask: 64, want: 64},
+		{ask: 0, want: 64},
+		{ask: 64, want: 64},
+		{ask: 8, want: 64, mismatch: true},
+		{ask: 1, want: 64, mismatch: true},
+	} {
+		got, err := s.EnsureConfig(ctx, tc.ask)
+		if got != tc.want || errors.Is(err, store.ErrShardsMismatch) != tc.mismatch {
+			t.Fatalf("ask %d: got %d, %v; want %d, mismatch %v", tc.ask, got, err, tc.want, tc.mismatch)
+		}
+		if tc.mismatch && !strings.Contains(err.Error(), "--shards 64") {
+			t.Fatalf("ask %d: the error should say what to use: %v", tc.ask, err)
+		}
+	}
+	if c := s.ClusterConfig(); c == nil || c.Shards != 64 {
+		t.Fatalf("config in the view: %+v, want 64 shards", c)
+	}
+	// A new cluster with no number asked for gets one shard.
+	other := store.New(cli, keys.New("other"), slog.New(slog.DiscardHandler))
+	if err := other.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if got, err := other.EnsureConfig(ctx, 0); got != 1 || err != nil {
+		t.Fatalf("new cluster, no number asked: got %d, %v; want 1", got, err)
 	}
 }

@@ -1,0 +1,272 @@
+package history
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/keys"
+	"github.com/tandemhq/tandem/internal/shard"
+)
+
+// Tenure is one owner's hold on one shard, as etcd's history shows it: from
+// the creation of the owner key (its epoch) to its deletion.
+type Tenure struct {
+	Shard int    `json:"shard"`
+	Owner string `json:"owner"`
+	Epoch int64  `json:"epoch"`
+	// Ended is the revision at which the owner key went (0: it still exists).
+	Ended int64 `json:"ended,omitempty"`
+}
+
+// AttemptWrite is an attempt as first written to its job's record.
+type AttemptWrite struct {
+	Attempt  string `json:"attempt"`
+	Shard    int    `json:"shard"`
+	Epoch    int64  `json:"epoch"`    // as recorded in the attempt
+	Revision int64  `json:"revision"` // of the write that added it
+}
+
+// Audit is what etcd's history says about a cluster's ownership and job
+// writes, and what in it breaks fencing per shard (I1).
+type Audit struct {
+	Shards int
+	// Tenures lists every owner of every shard, in order of epoch.
+	Tenures []Tenure
+	// CompactedAt is the revision before which etcd had compacted its
+	// history (0: none); tenures in force then are known from the keys as
+	// they were, earlier ones are not.
+	CompactedAt int64
+	// JobWrites counts the job record writes checked; Attempts lists each
+	// attempt as first written.
+	JobWrites int
+	Attempts  []AttemptWrite
+	// Problems describes every write that did not carry the epoch of its
+	// shard's owner at its revision.
+	Problems []string
+}
+
+// AuditEtcd reads the history of layout's keys from the first revision etcd
+// still has up to upTo and checks, for a cluster of shards shards, that
+// every job record write (creation included) was made under the epoch of
+// its shard's owner at that revision: the job's UpdatedEpoch, its Epoch when
+// it is created, and the Epoch of each attempt a write adds. That is I1 per
+// shard, read from etcd itself: a write by a deposed owner would carry an
+// epoch no longer in force.
+func AuditEtcd(ctx context.Context, cli *clientv3.Client, layout keys.Layout, shards int, upTo int64) (*Audit, error) {
+	a := &Audit{Shards: shards}
+	st := auditState{a: a, layout: layout, owners: map[int]int{}, attempts: map[string]int{}}
+	from := int64(1)
+	for {
+		compacted, err := WatchFrom(ctx, cli, layout.Prefix(), from, upTo, st.event)
+		if err != nil {
+			return nil, err
+		}
+		if compacted == 0 {
+			break
+		}
+		// History before compacted is gone: start from the keys as they
+		// were at compacted, and follow what came after.
+		a.CompactedAt, from = compacted, compacted+1
+		a.Tenures, a.Attempts, a.Problems, a.JobWrites = nil, nil, nil, 0
+		st.owners, st.attempts = map[int]int{}, map[string]int{}
+		resp, err := cli.Get(ctx, layout.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(compacted))
+		if err != nil {
+			return nil, fmt.Errorf("read the keys at the compaction (%d): %w", compacted, err)
+		}
+		for _, kv := range resp.Kvs {
+			st.seed(kv)
+		}
+	}
+	sort.SliceStable(a.Tenures, func(i, j int) bool { return a.Tenures[i].Epoch < a.Tenures[j].Epoch })
+	return a, nil
+}
+
+// auditState follows the history event by event.
+type auditState struct {
+	a        *Audit
+	layout   keys.Layout
+	owners   map[int]int    // shard -> index in a.Tenures of its current tenure
+	attempts map[string]int // job key -> attempts in its latest version seen
+}
+
+// ownerShard recognises an owner key: the leader key of one shard, or a
+// shard's owner key.
+func (s *auditState) ownerShard(key string) (int, bool) {
+	if key == s.layout.Leader() {
+		return 0, true
+	}
+	k, part, ok := s.layout.ParseShardKey(key)
+	return k, ok && part == "owner"
+}
+
+// seed takes a key as it was at the compaction.
+func (s *auditState) seed(kv *mvccpb.KeyValue) {
+	key := string(kv.Key)
+	if k, ok := s.ownerShard(key); ok {
+		s.a.Tenures = append(s.a.Tenures, Tenure{Shard: k, Owner: ownerID(kv.Value), Epoch: kv.CreateRevision})
+		s.owners[k] = len(s.a.Tenures) - 1
+		return
+	}
+	if strings.HasPrefix(key, s.layout.JobsPrefix()) {
+		var j tandem.Job
+		if json.Unmarshal(kv.Value, &j) == nil {
+			s.attempts[key] = len(j.Attempts)
+		}
+	}
+}
+
+func (s *auditState) event(ev *clientv3.Event) {
+	key := string(ev.Kv.Key)
+	rev := ev.Kv.ModRevision
+	if k, ok := s.ownerShard(key); ok {
+		switch {
+		case ev.Type == clientv3.EventTypeDelete:
+			if i, held := s.owners[k]; held {
+				s.a.Tenures[i].Ended = rev
+				delete(s.owners, k)
+			}
+		case ev.Kv.CreateRevision == ev.Kv.ModRevision:
+			s.a.Tenures = append(s.a.Tenures, Tenure{Shard: k, Owner: ownerID(ev.Kv.Value), Epoch: ev.Kv.CreateRevision})
+			s.owners[k] = len(s.a.Tenures) - 1
+		}
+		return
+	}
+	if ev.Type != clientv3.EventTypePut || !strings.HasPrefix(key, s.layout.JobsPrefix()) {
+		return
+	}
+	var j tandem.Job
+	if err := json.Unmarshal(ev.Kv.Value, &j); err != nil {
+		s.a.Problems = append(s.a.Problems, fmt.Sprintf("job record %s at revision %d is undecodable: %v", key, rev, err))
+		return
+	}
+	s.a.JobWrites++
+	k := shard.Of(j.ID, s.a.Shards)
+	if j.Shard != k {
+		s.a.Problems = append(s.a.Problems, fmt.Sprintf("job %s records shard %d, but its ID hashes to shard %d of %d", j.ID, j.Shard, k, s.a.Shards))
+	}
+	owner, known := s.current(k)
+	check := func(what string, epoch int64) {
+		switch {
+		case !known && s.a.CompactedAt == 0:
+			s.a.Problems = append(s.a.Problems, fmt.Sprintf("I1: %s at revision %d with epoch %d, while shard %d had no owner", what, rev, epoch, k))
+		case known && epoch != owner.Epoch:
+			s.a.Problems = append(s.a.Problems, fmt.Sprintf("I1: %s at revision %d with epoch %d, but shard %d's owner then was %s at epoch %d",
+				what, rev, epoch, k, owner.Owner, owner.Epoch))
+		}
+	}
+	if ev.Kv.CreateRevision == rev {
+		check(fmt.Sprintf("job %s was created", j.ID), j.Epoch)
+	}
+	if j.UpdatedEpoch != 0 || ev.Kv.CreateRevision != rev {
+		check(fmt.Sprintf("job %s was written", j.ID), j.UpdatedEpoch)
+	}
+	for _, at := range j.Attempts[min(s.attempts[key], len(j.Attempts)):] {
+		s.a.Attempts = append(s.a.Attempts, AttemptWrite{Attempt: at.ID, Shard: k, Epoch: at.Epoch, Revision: rev})
+		check(fmt.Sprintf("attempt %s was recorded", at.ID), at.Epoch)
+	}
+	s.attempts[key] = len(j.Attempts)
+}
+
+// current returns the tenure in force for shard now (in the replay).
+func (s *auditState) current(k int) (Tenure, bool) {
+	i, ok := s.owners[k]
+	if !ok {
+		return Tenure{}, false
+	}
+	return s.a.Tenures[i], true
+}
+
+func ownerID(v []byte) string {
+	var o struct {
+		ID string `json:"id"`
+	}
+	_ = json.Unmarshal(v, &o)
+	return o.ID
+}
+
+// OwnerAt returns the tenure of shard in force at revision rev.
+func (a *Audit) OwnerAt(k int, rev int64) (Tenure, bool) {
+	for i := len(a.Tenures) - 1; i >= 0; i-- {
+		t := a.Tenures[i]
+		if t.Shard == k && t.Epoch <= rev && (t.Ended == 0 || t.Ended > rev) {
+			return t, true
+		}
+	}
+	return Tenure{}, false
+}
+
+// Gap is the time a shard had no owner between two tenures, in revisions.
+type Gap struct {
+	Shard    int
+	From, To string // the owners before and after
+	Revs     int64  // the next epoch minus the revision the last owner's key went
+}
+
+// Gaps returns every gap between consecutive tenures of each shard.
+func (a *Audit) Gaps() []Gap {
+	last := map[int]Tenure{}
+	var out []Gap
+	for _, t := range a.Tenures {
+		if p, ok := last[t.Shard]; ok && p.Ended != 0 {
+			out = append(out, Gap{Shard: t.Shard, From: p.Owner, To: t.Owner, Revs: t.Epoch - p.Ended})
+		}
+		last[t.Shard] = t
+	}
+	return out
+}
+
+// WatchFrom replays the events under prefix from revision from up to upTo
+// through fn. If etcd has compacted revision from away, it returns the
+// compaction revision and replays nothing.
+func WatchFrom(ctx context.Context, cli *clientv3.Client, prefix string, from, upTo int64, fn func(*clientv3.Event)) (int64, error) {
+	if from > upTo {
+		return 0, nil
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wch := cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(from))
+	// A progress notification says every event up to its revision has been
+	// sent: the way to know the end was reached if the last revision wrote
+	// nothing under prefix.
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-tick.C:
+			_ = cli.RequestProgress(wctx)
+		case resp, ok := <-wch:
+			if !ok {
+				return 0, errors.New("watch closed")
+			}
+			if resp.CompactRevision != 0 {
+				return resp.CompactRevision, nil
+			}
+			if err := resp.Err(); err != nil {
+				return 0, err
+			}
+			for _, ev := range resp.Events {
+				if ev.Kv.ModRevision > upTo {
+					return 0, nil
+				}
+				fn(ev)
+				if ev.Kv.ModRevision == upTo {
+					return 0, nil
+				}
+			}
+			if resp.IsProgressNotify() && resp.Header.Revision >= upTo {
+				return 0, nil
+			}
+		}
+	}
+}

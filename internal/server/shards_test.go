@@ -1,0 +1,411 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/client"
+	"github.com/tandemhq/tandem/internal/history"
+	"github.com/tandemhq/tandem/internal/keys"
+	"github.com/tandemhq/tandem/internal/server"
+	"github.com/tandemhq/tandem/internal/shard"
+	"github.com/tandemhq/tandem/internal/transport"
+)
+
+// sharded configures servers of an active-active cluster of n shards that
+// count in the target map soon after they start.
+func sharded(n int) func(*server.Config) {
+	return func(c *server.Config) {
+		c.Shards, c.Settle, c.FreeGrace = n, 100*time.Millisecond, 300*time.Millisecond
+	}
+}
+
+// owners returns each shard's owner as the first live node's view knows it,
+// and whether every shard has exactly the owner the live nodes agree on.
+func (c *cluster) shardOwners() map[int]string {
+	for _, n := range c.nodes {
+		if n.dead {
+			continue
+		}
+		out := map[int]string{}
+		for _, si := range n.srv.ShardInfos() {
+			if si.Owner != "" {
+				out[si.Shard] = si.Owner
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+// waitSettled waits until every shard is owned, each by its target in the
+// map of the live servers, with every live node agreeing and owning exactly
+// its shards; it returns the map.
+func (c *cluster) waitSettled(shards int) []string {
+	c.t.Helper()
+	var live []string
+	for i, n := range c.nodes {
+		if !n.dead {
+			live = append(live, "rm"+fmt.Sprint(i+1))
+		}
+	}
+	want := shard.Targets(shards, live)
+	waitFor(c.t, "every shard owned by its target", 30*time.Second, func() bool {
+		for i, n := range c.nodes {
+			if n.dead {
+				continue
+			}
+			id := "rm" + fmt.Sprint(i+1)
+			var mine []int
+			for k, to := range want {
+				if to == id {
+					mine = append(mine, k)
+				}
+			}
+			if fmt.Sprint(n.srv.Status().Owned) != fmt.Sprint(mine) {
+				return false
+			}
+			for _, si := range n.srv.ShardInfos() {
+				if si.Owner != want[si.Shard] {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	return want
+}
+
+// audit reads the cluster's whole etcd history and fails the test on any
+// write not fenced by its shard owner's epoch.
+func (c *cluster) audit(shards int) *history.Audit {
+	c.t.Helper()
+	cli := c.etcd.Client(c.t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	now, err := cli.Get(ctx, "any")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	a, err := history.AuditEtcd(ctx, cli, keys.New("test"), shards, now.Header.Revision)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for _, p := range a.Problems {
+		c.t.Error(p)
+	}
+	return a
+}
+
+// Active-active on real etcd: every shard gets exactly one owner, its
+// target; every server accepts submissions and serves reads (its own
+// writes included, through any other server); a job's writes come from its
+// shard's owner only; kills are sent to the owner.
+func TestShardsSpreadAndEveryServerServes(t *testing.T) {
+	const n = 16
+	c := newCluster(t, 3, sharded(n))
+	targets := c.waitSettled(n)
+	counts := map[string]int{}
+	for _, to := range targets {
+		counts[to]++
+	}
+	for id, k := range counts {
+		if k > shard.Cap(n, 3) {
+			t.Errorf("%s owns %d shards, more than the cap %d", id, k, shard.Cap(n, 3))
+		}
+	}
+	for i, nd := range c.nodes {
+		if r := do(t, http.MethodGet, nd.url+"/isActive", "", ""); r.status != http.StatusOK {
+			t.Errorf("rm%d owns shards: /isActive %d, want 200", i+1, r.status)
+		}
+	}
+	// Each server accepts jobs itself, in shards it owns.
+	ctx := context.Background()
+	var ids []string
+	for i, nd := range c.nodes {
+		cl := c.client(nd.url)
+		for k := 0; k < 5; k++ {
+			j := submit(t, cl, spec(fmt.Sprintf("from-rm%d", i+1)))
+			if j.AcceptedBy != fmt.Sprintf("rm%d", i+1) || targets[j.Shard] != j.AcceptedBy || shard.Of(j.ID, n) != j.Shard {
+				t.Fatalf("job %s accepted by %s in shard %d (owner %s, hash %d)", j.ID, j.AcceptedBy, j.Shard, targets[j.Shard], shard.Of(j.ID, n))
+			}
+			ids = append(ids, j.ID)
+		}
+		// Read your own write through another server: the answer to the
+		// write names its revision, and a read that asks for it waits for
+		// the other server's view to get there.
+		r := do(t, http.MethodPost, nd.url+"/v1/jobs", "application/json", `{"command":["true"]}`)
+		var j tandem.Job
+		if r.status != http.StatusCreated || json.Unmarshal([]byte(r.body), &j) != nil {
+			t.Fatalf("submit through rm%d: %d %s", i+1, r.status, r.body)
+		}
+		ids = append(ids, j.ID)
+		rev := r.header.Get(transport.RevisionHeader)
+		if rev == "" || rev == "0" {
+			t.Fatalf("answer to a submission carries revision %q", rev)
+		}
+		other := c.nodes[(i+1)%3].url
+		req, _ := http.NewRequest(http.MethodGet, other+"/v1/jobs/"+j.ID, nil)
+		req.Header.Set(transport.MinRevisionHeader, rev)
+		resp, err := noRedirect.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("job %s written through rm%d at revision %s, read through %s with that revision: %d", j.ID, i+1, rev, other, resp.StatusCode)
+		}
+	}
+	sort.Strings(ids)
+	// One idempotency key is one job whichever servers take the retries.
+	key := client.NewIdempotencyKey()
+	var wg sync.WaitGroup
+	got := make([]string, 3)
+	for i, nd := range c.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			j, err := c.client(nd.url).SubmitJob(ctx, spec("once"), client.SubmitOptions{IdempotencyKey: key})
+			if err != nil {
+				t.Errorf("submit through rm%d: %v", i+1, err)
+				return
+			}
+			got[i] = j.ID
+		}()
+	}
+	wg.Wait()
+	if got[0] == "" || got[0] != got[1] || got[1] != got[2] {
+		t.Fatalf("one key through three servers: got jobs %v, want one", got)
+	}
+	// A kill sent to a server that does not own the job's shard is
+	// redirected to the owner, and the failover client follows.
+	var victim *tandem.Job
+	for _, id := range ids {
+		j, _ := c.client().GetJob(ctx, id)
+		if j.AcceptedBy != "rm1" {
+			victim = j
+			break
+		}
+	}
+	r := do(t, http.MethodPost, c.nodes[0].url+"/v1/jobs/"+victim.ID+"/kill", "", "")
+	if r.status != http.StatusTemporaryRedirect || !strings.HasPrefix(r.header.Get("Location"), "http://") ||
+		r.header.Get("Location") != c.nodes[victim.AcceptedBy[2]-'1'].url+"/v1/jobs/"+victim.ID+"/kill" {
+		t.Fatalf("kill through a non-owner: %d to %q (%s), want 307 to the owner %s", r.status, r.header.Get("Location"), r.body, victim.AcceptedBy)
+	}
+	if k, err := c.client(c.nodes[0].url).KillJob(ctx, victim.ID); err != nil || k.State != tandem.JobKilled {
+		t.Fatalf("kill through the client: %+v %v", k, err)
+	}
+	// Every server lists every job.
+	for i, nd := range c.nodes {
+		page, err := c.client(nd.url).ListJobs(ctx, client.ListOptions{Limit: 1000})
+		if err != nil || len(page.Jobs) != len(ids)+1 {
+			t.Fatalf("list through rm%d: %d jobs, %v; want %d", i+1, len(page.Jobs), err, len(ids)+1)
+		}
+	}
+	// Transitions that move "the active" are refused with a pointer to drain.
+	if _, err := c.nodes[0].srv.Transition(ctx, tandem.TransitionRequest{State: tandem.StateStandby, ForceManual: true}); tandem.ErrorCode(err) != tandem.ECONFLICT || !strings.Contains(err.Error(), "drain") {
+		t.Fatalf("transition in an active-active cluster: got %v, want a conflict naming drain", err)
+	}
+	a := c.audit(n)
+	if a.JobWrites == 0 {
+		t.Fatal("the audit saw no job writes")
+	}
+}
+
+// A server that crashes loses all its shards at once (its port refuses
+// connections, so the others depose it without waiting for its lease); they
+// go to their new targets, and etcd's history shows every job write fenced
+// by its shard owner's epoch, before and after.
+func TestCrashedServersShardsMove(t *testing.T) {
+	const n = 12
+	c := newCluster(t, 3, sharded(n))
+	c.waitSettled(n)
+	cl := c.client()
+	for k := 0; k < 10; k++ {
+		submit(t, cl, spec("before"))
+	}
+	lost := c.nodes[1].srv.Status().Owned
+	c.crash(1)
+	after := c.waitSettled(n)
+	for _, k := range lost {
+		if after[k] == "rm2" {
+			t.Fatalf("shard %d still targets the crashed server", k)
+		}
+	}
+	for k := 0; k < 10; k++ {
+		submit(t, cl, spec("after"))
+	}
+	a := c.audit(n)
+	// Each shard rm2 had got a new owner with a newer epoch.
+	for _, k := range lost {
+		var seq []history.Tenure
+		for _, tn := range a.Tenures {
+			if tn.Shard == k {
+				seq = append(seq, tn)
+			}
+		}
+		last := seq[len(seq)-1]
+		if last.Owner == "rm2" || last.Ended != 0 || len(seq) < 2 || seq[len(seq)-2].Owner != "rm2" {
+			t.Fatalf("tenures of shard %d: %+v; want rm2's followed by a live owner's", k, seq)
+		}
+	}
+	var causes []string
+	for _, ev := range c.nodes[0].srv.History() {
+		if ev.PrevID == "rm2" {
+			causes = append(causes, ev.Cause)
+		}
+	}
+	if len(causes) != len(lost) {
+		t.Fatalf("history: %d events of shards taken from rm2 (%v), want %d", len(causes), causes, len(lost))
+	}
+	for _, cause := range causes {
+		if cause != tandem.CauseCrashed && cause != tandem.CauseLeaseExpired {
+			t.Fatalf("cause of a crashed server's shard moving: %q, want %s or %s", cause, tandem.CauseCrashed, tandem.CauseLeaseExpired)
+		}
+	}
+}
+
+// Drain moves a server's shards to the others, a few at a time, each
+// without a gap beyond a few transactions; undrain brings it back into the
+// map. Draining the last server that could take over is refused.
+func TestDrainMovesShards(t *testing.T) {
+	const n = 16
+	c := newCluster(t, 3, sharded(n))
+	c.waitSettled(n)
+	ctx := context.Background()
+	before := c.nodes[2].srv.Status().Owned
+	st, err := c.nodes[2].srv.Drain(ctx, tandem.DrainRequest{Drain: true})
+	if err != nil || len(st.Owned) != 0 || !st.Draining || st.Ready {
+		t.Fatalf("drain rm3: %+v %v; want it draining and owning nothing", st, err)
+	}
+	// The last shards handed off may still be on their way to their targets.
+	waitFor(t, "every shard owned by rm1 or rm2", 10*time.Second, func() bool {
+		owners := c.shardOwners()
+		for k := 0; k < n; k++ {
+			if o := owners[k]; o != "rm1" && o != "rm2" {
+				return false
+			}
+		}
+		return true
+	})
+	a := c.audit(n)
+	moved := 0
+	for _, g := range a.Gaps() {
+		if g.From != "rm3" {
+			continue
+		}
+		moved++
+		// The hand-off and the take are one transaction each; other
+		// shards' moves of the same batch and their history records may
+		// fall in between.
+		if g.Revs > int64(4*server.DefaultConfig().MaxMoves) {
+			t.Errorf("shard %d was free for %d revisions moving from rm3 to %s", g.Shard, g.Revs, g.To)
+		}
+	}
+	if moved != len(before) {
+		t.Fatalf("gaps from rm3: %d, want one per shard it owned (%d)", moved, len(before))
+	}
+	// Draining everything else is refused: someone must own the shards.
+	if _, err := c.nodes[0].srv.Drain(ctx, tandem.DrainRequest{Drain: true}); err != nil {
+		t.Fatalf("drain rm1 while rm2 takes shards: %v", err)
+	}
+	if _, err := c.nodes[1].srv.Drain(ctx, tandem.DrainRequest{Drain: true}); tandem.ErrorCode(err) != tandem.ECONFLICT {
+		t.Fatalf("drain the last server that can take shards: got %v, want a conflict", err)
+	}
+	for _, i := range []int{0, 2} {
+		if _, err := c.nodes[i].srv.Drain(ctx, tandem.DrainRequest{Drain: false}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.waitSettled(n)
+	c.audit(n)
+}
+
+// Owners of different shards placing jobs on one agent at once never
+// over-commit it: at every revision of etcd's history, the live attempts on
+// the agent fit its capacity.
+func TestPlacementByManyOwnersFitsTheAgent(t *testing.T) {
+	const n = 8
+	c := newCluster(t, 3, sharded(n))
+	c.waitSettled(n)
+	c.addAgent("w1", tandem.Resources{CPU: 1, MemoryMB: 1024}, nil)
+	var wg sync.WaitGroup
+	var ids []string
+	var mu sync.Mutex
+	for i, nd := range c.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl := c.client(nd.url)
+			for k := 0; k < 6; k++ {
+				j := submit(t, cl, tandem.JobSpec{Name: fmt.Sprintf("rm%d-%d", i+1, k), Command: []string{"sleep", "0.2"},
+					Resources: tandem.Resources{CPU: 0.5, MemoryMB: 10}})
+				mu.Lock()
+				ids = append(ids, j.ID)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	cl := c.client()
+	for _, id := range ids {
+		if j := waitJob(t, cl, id, ended); j.State != tandem.JobSucceeded {
+			t.Fatalf("job %s: %s (%s)", id, j.State, j.Reason)
+		}
+	}
+	// Replay every job write: track each job's live attempt on w1.
+	cli := c.etcd.Client(t)
+	ctx := context.Background()
+	now, err := cli.Get(ctx, "any")
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := map[string]float64{}
+	peak := 0.0
+	shardsPlacing := map[int]bool{}
+	if _, err := history.WatchFrom(ctx, cli, keys.New("test").JobsPrefix(), 1, now.Header.Revision, func(ev *clientEvent) {
+		j := decodeJob(t, ev.Kv.Value)
+		delete(live, j.ID)
+		if a := j.LastAttempt(); a != nil && a.State.Live() && a.Agent == "w1" {
+			live[j.ID] = j.JobSpec.WithDefaults().Resources.CPU
+			shardsPlacing[j.Shard] = true
+		}
+		sum := 0.0
+		for _, cpu := range live {
+			sum += cpu
+		}
+		if sum > peak {
+			peak = sum
+		}
+		if sum > 1+1e-9 {
+			t.Errorf("at revision %d the live attempts on w1 need %.1f cpu, more than its 1", ev.Kv.ModRevision, sum)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(shardsPlacing) < 2 || peak < 1-1e-9 {
+		t.Fatalf("jobs of %d shards placed on w1, peak %.1f cpu: the test needs owners of several shards filling the agent", len(shardsPlacing), peak)
+	}
+	c.audit(n)
+}
+
+type clientEvent = clientv3.Event
+
+func decodeJob(t *testing.T, b []byte) *tandem.Job {
+	t.Helper()
+	var j tandem.Job
+	if err := json.Unmarshal(b, &j); err != nil {
+		t.Fatalf("job record: %v", err)
+	}
+	return &j
+}
