@@ -28,8 +28,12 @@ import (
 
 // Config describes a local cluster.
 type Config struct {
-	Binary   string // path to the tandem binary
-	Servers  int    // number of servers, 1 to 9
+	Binary  string // path to the tandem binary
+	Servers int    // number of servers, 1 to 9
+	// Initial, when positive, is how many of the servers Start starts (the
+	// first ones); the others stay stopped until StartServer, so a test can
+	// add servers to a running cluster (with shared or external etcd).
+	Initial  int
 	BasePort int    // server i serves HTTP on BasePort+i; with embedded etcd, its member uses BasePort+100+i (client) and BasePort+200+i (peer)
 	DataDir  string // each server keeps its data and log under DataDir/<id>
 	Cluster  string // cluster name (default "default")
@@ -78,6 +82,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Binary == "" {
 		return errors.New("the tandem binary path is required")
+	}
+	if c.Initial < 0 || c.Initial > c.Servers {
+		return fmt.Errorf("initial servers must be from 0 (all) to %d, not %d", c.Servers, c.Initial)
+	}
+	if c.Initial > 0 && c.Initial < c.Servers && c.EtcdEndpoints == "" && c.ExternalEtcd == 0 {
+		return errors.New("servers added later need shared etcd (etcd endpoints or external etcd), not embedded members")
 	}
 	if c.Shards < 0 || c.Shards > 1024 {
 		return fmt.Errorf("shards must be from 1 to 1024, not %d", c.Shards)
@@ -325,13 +335,17 @@ func (c *Cluster) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	for i := range c.Servers {
+	initial := len(c.Servers)
+	if c.cfg.Initial > 0 {
+		initial = c.cfg.Initial
+	}
+	for i := range initial {
 		if err := c.StartServer(i); err != nil {
 			c.Stop(5 * time.Second)
 			return err
 		}
 	}
-	for i := range c.Servers {
+	for i := range initial {
 		if err := c.WaitHealthy(ctx, i); err != nil {
 			c.Stop(5 * time.Second)
 			return err
@@ -354,6 +368,16 @@ func (c *Cluster) Start(ctx context.Context) error {
 
 // StartServer starts server i's process (again, if it has exited).
 func (c *Cluster) StartServer(i int) error { return c.Servers[i].Start() }
+
+// StopServer stops server i gracefully (SIGTERM: an owner resigns first),
+// killing it if it has not exited within grace, and waits for it to be gone.
+func (c *Cluster) StopServer(i int, grace time.Duration) error {
+	if c.PID(i) == 0 {
+		return fmt.Errorf("%s is not running", c.Servers[i].ID)
+	}
+	c.stopAll([]*Proc{c.Servers[i]}, grace)
+	return nil
+}
 
 // Start starts the process (again, if it has exited).
 func (s *Proc) Start() error {
