@@ -35,15 +35,18 @@ func newAgentCmd() *cobra.Command {
 	f := &agentFlags{getenv: os.Getenv}
 	cmd := &cobra.Command{
 		Use:   "agent",
-		Short: "Run a tandem agent: run the jobs the active server assigns to this machine",
-		Long: `Run a tandem agent. The agent keeps a long poll open to the active server,
-launches the job attempts it is assigned as local processes, keeps their
-output, and reports how they end. When the active changes it moves to the
-next server and keeps its attempts running.
+		Short: "Run a tandem agent: run the jobs the servers assign to this machine",
+		Long: `Run a tandem agent. The agent keeps a long poll open to every server (the
+configured ones, and every live server they name), launches the job attempts
+the owners of the jobs' shards assign it as local processes, keeps their
+output, and reports how they end. A server that owns nothing (a standby)
+just holds the poll, so when ownership moves the new owner is heard at once;
+attempts keep running through any change of server.
 
 The work dir holds the agent's ledger of launched attempts (no attempt is ever
-launched twice, even after a restart), the highest epoch it has seen, reports
-not yet acknowledged, and each attempt's output.log.
+launched twice, even after a restart), the highest epoch it has seen for each
+shard (an item from an older owner of a shard is refused), reports not yet
+acknowledged, and each attempt's output.log.
 
   tandem agent --id worker1 --servers http://rm1:7070,http://rm2:7070,http://rm3:7070 \
     --listen 10.0.0.5:7080 --labels zone=a,disk=ssd`,

@@ -388,6 +388,7 @@ func printJob(w io.Writer, job *tandem.Job) error {
 		{"retry-backoff", fmtDuration(job.RetryBackoff, "-")},
 		{"created", fmtTime(job.CreatedAt)},
 		{"updated", fmtTime(job.UpdatedAt)},
+		{"shard", strconv.Itoa(job.Shard)},
 		{"epoch", strconv.FormatInt(job.Epoch, 10)},
 		{"accepted-by", orDash(job.AcceptedBy)},
 		{"idempotency-key", orDash(job.IdempotencyKey)},

@@ -24,6 +24,7 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/faultnet"
+	"github.com/tandemhq/tandem/internal/transport"
 )
 
 // Config describes a local cluster.
@@ -522,7 +523,7 @@ func (c *Cluster) stopAll(all []*Proc, grace time.Duration) {
 	}
 }
 
-var httpClient = &http.Client{Timeout: 2 * time.Second}
+var httpClient = transport.NewHTTPClient(transport.HTTPOptions{Timeout: 2 * time.Second, NoProxy: true})
 
 // Status asks server i for its HA state.
 func (c *Cluster) Status(ctx context.Context, i int) (tandem.ServerStatus, error) {

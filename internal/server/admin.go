@@ -11,6 +11,7 @@ import (
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/election"
 	"github.com/tandemhq/tandem/internal/ha"
+	"github.com/tandemhq/tandem/internal/transport"
 )
 
 // refusalMessage is yarn rmadmin's refusal, in tandem's words (seeds/002).
@@ -192,7 +193,7 @@ func (s *Server) waitTakeover(ctx context.Context, to string, from int64) error 
 }
 
 // probeClient asks servers whether they are active.
-var probeClient = &http.Client{Timeout: time.Second}
+var probeClient = transport.NewHTTPClient(transport.HTTPOptions{Timeout: time.Second, NoProxy: true})
 
 // waitServing polls url's /isActive until it answers 200 or ctx ends.
 func waitServing(ctx context.Context, url string) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/election"
+	"github.com/tandemhq/tandem/internal/transport"
 )
 
 // deadAfter is how many consecutive refused connections make a server
@@ -42,7 +43,7 @@ type peerHealth struct {
 }
 
 func (p *prober) run(ctx context.Context, s *Server) {
-	client := &http.Client{Timeout: max(2*s.cfg.ProbeInterval, 250*time.Millisecond)}
+	client := transport.NewHTTPClient(transport.HTTPOptions{Timeout: max(2*s.cfg.ProbeInterval, 250*time.Millisecond), NoProxy: true})
 	tick := time.NewTicker(s.cfg.ProbeInterval)
 	defer tick.Stop()
 	for {

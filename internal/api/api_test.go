@@ -1,0 +1,293 @@
+package api_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/api"
+	"github.com/tandemhq/tandem/internal/transport"
+)
+
+// fake is a Service with function fields and plain values: enough to test
+// the API's routing alone, without etcd. Integration tests use real servers.
+type fake struct {
+	id       string
+	shards   int
+	state    tandem.HAState
+	status   tandem.ServerStatus
+	silent   map[string]bool // servers whose probes fail
+	owners   map[string]tandem.ServerRef
+	anyOwner *tandem.ServerRef
+	jobs     map[string]*tandem.Job
+
+	mu      sync.Mutex
+	rev     int64
+	revCh   chan struct{}
+	killed  []string
+	submits int
+	reg     *prometheus.Registry
+}
+
+func newFake(id string, shards int, state tandem.HAState) *fake {
+	return &fake{id: id, shards: shards, state: state, status: tandem.ServerStatus{ID: id, State: state},
+		silent: map[string]bool{}, owners: map[string]tandem.ServerRef{}, jobs: map[string]*tandem.Job{},
+		revCh: make(chan struct{}), reg: prometheus.NewRegistry()}
+}
+
+func (f *fake) ID() string                            { return f.id }
+func (f *fake) Shards() int                           { return f.shards }
+func (f *fake) State() tandem.HAState                 { return f.state }
+func (f *fake) Status() tandem.ServerStatus           { return f.status }
+func (f *fake) ActiveAnswering(id string) bool        { return !f.silent[id] }
+func (f *fake) Healthy(context.Context) error         { return nil }
+func (f *fake) RetryAfter() time.Duration             { return 2 * time.Second }
+func (f *fake) Registry() *prometheus.Registry        { return f.reg }
+func (f *fake) History() []tandem.FailoverEvent       { return nil }
+func (f *fake) Servers() []tandem.ServerInfo          { return nil }
+func (f *fake) ShardInfos() []tandem.ShardInfo        { return nil }
+func (f *fake) Agents() []tandem.AgentStatus          { return nil }
+func (f *fake) Agent(string) (tandem.AgentInfo, bool) { return tandem.AgentInfo{}, false }
+func (f *fake) OwnerOf(id string) (tandem.ServerRef, bool) {
+	r, ok := f.owners[id]
+	return r, ok
+}
+func (f *fake) AnyOwner() (tandem.ServerRef, bool) {
+	if f.anyOwner == nil {
+		return tandem.ServerRef{}, false
+	}
+	return *f.anyOwner, true
+}
+func (f *fake) Transition(context.Context, tandem.TransitionRequest) (tandem.ServerStatus, error) {
+	return f.status, nil
+}
+func (f *fake) HandOff(context.Context, tandem.HandoffRequest) (tandem.ServerStatus, error) {
+	return f.status, nil
+}
+func (f *fake) Drain(context.Context, tandem.DrainRequest) (tandem.ServerStatus, error) {
+	return f.status, nil
+}
+func (f *fake) Submit(_ context.Context, spec tandem.JobSpec, _ string) (*tandem.Job, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.submits++
+	j := &tandem.Job{ID: "j" + strconv.Itoa(f.submits), JobSpec: spec, State: tandem.JobPending}
+	f.jobs[j.ID] = j
+	return j, true, nil
+}
+func (f *fake) Kill(_ context.Context, id string) (*tandem.Job, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.killed = append(f.killed, id)
+	return &tandem.Job{ID: id, State: tandem.JobKilled}, nil
+}
+func (f *fake) Job(id string) (*tandem.Job, int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if j, ok := f.jobs[id]; ok {
+		return j, f.rev, nil
+	}
+	return nil, f.rev, tandem.Errorf(tandem.ENOTFOUND, "job %q not found", id)
+}
+func (f *fake) Jobs(string, int, tandem.JobState) ([]*tandem.Job, string) { return nil, "" }
+func (f *fake) Sync(context.Context, *tandem.SyncRequest) (*tandem.SyncResponse, error) {
+	return &tandem.SyncResponse{ServerID: f.id}, nil
+}
+func (f *fake) Revision() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.rev
+}
+func (f *fake) WaitRevision(ctx context.Context, rev int64) error {
+	for {
+		f.mu.Lock()
+		cur, ch := f.rev, f.revCh
+		f.mu.Unlock()
+		if cur >= rev {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// advance moves the fake's view to rev.
+func (f *fake) advance(rev int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rev = rev
+	close(f.revCh)
+	f.revCh = make(chan struct{})
+}
+
+var _ api.Service = (*fake)(nil)
+
+type answer struct {
+	status int
+	header http.Header
+	body   string
+}
+
+func call(t *testing.T, h http.Handler, method, target string, header map[string]string, body string) answer {
+	t.Helper()
+	req := httptest.NewRequest(method, target, strings.NewReader(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	b, _ := io.ReadAll(rec.Result().Body)
+	return answer{rec.Code, rec.Result().Header, string(b)}
+}
+
+func code(body string) string {
+	var eb tandem.ErrorBody
+	if json.Unmarshal([]byte(body), &eb) != nil || eb.Error == nil {
+		return ""
+	}
+	return eb.Error.Code
+}
+
+// Where each job request goes, by mode and by who owns what: the one-shard
+// rules are today's (standby redirects to the active, unless the active is
+// silent; no active: 503), and with several shards reads are local,
+// submissions go to any owner, and a kill goes to its job's shard owner.
+func TestRouting(t *testing.T) {
+	rm2 := tandem.ServerRef{ID: "rm2", URL: "http://rm2:7070"}
+	tests := []struct {
+		name         string
+		fake         func() *fake
+		method, path string
+		body         string
+		wantStatus   int
+		wantLocation string
+		wantCode     string
+	}{
+		{name: "one shard, active serves reads", method: "GET", path: "/v1/jobs/j1", wantStatus: 404, wantCode: tandem.ENOTFOUND,
+			fake: func() *fake { return newFake("rm1", 1, tandem.StateActive) }},
+		{name: "one shard, standby redirects reads", method: "GET", path: "/v1/jobs/j1?x=1", wantStatus: 307, wantLocation: "http://rm2:7070/v1/jobs/j1?x=1", wantCode: tandem.ENOTACTIVE,
+			fake: func() *fake {
+				f := newFake("rm1", 1, tandem.StateStandby)
+				f.status.ActiveID, f.status.ActiveURL = "rm2", "http://rm2:7070"
+				return f
+			}},
+		{name: "one shard, standby does not redirect to a silent active", method: "POST", path: "/v1/jobs", body: `{"command":["true"]}`,
+			wantStatus: 503, wantCode: tandem.ENOACTIVE,
+			fake: func() *fake {
+				f := newFake("rm1", 1, tandem.StateStandby)
+				f.status.ActiveID, f.status.ActiveURL = "rm2", "http://rm2:7070"
+				f.silent["rm2"] = true
+				return f
+			}},
+		{name: "one shard, no active known", method: "POST", path: "/v1/jobs/j1/kill", wantStatus: 503, wantCode: tandem.ENOACTIVE,
+			fake: func() *fake { return newFake("rm1", 1, tandem.StateStandby) }},
+		{name: "one shard, agents sync with a standby too", method: "POST", path: "/v1/agent/sync", body: `{"agent":{"id":"w1"}}`, wantStatus: 200,
+			fake: func() *fake { return newFake("rm1", 1, tandem.StateStandby) }},
+		{name: "shards, a server owning nothing reads from its view", method: "GET", path: "/v1/jobs/j1", wantStatus: 404, wantCode: tandem.ENOTFOUND,
+			fake: func() *fake { return newFake("rm1", 8, tandem.StateStandby) }},
+		{name: "shards, an owner takes submissions", method: "POST", path: "/v1/jobs", body: `{"command":["true"]}`, wantStatus: 201, wantLocation: "/v1/jobs/j1",
+			fake: func() *fake { return newFake("rm1", 8, tandem.StateActive) }},
+		{name: "shards, a server owning nothing sends submissions to an owner", method: "POST", path: "/v1/jobs", body: `{"command":["true"]}`,
+			wantStatus: 307, wantLocation: "http://rm2:7070/v1/jobs", wantCode: tandem.ENOTACTIVE,
+			fake: func() *fake {
+				f := newFake("rm1", 8, tandem.StateStandby)
+				f.anyOwner = &rm2
+				return f
+			}},
+		{name: "shards, no owner anywhere", method: "POST", path: "/v1/jobs", body: `{"command":["true"]}`, wantStatus: 503, wantCode: tandem.ENOACTIVE,
+			fake: func() *fake { return newFake("rm1", 8, tandem.StateStandby) }},
+		{name: "shards, the owner kills", method: "POST", path: "/v1/jobs/j1/kill", wantStatus: 200,
+			fake: func() *fake {
+				f := newFake("rm1", 8, tandem.StateActive)
+				f.owners["j1"] = tandem.ServerRef{ID: "rm1", URL: "http://rm1:7070"}
+				return f
+			}},
+		{name: "shards, a kill goes to the job's shard owner", method: "POST", path: "/v1/jobs/j1/kill", wantStatus: 307, wantLocation: "http://rm2:7070/v1/jobs/j1/kill", wantCode: tandem.ENOTACTIVE,
+			fake: func() *fake {
+				f := newFake("rm1", 8, tandem.StateActive)
+				f.owners["j1"] = rm2
+				return f
+			}},
+		{name: "shards, not to a silent owner", method: "POST", path: "/v1/jobs/j1/kill", wantStatus: 503, wantCode: tandem.ENOACTIVE,
+			fake: func() *fake {
+				f := newFake("rm1", 8, tandem.StateActive)
+				f.owners["j1"] = rm2
+				f.silent["rm2"] = true
+				return f
+			}},
+		{name: "shards, a job's shard without owner", method: "POST", path: "/v1/jobs/j1/kill", wantStatus: 503, wantCode: tandem.ENOACTIVE,
+			fake: func() *fake { return newFake("rm1", 8, tandem.StateActive) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := tt.fake()
+			h := api.New(f, slog.New(slog.DiscardHandler))
+			got := call(t, h, tt.method, tt.path, nil, tt.body)
+			if got.status != tt.wantStatus || got.header.Get("Location") != tt.wantLocation || code(got.body) != tt.wantCode {
+				t.Fatalf("%s %s: got %d, Location %q, code %q (%s); want %d, %q, %q", tt.method, tt.path,
+					got.status, got.header.Get("Location"), code(got.body), got.body, tt.wantStatus, tt.wantLocation, tt.wantCode)
+			}
+			if got.status == 503 && got.header.Get("Retry-After") == "" {
+				t.Fatal("a 503 without Retry-After")
+			}
+		})
+	}
+}
+
+// Read-your-writes: a read that asks for a revision the view has not reached
+// waits for it, and gets 503 if it does not come in time; every answer says
+// which revision it reflects.
+func TestMinRevision(t *testing.T) {
+	f := newFake("rm1", 8, tandem.StateStandby)
+	f.jobs["j1"] = &tandem.Job{ID: "j1", State: tandem.JobPending}
+	f.advance(10)
+	h := api.New(f, slog.New(slog.DiscardHandler))
+
+	got := call(t, h, "GET", "/v1/jobs/j1", map[string]string{transport.MinRevisionHeader: "5"}, "")
+	if got.status != 200 || got.header.Get(transport.RevisionHeader) != "10" {
+		t.Fatalf("read at a revision the view has passed: %d, revision %q; want 200, 10", got.status, got.header.Get(transport.RevisionHeader))
+	}
+	done := make(chan answer, 1)
+	go func() {
+		done <- call(t, h, "GET", "/v1/jobs/j1", map[string]string{transport.MinRevisionHeader: "12"}, "")
+	}()
+	select {
+	case a := <-done:
+		t.Fatalf("a read asking for revision 12 was answered (%d) while the view was at 10", a.status)
+	case <-time.After(100 * time.Millisecond):
+	}
+	f.advance(12)
+	if got := <-done; got.status != 200 || got.header.Get(transport.RevisionHeader) != "12" {
+		t.Fatalf("after the view reached 12: %d, revision %q; want 200, 12", got.status, got.header.Get(transport.RevisionHeader))
+	}
+	for _, bad := range []string{"x", "-1", "1e3"} {
+		if got := call(t, h, "GET", "/v1/jobs/j1", map[string]string{transport.MinRevisionHeader: bad}, ""); got.status != 400 || code(got.body) != tandem.EINVALID {
+			t.Fatalf("min revision %q: %d %s, want 400 %s", bad, got.status, got.body, tandem.EINVALID)
+		}
+	}
+	if testing.Short() {
+		return
+	}
+	start := time.Now()
+	got = call(t, h, "GET", "/v1/jobs/j1", map[string]string{transport.MinRevisionHeader: "99"}, "")
+	if got.status != 503 || code(got.body) != tandem.EUNAVAILABLE || time.Since(start) < api.MaxRevisionWait {
+		t.Fatalf("a revision the view never reaches: %d %s after %s; want 503 %s after %s", got.status, got.body, time.Since(start), tandem.EUNAVAILABLE, api.MaxRevisionWait)
+	}
+}
