@@ -91,12 +91,7 @@ func (s *Server) scheduleOnce(ctx context.Context, p *planner) time.Duration {
 	free := make(map[string]tandem.Resources, len(agents))
 	placed := make(map[string]int64, len(agents)) // each agent's placement record revision, consistent with free
 	for id, a := range agents {
-		f := a.Capacity
-		live, rev := s.store.AgentLoad(id)
-		for _, j := range live {
-			f = f.Sub(j.JobSpec.WithDefaults().Resources)
-		}
-		free[id], placed[id] = f, rev
+		free[id], placed[id] = s.agentLoad(a)
 	}
 	now := time.Now()
 	var jobs []*tandem.Job
@@ -137,39 +132,40 @@ func (s *Server) scheduleOnce(ctx context.Context, p *planner) time.Duration {
 			continue
 		}
 		spec := j.JobSpec.WithDefaults()
-		agent, why := place(spec, agents, free)
-		if agent == "" {
-			// Why a job waits changes with every agent that comes and goes;
-			// it is kept in memory and shown by its owner, not written for
-			// every pending job (that would double the writes of a backlog).
-			s.waiting.set(j.ID, why)
-			continue
-		}
-		s.waiting.set(j.ID, "")
-		var attemptID string
-		pl := &store.Placement{Agent: agent, Rev: placed[agent]}
-		_, rev, err := s.mutate(ctx, t, j.ID, pl, func(j *tandem.Job, now time.Time) (bool, error) {
-			if j.State != tandem.JobPending || j.KillRequested {
-				return false, nil
+		var agent, attemptID string
+		var rev int64
+		var err error
+		for try := 0; ; try++ {
+			var why string
+			agent, why = place(spec, agents, free)
+			if agent == "" {
+				// Why a job waits changes with every agent that comes and
+				// goes; it is kept in memory and shown by its owner, not
+				// written for every pending job (that would double the
+				// writes of a backlog).
+				s.waiting.set(j.ID, why)
+				break
 			}
-			n := len(j.Attempts) + 1
-			attemptID = fmt.Sprintf("%s-%d", j.ID, n)
-			pl.Attempt = attemptID
-			j.Attempts = append(j.Attempts, tandem.Attempt{ID: attemptID, Number: n, Agent: agent, Epoch: t.Epoch(),
-				State: tandem.AttemptScheduled, ScheduledAt: now})
-			j.State, j.Reason, j.NotBefore = tandem.JobScheduled, "", nil
-			return true, nil
-		})
-		var race *store.PlacementConflictError
-		if errors.As(err, &race) {
+			s.waiting.set(j.ID, "")
+			attemptID, rev, err = s.placeJob(ctx, t, j.ID, agent, placed[agent])
+			var race *store.PlacementConflictError
+			if !errors.As(err, &race) || try == 3 {
+				break
+			}
 			// Another shard's owner placed work on the agent since its load
-			// was read: look again, from a view that has that placement.
+			// was read: read it again, from a view that has that placement,
+			// and place this job again.
 			s.log.Debug("placement raced another owner; looking again", "job", j.ID, "agent", agent)
 			wctx, cancel := context.WithTimeout(ctx, writeTimeout)
-			_ = s.store.WaitRev(wctx, race.Rev)
+			err = s.store.WaitRev(wctx, race.Rev)
 			cancel()
-			p.started = false
-			return time.Millisecond
+			if err != nil {
+				break
+			}
+			free[agent], placed[agent] = s.agentLoad(agents[agent])
+		}
+		if agent == "" {
+			continue
 		}
 		if err != nil {
 			s.log.Warn("could not record an assignment", "job", j.ID, "agent", agent, "shard", t.Shard, "epoch", t.Epoch(), "err", err)
@@ -191,6 +187,43 @@ func (s *Server) scheduleOnce(ctx context.Context, p *planner) time.Duration {
 		}
 	}
 	return max(next, time.Millisecond)
+}
+
+// agentLoad returns what agent a has free, and the revision of its
+// placement record, from one consistent state of the view.
+func (s *Server) agentLoad(a tandem.AgentInfo) (tandem.Resources, int64) {
+	f := a.Capacity
+	live, rev := s.store.AgentLoad(a.ID)
+	for _, j := range live {
+		f = f.Sub(j.JobSpec.WithDefaults().Resources)
+	}
+	return f, rev
+}
+
+// placeJob records attempt n+1 of job id on agent, fenced by t and
+// conditional on the agent's placement record still being at placedRev. It
+// returns the attempt's ID ("" if the job was no longer to be placed) and
+// the write's revision.
+func (s *Server) placeJob(ctx context.Context, t *ha.Term, id, agent string, placedRev int64) (string, int64, error) {
+	var attemptID string
+	pl := &store.Placement{Agent: agent, Rev: placedRev}
+	_, rev, err := s.mutate(ctx, t, id, pl, func(j *tandem.Job, now time.Time) (bool, error) {
+		if j.State != tandem.JobPending || j.KillRequested {
+			attemptID = ""
+			return false, nil
+		}
+		n := len(j.Attempts) + 1
+		attemptID = fmt.Sprintf("%s-%d", j.ID, n)
+		pl.Attempt = attemptID
+		j.Attempts = append(j.Attempts, tandem.Attempt{ID: attemptID, Number: n, Agent: agent, Epoch: t.Epoch(),
+			State: tandem.AttemptScheduled, ScheduledAt: now})
+		j.State, j.Reason, j.NotBefore = tandem.JobScheduled, "", nil
+		return true, nil
+	})
+	if err != nil {
+		return "", 0, err
+	}
+	return attemptID, rev, nil
 }
 
 // FailpointExitAfterAssign makes the server exit right after it records an
