@@ -131,7 +131,7 @@ func (s *Server) settle() time.Duration {
 	if s.ready {
 		return idle
 	}
-	if left := s.cfg.Settle - time.Since(s.started); left > 0 {
+	if left := s.cfg.Settle - time.Since(s.joined); left > 0 {
 		return left
 	}
 	s.ready = true
@@ -368,6 +368,10 @@ func (s *Server) sessionLost(sess *concurrency.Session) {
 		return
 	}
 	s.session = nil
+	// Back with a new session, this server settles again before the target
+	// map counts it, so one that pauses again and again does not pull
+	// shards back and forth.
+	s.ready = s.cfg.Settle == 0
 	s.mu.Unlock()
 	for _, t := range s.core.EndAll(ha.ErrSessionLost) {
 		s.metrics.stepDowns.WithLabelValues(downSessionLost).Inc()

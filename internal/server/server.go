@@ -168,6 +168,7 @@ type Server struct {
 	session     *concurrency.Session
 	sitOutUntil time.Time // one shard, auto mode: after a manual transition-to-standby, don't campaign until then
 	ready       bool      // counts in the target map (recorded in the membership record)
+	joined      time.Time // when the current session began: the settle time counts from it
 	draining    bool      // gives up its shards and takes none (recorded in the membership record)
 
 	sessRetry time.Duration // run goroutine only: backoff of session renewal
@@ -297,7 +298,7 @@ func (s *Server) newSession(ctx context.Context, startup bool) error {
 		}
 	}
 	s.mu.Lock()
-	s.session = sess
+	s.session, s.joined = sess, time.Now()
 	s.mu.Unlock()
 	return nil
 }
