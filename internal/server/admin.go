@@ -24,7 +24,7 @@ const refusalMessage = "automatic failover is enabled for cluster %q: refusing t
 func (s *Server) errSharded(what string) error {
 	return tandem.Errorf(tandem.ECONFLICT,
 		"cluster %q runs %d shards (active-active): %s moves one active, which it does not have; use `tandem admin drain ID` to move a server's shards away",
-		s.cfg.Cluster, s.shards, what)
+		s.cfg.Cluster, s.Shards(), what)
 }
 
 // Transition moves this server to the requested HA state (active or
@@ -37,7 +37,7 @@ func (s *Server) Transition(ctx context.Context, req tandem.TransitionRequest) (
 	if req.State != tandem.StateActive && req.State != tandem.StateStandby {
 		return tandem.ServerStatus{}, tandem.Errorf(tandem.EINVALID, "state must be %q or %q, not %q", tandem.StateActive, tandem.StateStandby, req.State)
 	}
-	if s.shards > 1 {
+	if s.Shards() > 1 {
 		return s.Status(), s.errSharded("transition-to-" + string(req.State))
 	}
 	if s.cfg.AutoFailover && !req.ForceManual {
@@ -106,7 +106,7 @@ func (s *Server) toActive(ctx context.Context) error {
 // the shard to TO in one etcd transaction, without waiting for any TTL. It
 // returns once TO is active, or an error saying who is active instead.
 func (s *Server) HandOff(ctx context.Context, req tandem.HandoffRequest) (tandem.ServerStatus, error) {
-	if s.shards > 1 {
+	if s.Shards() > 1 {
 		return s.Status(), s.errSharded("failover")
 	}
 	if req.From != "" && req.From != s.cfg.ID {
@@ -244,7 +244,7 @@ func (s *Server) Drain(ctx context.Context, req tandem.DrainRequest) (tandem.Ser
 		}
 		s.setDraining(true)
 		s.log.Info("draining: giving up every shard")
-		if s.shards == 1 && s.core.Term(0) != nil {
+		if s.Shards() == 1 && s.core.Term(0) != nil {
 			if _, err := s.handOffActive(ctx, s.otherServer(), tandem.CauseDrain); err != nil {
 				return err
 			}

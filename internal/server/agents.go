@@ -364,4 +364,4 @@ func (s *Server) Agents() []tandem.AgentStatus {
 }
 
 // shardOf returns the shard job id belongs to in this cluster.
-func (s *Server) shardOf(id string) int { return shard.Of(id, s.shards) }
+func (s *Server) shardOf(id string) int { return shard.Of(id, s.Shards()) }

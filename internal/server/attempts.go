@@ -67,7 +67,7 @@ func (s *Server) mutate(ctx context.Context, t *ha.Term, id string, place *store
 // termOf returns the term of the shard job id belongs to, or nil if this
 // server does not own it.
 func (s *Server) termOf(id string) *ha.Term {
-	return s.core.Term(shard.Of(id, s.shards))
+	return s.core.Term(shard.Of(id, s.Shards()))
 }
 
 // settle sets a job's state after its latest attempt ended: done, killed,

@@ -103,7 +103,7 @@ func (s *Server) step(ctx context.Context) time.Duration {
 	}
 	s.checkTerms()
 	wait := s.settle()
-	if s.shards == 1 {
+	if s.Shards() == 1 {
 		return min(wait, s.stepOne(ctx))
 	}
 	return min(wait, s.stepMany(ctx))
@@ -135,7 +135,7 @@ func (s *Server) settle() time.Duration {
 		return left
 	}
 	s.ready = true
-	if s.shards > 1 {
+	if s.Shards() > 1 {
 		s.log.Info("ready: counts in the shards' target map", "settle", s.cfg.Settle.String())
 	}
 	s.registrationChanged()
@@ -200,7 +200,7 @@ func (s *Server) campaign(ctx context.Context, shard int, handoff *election.Hand
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.LeaseTTL)
 	defer cancel()
-	fence, won, err := s.cand.TryAcquire(cctx, s.keys.Shard(shard, s.shards), sess.Lease(), handoff)
+	fence, won, err := s.cand.TryAcquire(cctx, s.keys.Shard(shard, s.Shards()), sess.Lease(), handoff)
 	if err != nil || !won {
 		return err
 	}
@@ -220,7 +220,7 @@ func (s *Server) becomeOwner(ctx context.Context, shard int, fence election.Fenc
 	if err != nil {
 		log.Error("won the shard but could not catch up; resigning", "err", err)
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, _ = s.cand.Resign(rctx, tandem.CauseFenced, election.Move{Keys: s.keys.Shard(shard, s.shards), Fence: fence})
+		_, _ = s.cand.Resign(rctx, tandem.CauseFenced, election.Move{Keys: s.keys.Shard(shard, s.Shards()), Fence: fence})
 		cancel()
 		return
 	}
@@ -240,7 +240,7 @@ func (s *Server) becomeOwner(ctx context.Context, shard int, fence election.Fenc
 		return
 	}
 	msg := "took the shard"
-	if s.shards == 1 {
+	if s.Shards() == 1 {
 		msg = "became active"
 	}
 	log.Info(msg, "cause", ev.Cause, "prev", ev.PrevID, "prev_epoch", ev.PrevEpoch,
@@ -313,7 +313,7 @@ func (s *Server) endTerm(shard int, epoch int64, cause error, reason string) {
 	}
 	s.metrics.stepDowns.WithLabelValues(reason).Inc()
 	msg := "gave up the shard"
-	if s.shards == 1 {
+	if s.Shards() == 1 {
 		msg = "stepped down to standby"
 	}
 	if reason == downHandedOff {
@@ -341,7 +341,7 @@ func (s *Server) resignAll(ctx context.Context, terms []*ha.Term, reason string)
 	moves := make([]election.Move, 0, len(terms))
 	for _, t := range terms {
 		s.history.waitRecorded(ctx, t.Epoch())
-		moves = append(moves, election.Move{Keys: s.keys.Shard(t.Shard, s.shards), Fence: t.Fence})
+		moves = append(moves, election.Move{Keys: s.keys.Shard(t.Shard, s.Shards()), Fence: t.Fence})
 	}
 	done, err := s.cand.Resign(ctx, reason, moves...)
 	if err != nil {

@@ -45,11 +45,11 @@ func (s *Server) Submit(ctx context.Context, spec tandem.JobSpec, idemKey string
 			byShard[t.Shard] = t
 		}
 		now := time.Now().UTC()
-		id, ok := s.ids.next(now, func(id string) bool { return byShard[shard.Of(id, s.shards)] != nil })
+		id, ok := s.ids.next(now, func(id string) bool { return byShard[shard.Of(id, s.Shards())] != nil })
 		if !ok {
 			return nil, false, tandem.Errorf(tandem.EUNAVAILABLE, "could not make a job ID in the shards this server owns; retry")
 		}
-		t := byShard[shard.Of(id, s.shards)]
+		t := byShard[shard.Of(id, s.Shards())]
 		job := &tandem.Job{
 			ID: id, Shard: t.Shard, JobSpec: spec, State: tandem.JobPending,
 			CreatedAt: now, UpdatedAt: now, Epoch: t.Epoch(), AcceptedBy: s.cfg.ID, IdempotencyKey: idemKey,

@@ -54,7 +54,7 @@ func newMetrics(s *Server) *metrics {
 	}, func() float64 { return float64(s.core.Count()) })
 	shards := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tandem_shards", Help: "The cluster's number of shards (1: active/standby).",
-	}, func() float64 { return float64(s.shards) })
+	}, func() float64 { return float64(s.Shards()) })
 	m.reg.MustRegister(m.agentsLost, m.failovers, m.phases, m.stepDowns, m.fencedWrites, m.submissions,
 		epoch, rev, owned, shards, stateCollector{s}, jobsCollector{s}, agentsCollector{s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -162,10 +162,10 @@ func (s *Server) Servers() []tandem.ServerInfo {
 func (s *Server) ShardInfos() []tandem.ShardInfo {
 	owners, handoffs := s.store.Owners(), s.store.Handoffs()
 	var targets []string
-	if s.shards > 1 {
+	if s.Shards() > 1 {
 		targets = s.targetMap(s.store.Servers())
 	}
-	out := make([]tandem.ShardInfo, s.shards)
+	out := make([]tandem.ShardInfo, s.Shards())
 	for k := range out {
 		out[k].Shard = k
 		if o, ok := owners[k]; ok {

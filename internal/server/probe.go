@@ -148,7 +148,7 @@ func (s *Server) deposeDead(ctx context.Context, id string, lease int64, held []
 		if !ok {
 			continue
 		}
-		owned = append(owned, election.Deposed{Keys: s.keys.Shard(k, s.shards), Owner: o})
+		owned = append(owned, election.Deposed{Keys: s.keys.Shard(k, s.Shards()), Owner: o})
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.LeaseTTL)
 	defer cancel()
@@ -164,11 +164,11 @@ func (s *Server) deposeDead(ctx context.Context, id string, lease int64, held []
 
 // shardOfOwnerKey returns the shard whose owner key is key.
 func (s *Server) shardOfOwnerKey(key string) (int, bool) {
-	if s.shards == 1 {
+	if s.Shards() == 1 {
 		return 0, key == s.keys.Leader()
 	}
 	k, part, ok := s.keys.ParseShardKey(key)
-	return k, ok && part == "owner" && k < s.shards
+	return k, ok && part == "owner" && k < s.Shards()
 }
 
 // answering reports whether the server id seems to answer: not known to

@@ -58,7 +58,7 @@ func (s *Server) stepMany(ctx context.Context) time.Duration {
 	for _, si := range servers {
 		anyReady = anyReady || si.Ready
 	}
-	for k := 0; k < s.shards; k++ {
+	for k := 0; k < s.Shards(); k++ {
 		_, owned := owners[k]
 		_, handing := handoffs[k]
 		if owned || handing || s.core.Term(k) != nil {
@@ -103,7 +103,7 @@ func (s *Server) targetMap(servers []tandem.ServerInfo) []string {
 			ids = append(ids, si.ID)
 		}
 	}
-	return shard.Targets(s.shards, ids)
+	return shard.Targets(s.Shards(), ids)
 }
 
 // handOffMisplaced hands the shards this server owns whose target is another
@@ -161,7 +161,7 @@ func (s *Server) handOffMisplaced(ctx context.Context, servers []tandem.ServerIn
 func (s *Server) handOffTerms(ctx context.Context, to tandem.ServerInfo, reason string, terms []*ha.Term) error {
 	ms := make([]election.Move, len(terms))
 	for i, t := range terms {
-		ms[i] = election.Move{Keys: s.keys.Shard(t.Shard, s.shards), Fence: t.Fence}
+		ms[i] = election.Move{Keys: s.keys.Shard(t.Shard, s.Shards()), Fence: t.Fence}
 		s.history.waitRecorded(ctx, t.Epoch())
 	}
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)

@@ -122,7 +122,7 @@ func (s *Server) scheduleOnce(ctx context.Context, p *planner) time.Duration {
 		if ctx.Err() != nil {
 			return next
 		}
-		t := terms[shard.Of(j.ID, s.shards)]
+		t := terms[shard.Of(j.ID, s.Shards())]
 		if t == nil {
 			continue // another server's shard
 		}

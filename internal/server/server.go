@@ -24,6 +24,7 @@ import (
 	"math"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -156,11 +157,12 @@ type Server struct {
 	ids     idGen
 	started time.Time
 
-	// shards is the cluster's number of shards, known once Start has read
-	// the cluster's settings; jobMu serialises this server's writes to the
-	// jobs of each shard (see mutate).
-	shards int
-	jobMu  []sync.Mutex
+	// nshards is the cluster's number of shards, known once Start has read
+	// the cluster's settings (the HTTP API may already be serving: it is
+	// read atomically); jobMu serialises this server's writes to the jobs of
+	// each shard (see mutate).
+	nshards atomic.Int64
+	jobMu   [keys.MaxShards]sync.Mutex
 
 	mu          sync.RWMutex
 	stopping    bool
@@ -242,7 +244,7 @@ func (s *Server) Start(ctx context.Context) error {
 		s.store.Close()
 		return fmt.Errorf("cluster %q has %d shards: manual failover (--auto-failover=false) is for a cluster of one shard", s.cfg.Cluster, n)
 	}
-	s.shards, s.jobMu = n, make([]sync.Mutex, n)
+	s.nshards.Store(int64(n))
 	if err := s.newSession(ctx, true); err != nil {
 		s.store.Close()
 		return err
@@ -262,7 +264,7 @@ func (s *Server) Start(ctx context.Context) error {
 }
 
 // Shards returns the cluster's number of shards (0 before Start).
-func (s *Server) Shards() int { return s.shards }
+func (s *Server) Shards() int { return int(s.nshards.Load()) }
 
 // newSession grants a fresh lease and registers this server under it. At
 // start-up a record left by an earlier process with the same ID is waited
@@ -388,7 +390,7 @@ func (s *Server) State() tandem.HAState {
 // ActiveEpoch returns this server's epoch and true while it is the active
 // of a cluster of one shard (the owner of shard 0).
 func (s *Server) ActiveEpoch() (int64, bool) {
-	if s.shards != 1 {
+	if s.Shards() != 1 {
 		return 0, false
 	}
 	if t := s.core.Term(0); t != nil && s.State() == tandem.StateActive {
@@ -406,9 +408,9 @@ func (s *Server) Status() tandem.ServerStatus {
 	st := tandem.ServerStatus{
 		ID: s.cfg.ID, Cluster: s.cfg.Cluster, URL: s.cfg.URL, State: s.State(),
 		AutoFailover: s.cfg.AutoFailover, PID: os.Getpid(), Version: tandem.Version, StartedAt: s.started,
-		Shards: s.shards, Owned: s.core.Owned(), Ready: ready && !draining, Draining: draining,
+		Shards: s.Shards(), Owned: s.core.Owned(), Ready: ready && !draining, Draining: draining,
 	}
-	if s.shards == 1 {
+	if s.Shards() == 1 {
 		if epoch, ok := s.ActiveEpoch(); ok {
 			st.Epoch, st.ActiveID, st.ActiveURL = epoch, s.cfg.ID, s.cfg.URL
 		} else if o := s.store.Owner(0); o != nil && o.ID != s.cfg.ID {
