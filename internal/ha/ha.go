@@ -178,19 +178,17 @@ func (c *Core) startOwningLocked() {
 	}()
 }
 
-// End ends the term held for shard with cause, if its epoch is epoch (any
-// epoch when epoch is 0): its context is cancelled at once. It reports
-// whether a term ended. It is safe to call from any goroutine and more than
-// once.
-func (c *Core) End(shard int, epoch int64, cause error) bool {
+// End ends the term t with cause, if it is still the term held for its
+// shard: its context is cancelled at once. It reports whether it ended t;
+// a term already over (a newer one may hold the shard) is left alone. It is
+// safe to call from any goroutine and more than once.
+func (c *Core) End(t *Term, cause error) bool {
 	c.mu.Lock()
-	t, ok := c.terms[shard]
-	if !ok || epoch != 0 && t.Epoch() != epoch {
-		c.mu.Unlock()
+	defer c.mu.Unlock()
+	if t == nil || c.terms[t.Shard] != t {
 		return false
 	}
 	c.endLocked(t, cause)
-	c.mu.Unlock()
 	return true
 }
 

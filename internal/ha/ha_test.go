@@ -103,8 +103,8 @@ func TestBeginStartsOnTermWork(t *testing.T) {
 		t.Fatalf("term just begun: Ended %v, ctx %v; want nil, nil", err, tm.Context().Err())
 	}
 
-	if !c.End(3, 42, ha.ErrResigned) {
-		t.Fatal("End(3, 42): got false, want true")
+	if !c.End(tm, ha.ErrResigned) {
+		t.Fatal("End: got false, want true")
 	}
 	for range 2 {
 		if got := recv(t, causes, "OnTerm work to see its term end"); got != ha.ErrResigned {
@@ -121,28 +121,33 @@ func TestBeginStartsOnTermWork(t *testing.T) {
 
 func TestEnd(t *testing.T) {
 	tests := []struct {
-		name  string
-		shard int
-		epoch int64
-		want  bool
+		name string
+		pick func(held, earlier *ha.Term) *ha.Term
+		want bool
 	}{
-		{"its epoch", 1, 42, true},
-		{"any epoch", 1, 0, true},
-		{"an older epoch", 1, 41, false},
-		{"a newer epoch", 1, 43, false},
-		{"a shard not held", 9, 0, false},
+		{"the held term", func(held, _ *ha.Term) *ha.Term { return held }, true},
+		{"an earlier term of the shard", func(_, earlier *ha.Term) *ha.Term { return earlier }, false},
+		{"no term", func(*ha.Term, *ha.Term) *ha.Term { return nil }, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newCore(t)
+			earlier := begin(t, c, 1, 41)
+			if !c.End(earlier, ha.ErrHandedOff) {
+				t.Fatal("End of the first term of shard 1: got false, want true")
+			}
 			tm := begin(t, c, 1, 42)
 			other := begin(t, c, 2, 42)
 
-			if got := c.End(tc.shard, tc.epoch, ha.ErrFenced); got != tc.want {
-				t.Fatalf("End(%d, %d): got %t, want %t", tc.shard, tc.epoch, got, tc.want)
+			end := tc.pick(tm, earlier)
+			if got := c.End(end, ha.ErrFenced); got != tc.want {
+				t.Fatalf("End(%v): got %t, want %t", end, got, tc.want)
 			}
 			if other.Ended() != nil || c.Term(2) != other {
 				t.Fatalf("term of shard 2: ended %v, want untouched", other.Ended())
+			}
+			if got := earlier.Ended(); got != ha.ErrHandedOff {
+				t.Fatalf("cause of the earlier term: got %v, want its own %v", got, ha.ErrHandedOff)
 			}
 			if !tc.want {
 				if tm.Ended() != nil || c.Term(1) != tm {
@@ -156,7 +161,7 @@ func TestEnd(t *testing.T) {
 			if got := c.Term(1); got != nil {
 				t.Fatalf("Term(1) after End: got %v, want nil", got)
 			}
-			if c.End(tc.shard, tc.epoch, ha.ErrDeposed) {
+			if c.End(end, ha.ErrDeposed) {
 				t.Fatal("second End: got true, want false")
 			}
 			if got := tm.Ended(); got != ha.ErrFenced {
@@ -178,7 +183,7 @@ func TestBeginHeldShard(t *testing.T) {
 		t.Fatalf("after failed Begins: Term(1) %v ended %v count %d, want the first term, held, 1", c.Term(1), tm.Ended(), c.Count())
 	}
 	// Once it ends, the shard can be held again.
-	c.End(1, 42, ha.ErrDeposed)
+	c.End(tm, ha.ErrDeposed)
 	if next := begin(t, c, 1, 50); next.Epoch() != 50 {
 		t.Fatalf("epoch of the next term: got %d, want 50", next.Epoch())
 	}
@@ -242,15 +247,16 @@ func TestState(t *testing.T) {
 			}
 			return nil
 		}, []int{1, 4, 7}, false},
-		{"end with a wrong epoch", func() error {
-			if c.End(4, 9, ha.ErrDeposed) {
-				return errors.New("End with a wrong epoch ended a term")
+		{"end a term that is over", func() error {
+			over := &ha.Term{Shard: 4, Fence: fence(4, 9)}
+			if c.End(over, ha.ErrDeposed) {
+				return errors.New("End of a term not held ended one")
 			}
 			return nil
 		}, []int{1, 4, 7}, false},
 		{"end 4", func() error {
-			if !c.End(4, 10, ha.ErrDeposed) {
-				return errors.New("End(4, 10) ended nothing")
+			if !c.End(terms[4], ha.ErrDeposed) {
+				return errors.New("End of shard 4's term ended nothing")
 			}
 			delete(terms, 4)
 			return nil
@@ -340,23 +346,24 @@ func TestWhileOwning(t *testing.T) {
 		}
 
 		noStart("before any term")
-		begin(t, c, 0, 1)
+		t0 := begin(t, c, 0, 1)
 		g1 := mustStart("first term began")
 		if g1.n != 1 {
 			t.Fatalf("first generation: got %d, want 1", g1.n)
 		}
 
 		// Terms come and go; at least one is held throughout.
+		var t1, t2 *ha.Term
 		steps := []struct {
 			name string
 			do   func()
 		}{
-			{"begin 1", func() { begin(t, c, 1, 2) }},
-			{"end 0", func() { c.End(0, 1, ha.ErrHandedOff) }},
-			{"begin 2", func() { begin(t, c, 2, 3) }},
-			{"end 1", func() { c.End(1, 2, ha.ErrFenced) }},
-			{"begin 0 again", func() { begin(t, c, 0, 4) }},
-			{"end 2", func() { c.End(2, 3, ha.ErrDeposed) }},
+			{"begin 1", func() { t1 = begin(t, c, 1, 2) }},
+			{"end 0", func() { c.End(t0, ha.ErrHandedOff) }},
+			{"begin 2", func() { t2 = begin(t, c, 2, 3) }},
+			{"end 1", func() { c.End(t1, ha.ErrFenced) }},
+			{"begin 0 again", func() { t0 = begin(t, c, 0, 4) }},
+			{"end 2", func() { c.End(t2, ha.ErrDeposed) }},
 		}
 		for _, s := range steps {
 			s.do()
@@ -366,7 +373,7 @@ func TestWhileOwning(t *testing.T) {
 			}
 		}
 
-		c.End(0, 4, ha.ErrResigned) // the last term
+		c.End(t0, ha.ErrResigned) // the last term
 		synctest.Wait()
 		if g1.ctx.Err() == nil {
 			t.Fatal("after the last term ended: generation 1's ctx is live, want it done")
@@ -374,7 +381,7 @@ func TestWhileOwning(t *testing.T) {
 
 		// Generation 1 has seen its ctx end but has not returned yet: a new
 		// term must not start generation 2 until it has.
-		begin(t, c, 5, 5)
+		t5 := begin(t, c, 5, 5)
 		noStart("a term began while generation 1 had not returned")
 		close(g1.release)
 		g2 := mustStart("generation 1 returned")
@@ -382,7 +389,7 @@ func TestWhileOwning(t *testing.T) {
 			t.Fatalf("next generation: got %d with ctx %v, want 2 with a live ctx", g2.n, g2.ctx.Err())
 		}
 
-		c.End(5, 5, ha.ErrResigned)
+		c.End(t5, ha.ErrResigned)
 		close(g2.release)
 		c.Close()
 		noStart("after Close")
@@ -490,9 +497,7 @@ func TestConcurrent(t *testing.T) {
 						begun.Add(1)
 					}
 				case 2:
-					if tm := c.Term(k); tm != nil {
-						c.End(k, tm.Epoch(), ha.ErrDeposed)
-					}
+					c.End(c.Term(k), ha.ErrDeposed)
 				default:
 					_ = c.Held()
 					_ = c.Owned()
@@ -515,7 +520,7 @@ func TestConcurrent(t *testing.T) {
 				if _, err := c.Begin(shards, fence(shards, rev.Add(1))); err == nil {
 					begun.Add(1)
 				}
-				c.End(shards, 0, ha.ErrResigned)
+				c.End(c.Term(shards), ha.ErrResigned)
 			}
 		}
 	}()

@@ -62,7 +62,7 @@ func (s *Server) toStandby(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	if t := s.core.Term(0); t != nil {
-		s.endTerm(0, t.Epoch(), ha.ErrResigned, downResigned)
+		s.endTerm(t, ha.ErrResigned, downResigned)
 		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		s.resignAll(rctx, []*ha.Term{t}, tandem.CauseManual)
 		cancel()
@@ -157,11 +157,11 @@ func (s *Server) handOffActive(ctx context.Context, to, reason string) (int64, e
 		reason, election.Move{Keys: s.keys.Shard(0, 1), Fence: t.Fence})
 	switch {
 	case err == nil && done[0]:
-		s.endTerm(0, t.Epoch(), ha.ErrHandedOff, downHandedOff)
+		s.endTerm(t, ha.ErrHandedOff, downHandedOff)
 		s.log.Info("handed leadership off", "epoch", t.Epoch(), "to", to, "reason", reason)
 		return t.Epoch(), nil
 	case err == nil:
-		s.fenced(0, t.Epoch())
+		s.fenced(t)
 		return 0, tandem.Errorf(tandem.ECONFLICT, "server %s was no longer active", s.cfg.ID)
 	case errors.Is(err, election.ErrTargetGone):
 		return 0, tandem.Errorf(tandem.ECONFLICT, "server %s restarted or left while the failover was prepared; try again", to)

@@ -166,7 +166,7 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 		if e := req.Epochs[t.Shard]; e > t.Epoch() {
 			s.log.Warn("an agent has seen a newer epoch of the shard: this server is deposed", "agent", agent,
 				"shard", t.Shard, "epoch", t.Epoch(), "agent_epoch", e)
-			s.endTerm(t.Shard, t.Epoch(), ha.ErrDeposed, downDeposed)
+			s.endTerm(t, ha.ErrDeposed, downDeposed)
 		}
 	}
 	held := s.core.Held()
@@ -176,7 +176,7 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	if reg, ok := s.store.Agent(agent); len(held) > 0 && (!ok || !sameAgent(reg, req.Agent)) {
 		if err := s.store.PutAgent(rctx, held[0].Fence, req.Agent); err != nil {
 			if errors.Is(err, tandem.ErrFenced) {
-				s.fenced(held[0].Shard, held[0].Epoch())
+				s.fenced(held[0])
 			}
 			return nil, err
 		}

@@ -48,7 +48,7 @@ func (s *Server) mutate(ctx context.Context, t *ha.Term, id string, place *store
 		case err == nil:
 			return j, wrev, nil
 		case errors.Is(err, tandem.ErrFenced):
-			s.fenced(t.Shard, t.Epoch())
+			s.fenced(t)
 			return nil, 0, err
 		case errors.As(err, &conflict) && try < 5:
 			// The view is behind the record: let it catch up, then read again.

@@ -118,7 +118,7 @@ func (s *Server) checkTerms() {
 			continue // the view has not caught up with our own win yet
 		}
 		if o := s.store.Owner(t.Shard); o == nil || o.Epoch != t.Epoch() {
-			s.endTerm(t.Shard, t.Epoch(), ha.ErrDeposed, downDeposed)
+			s.endTerm(t, ha.ErrDeposed, downDeposed)
 		}
 	}
 }
@@ -305,12 +305,13 @@ const (
 	downHandedOff   = "handed_off"   // we handed the shard to another server
 )
 
-// endTerm stops acting as owner of shard under epoch, at once. It is safe to
-// call from any goroutine and more than once.
-func (s *Server) endTerm(shard int, epoch int64, cause error, reason string) {
-	if !s.core.End(shard, epoch, cause) {
+// endTerm stops acting as owner under term t, at once. It is safe to call
+// from any goroutine and more than once.
+func (s *Server) endTerm(t *ha.Term, cause error, reason string) {
+	if !s.core.End(t, cause) {
 		return
 	}
+	shard, epoch := t.Shard, t.Epoch()
 	s.metrics.stepDowns.WithLabelValues(reason).Inc()
 	msg := "gave up the shard"
 	if s.Shards() == 1 {
@@ -324,12 +325,12 @@ func (s *Server) endTerm(shard int, epoch int64, cause error, reason string) {
 	s.poke()
 }
 
-// fenced is called when etcd rejected a write guarded by the term of shard
-// at epoch (I1): a newer owner exists, so this server stops acting as its
-// owner immediately and never retries the write as owner.
-func (s *Server) fenced(shard int, epoch int64) {
+// fenced is called when etcd rejected a write guarded by term t (I1): a
+// newer owner exists, so this server stops acting as owner immediately and
+// never retries the write as owner.
+func (s *Server) fenced(t *ha.Term) {
 	s.metrics.fencedWrites.Inc()
-	s.endTerm(shard, epoch, ha.ErrFenced, downFenced)
+	s.endTerm(t, ha.ErrFenced, downFenced)
 }
 
 // resignAll gives up the keys of terms that have just ended, recording
@@ -478,7 +479,7 @@ func (s *Server) recordTerm(t *ha.Term) {
 		case err == nil:
 			return
 		case errors.Is(err, tandem.ErrFenced):
-			s.fenced(t.Shard, t.Epoch())
+			s.fenced(t)
 			return
 		}
 		log.Warn("could not record the failover event; retrying", "err", err, "in", wait.String())

@@ -58,7 +58,7 @@ func (s *Server) Submit(ctx context.Context, spec tandem.JobSpec, idemKey string
 		got, created, err := s.store.CreateJob(wctx, t.Fence, job, idemKey, spec.Hash())
 		switch {
 		case errors.Is(err, tandem.ErrFenced):
-			s.fenced(t.Shard, t.Epoch())
+			s.fenced(t)
 			if try < 3 && s.core.Count() > 0 {
 				continue // another shard of this server's may take it
 			}

@@ -175,10 +175,10 @@ func (s *Server) handOffTerms(ctx context.Context, to tandem.ServerInfo, reason 
 	}
 	for i, t := range terms {
 		if done[i] {
-			s.endTerm(t.Shard, t.Epoch(), ha.ErrHandedOff, downHandedOff)
+			s.endTerm(t, ha.ErrHandedOff, downHandedOff)
 			s.log.Info("handed the shard off", "shard", t.Shard, "epoch", t.Epoch(), "to", to.ID, "reason", reason)
 		} else {
-			s.fenced(t.Shard, t.Epoch()) // its fence no longer held
+			s.fenced(t) // its fence no longer held
 		}
 	}
 	return nil
