@@ -196,10 +196,15 @@ type Move struct {
 // It returns, for each move, whether it was handed off; a move whose fence no
 // longer held is left alone (its owner is already someone else). The whole
 // call fails with ErrTargetGone, moving nothing, if to is not registered
-// with that lease any more.
+// with that lease any more. At most MaxOpsPerTxn moves go in one call.
 func (c *Candidate) HandOff(ctx context.Context, to Target, reason string, moves ...Move) ([]bool, error) {
 	if len(moves) == 0 {
 		return nil, nil
+	}
+	if len(moves) > MaxOpsPerTxn {
+		// One transaction, so the target check covers every move: etcd counts
+		// the nested operations too.
+		return nil, fmt.Errorf("hand off %d ownerships at once: at most %d fit in one transaction", len(moves), MaxOpsPerTxn)
 	}
 	now := c.now().UTC()
 	ops := make([]clientv3.Op, 0, len(moves))
