@@ -11,6 +11,7 @@ import (
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/election"
 	"github.com/tandemhq/tandem/internal/ha"
+	"github.com/tandemhq/tandem/internal/store"
 	"github.com/tandemhq/tandem/internal/transport"
 )
 
@@ -239,8 +240,8 @@ func (s *Server) Drain(ctx context.Context, req tandem.DrainRequest) (tandem.Ser
 			s.log.Info("undrained: takes shards again")
 			return nil
 		}
-		if other := s.otherServer(); other == "" {
-			return tandem.Errorf(tandem.ECONFLICT, "server %s is the only live server that is not draining: no other server could take its shards", s.cfg.ID)
+		if err := s.markDraining(ctx); err != nil {
+			return err
 		}
 		s.setDraining(true)
 		s.log.Info("draining: giving up every shard")
@@ -265,6 +266,52 @@ func (s *Server) Drain(ctx context.Context, req tandem.DrainRequest) (tandem.Ser
 		case <-ch:
 		case <-wctx.Done():
 			return s.Status(), tandem.Errorf(tandem.EUNAVAILABLE, "server %s still owns %d shards after %s; the drain goes on", s.cfg.ID, s.core.Count(), wait)
+		}
+	}
+}
+
+// markDraining records in etcd that this server is draining, on condition
+// that another live server that is not draining remains, as a decision made
+// once in etcd: two servers draining at once, each counting on the other,
+// cannot both pass (store.RegisterUnless).
+func (s *Server) markDraining(ctx context.Context) error {
+	for try := 0; ; try++ {
+		var others []string
+		for _, si := range s.store.Servers() {
+			if si.ID != s.cfg.ID && !si.Draining {
+				others = append(others, si.ID)
+			}
+		}
+		if len(others) == 0 {
+			return tandem.Errorf(tandem.ECONFLICT, "server %s is the only live server that is not draining: no other server could take its shards", s.cfg.ID)
+		}
+		s.mu.RLock()
+		sess := s.session
+		s.mu.RUnlock()
+		if sess == nil {
+			return tandem.Errorf(tandem.EUNAVAILABLE, "server %s has no etcd session right now; try again", s.cfg.ID)
+		}
+		info := s.info(sess.Lease())
+		info.Draining, info.Ready = true, false
+		changed := s.store.Changed()
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := s.store.RegisterUnless(rctx, sess.Lease(), info, others)
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case !errors.Is(err, store.ErrConflict):
+			return tandem.Errorf(tandem.EUNAVAILABLE, "record the drain: %v", err)
+		case try == 3:
+			return tandem.Errorf(tandem.EUNAVAILABLE, "the cluster's membership kept changing while the drain was recorded; try again")
+		}
+		// Another server's record changed (it may be draining too): look
+		// again once the view has it.
+		select {
+		case <-changed:
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }

@@ -51,6 +51,9 @@ func (s *Server) AnyOwner() (tandem.ServerRef, bool) {
 	count := map[string]int{}
 	urls := map[string]string{}
 	for _, o := range s.store.Owners() {
+		if o.ID == s.cfg.ID {
+			continue // the view may still name this server, which holds no term
+		}
 		count[o.ID]++
 		urls[o.ID] = o.URL
 	}

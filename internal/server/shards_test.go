@@ -409,3 +409,58 @@ func decodeJob(t *testing.T, b []byte) *tandem.Job {
 	}
 	return &j
 }
+
+// Two servers drained at the same moment, each counting on the other to
+// take its shards, cannot both be drained: the decision is made once, in
+// etcd, so one of them is refused and the shards keep an owner.
+func TestConcurrentDrainsLeaveAServer(t *testing.T) {
+	const n = 8
+	c := newCluster(t, 3, sharded(n))
+	c.waitSettled(n)
+	ctx := context.Background()
+	if _, err := c.nodes[0].srv.Drain(ctx, tandem.DrainRequest{Drain: true}); err != nil {
+		t.Fatal(err)
+	}
+	for round := 0; round < 5; round++ {
+		errs := make([]error, 3)
+		var wg sync.WaitGroup
+		for _, i := range []int{1, 2} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[i] = c.nodes[i].srv.Drain(ctx, tandem.DrainRequest{Drain: true})
+			}()
+		}
+		wg.Wait()
+		refused := 0
+		for _, i := range []int{1, 2} {
+			if tandem.ErrorCode(errs[i]) == tandem.ECONFLICT {
+				refused++
+			}
+		}
+		undrained := 0
+		for _, nd := range c.nodes {
+			if !nd.srv.Status().Draining {
+				undrained++
+			}
+		}
+		if refused != 1 || undrained != 1 {
+			t.Fatalf("round %d: drains of rm2 and rm3 at once: errors %v, %v; %d refused and %d servers not draining, want 1 and 1",
+				round, errs[1], errs[2], refused, undrained)
+		}
+		waitFor(t, "every shard owned by the one server not draining", 10*time.Second, func() bool {
+			owners := c.shardOwners()
+			for k := 0; k < n; k++ {
+				if o := owners[k]; o == "" || c.nodes[o[2]-'1'].srv.Status().Draining {
+					return false
+				}
+			}
+			return true
+		})
+		for _, i := range []int{1, 2} {
+			if _, err := c.nodes[i].srv.Drain(ctx, tandem.DrainRequest{Drain: false}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}

@@ -57,26 +57,27 @@ type Store struct {
 	keys keys.Layout
 	log  *slog.Logger
 
-	mu       sync.RWMutex
-	rev      int64 // the view holds every change up to this revision
-	jobs     map[string]*tandem.Job
-	order    []string // job IDs, sorted
-	byState  map[tandem.JobState]int
-	jobRev   map[string]int64               // each job record's mod revision
-	pending  map[string]struct{}            // IDs of pending jobs
-	fresh    map[string]struct{}            // IDs that became (or stayed) pending since TakeFreshPending
-	live     map[string]map[string]struct{} // agent ID -> IDs of jobs with a live attempt on it
-	agents   map[string]tandem.AgentInfo
-	servers  map[string]tandem.ServerInfo
-	owners   map[int]*election.Owner       // shard -> owner
-	handoffs map[int]*election.Handoff     // shard -> hand-off under way
-	resigns  map[int]*election.Resignation // shard -> last resignation
-	gone     map[int]*Gone                 // shard -> last owner seen to go
-	placed   map[string]int64              // agent -> mod revision of its placement record
-	config   *Config
-	events   []tandem.FailoverEvent
-	changed  chan struct{} // closed and replaced whenever the view changes
-	watchErr error
+	mu        sync.RWMutex
+	rev       int64 // the view holds every change up to this revision
+	jobs      map[string]*tandem.Job
+	order     []string // job IDs, sorted
+	byState   map[tandem.JobState]int
+	jobRev    map[string]int64               // each job record's mod revision
+	pending   map[string]struct{}            // IDs of pending jobs
+	fresh     map[string]struct{}            // IDs that became (or stayed) pending since TakeFreshPending
+	live      map[string]map[string]struct{} // agent ID -> IDs of jobs with a live attempt on it
+	agents    map[string]tandem.AgentInfo
+	servers   map[string]tandem.ServerInfo
+	serverRev map[string]int64              // server ID -> mod revision of its membership record
+	owners    map[int]*election.Owner       // shard -> owner
+	handoffs  map[int]*election.Handoff     // shard -> hand-off under way
+	resigns   map[int]*election.Resignation // shard -> last resignation
+	gone      map[int]*Gone                 // shard -> last owner seen to go
+	placed    map[string]int64              // agent -> mod revision of its placement record
+	config    *Config
+	events    []tandem.FailoverEvent
+	changed   chan struct{} // closed and replaced whenever the view changes
+	watchErr  error
 
 	idemMu         sync.Mutex
 	idemLease      clientv3.LeaseID
@@ -89,24 +90,25 @@ type Store struct {
 // New returns a Store for the cluster laid out by layout. Call Start before use.
 func New(cli *clientv3.Client, layout keys.Layout, log *slog.Logger) *Store {
 	return &Store{
-		cli:      cli,
-		keys:     layout,
-		log:      log,
-		jobs:     make(map[string]*tandem.Job),
-		byState:  make(map[tandem.JobState]int),
-		jobRev:   make(map[string]int64),
-		pending:  make(map[string]struct{}),
-		fresh:    make(map[string]struct{}),
-		live:     make(map[string]map[string]struct{}),
-		agents:   make(map[string]tandem.AgentInfo),
-		servers:  make(map[string]tandem.ServerInfo),
-		owners:   make(map[int]*election.Owner),
-		handoffs: make(map[int]*election.Handoff),
-		resigns:  make(map[int]*election.Resignation),
-		gone:     make(map[int]*Gone),
-		placed:   make(map[string]int64),
-		changed:  make(chan struct{}),
-		done:     make(chan struct{}),
+		cli:       cli,
+		keys:      layout,
+		log:       log,
+		jobs:      make(map[string]*tandem.Job),
+		byState:   make(map[tandem.JobState]int),
+		jobRev:    make(map[string]int64),
+		pending:   make(map[string]struct{}),
+		fresh:     make(map[string]struct{}),
+		live:      make(map[string]map[string]struct{}),
+		agents:    make(map[string]tandem.AgentInfo),
+		servers:   make(map[string]tandem.ServerInfo),
+		serverRev: make(map[string]int64),
+		owners:    make(map[int]*election.Owner),
+		handoffs:  make(map[int]*election.Handoff),
+		resigns:   make(map[int]*election.Resignation),
+		gone:      make(map[int]*Gone),
+		placed:    make(map[string]int64),
+		changed:   make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 }
 
@@ -168,6 +170,7 @@ func (s *Store) load(ctx context.Context) error {
 	s.live = make(map[string]map[string]struct{})
 	s.agents = make(map[string]tandem.AgentInfo)
 	s.servers = make(map[string]tandem.ServerInfo)
+	s.serverRev = make(map[string]int64)
 	s.owners = make(map[int]*election.Owner)
 	s.handoffs = make(map[int]*election.Handoff)
 	s.resigns = make(map[int]*election.Resignation)
@@ -296,6 +299,7 @@ func (s *Store) applyPut(kv *mvccpb.KeyValue, loading bool) {
 		if s.decode(kv, &si) {
 			si.Lease = kv.Lease
 			s.servers[si.ID] = si
+			s.serverRev[si.ID] = kv.ModRevision
 		}
 	case strings.HasPrefix(key, s.keys.JobsPrefix()):
 		var j tandem.Job
@@ -350,7 +354,9 @@ func (s *Store) applyDelete(kv *mvccpb.KeyValue) {
 	case strings.HasPrefix(key, s.keys.PlacementsPrefix()):
 		delete(s.placed, strings.TrimPrefix(key, s.keys.PlacementsPrefix()))
 	case strings.HasPrefix(key, s.keys.ServersPrefix()):
-		delete(s.servers, strings.TrimPrefix(key, s.keys.ServersPrefix()))
+		id := strings.TrimPrefix(key, s.keys.ServersPrefix())
+		delete(s.servers, id)
+		delete(s.serverRev, id)
 	case strings.HasPrefix(key, s.keys.JobsPrefix()):
 		id := strings.TrimPrefix(key, s.keys.JobsPrefix())
 		if old, ok := s.jobs[id]; ok {
@@ -1046,6 +1052,33 @@ func (s *Store) Register(ctx context.Context, lease clientv3.LeaseID, info tande
 		_ = json.Unmarshal(kvs[0].Value, &other)
 	}
 	return fmt.Errorf("%w: %s at %s (pid %d)", ErrDuplicateServer, info.ID, other.URL, other.PID)
+}
+
+// RegisterUnless rewrites this server's membership record, bound to lease,
+// only if the records of the servers in others are still as the view has
+// them (and this one is still bound to lease). A decision that counts on
+// the others, such as "another server can take my shards", is so made once:
+// two servers deciding at once about each other cannot both pass, since
+// each one's write changes the record the other compares. ErrConflict means
+// a record changed: look again.
+func (s *Store) RegisterUnless(ctx context.Context, lease clientv3.LeaseID, info tandem.ServerInfo, others []string) error {
+	key := s.keys.Server(info.ID)
+	info.Lease = int64(lease)
+	val, _ := json.Marshal(info)
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(key), "=", lease)}
+	s.mu.RLock()
+	for _, id := range others {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.keys.Server(id)), "=", s.serverRev[id]))
+	}
+	s.mu.RUnlock()
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease))).Commit()
+	if err != nil {
+		return fmt.Errorf("register server %s: %w", info.ID, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("register server %s: %w", info.ID, ErrConflict)
+	}
+	return s.WaitRev(ctx, resp.Header.Revision)
 }
 
 // Deregister removes this server's record if it is still bound to lease.
