@@ -465,70 +465,45 @@ func (s *Store) WaitRev(ctx context.Context, rev int64) error {
 }
 
 // Owner returns shard's owner as the view knows it, or nil while it is free.
-func (s *Store) Owner(shard int) *election.Owner {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if o := s.owners[shard]; o != nil {
-		c := *o
-		return &c
-	}
-	return nil
-}
+func (s *Store) Owner(shard int) *election.Owner { return lookup(s, &s.owners, shard) }
 
 // Owners returns every shard's owner as the view knows it; free shards are
 // absent.
-func (s *Store) Owners() map[int]election.Owner {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	out := make(map[int]election.Owner, len(s.owners))
-	for k, o := range s.owners {
-		out[k] = *o
-	}
-	return out
-}
+func (s *Store) Owners() map[int]election.Owner { return copyAll(s, &s.owners) }
 
 // Handoff returns the hand-off of shard under way, or nil.
-func (s *Store) Handoff(shard int) *election.Handoff {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if h := s.handoffs[shard]; h != nil {
-		c := *h
-		return &c
-	}
-	return nil
-}
+func (s *Store) Handoff(shard int) *election.Handoff { return lookup(s, &s.handoffs, shard) }
 
 // Handoffs returns every hand-off under way, by shard.
-func (s *Store) Handoffs() map[int]election.Handoff {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	out := make(map[int]election.Handoff, len(s.handoffs))
-	for k, h := range s.handoffs {
-		out[k] = *h
-	}
-	return out
-}
+func (s *Store) Handoffs() map[int]election.Handoff { return copyAll(s, &s.handoffs) }
 
 // Resignation returns the last recorded resignation of shard, or nil.
-func (s *Store) Resignation(shard int) *election.Resignation {
+func (s *Store) Resignation(shard int) *election.Resignation { return lookup(s, &s.resigns, shard) }
+
+// LastGone returns when the view last saw shard's owner key disappear, or nil.
+func (s *Store) LastGone(shard int) *Gone { return lookup(s, &s.gone, shard) }
+
+// lookup returns a copy of (*m)[shard], read under the view's lock, or
+// nil. m points at a field of the view, which a reload replaces.
+func lookup[T any](s *Store, m *map[int]*T, shard int) *T {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if r := s.resigns[shard]; r != nil {
-		c := *r
+	if v := (*m)[shard]; v != nil {
+		c := *v
 		return &c
 	}
 	return nil
 }
 
-// LastGone returns when the view last saw shard's owner key disappear, or nil.
-func (s *Store) LastGone(shard int) *Gone {
+// copyAll returns a copy of every value of *m, read under the view's lock.
+func copyAll[T any](s *Store, m *map[int]*T) map[int]T {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if g := s.gone[shard]; g != nil {
-		c := *g
-		return &c
+	out := make(map[int]T, len(*m))
+	for k, v := range *m {
+		out[k] = *v
 	}
-	return nil
+	return out
 }
 
 // ClusterConfig returns the cluster's settings, or nil if none are stored yet.
