@@ -3,7 +3,6 @@ package client
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"github.com/tandemhq/tandem"
-	"github.com/tandemhq/tandem/internal/transport"
 )
 
 // recorder logs, in order, every request any test server receives and every
@@ -239,54 +237,6 @@ func TestSubmitFailsOverToTheActive(t *testing.T) {
 	}
 }
 
-func TestBackoffFirstRetryImmediateThenGrowing(t *testing.T) {
-	rec := &recorder{}
-	a := serve(t, rec, "a", unavailable())
-	b := serve(t, rec, "b", unavailable())
-	c := newTestClient(t, rec, Backoff{Base: 10 * time.Millisecond, Max: 40 * time.Millisecond, Attempts: 7}, a.URL, b.URL)
-
-	_, err := c.GetJob(context.Background(), "j1")
-	if err == nil {
-		t.Fatal("GetJob: got no error, want unavailable")
-	}
-	events, _ := rec.snapshot()
-	want := []string{
-		"a", "b", // the first retry is immediate
-		"sleep 10ms", "a",
-		"sleep 20ms", "b",
-		"sleep 40ms", "a",
-		"sleep 40ms", "b", // capped at Max
-		"sleep 40ms", "a",
-	}
-	if strings.Join(events, ",") != strings.Join(want, ",") {
-		t.Errorf("got events %q, want %q", events, want)
-	}
-}
-
-func TestStickiness(t *testing.T) {
-	rec := &recorder{}
-	down := serve(t, rec, "down", unavailable())
-	active := serve(t, rec, "active", &activeAPI{})
-	c := newTestClient(t, rec, DefaultBackoff(), down.URL, active.URL)
-	ctx := context.Background()
-
-	job, err := c.SubmitJob(ctx, testSpec, SubmitOptions{})
-	if err != nil {
-		t.Fatalf("SubmitJob: %v", err)
-	}
-	for range 3 {
-		if _, err := c.GetJob(ctx, job.ID); err != nil {
-			t.Fatalf("GetJob: %v", err)
-		}
-	}
-	if got := rec.hits("down"); got != 1 {
-		t.Errorf("got %d requests to the 503 server, want 1 (later calls stick to the active)", got)
-	}
-	if got := rec.hits("active"); got != 4 {
-		t.Errorf("got %d requests to the active, want 4", got)
-	}
-}
-
 func TestStickinessIsNotMovedByReadsFromAnyServer(t *testing.T) {
 	rec := &recorder{}
 	var activeURL string
@@ -376,36 +326,6 @@ func TestRedirectPreservesQuery(t *testing.T) {
 	}
 }
 
-func TestRedirectLoopCountsAsFailedAttempt(t *testing.T) {
-	tests := []struct {
-		name string
-		loop func(self, other *string) http.Handler
-	}{
-		{"to itself", func(self, _ *string) http.Handler { return redirectTo(func() string { return *self }) }},
-		{"ping-pong", func(_, other *string) http.Handler { return redirectTo(func() string { return *other }) }},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			rec := &recorder{}
-			var u1, u2 string
-			s1 := serve(t, rec, "s1", tt.loop(&u1, &u2))
-			s2 := serve(t, rec, "s2", tt.loop(&u2, &u1))
-			u1, u2 = s1.URL, s2.URL
-			active := serve(t, rec, "active", &activeAPI{})
-			c := newTestClient(t, rec, DefaultBackoff(), s1.URL, s2.URL, active.URL)
-			if _, err := c.SubmitJob(context.Background(), testSpec, SubmitOptions{}); err != nil {
-				t.Fatalf("SubmitJob: got %v, want success from the third server", err)
-			}
-			if got := c.Current(); got != active.URL {
-				t.Errorf("Current: got %s, want %s", got, active.URL)
-			}
-			if got := rec.hits("s1") + rec.hits("s2"); got > 2*(transport.MaxRedirects+1) {
-				t.Errorf("got %d requests into the loop, want at most %d", got, 2*(transport.MaxRedirects+1))
-			}
-		})
-	}
-}
-
 func TestEveryRetryCarriesTheSameKey(t *testing.T) {
 	rec := &recorder{}
 	api := &activeAPI{}
@@ -464,151 +384,6 @@ func TestEveryRetryCarriesTheSameKey(t *testing.T) {
 	}
 }
 
-func TestErrorsReturnedWithoutRetry(t *testing.T) {
-	tests := []struct {
-		name     string
-		status   int
-		body     string
-		wantCode string
-		wantMsg  string
-		wantIs   error
-	}{
-		{"not found", 404, `{"error":{"code":"not_found","message":"job j9 not found"}}`, tandem.ENOTFOUND, "job j9 not found", tandem.ErrNotFound},
-		{"invalid", 400, `{"error":{"code":"invalid_argument","message":"command is empty"}}`, tandem.EINVALID, "command is empty", nil},
-		{"conflict", 409, `{"error":{"code":"conflict","message":"no"}}`, tandem.ECONFLICT, "no", nil},
-		{"idempotency", 422, `{"error":{"code":"idempotency_mismatch","message":"key reused"}}`, tandem.EIDEMPOTENCY, "key reused", nil},
-		{"internal", 500, `{"error":{"code":"internal","message":"internal error"}}`, tandem.EINTERNAL, "internal error", nil},
-		{"non-JSON 500", 500, "<html>boom</html>", tandem.EINTERNAL, "HTTP 500: <html>boom</html>", nil},
-		{"non-JSON 404", 404, "404 page not found", tandem.EINTERNAL, "HTTP 404: 404 page not found", nil},
-		{"long body", 400, strings.Repeat("x", 500), tandem.EINTERNAL, "HTTP 400: " + strings.Repeat("x", 200), nil},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			rec := &recorder{}
-			srv := serve(t, rec, "srv", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-				w.WriteHeader(tt.status)
-				io.WriteString(w, tt.body)
-			}))
-			other := serve(t, rec, "other", &activeAPI{})
-			c := newTestClient(t, rec, DefaultBackoff(), srv.URL, other.URL)
-
-			_, err := c.GetJob(context.Background(), "j9")
-			var te *tandem.Error
-			if !errors.As(err, &te) {
-				t.Fatalf("got error %v (%T), want a *tandem.Error", err, err)
-			}
-			if te.Code != tt.wantCode {
-				t.Errorf("got code %q, want %q", te.Code, tt.wantCode)
-			}
-			if !strings.Contains(te.Message, tt.wantMsg) {
-				t.Errorf("got message %q, want it to contain %q", te.Message, tt.wantMsg)
-			}
-			if strings.Contains(te.Message, strings.Repeat("x", 201)) {
-				t.Errorf("got message of %d bytes, want the body cut at 200", len(te.Message))
-			}
-			if tt.wantIs != nil && !errors.Is(err, tt.wantIs) {
-				t.Errorf("errors.Is(%v, %v): got false, want true", err, tt.wantIs)
-			}
-			if got := rec.hits("srv") + rec.hits("other"); got != 1 {
-				t.Errorf("got %d requests, want 1 (no retry)", got)
-			}
-		})
-	}
-}
-
-func TestAttemptsExhausted(t *testing.T) {
-	rec := &recorder{}
-	dead := deadURL(t)
-	down := serve(t, rec, "down", unavailable())
-	proxy := serve(t, rec, "proxy", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.WriteHeader(http.StatusBadGateway)
-		io.WriteString(w, "bad gateway")
-	}))
-	c := newTestClient(t, rec, Backoff{Base: time.Millisecond, Max: time.Millisecond, Attempts: 5}, dead, down.URL, proxy.URL)
-
-	_, err := c.SubmitJob(context.Background(), testSpec, SubmitOptions{})
-	var te *tandem.Error
-	if !errors.As(err, &te) || te.Code != tandem.EUNAVAILABLE {
-		t.Fatalf("got error %v, want a *tandem.Error with code %s", err, tandem.EUNAVAILABLE)
-	}
-	for _, want := range []string{
-		"no active server answered after 5 attempts",
-		dead + ": connection refused",
-		down.URL + ": 503 no_active: no active server is known",
-		proxy.URL + ": 502 unavailable: " + proxy.URL + ": HTTP 502: bad gateway",
-	} {
-		if !strings.Contains(te.Message, want) {
-			t.Errorf("got message %q, want it to contain %q", te.Message, want)
-		}
-	}
-	if got, want := rec.hits("down")+rec.hits("proxy"), 3; got != want {
-		t.Errorf("got %d requests to live servers, want %d", got, want)
-	}
-}
-
-func TestContextStopsRetrying(t *testing.T) {
-	tests := []struct {
-		name    string
-		ctx     func() (context.Context, context.CancelFunc)
-		wantErr error
-	}{
-		{"cancel", func() (context.Context, context.CancelFunc) {
-			ctx, cancel := context.WithCancel(context.Background())
-			time.AfterFunc(100*time.Millisecond, cancel)
-			return ctx, cancel
-		}, context.Canceled},
-		{"deadline", func() (context.Context, context.CancelFunc) {
-			return context.WithTimeout(context.Background(), 100*time.Millisecond)
-		}, context.DeadlineExceeded},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			rec := &recorder{}
-			down := serve(t, rec, "down", unavailable())
-			// Real sleeps, long ones: the cancellation must cut them short.
-			c, err := New(Config{Servers: []string{down.URL, deadURL(t)}, Backoff: Backoff{Base: time.Minute, Max: time.Minute, Attempts: 100}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := tt.ctx()
-			defer cancel()
-			start := time.Now()
-			_, err = c.SubmitJob(ctx, testSpec, SubmitOptions{})
-			if !errors.Is(err, tt.wantErr) {
-				t.Errorf("got error %v, want one wrapping %v", err, tt.wantErr)
-			}
-			if !strings.Contains(fmt.Sprint(err), "no_active") {
-				t.Errorf("got error %q, want it to say what the servers answered", err)
-			}
-			if took := time.Since(start); took > 10*time.Second {
-				t.Errorf("got return after %v, want promptly after the cancellation", took)
-			}
-		})
-	}
-}
-
-func TestContextCancelDuringRequest(t *testing.T) {
-	rec := &recorder{}
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release) })
-	hang := serve(t, rec, "hang", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}))
-	c := newTestClient(t, rec, DefaultBackoff(), hang.URL)
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	_, err := c.GetJob(ctx, "j1")
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("got error %v, want one wrapping context.DeadlineExceeded", err)
-	}
-	if got := rec.hits("hang"); got != 1 {
-		t.Errorf("got %d requests, want 1 (no retry once ctx is done)", got)
-	}
-}
-
 func TestConcurrentCallsShareOneClient(t *testing.T) {
 	rec := &recorder{}
 	down := serve(t, rec, "down", unavailable())
@@ -633,43 +408,6 @@ func TestConcurrentCallsShareOneClient(t *testing.T) {
 	}
 }
 
-func TestConfigValidation(t *testing.T) {
-	tests := []struct {
-		name    string
-		cfg     Config
-		wantErr string // "" means valid
-	}{
-		{"valid", Config{Servers: []string{"http://127.0.0.1:7070", "https://rm2.example"}}, ""},
-		{"no servers", Config{}, "no servers given"},
-		{"bad scheme", Config{Servers: []string{"ftp://h:1"}}, `"ftp://h:1": the scheme must be http or https`},
-		{"no scheme", Config{Servers: []string{"127.0.0.1:7070"}}, `"127.0.0.1:7070"`},
-		{"no host", Config{Servers: []string{"http://"}}, `"http://" has no host`},
-		{"bad port", Config{Servers: []string{"http://h:port"}}, `"http://h:port" is malformed`},
-		{"query", Config{Servers: []string{"http://h:1/?a=b"}}, "no user, query or fragment"},
-		{"duplicate", Config{Servers: []string{"http://h:80", "http://H/"}}, "listed twice"},
-		{"zero base", Config{Servers: []string{"http://h"}, Backoff: Backoff{Max: time.Second, Attempts: 3}}, "base is 0s"},
-		{"max below base", Config{Servers: []string{"http://h"}, Backoff: Backoff{Base: time.Second, Max: time.Millisecond, Attempts: 3}}, "less than its base"},
-		{"no attempts", Config{Servers: []string{"http://h"}, Backoff: Backoff{Base: time.Millisecond, Max: time.Second}}, "attempts is 0"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(tt.cfg)
-			if tt.wantErr == "" {
-				if err != nil {
-					t.Errorf("got error %v, want none", err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("got error %v, want one containing %q", err, tt.wantErr)
-			}
-			if got := tandem.ErrorCode(err); got != tandem.EINVALID {
-				t.Errorf("got code %q, want %q", got, tandem.EINVALID)
-			}
-		})
-	}
-}
-
 func TestConfigNormalizes(t *testing.T) {
 	c, err := New(Config{Servers: []string{"http://127.0.0.1:7070/"}})
 	if err != nil {
@@ -680,25 +418,6 @@ func TestConfigNormalizes(t *testing.T) {
 	}
 	if got, want := c.tr.Backoff(), DefaultBackoff(); got != want {
 		t.Errorf("backoff: got %+v, want the default %+v", got, want)
-	}
-}
-
-func TestHTTPClientDoesNotFollowRedirects(t *testing.T) {
-	rec := &recorder{}
-	active := serve(t, rec, "active", &activeAPI{})
-	standby := serve(t, rec, "standby", redirectTo(func() string { return active.URL }))
-	// A caller's client that would follow redirects on its own (and, for a
-	// POST after a 307, resend the body without our bookkeeping).
-	c, err := New(Config{Servers: []string{standby.URL, active.URL}, HTTPClient: &http.Client{Timeout: 5 * time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.SubmitJob(context.Background(), testSpec, SubmitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	// Only the client's own redirect handling makes the target sticky.
-	if got := c.Current(); got != active.URL {
-		t.Errorf("Current: got %s, want %s", got, active.URL)
 	}
 }
 
