@@ -5,10 +5,10 @@
 // redirects them to the active. With several shards (active-active) every
 // server reads jobs from its own hot view, any server that owns a shard
 // accepts submissions, and a write to a job goes to the owner of its shard.
-// Every answer carries the revision of the view it reflects
-// (X-Tandem-Revision); a read that brings X-Tandem-Min-Revision waits until
-// the server's view has reached it, so a client reads its own writes
-// whichever server answers.
+// Every read is linearizable, whichever server answers: the server first
+// waits for its view to reach etcd's current revision (and at least the
+// X-Tandem-Min-Revision a client brings). Every answer carries the revision
+// of the view it reflects (X-Tandem-Revision).
 package api
 
 import (
@@ -43,9 +43,9 @@ const (
 	MaxListLimit     = 1000
 )
 
-// MaxRevisionWait bounds how long a read waits for the server's view to reach
-// the revision the client asks for; past it the server answers 503 and the
-// client tries another.
+// MaxRevisionWait bounds how long a read waits for the server's view to
+// catch up with etcd (and with the revision the client asks for); past it
+// the server answers 503 and the client tries another.
 const MaxRevisionWait = 3 * time.Second
 
 // Service is what the API needs of a server; *server.Server implements it.
@@ -80,9 +80,11 @@ type Service interface {
 	Agent(id string) (tandem.AgentInfo, bool)
 	Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.SyncResponse, error)
 	// Revision is the revision the view has reached; WaitRevision blocks
-	// until it reaches rev.
+	// until it reaches rev; Fresh until it holds every write etcd had
+	// committed when it was called.
 	Revision() int64
 	WaitRevision(ctx context.Context, rev int64) error
+	Fresh(ctx context.Context) error
 }
 
 // API serves one server's HTTP endpoints.
@@ -222,24 +224,30 @@ func (a *API) redirect(w http.ResponseWriter, r *http.Request, to tandem.ServerR
 }
 
 // reader serves a read: on the active with one shard, on any server with
-// several. Either way it first waits for the view to reach the revision the
-// client asks for (read-your-writes across servers).
+// several. Either way the read is linearizable: the server first waits for
+// its view to hold every write etcd had committed when the request came
+// (Service.Fresh), so it never answers from a view behind a write already
+// acknowledged elsewhere, and at least the revision the client asks for.
 func (a *API) reader(h http.HandlerFunc) http.HandlerFunc {
 	read := func(w http.ResponseWriter, r *http.Request) {
+		var rev int64
 		if v := r.Header.Get(transport.MinRevisionHeader); v != "" {
-			rev, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || rev < 0 {
+			var err error
+			if rev, err = strconv.ParseInt(v, 10, 64); err != nil || rev < 0 {
 				a.writeError(w, r, tandem.Errorf(tandem.EINVALID, "%s must be a revision (a whole number), not %q", transport.MinRevisionHeader, v))
 				return
 			}
-			ctx, cancel := context.WithTimeout(r.Context(), MaxRevisionWait)
-			err = a.srv.WaitRevision(ctx, rev)
-			cancel()
-			if err != nil {
-				a.writeError(w, r, tandem.Errorf(tandem.EUNAVAILABLE,
-					"server %s's view is at revision %d, behind the %d asked for; retry, or ask another server", a.id, a.srv.Revision(), rev))
-				return
-			}
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), MaxRevisionWait)
+		err := a.srv.WaitRevision(ctx, rev)
+		if err == nil {
+			err = a.srv.Fresh(ctx)
+		}
+		cancel()
+		if err != nil {
+			a.writeError(w, r, tandem.Errorf(tandem.EUNAVAILABLE,
+				"server %s cannot bring its view up to date (at revision %d): %v; retry, or ask another server", a.id, a.srv.Revision(), err))
+			return
 		}
 		h(w, r)
 	}

@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -34,6 +35,7 @@ type fake struct {
 
 	mu      sync.Mutex
 	rev     int64
+	head    int64 // etcd's revision, which Fresh waits for
 	revCh   chan struct{}
 	killed  []string
 	submits int
@@ -123,6 +125,18 @@ func (f *fake) WaitRevision(ctx context.Context, rev int64) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// Fresh brings the fake's view to its etcd revision (head), as the real one
+// catches up with etcd; a head of -1 is an etcd without quorum.
+func (f *fake) Fresh(ctx context.Context) error {
+	f.mu.Lock()
+	head := f.head
+	f.mu.Unlock()
+	if head < 0 {
+		return errors.New("etcd has no quorum")
+	}
+	return f.WaitRevision(ctx, head)
 }
 
 // advance moves the fake's view to rev.
@@ -251,43 +265,69 @@ func TestRouting(t *testing.T) {
 	}
 }
 
-// Read-your-writes: a read that asks for a revision the view has not reached
-// waits for it, and gets 503 if it does not come in time; every answer says
-// which revision it reflects.
-func TestMinRevision(t *testing.T) {
+// Reads are linearizable: a read waits for the view to reach etcd's
+// current revision (and at least the revision the client asks for), and gets
+// 503 if it cannot; every answer says which revision it reflects.
+func TestReadsWaitForAFreshView(t *testing.T) {
 	f := newFake("rm1", 8, tandem.StateStandby)
 	f.jobs["j1"] = &tandem.Job{ID: "j1", State: tandem.JobPending}
 	f.advance(10)
+	f.head = 10
 	h := api.New(f, slog.New(slog.DiscardHandler))
 
 	got := call(t, h, "GET", "/v1/jobs/j1", map[string]string{transport.MinRevisionHeader: "5"}, "")
 	if got.status != 200 || got.header.Get(transport.RevisionHeader) != "10" {
-		t.Fatalf("read at a revision the view has passed: %d, revision %q; want 200, 10", got.status, got.header.Get(transport.RevisionHeader))
+		t.Fatalf("read with a current view: %d, revision %q; want 200, 10", got.status, got.header.Get(transport.RevisionHeader))
 	}
+	// etcd has moved on (another server wrote): the read waits for the view.
+	f.mu.Lock()
+	f.head = 12
+	f.mu.Unlock()
 	done := make(chan answer, 1)
-	go func() {
-		done <- call(t, h, "GET", "/v1/jobs/j1", map[string]string{transport.MinRevisionHeader: "12"}, "")
-	}()
+	go func() { done <- call(t, h, "GET", "/v1/jobs/j1", nil, "") }()
 	select {
 	case a := <-done:
-		t.Fatalf("a read asking for revision 12 was answered (%d) while the view was at 10", a.status)
+		t.Fatalf("a read was answered (%d) from a view at 10 while etcd was at 12", a.status)
 	case <-time.After(100 * time.Millisecond):
 	}
 	f.advance(12)
 	if got := <-done; got.status != 200 || got.header.Get(transport.RevisionHeader) != "12" {
 		t.Fatalf("after the view reached 12: %d, revision %q; want 200, 12", got.status, got.header.Get(transport.RevisionHeader))
 	}
+	// A client that has seen a later revision waits for it too.
+	go func() {
+		done <- call(t, h, "GET", "/v1/jobs/j1", map[string]string{transport.MinRevisionHeader: "13"}, "")
+	}()
+	select {
+	case a := <-done:
+		t.Fatalf("a read asking for revision 13 was answered (%d) from a view at 12", a.status)
+	case <-time.After(100 * time.Millisecond):
+	}
+	f.advance(13)
+	if got := <-done; got.status != 200 {
+		t.Fatalf("after the view reached 13: %d, want 200", got.status)
+	}
 	for _, bad := range []string{"x", "-1", "1e3"} {
 		if got := call(t, h, "GET", "/v1/jobs/j1", map[string]string{transport.MinRevisionHeader: bad}, ""); got.status != 400 || code(got.body) != tandem.EINVALID {
 			t.Fatalf("min revision %q: %d %s, want 400 %s", bad, got.status, got.body, tandem.EINVALID)
 		}
 	}
+	// Without a quorum the server cannot tell whether its view is current.
+	f.mu.Lock()
+	f.head = -1
+	f.mu.Unlock()
+	if got := call(t, h, "GET", "/v1/jobs/j1", nil, ""); got.status != 503 || code(got.body) != tandem.EUNAVAILABLE {
+		t.Fatalf("read with etcd without quorum: %d %s, want 503 %s", got.status, got.body, tandem.EUNAVAILABLE)
+	}
 	if testing.Short() {
 		return
 	}
+	f.mu.Lock()
+	f.head = 99
+	f.mu.Unlock()
 	start := time.Now()
-	got = call(t, h, "GET", "/v1/jobs/j1", map[string]string{transport.MinRevisionHeader: "99"}, "")
+	got = call(t, h, "GET", "/v1/jobs/j1", nil, "")
 	if got.status != 503 || code(got.body) != tandem.EUNAVAILABLE || time.Since(start) < api.MaxRevisionWait {
-		t.Fatalf("a revision the view never reaches: %d %s after %s; want 503 %s after %s", got.status, got.body, time.Since(start), tandem.EUNAVAILABLE, api.MaxRevisionWait)
+		t.Fatalf("a view that never catches up: %d %s after %s; want 503 %s after %s", got.status, got.body, time.Since(start), tandem.EUNAVAILABLE, api.MaxRevisionWait)
 	}
 }

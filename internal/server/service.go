@@ -42,6 +42,10 @@ func (s *Server) Revision() int64 { return s.store.Rev() }
 // WaitRevision blocks until the view has reached rev or ctx ends.
 func (s *Server) WaitRevision(ctx context.Context, rev int64) error { return s.store.WaitRev(ctx, rev) }
 
+// Fresh waits until the view holds every write etcd had committed when it
+// was called (see store.Store.Fresh): reads after it are linearizable.
+func (s *Server) Fresh(ctx context.Context) error { return s.store.Fresh(ctx) }
+
 // AnyOwner returns a server that owns a shard, preferring this one, then one
 // whose probes find it answering, then the one with most shards.
 func (s *Server) AnyOwner() (tandem.ServerRef, bool) {

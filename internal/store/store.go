@@ -79,6 +79,8 @@ type Store struct {
 	changed   chan struct{} // closed and replaced whenever the view changes
 	watchErr  error
 
+	barrier readBarrier // linearizable reads of etcd's revision (see Fresh)
+
 	idemMu         sync.Mutex
 	idemLease      clientv3.LeaseID
 	idemLeaseUntil time.Time

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -375,4 +376,45 @@ func TestClusterConfigIsFixedOnce(t *testing.T) {
 	if got, err := other.EnsureConfig(ctx, 0); got != 1 || err != nil {
 		t.Fatalf("new cluster, no number asked: got %d, %v; want 1", got, err)
 	}
+}
+
+// Fresh makes a read from the view linearizable: once it returns, the view
+// holds every write etcd had committed when it was called, by any process,
+// also when the last revision wrote nothing under the cluster's prefix.
+func TestFreshViewHoldsEveryCommittedWrite(t *testing.T) {
+	e := etcdtest.Start(t)
+	view := newStore(t, e.Client(t))
+	other := e.Client(t)
+	ctx := context.Background()
+	for i := 0; i < 20; i++ {
+		id := fmt.Sprintf("j%02d", i)
+		if _, err := other.Put(ctx, layout.Job(id), `{"id":"`+id+`","state":"pending","command":["true"]}`); err != nil {
+			t.Fatal(err)
+		}
+		last, err := other.Put(ctx, "/elsewhere", id) // a revision with nothing of the cluster's
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := view.Fresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := view.Job(id); err != nil {
+			t.Fatalf("job %s, committed before Fresh, not in the view after it: %v", id, err)
+		}
+		if got := view.Rev(); got < last.Header.Revision {
+			t.Fatalf("view at revision %d after Fresh, want at least %d", got, last.Header.Revision)
+		}
+	}
+	// Concurrent callers share the reads of etcd's revision.
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := view.Fresh(ctx); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
 }
