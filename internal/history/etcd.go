@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 	"time"
@@ -52,6 +53,28 @@ type Audit struct {
 	// Problems describes every write that did not carry the epoch of its
 	// shard's owner at its revision.
 	Problems []string
+	// Jobs holds every job record's versions, by job ID, for checking what
+	// a read showed against what etcd held (Showed).
+	Jobs map[string]*JobVersions
+}
+
+// JobVersions is one job record's history as etcd kept it.
+type JobVersions struct {
+	// Created is the record's create revision.
+	Created int64 `json:"created"`
+	// Versions lists the record's versions in order of revision, each in
+	// force from its revision until the next one's.
+	Versions []Version `json:"versions"`
+	// Seeded says the first version is the one in force when etcd
+	// compacted its history: what the record held before it is unknown.
+	Seeded bool `json:"seeded,omitempty"`
+}
+
+// Version is one version of a job record: the revision that wrote it and
+// the progress it shows.
+type Version struct {
+	Revision int64    `json:"revision"`
+	Progress Progress `json:"progress"`
 }
 
 // AuditEtcd reads the history of layout's keys from the first revision etcd
@@ -62,7 +85,7 @@ type Audit struct {
 // shard, read from etcd itself: a write by a deposed owner would carry an
 // epoch no longer in force.
 func AuditEtcd(ctx context.Context, cli *clientv3.Client, layout keys.Layout, shards int, upTo int64) (*Audit, error) {
-	a := &Audit{Shards: shards}
+	a := &Audit{Shards: shards, Jobs: map[string]*JobVersions{}}
 	st := auditState{a: a, layout: layout, owners: map[int]int{}, attempts: map[string]int{}}
 	from := int64(1)
 	for {
@@ -77,6 +100,7 @@ func AuditEtcd(ctx context.Context, cli *clientv3.Client, layout keys.Layout, sh
 		// were at compacted, and follow what came after.
 		a.CompactedAt, from = compacted, compacted+1
 		a.Tenures, a.Attempts, a.Problems, a.JobWrites = nil, nil, nil, 0
+		a.Jobs = map[string]*JobVersions{}
 		st.owners, st.attempts = map[int]int{}, map[string]int{}
 		resp, err := cli.Get(ctx, layout.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(compacted))
 		if err != nil {
@@ -120,6 +144,8 @@ func (s *auditState) seed(kv *mvccpb.KeyValue) {
 		var j tandem.Job
 		if json.Unmarshal(kv.Value, &j) == nil {
 			s.attempts[key] = len(j.Attempts)
+			s.a.Jobs[j.ID] = &JobVersions{Created: kv.CreateRevision, Seeded: true,
+				Versions: []Version{{Revision: kv.ModRevision, Progress: ProgressOf(&j)}}}
 		}
 	}
 }
@@ -149,6 +175,7 @@ func (s *auditState) event(ev *clientv3.Event) {
 		return
 	}
 	s.a.JobWrites++
+	s.version(&j, ev.Kv.CreateRevision, rev)
 	k := shard.Of(j.ID, s.a.Shards)
 	if j.Shard != k {
 		s.a.Problems = append(s.a.Problems, fmt.Sprintf("job %s records shard %d, but its ID hashes to shard %d of %d", j.ID, j.Shard, k, s.a.Shards))
@@ -174,6 +201,16 @@ func (s *auditState) event(ev *clientv3.Event) {
 		check(fmt.Sprintf("attempt %s was recorded", at.ID), at.Epoch)
 	}
 	s.attempts[key] = len(j.Attempts)
+}
+
+// version adds j, written at rev, to its record's versions.
+func (s *auditState) version(j *tandem.Job, created, rev int64) {
+	h := s.a.Jobs[j.ID]
+	if h == nil || created == rev {
+		h = &JobVersions{Created: created}
+		s.a.Jobs[j.ID] = h
+	}
+	h.Versions = append(h.Versions, Version{Revision: rev, Progress: ProgressOf(j)})
 }
 
 // current returns the tenure in force for shard now (in the replay).
@@ -202,6 +239,36 @@ func (a *Audit) OwnerAt(k int, rev int64) (Tenure, bool) {
 		}
 	}
 	return Tenure{}, false
+}
+
+// Showed reports whether the record of job showed progress p (nil: that
+// there was no record) at some revision from from to to, both included;
+// known is false when etcd's history cannot tell, because it was compacted
+// before the versions that could have shown it. A job etcd never held has
+// no record at any revision.
+func (a *Audit) Showed(job string, p *Progress, from, to int64) (showed, known bool) {
+	h := a.Jobs[job]
+	switch {
+	case from > to:
+		return false, true
+	case h == nil:
+		return p == nil, true
+	case p == nil:
+		return from < h.Created, true
+	}
+	for i, v := range h.Versions {
+		until := int64(math.MaxInt64)
+		if i+1 < len(h.Versions) {
+			until = h.Versions[i+1].Revision
+		}
+		if v.Revision <= to && until > from && v.Progress == *p {
+			return true, true
+		}
+	}
+	if h.Seeded && from < h.Versions[0].Revision {
+		return false, false
+	}
+	return false, true
 }
 
 // Gap is the time a shard had no owner between two tenures, in revisions.
