@@ -26,20 +26,25 @@ the cluster. docs/BENCHMARKS.md says what each figure means.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newBenchSubmitCmd(), newBenchFailoverCmd())
+	cmd.AddCommand(newBenchSubmitCmd(), newBenchFailoverCmd(), newBenchShardsCmd())
 	return cmd
 }
 
 type benchSubmitFlags struct {
-	clients  int
-	duration time.Duration
-	jobs     int
-	servers  int
-	agents   int
-	basePort int
-	leaseTTL time.Duration
-	dataDir  string
-	jsonPath string
+	clients     int
+	duration    time.Duration
+	jobs        int
+	servers     int
+	shards      int
+	etcd        string
+	etcdMembers int
+	matrix      bool
+	agents      int
+	basePort    int
+	leaseTTL    time.Duration
+	dataDir     string
+	jsonPath    string
+	binary      string
 }
 
 func newBenchSubmitCmd() *cobra.Command {
@@ -57,22 +62,40 @@ func newBenchSubmitCmd() *cobra.Command {
     pending and the run measures submission alone;
   - the same etcd's rate of raw fenced transactions (one guarded put of a job
     record's size) at the same concurrency for as long, and the ratio;
-  - the median latency of one fenced transaction made alone.`,
+  - the median latency of one fenced transaction made alone;
+  - the CPU time (user+sys, from /proc/<pid>/stat) every server, etcd
+    member and agent process, and the bench's own clients, used per
+    acknowledged submission during the throughput run.
+
+Clients start at different servers (client i at server i, round-robin):
+with --shards above 1 every server takes submissions; with one shard the
+standbys redirect to the active. --etcd external runs etcd as separate
+processes so its CPU is counted apart from the servers'.
+
+--matrix runs the topologies 1 server/1 shard, 1/N, 2/N and 3/N (N from
+--shards, 64 unless given), each on a new cluster, and prints them side by
+side; it uses external etcd unless --etcd says otherwise.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runBenchSubmit(cmd.Context(), cmd.OutOrStdout(), f)
+			return runBenchSubmit(cmd.Context(), cmd.OutOrStdout(), f, cmd.Flags().Changed)
 		},
 	}
 	fl := cmd.Flags()
 	fl.IntVar(&f.clients, "clients", 8, "concurrent submitting clients (and raw etcd clients)")
 	fl.DurationVar(&f.duration, "duration", 10*time.Second, "length of the throughput run and of the raw etcd run")
 	fl.IntVar(&f.jobs, "jobs", 200, "sequential submissions in the submit-to-running run")
-	fl.IntVar(&f.servers, "servers-n", 3, "number of servers, each with an embedded etcd member (1 to 9)")
+	fl.IntVar(&f.servers, "servers-n", 3, "number of servers (1 to 9)")
+	fl.IntVar(&f.shards, "shards", 1, "number of shards: 1 is active/standby, more is active-active (with --matrix, N; default 64)")
+	fl.StringVar(&f.etcd, "etcd", "embedded", "embedded (a member in every server) or external (separate etcd processes); --matrix defaults to external")
+	fl.IntVar(&f.etcdMembers, "etcd-members", 3, "external etcd members (1 to 9)")
+	fl.BoolVar(&f.matrix, "matrix", false, "run 1 server/1 shard, 1/N, 2/N and 3/N one after another and compare them")
 	fl.IntVar(&f.agents, "agents", 2, "number of agents")
-	fl.IntVar(&f.basePort, "base-port", 17070, "first of the 1000 ports the cluster uses: server i listens on base-port+i, its etcd member on base-port+100+i and +200+i")
+	fl.IntVar(&f.basePort, "base-port", 17070, "first of the 1000 ports the cluster uses: server i listens on base-port+i, an embedded etcd member on base-port+100+i and +200+i, an external one on base-port+700+i and +800+i")
 	fl.DurationVar(&f.leaseTTL, "lease-ttl", 2*time.Second, "lease TTL of every server (whole seconds)")
 	fl.StringVar(&f.dataDir, "data-dir", "", "keep the cluster's data and logs here (default: a temporary directory, removed at the end)")
 	fl.StringVar(&f.jsonPath, "json", "", `also write the result as JSON to this file ("-" for stdout)`)
+	fl.StringVar(&f.binary, "binary", "", "run the cluster (servers, agents, etcd) with this tandem binary instead of this one, e.g. an older build to compare")
+	_ = fl.MarkHidden("binary")
 	return cmd
 }
 
@@ -86,6 +109,12 @@ func (f *benchSubmitFlags) validate() error {
 		return usagef("--jobs %d: must be at least 1", f.jobs)
 	case f.servers < 1 || f.servers > 9:
 		return usagef("--servers-n %d: must be from 1 to 9", f.servers)
+	case f.shards < 1 || f.shards > 1024:
+		return usagef("--shards %d: must be from 1 to 1024", f.shards)
+	case !oneOf(f.etcd, benchEtcdModes):
+		return usagef("--etcd %q: want embedded or external", f.etcd)
+	case f.etcdMembers < 1 || f.etcdMembers > 9:
+		return usagef("--etcd-members %d: must be from 1 to 9", f.etcdMembers)
 	case f.agents < 1 || f.agents > 99:
 		return usagef("--agents %d: must be from 1 to 99 (the submit-to-running run needs an agent)", f.agents)
 	}
@@ -109,20 +138,44 @@ func validateLeaseTTL(d time.Duration) error {
 	return nil
 }
 
-func runBenchSubmit(ctx context.Context, out io.Writer, f *benchSubmitFlags) error {
+func runBenchSubmit(ctx context.Context, out io.Writer, f *benchSubmitFlags, changed func(string) bool) error {
 	if err := f.validate(); err != nil {
 		return err
 	}
-	bin, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("find the tandem binary: %w", err)
+	bin := f.binary
+	if bin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find the tandem binary: %w", err)
+		}
+		bin = exe
 	}
 	ctx, stop := benchContext(ctx)
 	defer stop()
-	res, err := bench.RunSubmit(ctx, bench.SubmitConfig{
-		Binary: bin, Servers: f.servers, Agents: f.agents, Clients: f.clients, Duration: f.duration,
-		Jobs: f.jobs, DataDir: f.dataDir, BasePort: f.basePort, LeaseTTL: f.leaseTTL, Out: out,
-	})
+	cfg := bench.SubmitConfig{
+		Binary: bin, Servers: f.servers, Shards: f.shards, Etcd: f.etcd, EtcdMembers: f.etcdMembers, Agents: f.agents,
+		Clients: f.clients, Duration: f.duration, Jobs: f.jobs, DataDir: f.dataDir, BasePort: f.basePort,
+		LeaseTTL: f.leaseTTL, Out: out,
+	}
+	var res any
+	var err error
+	if f.matrix {
+		// The matrix compares CPU by process, so etcd runs apart unless the
+		// user said otherwise; N is 64 unless given.
+		if !changed("etcd") {
+			cfg.Etcd = "external"
+		}
+		n := f.shards
+		if !changed("shards") {
+			n = 64
+		}
+		if n < 2 {
+			return usagef("--shards %d: the matrix needs at least 2 shards for its active-active topologies", n)
+		}
+		res, err = bench.RunSubmitMatrix(ctx, cfg, bench.SubmitMatrix(n))
+	} else {
+		res, err = bench.RunSubmit(ctx, cfg)
+	}
 	if err != nil {
 		return interrupted(ctx, err)
 	}
@@ -233,6 +286,131 @@ func runBenchFailover(ctx context.Context, out io.Writer, f *benchFailoverFlags)
 	// command fails, after the JSON is written.
 	if err := res.Failed(); err != nil {
 		return fmt.Errorf("bench failover: %w", err)
+	}
+	return nil
+}
+
+type benchShardsFlags struct {
+	servers     int
+	shards      int
+	trials      int
+	causes      []string
+	leaseTTL    time.Duration
+	etcdMembers int
+	agents      int
+	clients     int
+	every       time.Duration
+	quiet       time.Duration
+	basePort    int
+	dataDir     string
+	jsonPath    string
+	serverArgs  []string
+}
+
+func newBenchShardsCmd() *cobra.Command {
+	f := &benchShardsFlags{}
+	cmd := &cobra.Command{
+		Use:   "shards",
+		Short: "Shard ownership gaps and movement when active-active membership changes",
+		Long: `Start an active-active cluster (--servers-n servers, one more stopped, --shards
+shards, external etcd) under a light load, and --trials times change its
+membership once per cause, --quiet apart:
+
+  join     the extra server starts and takes its share by hand-off
+  leave    it stops gracefully (SIGTERM)
+  drain    tandem admin drain of a server (then undrain, also measured)
+  crash    kill -9 of a server that owns shards (then its restart, also measured)
+
+A watch of the owner keys in this process timestamps every deletion and
+creation: a gap is the next owner's key created minus the previous owner's
+key deleted, in milliseconds and in etcd revisions (from etcd's history,
+history.AuditEtcd). For a crash, detection is the kill to the deletion of
+its keys. Shards moved per change are compared with N/S and with the target
+maps. The command fails if an acknowledged job was lost, an attempt launched
+twice, or etcd's history shows a write not fenced by its shard's owner.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runBenchShards(cmd.Context(), cmd.OutOrStdout(), f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&f.servers, "servers-n", 3, "servers of the running cluster (2 to 8); join and leave add one more")
+	fl.IntVar(&f.shards, "shards", 64, "number of shards (2 to 1024)")
+	fl.IntVar(&f.trials, "trials", 5, "rounds: each makes one trial of every cause (and its way back)")
+	fl.StringSliceVar(&f.causes, "cause", bench.ShardCauses, "causes to measure: join, leave, drain, crash (repeatable or comma-separated)")
+	fl.DurationVar(&f.leaseTTL, "lease-ttl", 2*time.Second, "lease TTL of every server (whole seconds)")
+	fl.IntVar(&f.etcdMembers, "etcd-members", 3, "external etcd members, each its own process")
+	fl.IntVar(&f.agents, "agents", 2, "agents running the load's jobs")
+	fl.IntVar(&f.clients, "clients", 2, "clients of the light load")
+	fl.DurationVar(&f.every, "every", 100*time.Millisecond, "how long each load client waits after an acknowledged submission")
+	fl.DurationVar(&f.quiet, "quiet", 2*time.Second, "quiet time between trials")
+	fl.IntVar(&f.basePort, "base-port", 19070, "first port of the cluster's port range (it uses the 1000 ports from it)")
+	fl.StringVar(&f.dataDir, "data-dir", "", "keep the cluster's data and logs here (default: a temporary directory, removed at the end)")
+	fl.StringVar(&f.jsonPath, "json", "", `also write the result as JSON to this file ("-" for stdout)`)
+	fl.StringArrayVar(&f.serverArgs, "server-arg", nil, "extra flag for every server, e.g. --server-arg=--max-moves=4 (repeatable)")
+	return cmd
+}
+
+func (f *benchShardsFlags) validate() error {
+	for _, c := range f.causes {
+		if !oneOf(c, bench.ShardCauses) {
+			return usagef("--cause %q: want join, leave, drain or crash", c)
+		}
+	}
+	switch {
+	case f.servers < 2 || f.servers > 8:
+		return usagef("--servers-n %d: must be from 2 to 8", f.servers)
+	case f.shards < 2 || f.shards > 1024:
+		return usagef("--shards %d: must be from 2 to 1024", f.shards)
+	case f.trials < 1:
+		return usagef("--trials %d: must be at least 1", f.trials)
+	case len(f.causes) == 0:
+		return usagef("--cause: name at least one of join, leave, drain, crash")
+	case f.etcdMembers < 1 || f.etcdMembers > 9:
+		return usagef("--etcd-members %d: must be from 1 to 9", f.etcdMembers)
+	case f.agents < 1 || f.agents > 99:
+		return usagef("--agents %d: must be from 1 to 99", f.agents)
+	case f.clients < 1:
+		return usagef("--clients %d: must be at least 1", f.clients)
+	case f.every <= 0:
+		return usagef("--every %s: must be greater than zero", f.every)
+	case f.quiet < 0:
+		return usagef("--quiet %s: must not be negative", f.quiet)
+	}
+	if err := validateBasePort(f.basePort); err != nil {
+		return err
+	}
+	return validateLeaseTTL(f.leaseTTL)
+}
+
+func runBenchShards(ctx context.Context, out io.Writer, f *benchShardsFlags) error {
+	if err := f.validate(); err != nil {
+		return err
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find the tandem binary: %w", err)
+	}
+	ctx, stop := benchContext(ctx)
+	defer stop()
+	res, err := bench.RunShards(ctx, bench.ShardsConfig{
+		Binary: bin, Servers: f.servers, Shards: f.shards, Trials: f.trials, Causes: f.causes, LeaseTTL: f.leaseTTL,
+		EtcdMembers: f.etcdMembers, Agents: f.agents, Clients: f.clients, Every: f.every, Quiet: f.quiet,
+		DataDir: f.dataDir, BasePort: f.basePort, Out: out, ServerArgs: f.serverArgs,
+	})
+	if err != nil {
+		return interrupted(ctx, err)
+	}
+	if f.jsonPath != "" {
+		if err := bench.WriteJSON(f.jsonPath, res); err != nil {
+			return fmt.Errorf("write %s: %w", f.jsonPath, err)
+		}
+	}
+	// As in bench failover: a lost job, a second launch or an unfenced
+	// write is a broken promise (I2, I4, I1), so the command fails, after
+	// the JSON is written.
+	if err := res.Failed(); err != nil {
+		return fmt.Errorf("bench shards: %w", err)
 	}
 	return nil
 }

@@ -131,6 +131,9 @@ type load struct {
 	errs  int
 	first []string      // the first few client errors, to show
 	newAt chan struct{} // closed and replaced on every ack
+	// every is how long each client waits after an acknowledgement before
+	// its next submission (0: 50 ms).
+	every time.Duration
 }
 
 func (l *load) record(a ack) {
@@ -178,9 +181,13 @@ func (l *load) run(ctx context.Context, cl *client.Client, spec tandem.JobSpec, 
 			continue
 		}
 		l.record(ack{at: time.Now(), id: j.ID, epoch: j.Epoch})
+		every := l.every
+		if every == 0 {
+			every = 50 * time.Millisecond
+		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(every):
 		}
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
@@ -19,26 +18,43 @@ import (
 	"github.com/tandemhq/tandem/client"
 	"github.com/tandemhq/tandem/internal/keys"
 	"github.com/tandemhq/tandem/internal/local"
+	"github.com/tandemhq/tandem/internal/shard"
 )
 
 // SubmitConfig configures RunSubmit. Zero values take the defaults noted.
 type SubmitConfig struct {
-	Binary   string        // the tandem binary to run servers and agents with (required)
-	Servers  int           // servers, each with an embedded etcd member (default 3)
-	Agents   int           // agents (default 2)
-	Clients  int           // concurrent submitting clients in the throughput run (default 8)
-	Duration time.Duration // length of the throughput run and of the raw etcd run (default 10s)
-	Jobs     int           // sequential submissions in the scheduling run (default 200)
-	DataDir  string        // where the cluster keeps data and logs ("" for a temporary directory, removed at the end)
-	BasePort int           // server i listens on BasePort+i, its etcd member on BasePort+100+i (default 17070)
-	LeaseTTL time.Duration // the servers' lease TTL (0: the server's default)
-	Out      io.Writer     // progress and the result table (nil: discarded)
+	Binary  string // the tandem binary to run servers, agents and etcd with (required)
+	Servers int    // servers (default 3)
+	// Shards, above 1, makes the cluster active-active with that many
+	// shards (0 or 1: active/standby, and no --shards flag is passed, so an
+	// older binary without it can be measured).
+	Shards int
+	// Etcd is "embedded" (default: a member in every server) or "external"
+	// (EtcdMembers separate etcd processes, so etcd's CPU is measured apart
+	// from the servers').
+	Etcd        string
+	EtcdMembers int           // external etcd members (default 3)
+	Agents      int           // agents (default 2)
+	Clients     int           // concurrent submitting clients in the throughput run (default 8)
+	Duration    time.Duration // length of the throughput run and of the raw etcd run (default 10s)
+	Jobs        int           // sequential submissions in the scheduling run (default 200)
+	DataDir     string        // where the cluster keeps data and logs ("" for a temporary directory, removed at the end)
+	BasePort    int           // server i listens on BasePort+i, an embedded etcd member on BasePort+100+i (default 17070)
+	LeaseTTL    time.Duration // the servers' lease TTL (0: the server's default)
+	Out         io.Writer     // progress and the result table (nil: discarded)
 }
 
 // SubmitResult is what RunSubmit measured; it is also the JSON output.
 type SubmitResult struct {
-	Clients   int     `json:"clients"`
-	DurationS float64 `json:"duration_s"`
+	// Topology names the cluster: servers, shards and etcd.
+	Topology    string  `json:"topology"`
+	Servers     int     `json:"servers"`
+	Shards      int     `json:"shards"`
+	Etcd        string  `json:"etcd"`
+	EtcdMembers int     `json:"etcd_members"`
+	Agents      int     `json:"agents"`
+	Clients     int     `json:"clients"`
+	DurationS   float64 `json:"duration_s"`
 	// SubmitMode says what became of the submitted jobs in the throughput run.
 	SubmitMode string `json:"submit_mode"`
 	// Acknowledged counts submissions answered 201; Failed those that
@@ -68,6 +84,19 @@ type SubmitResult struct {
 	// ValueBytes is the size of a stored job record, used for the raw
 	// transactions.
 	ValueBytes int `json:"value_bytes"`
+	// CPU is the CPU time each process (servers, etcd members, agents and
+	// the bench itself, whose clients make the submissions) used during
+	// the throughput run, from /proc/<pid>/stat, per acknowledged
+	// submission. CPUWithSettle extends the window to the end of the
+	// servers' own writes after the run (SettleS, plus the quiet second
+	// that shows they ended). RawCPU is the same for the raw etcd run,
+	// per raw transaction.
+	CPU           *CPUReport `json:"cpu,omitempty"`
+	CPUWithSettle *CPUReport `json:"cpu_with_settle,omitempty"`
+	RawCPU        *CPUReport `json:"raw_cpu,omitempty"`
+	// LoadAvg is the machine's 1-minute load average just before the
+	// cluster started: other work on the same cores skews every figure.
+	LoadAvg float64 `json:"load_avg_1m"`
 }
 
 // benchConstraint is a constraint no agent of the bench cluster matches:
@@ -87,6 +116,15 @@ func (c *SubmitConfig) withDefaults() (SubmitConfig, error) {
 	}
 	if cfg.Servers == 0 {
 		cfg.Servers = 3
+	}
+	if cfg.Shards == 0 {
+		cfg.Shards = 1
+	}
+	if cfg.Etcd == "" {
+		cfg.Etcd = "embedded"
+	}
+	if cfg.EtcdMembers == 0 {
+		cfg.EtcdMembers = 3
 	}
 	if cfg.Agents == 0 {
 		cfg.Agents = 2
@@ -111,23 +149,33 @@ func (c *SubmitConfig) withDefaults() (SubmitConfig, error) {
 		return cfg, fmt.Errorf("bench submit: servers, agents, clients and jobs must be positive (%d, %d, %d, %d)", cfg.Servers, cfg.Agents, cfg.Clients, cfg.Jobs)
 	case cfg.Duration < 0 || cfg.LeaseTTL < 0:
 		return cfg, errors.New("bench submit: duration and lease TTL must not be negative")
+	case cfg.Etcd != "embedded" && cfg.Etcd != "external":
+		return cfg, fmt.Errorf("bench submit: etcd must be embedded or external, not %q", cfg.Etcd)
+	case cfg.Shards < 1 || cfg.Shards > keys.MaxShards:
+		return cfg, fmt.Errorf("bench submit: shards must be from 1 to %d, not %d", keys.MaxShards, cfg.Shards)
+	case cfg.EtcdMembers < 1 || cfg.EtcdMembers > 9:
+		return cfg, fmt.Errorf("bench submit: external etcd members must be from 1 to 9, not %d", cfg.EtcdMembers)
 	}
 	return cfg, nil
 }
 
-// RunSubmit starts a local cluster (cfg.Servers server processes, each with
-// an embedded etcd member, and cfg.Agents agent processes) and measures, in
-// this order:
+// RunSubmit starts a local cluster (cfg.Servers server processes, with an
+// embedded etcd member each or cfg.EtcdMembers separate etcd processes,
+// cfg.Shards shards, and cfg.Agents agent processes), waits until every
+// shard is on its target server, and measures, in this order:
 //
 //   - the scheduling run: on the idle cluster, cfg.Jobs sequential
 //     submissions of `true`, each timed from the start of SubmitJob until the
 //     job's attempt has started (seen through an etcd watch), each waited on
 //     until it has ended before the next;
 //   - submission throughput: cfg.Clients goroutines, each with its own
-//     failover client, submitting jobs that stay pending for cfg.Duration;
+//     failover client that starts at another server (round-robin), submitting
+//     jobs that stay pending for cfg.Duration, and the CPU time every process
+//     used meanwhile;
 //   - the raw etcd baseline: fenced transactions of the same size from as
-//     many goroutines for as long, through the active's own etcd member,
-//     which is where the active's writes go;
+//     many goroutines for as long, through the etcd endpoints the servers'
+//     writes go to (the active's own member with embedded etcd and one
+//     shard);
 //   - 200 sequential fenced transactions, for their median latency.
 //
 // It prints a table to cfg.Out and stops the cluster before returning, also
@@ -147,12 +195,21 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 	} else if dir, err = filepath.Abs(dir); err != nil {
 		return nil, err
 	}
-	lc, err := local.New(local.Config{Binary: cfg.Binary, Servers: cfg.Servers, Agents: cfg.Agents,
-		BasePort: cfg.BasePort, DataDir: dir, LeaseTTL: cfg.LeaseTTL})
+	lcfg := local.Config{Binary: cfg.Binary, Servers: cfg.Servers, Agents: cfg.Agents,
+		BasePort: cfg.BasePort, DataDir: dir, LeaseTTL: cfg.LeaseTTL}
+	if cfg.Shards > 1 {
+		lcfg.Shards = cfg.Shards
+	}
+	if cfg.Etcd == "external" {
+		lcfg.ExternalEtcd = cfg.EtcdMembers
+	}
+	lc, err := local.New(lcfg)
 	if err != nil {
 		return nil, fmt.Errorf("bench submit: %w", err)
 	}
-	fmt.Fprintf(out, "starting %d servers (each with an embedded etcd member) and %d agents in %s\n", cfg.Servers, cfg.Agents, dir)
+	topo := cfg.topology()
+	load0 := LoadAvg()
+	fmt.Fprintf(out, "starting %s and %d agents in %s\n", topo, cfg.Agents, dir)
 	startCtx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	err = lc.Start(startCtx)
 	cancel()
@@ -171,17 +228,23 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 	}
 
 	layout := keys.New("default")
-	var allMembers []string
-	for i := 0; i < cfg.Servers; i++ {
-		allMembers = append(allMembers, "http://127.0.0.1:"+strconv.Itoa(cfg.BasePort+100+i))
-	}
-	cli, err := submitEtcdClient(allMembers...)
+	cli, err := submitEtcdClient(lc.EtcdEndpoints()...)
 	if err != nil {
 		return nil, err
 	}
 	defer cli.Close()
+	if cfg.Shards > 1 {
+		if err := waitBalanced(ctx, cli, layout, cfg.Shards, lc, time.Minute); err != nil {
+			return nil, err
+		}
+	}
+	procs := clusterProcesses(lc)
 
-	res = &SubmitResult{Clients: cfg.Clients, DurationS: cfg.Duration.Seconds(), SubmitMode: submitMode}
+	res = &SubmitResult{Topology: topo, Servers: cfg.Servers, Shards: cfg.Shards, Etcd: cfg.Etcd, Agents: cfg.Agents,
+		Clients: cfg.Clients, DurationS: cfg.Duration.Seconds(), SubmitMode: submitMode, LoadAvg: load0}
+	if cfg.Etcd == "external" {
+		res.EtcdMembers = cfg.EtcdMembers
+	}
 
 	// The scheduling run first, while the cluster holds no pending backlog
 	// for the scheduler to walk through.
@@ -192,14 +255,22 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 	}
 	res.SubmitToRunningS = Summarize(s2r)
 
-	fmt.Fprintf(out, "throughput: %d clients submitting for %s, %s\n", cfg.Clients, cfg.Duration, submitMode)
+	fmt.Fprintf(out, "throughput: %d clients submitting for %s, each starting at another server, %s\n", cfg.Clients, cfg.Duration, submitMode)
 	rev0, err := etcdRevision(ctx, cli, layout)
+	if err != nil {
+		return nil, err
+	}
+	cpu0, err := sampleCPU(procs)
 	if err != nil {
 		return nil, err
 	}
 	tp, err := submitThroughput(ctx, lc.URLs(), cfg.Clients, cfg.Duration)
 	if err != nil {
 		return nil, fmt.Errorf("throughput run: %w", err)
+	}
+	cpu1, err := sampleCPU(procs)
+	if err != nil {
+		return nil, err
 	}
 	rev1, err := etcdRevision(ctx, cli, layout)
 	if err != nil {
@@ -209,6 +280,8 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 	res.Acknowledged, res.Failed = len(tp.lat), tp.failed
 	res.SubmitsPerS = float64(len(tp.lat)) / tp.elapsed.Seconds()
 	res.SubmitLatencyS = Summarize(tp.lat)
+	run := cpuBetween(procs, cpu0, cpu1, res.Acknowledged)
+	res.CPU = &run
 	if tp.firstID == "" {
 		return nil, fmt.Errorf("throughput run: no submission was acknowledged (%d failed; first error: %v)", tp.failed, tp.firstErr)
 	}
@@ -216,8 +289,8 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 		fmt.Fprintf(out, "  %d submissions failed; first error: %v\n", tp.failed, tp.firstErr)
 	}
 
-	// The scheduler records on each new pending job why it waits (one more
-	// fenced write per job); let it finish before etcd is measured alone.
+	// The servers may go on writing because of the new jobs; let them
+	// finish before etcd is measured alone.
 	t0 := time.Now()
 	if err := waitEtcdQuiet(ctx, cli, layout, time.Second, time.Minute); err != nil {
 		res.SettleS = -1
@@ -225,6 +298,10 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 	} else {
 		res.SettleS = max(0, time.Since(t0)-time.Second).Seconds()
 		fmt.Fprintf(out, "  the servers' own writes went on %.1fs after the run\n", res.SettleS)
+	}
+	if cpu2, err := sampleCPU(procs); err == nil {
+		settled := cpuBetween(procs, cpu0, cpu2, res.Acknowledged)
+		res.CPUWithSettle = &settled
 	}
 	got, err := cli.Get(ctx, layout.Job(tp.firstID))
 	if err != nil {
@@ -235,24 +312,40 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 	}
 	res.ValueBytes = len(got.Kvs[0].Value)
 
-	// The raw baseline goes through the active's own member, as the active's
-	// writes do; it may be an etcd follower (the active moves raft
-	// leadership away from itself), which then forwards to the leader.
-	if a := lc.Active(ctx); a >= 0 {
-		active = a
+	// The raw baseline goes where the servers' writes go: with embedded etcd
+	// and one shard, the active's own member (which may be an etcd follower,
+	// since the active moves raft leadership away from itself, and then
+	// forwards to the leader); otherwise every endpoint, as each server's
+	// client balances over them.
+	endpoints, via := lc.EtcdEndpoints(), "every etcd member"
+	if cfg.Etcd == "embedded" && cfg.Shards == 1 {
+		if a := lc.Active(ctx); a >= 0 {
+			active = a
+		}
+		endpoints, via = endpoints[active:active+1], lc.Servers[active].ID+"'s member"
 	}
-	raw, err := submitEtcdClient(allMembers[active])
+	raw, err := submitEtcdClient(endpoints...)
 	if err != nil {
 		return nil, err
 	}
 	defer raw.Close()
 	prefix := fmt.Sprintf("/tandem-bench/%d/", os.Getpid())
-	fmt.Fprintf(out, "raw etcd: fenced transactions of %d bytes from %d clients for %s via %s's member\n",
-		res.ValueBytes, cfg.Clients, cfg.Duration, lc.Servers[active].ID)
+	fmt.Fprintf(out, "raw etcd: fenced transactions of %d bytes from %d clients for %s via %s\n",
+		res.ValueBytes, cfg.Clients, cfg.Duration, via)
+	rcpu0, err := sampleCPU(procs)
+	if err != nil {
+		return nil, err
+	}
 	ops, lat, err := FencedTxnRate(ctx, raw, prefix+"rate/", cfg.Clients, cfg.Duration, res.ValueBytes)
 	if err != nil {
 		return nil, fmt.Errorf("raw fenced transactions: %w", err)
 	}
+	rcpu1, err := sampleCPU(procs)
+	if err != nil {
+		return nil, err
+	}
+	rawCPU := cpuBetween(procs, rcpu0, rcpu1, ops)
+	res.RawCPU = &rawCPU
 	res.EtcdTxnsPerS = float64(ops) / cfg.Duration.Seconds()
 	res.EtcdTxnLatencyS = Summarize(lat)
 	if res.EtcdTxnsPerS > 0 {
@@ -270,8 +363,62 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 	return res, nil
 }
 
+// topology names the cluster of cfg, e.g. "3 servers, 64 shards, external etcd (3)".
+func (c *SubmitConfig) topology() string {
+	s := fmt.Sprintf("%d server", c.Servers)
+	if c.Servers > 1 {
+		s += "s"
+	}
+	if c.Shards > 1 {
+		s += fmt.Sprintf(", %d shards", c.Shards)
+	} else {
+		s += ", 1 shard"
+	}
+	if c.Etcd == "external" {
+		return s + fmt.Sprintf(", external etcd (%d)", c.EtcdMembers)
+	}
+	return s + ", embedded etcd"
+}
+
+// clusterProcesses lists the processes of lc whose CPU a run measures, and
+// this process (the clients).
+func clusterProcesses(lc *local.Cluster) []Process {
+	var ps []Process
+	for _, s := range lc.Servers {
+		ps = append(ps, Process{Name: s.ID, Role: "server", PID: s.PID()})
+	}
+	for _, e := range lc.Etcd {
+		ps = append(ps, Process{Name: e.ID, Role: "etcd", PID: e.PID()})
+	}
+	for _, a := range lc.Agents {
+		ps = append(ps, Process{Name: a.ID, Role: "agent", PID: a.PID()})
+	}
+	return append(ps, Process{Name: "bench", Role: "bench"})
+}
+
+// waitBalanced waits until every shard of an active-active cluster is owned
+// by its target among all of lc's servers, so a measurement starts with
+// every server doing its share.
+func waitBalanced(ctx context.Context, cli *clientv3.Client, layout keys.Layout, shards int, lc *local.Cluster, limit time.Duration) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := watchOwners(wctx, cli, layout, shards)
+	if err != nil {
+		return err
+	}
+	var ids []string
+	for _, s := range lc.Servers {
+		ids = append(ids, s.ID)
+	}
+	if _, err := w.waitFor(ctx, shard.Targets(shards, ids), limit); err != nil {
+		return fmt.Errorf("wait for every shard on its target: %w", err)
+	}
+	return nil
+}
+
 // Print writes the result as a table. Times are in milliseconds.
 func (r *SubmitResult) Print(w io.Writer) {
+	fmt.Fprintf(w, "%s, %d agents\n", r.Topology, r.Agents)
 	Table(w, "MEASURE\tN\tPER S\tP50 MS\tP90 MS\tP99 MS\tMAX MS",
 		fmt.Sprintf("tandem submit (%d clients, %d failed)\t%d\t%.0f\t%s", r.Clients, r.Failed, r.Acknowledged, r.SubmitsPerS, r.SubmitLatencyS.Row()),
 		fmt.Sprintf("raw etcd fenced txn (%d clients, %d B)\t%d\t%.0f\t%s", r.Clients, r.ValueBytes, r.EtcdTxnLatencyS.N, r.EtcdTxnsPerS, r.EtcdTxnLatencyS.Row()),
@@ -281,6 +428,59 @@ func (r *SubmitResult) Print(w io.Writer) {
 		fmt.Sprintf("etcd fenced txn (sequential)\t%d\t-\t%.1f\t-\t-\t-", seqTxns, r.EtcdTxnP50S*1000),
 	)
 	fmt.Fprintf(w, "submissions: %s\n", r.SubmitMode)
+	if r.CPU != nil {
+		fmt.Fprintln(w)
+		var rows []string
+		for _, p := range r.CPU.Processes {
+			rows = append(rows, cpuRow(p.Name, p, r.CPUWithSettle.byName(p.Name), r.RawCPU.byName(p.Name)))
+		}
+		for _, role := range r.CPU.roles() {
+			rows = append(rows, cpuRow(role+" (total)", r.CPU.ByRole[role], r.CPUWithSettle.role(role), r.RawCPU.role(role)))
+		}
+		Table(w, "CPU (user+sys)\tSUBMIT RUN S\tCORES\tMS/JOB\tWITH SETTLE MS/JOB\tRAW RUN CORES\tRAW MS/TXN", rows...)
+		fmt.Fprintf(w, "machine: %.2f of %d cores busy during the submit run, %.2f of them other work than this run's; load average %.2f before the run\n",
+			r.CPU.MachineCores, r.CPU.NumCPU, r.CPU.OtherCores, r.LoadAvg)
+		if r.RawCPU != nil {
+			fmt.Fprintf(w, "machine: %.2f cores busy during the raw etcd run, %.2f of them other work\n", r.RawCPU.MachineCores, r.RawCPU.OtherCores)
+		}
+	}
+}
+
+func cpuRow(name string, run ProcessCPU, settle, raw *ProcessCPU) string {
+	s := fmt.Sprintf("%s\t%.2f\t%.2f\t%.3f", name, run.CPUS, run.Cores, run.PerJobMS)
+	if settle != nil {
+		s += fmt.Sprintf("\t%.3f", settle.PerJobMS)
+	} else {
+		s += "\t-"
+	}
+	if raw != nil {
+		s += fmt.Sprintf("\t%.2f\t%.3f", raw.Cores, raw.PerJobMS)
+	} else {
+		s += "\t-\t-"
+	}
+	return s
+}
+
+func (r *CPUReport) byName(name string) *ProcessCPU {
+	if r == nil {
+		return nil
+	}
+	for i := range r.Processes {
+		if r.Processes[i].Name == name {
+			return &r.Processes[i]
+		}
+	}
+	return nil
+}
+
+func (r *CPUReport) role(role string) *ProcessCPU {
+	if r == nil {
+		return nil
+	}
+	if p, ok := r.ByRole[role]; ok {
+		return &p
+	}
+	return nil
 }
 
 func submitEtcdClient(endpoints ...string) (*clientv3.Client, error) {
@@ -301,7 +501,7 @@ type submitRun struct {
 }
 
 // submitThroughput runs clients goroutines, each with its own failover
-// client over every server, submitting jobs that stay pending back to back
+// client over every server (client g starting at server g, round-robin), submitting jobs that stay pending back to back
 // until d has passed. A submission under way at the end is waited for and
 // counted, and the rate is taken over the time until the last one returned.
 func submitThroughput(ctx context.Context, urls []string, clients int, d time.Duration) (submitRun, error) {
@@ -313,7 +513,10 @@ func submitThroughput(ctx context.Context, urls []string, clients int, d time.Du
 	start := time.Now()
 	deadline := start.Add(d)
 	for g := 0; g < clients; g++ {
-		cl, err := client.New(client.Config{Servers: urls, UserAgent: "tandem-bench"})
+		// Each client starts at another server: with several shards every
+		// server takes submissions, and with one a standby redirects the
+		// client to the active, which it then sticks to.
+		cl, err := client.New(client.Config{Servers: rotate(urls, g), UserAgent: "tandem-bench"})
 		if err != nil {
 			return res, err
 		}
@@ -528,4 +731,75 @@ func waitEtcdQuiet(ctx context.Context, cli *clientv3.Client, layout keys.Layout
 		}
 	}
 	return fmt.Errorf("etcd was still being written %s after the run", limit)
+}
+
+// Topology is one cluster shape of a submit matrix.
+type Topology struct {
+	Servers int `json:"servers"`
+	Shards  int `json:"shards"`
+}
+
+// SubmitMatrix is the topologies `tandem bench submit --matrix` runs: one
+// server with one shard and with shards shards (what per-shard locks alone
+// change), then two and three servers with shards shards (what spreading
+// the shards over servers changes).
+func SubmitMatrix(shards int) []Topology {
+	return []Topology{{1, 1}, {1, shards}, {2, shards}, {3, shards}}
+}
+
+// RunSubmitMatrix runs RunSubmit once per topology, each on a new cluster
+// (in its own subdirectory of cfg.DataDir when that is set), then prints a
+// table of them side by side. It stops at the first run that fails and
+// returns the results so far.
+func RunSubmitMatrix(ctx context.Context, cfg SubmitConfig, topologies []Topology) ([]*SubmitResult, error) {
+	var out []*SubmitResult
+	for i, t := range topologies {
+		c := cfg
+		c.Servers, c.Shards = t.Servers, t.Shards
+		if cfg.DataDir != "" {
+			c.DataDir = filepath.Join(cfg.DataDir, fmt.Sprintf("%d-%ds-%dsh", i+1, t.Servers, t.Shards))
+		}
+		if cfg.Out != nil {
+			fmt.Fprintf(cfg.Out, "\n=== %d of %d: %d servers, %d shards\n", i+1, len(topologies), t.Servers, t.Shards)
+		}
+		res, err := RunSubmit(ctx, c)
+		if err != nil {
+			return out, fmt.Errorf("%d servers, %d shards: %w", t.Servers, t.Shards, err)
+		}
+		out = append(out, res)
+	}
+	if cfg.Out != nil {
+		fmt.Fprintln(cfg.Out)
+		PrintMatrix(cfg.Out, out)
+	}
+	return out, nil
+}
+
+// PrintMatrix writes the main figures of several runs side by side: the
+// submission rate and latency, submit-to-running, the raw etcd rate and the
+// ratio, and the CPU per acknowledged submission by role (servers, etcd,
+// agents, the bench's clients) during the throughput run.
+func PrintMatrix(w io.Writer, rs []*SubmitResult) {
+	var rows []string
+	for _, r := range rs {
+		cpu := func(role string) string {
+			if r.CPU == nil {
+				return "-"
+			}
+			p, ok := r.CPU.ByRole[role]
+			if !ok {
+				return "-"
+			}
+			return fmt.Sprintf("%.3f", p.PerJobMS)
+		}
+		cores, other := "-", "-"
+		if r.CPU != nil {
+			cores, other = fmt.Sprintf("%.2f", r.CPU.ByRole["all"].Cores), fmt.Sprintf("%.2f", r.CPU.OtherCores)
+		}
+		rows = append(rows, fmt.Sprintf("%d/%d\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%.0f\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s",
+			r.Servers, r.Shards, r.SubmitsPerS, r.SubmitLatencyS.P50*1000, r.SubmitLatencyS.P99*1000,
+			r.SubmitToRunningS.P50*1000, r.SubmitToRunningS.P99*1000, r.EtcdTxnsPerS, r.Ratio,
+			cpu("server"), cpu("etcd"), cpu("agent"), cpu("bench"), cpu("all"), cores, other))
+	}
+	Table(w, "SERVERS/SHARDS\tSUBMITS/S\tSUBMIT P50 MS\tP99 MS\tS2R P50 MS\tP99 MS\tRAW TXN/S\tRATIO\tCPU MS/JOB SERVERS\tETCD\tAGENTS\tBENCH\tALL\tCORES BUSY\tOTHER WORK", rows...)
 }
