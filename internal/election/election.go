@@ -108,6 +108,17 @@ func NewCandidate(cli *clientv3.Client, id, url string) *Candidate {
 	return &Candidate{cli: cli, id: id, url: url, now: time.Now}
 }
 
+// Cond is more of one transaction: comparisons that must hold as well, and
+// operations committed with it. An owner of something other than a shard
+// keeps its own bookkeeping consistent with its ownership this way: a
+// supervised service's node slots are taken in the transaction that wins the
+// service, and its "stopped cleanly" record is written in the one that gives
+// it up.
+type Cond struct {
+	If   []clientv3.Cmp
+	Then []clientv3.Op
+}
+
 // TryAcquire makes one attempt to create o's owner key bound to lease. It
 // does not wait for the key to be free: callers retry when they see it
 // deleted. handoff is the pending hand-off the caller has seen, or nil: a
@@ -116,29 +127,62 @@ func NewCandidate(cli *clientv3.Client, id, url string) *Candidate {
 // same transaction. It returns the new fence and true if this server now
 // owns o; false with a nil error when someone else got there first.
 func (c *Candidate) TryAcquire(ctx context.Context, o keys.Ownership, lease clientv3.LeaseID, handoff *Handoff) (Fence, bool, error) {
+	fence, resp, err := c.Acquire(ctx, o, lease, handoff, Cond{})
+	return fence, resp != nil, err
+}
+
+// Acquire is TryAcquire with also in the same transaction: every comparison
+// of also must hold as well, and its operations are committed with the win.
+// On a win it returns the fence and the transaction's answer (the answers
+// to also.Then follow the owner key's put and, with a hand-off to this
+// server, its deletion); on a loss a nil answer and a nil error.
+func (c *Candidate) Acquire(ctx context.Context, o keys.Ownership, lease clientv3.LeaseID, handoff *Handoff, also Cond) (Fence, *clientv3.TxnResponse, error) {
 	val, err := json.Marshal(Owner{ID: c.id, URL: c.url, At: c.now().UTC()})
 	if err != nil {
-		return Fence{}, false, err
+		return Fence{}, nil, err
 	}
-	put := clientv3.OpPut(o.Owner, string(val), clientv3.WithLease(lease))
-	free := clientv3.Compare(clientv3.CreateRevision(o.Owner), "=", 0)
-	var txn clientv3.Txn
+	ifs := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(o.Owner), "=", 0)}
+	thens := []clientv3.Op{clientv3.OpPut(o.Owner, string(val), clientv3.WithLease(lease))}
 	if handoff != nil && handoff.To == c.id {
-		txn = c.cli.Txn(ctx).If(free, clientv3.Compare(clientv3.ModRevision(o.Handoff), "=", handoff.ModRev)).
-			Then(put, clientv3.OpDelete(o.Handoff))
+		ifs = append(ifs, clientv3.Compare(clientv3.ModRevision(o.Handoff), "=", handoff.ModRev))
+		thens = append(thens, clientv3.OpDelete(o.Handoff))
 	} else {
-		txn = c.cli.Txn(ctx).If(free, clientv3.Compare(clientv3.CreateRevision(o.Handoff), "=", 0)).Then(put)
+		ifs = append(ifs, clientv3.Compare(clientv3.CreateRevision(o.Handoff), "=", 0))
 	}
-	resp, err := txn.Commit()
+	resp, err := c.cli.Txn(ctx).If(append(ifs, also.If...)...).Then(append(thens, also.Then...)...).Commit()
 	if err != nil {
-		return Fence{}, false, fmt.Errorf("campaign for %s: %w", o.Owner, err)
+		return Fence{}, nil, fmt.Errorf("campaign for %s: %w", o.Owner, err)
 	}
 	if !resp.Succeeded {
-		return Fence{}, false, nil
+		return Fence{}, nil, nil
 	}
 	// The key did not exist, so the transaction's revision is its create revision.
-	return Fence{Key: o.Owner, Rev: resp.Header.Revision}, true, nil
+	return Fence{Key: o.Owner, Rev: resp.Header.Revision}, resp, nil
 }
+
+// Release gives up one ownership, like Resign, with also in the same
+// transaction. It fails with tandem.ErrFenced if the fence no longer held,
+// and with ErrCondFailed if only also's comparisons did not.
+func (c *Candidate) Release(ctx context.Context, m Move, reason string, also Cond) error {
+	rec, _ := json.Marshal(Resignation{From: c.id, Epoch: m.Fence.Rev, Reason: reason, At: c.now().UTC()})
+	resp, err := c.cli.Txn(ctx).If(append([]clientv3.Cmp{m.Fence.IsOwner()}, also.If...)...).
+		Then(append([]clientv3.Op{clientv3.OpDelete(m.Keys.Owner), clientv3.OpPut(m.Keys.Resign, string(rec))}, also.Then...)...).
+		Else(clientv3.OpGet(m.Keys.Owner)).Commit()
+	if err != nil {
+		return fmt.Errorf("release %s: %w", m.Fence, err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	if !m.Fence.Held(resp.Responses[0].GetResponseRange().Kvs) {
+		return fmt.Errorf("release %s: %w", m.Fence, tandem.ErrFenced)
+	}
+	return fmt.Errorf("release %s: %w", m.Fence, ErrCondFailed)
+}
+
+// ErrCondFailed means the fence held but a comparison the caller added
+// (Cond.If) did not.
+var ErrCondFailed = errors.New("election: a comparison of the transaction failed")
 
 // Resign gives up the ownerships of moves, each only if its fence still
 // holds, in one transaction, recording reason so each next owner can say why
@@ -232,6 +276,37 @@ func (c *Candidate) HandOff(ctx context.Context, to Target, reason string, moves
 		done[i] = r.GetResponseTxn().GetSucceeded()
 	}
 	return done, nil
+}
+
+// HandOffWith hands one ownership to the server to, like HandOff, with
+// also in the same transaction. It fails with ErrTargetGone if to is no
+// longer registered with that lease, tandem.ErrFenced if the fence no
+// longer held, and ErrCondFailed if only also's comparisons did not.
+func (c *Candidate) HandOffWith(ctx context.Context, to Target, reason string, m Move, also Cond) error {
+	now := c.now().UTC()
+	rec, _ := json.Marshal(Resignation{From: c.id, Epoch: m.Fence.Rev, Reason: reason, To: to.ID, At: now})
+	h, _ := json.Marshal(Handoff{To: to.ID, From: c.id, FromEpoch: m.Fence.Rev, Reason: reason, At: now})
+	target := clientv3.Compare(clientv3.LeaseValue(to.MemberKey), "=", to.Lease)
+	resp, err := c.cli.Txn(ctx).If(append([]clientv3.Cmp{target, m.Fence.IsOwner()}, also.If...)...).
+		Then(append([]clientv3.Op{
+			clientv3.OpDelete(m.Keys.Owner),
+			clientv3.OpPut(m.Keys.Handoff, string(h), clientv3.WithLease(to.Lease)),
+			clientv3.OpPut(m.Keys.Resign, string(rec)),
+		}, also.Then...)...).
+		Else(clientv3.OpGet(m.Keys.Owner), clientv3.OpGet(to.MemberKey)).Commit()
+	if err != nil {
+		return fmt.Errorf("hand off %s to %s: %w", m.Fence, to.ID, err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	if !m.Fence.Held(resp.Responses[0].GetResponseRange().Kvs) {
+		return fmt.Errorf("hand off %s: %w", m.Fence, tandem.ErrFenced)
+	}
+	if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) == 0 || clientv3.LeaseID(kvs[0].Lease) != to.Lease {
+		return fmt.Errorf("hand off to %s: %w", to.ID, ErrTargetGone)
+	}
+	return fmt.Errorf("hand off %s to %s: %w", m.Fence, to.ID, ErrCondFailed)
 }
 
 // Deposed is one ownership of a dead server: its keys and its owner record
