@@ -82,6 +82,7 @@ func newRootCmd() *cobra.Command {
 		newBenchCmd(),
 		newJobCmd(g),
 		newAdminCmd(g),
+		newSuperviseCmd(),
 	)
 	return root
 }

@@ -125,3 +125,86 @@ func (l Layout) EventsPrefix() string { return l.prefix + "events/" }
 
 // Event is the failover record of one epoch; zero-padded so keys sort by epoch.
 func (l Layout) Event(epoch int64) string { return fmt.Sprintf("%s%020d", l.EventsPrefix(), epoch) }
+
+// Supervised services (tandem supervise) keep their keys under supervise/:
+//
+//	supervise/services/<svc>           the service's definition (what to run, how to check, fence, reach it)
+//	supervise/svc/<svc>/owner|handoff|resign   its ownership: the owner runs the command
+//	supervise/svc/<svc>/state          who last ran the command, at which epoch, and whether it stopped cleanly
+//	supervise/svc/<svc>/status         the owner's view of its run (starting, healthy...), bound to its lease
+//	supervise/svc/<svc>/move           an operator's request to move it to a node
+//	supervise/nodes/<node>             a supervisor's lease-bound record: slots, services offered, address
+//	supervise/placed/<node>            the services a node holds, rewritten in every transaction that wins or gives one up
+//	supervise/bans/<svc>/<node>        a node kept out of a service, bound to a lease of the ban's length
+//	supervise/events/<svc>/<epoch>     the failover history of the service
+
+// SupervisePrefix is the prefix of every key of supervised services.
+func (l Layout) SupervisePrefix() string { return l.prefix + "supervise/" }
+
+// SuperviseService is the definition of the supervised service svc.
+func (l Layout) SuperviseService(svc string) string { return l.prefix + "supervise/services/" + svc }
+
+// SuperviseServicesPrefix is the prefix of service definitions.
+func (l Layout) SuperviseServicesPrefix() string { return l.prefix + "supervise/services/" }
+
+// SuperviseOwnership is the ownership of the supervised service svc.
+func (l Layout) SuperviseOwnership(svc string) Ownership {
+	base := l.prefix + "supervise/svc/" + svc + "/"
+	return Ownership{Owner: base + "owner", Handoff: base + "handoff", Resign: base + "resign"}
+}
+
+// SuperviseSvcPrefix is the prefix of the per-service runtime keys.
+func (l Layout) SuperviseSvcPrefix() string { return l.prefix + "supervise/svc/" }
+
+// SuperviseState records who last ran svc's command and whether it stopped
+// cleanly: the next owner fences that node unless it did.
+func (l Layout) SuperviseState(svc string) string {
+	return l.prefix + "supervise/svc/" + svc + "/state"
+}
+
+// SuperviseStatus is the owner's report of svc's run, bound to its lease.
+func (l Layout) SuperviseStatus(svc string) string {
+	return l.prefix + "supervise/svc/" + svc + "/status"
+}
+
+// SuperviseMove is an operator's request to move svc to another node.
+func (l Layout) SuperviseMove(svc string) string { return l.prefix + "supervise/svc/" + svc + "/move" }
+
+// SuperviseNode is the lease-bound record of the supervisor of node.
+func (l Layout) SuperviseNode(node string) string { return l.prefix + "supervise/nodes/" + node }
+
+// SuperviseNodesPrefix is the prefix of supervisor records.
+func (l Layout) SuperviseNodesPrefix() string { return l.prefix + "supervise/nodes/" }
+
+// SupervisePlaced lists the services node holds; winning or giving up a
+// service rewrites it in the same transaction, so slots and anti-affinity
+// are checked against what the node really holds.
+func (l Layout) SupervisePlaced(node string) string { return l.prefix + "supervise/placed/" + node }
+
+// SuperviseBan keeps node out of svc while it exists (bound to a lease of
+// the ban's length).
+func (l Layout) SuperviseBan(svc, node string) string {
+	return l.prefix + "supervise/bans/" + svc + "/" + node
+}
+
+// SuperviseBansPrefix is the prefix of svc's bans ("" for every service's).
+func (l Layout) SuperviseBansPrefix(svc string) string {
+	if svc == "" {
+		return l.prefix + "supervise/bans/"
+	}
+	return l.prefix + "supervise/bans/" + svc + "/"
+}
+
+// SuperviseEvent is the failover record of svc's term at epoch.
+func (l Layout) SuperviseEvent(svc string, epoch int64) string {
+	return fmt.Sprintf("%ssupervise/events/%s/%020d", l.prefix, svc, epoch)
+}
+
+// SuperviseEventsPrefix is the prefix of svc's failover history ("" for
+// every service's).
+func (l Layout) SuperviseEventsPrefix(svc string) string {
+	if svc == "" {
+		return l.prefix + "supervise/events/"
+	}
+	return l.prefix + "supervise/events/" + svc + "/"
+}

@@ -1,0 +1,279 @@
+package supervise
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tandemhq/tandem/internal/election"
+	"github.com/tandemhq/tandem/internal/keys"
+)
+
+// view is a live copy of every key under the cluster's supervise/ prefix,
+// kept by a watch that resyncs after a lost or compacted watch. Supervisors
+// decide from it; the decisions themselves are transactions that compare
+// what they rely on, so a stale view can only cost a retry.
+type view struct {
+	cli    *clientv3.Client
+	keys   keys.Layout
+	log    *slog.Logger
+	mu     sync.RWMutex
+	kvs    map[string]*mvccpb.KeyValue
+	rev    int64
+	synced bool
+	change chan struct{} // closed and replaced on every change
+}
+
+func newView(cli *clientv3.Client, layout keys.Layout, log *slog.Logger) *view {
+	return &view{cli: cli, keys: layout, log: log, kvs: map[string]*mvccpb.KeyValue{}, change: make(chan struct{})}
+}
+
+// Changed returns a channel closed at the next change of the view.
+func (v *view) Changed() <-chan struct{} {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.change
+}
+
+func (v *view) notify() {
+	close(v.change)
+	v.change = make(chan struct{})
+}
+
+// Rev is the etcd revision the view has reached.
+func (v *view) Rev() int64 {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.rev
+}
+
+// run keeps the view until ctx ends.
+func (v *view) run(ctx context.Context) {
+	prefix := v.keys.SupervisePrefix()
+	for ctx.Err() == nil {
+		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := v.cli.Get(gctx, prefix, clientv3.WithPrefix())
+		cancel()
+		if err != nil {
+			v.log.Warn("read the supervised services", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
+			continue
+		}
+		v.mu.Lock()
+		v.kvs = make(map[string]*mvccpb.KeyValue, len(resp.Kvs))
+		for _, kv := range resp.Kvs {
+			v.kvs[string(kv.Key)] = kv
+		}
+		v.rev, v.synced = resp.Header.Revision, true
+		v.notify()
+		v.mu.Unlock()
+
+		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := v.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1), clientv3.WithProgressNotify())
+		for wr := range wch {
+			if err := wr.Err(); err != nil {
+				v.log.Warn("watch of the supervised services ended; reading them again", "err", err)
+				break
+			}
+			v.mu.Lock()
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					delete(v.kvs, string(ev.Kv.Key))
+				} else {
+					v.kvs[string(ev.Kv.Key)] = ev.Kv
+				}
+			}
+			if wr.Header.Revision > v.rev {
+				v.rev = wr.Header.Revision
+			}
+			v.notify()
+			v.mu.Unlock()
+		}
+		wcancel()
+	}
+}
+
+// waitRev waits until the view has reached rev.
+func (v *view) waitRev(ctx context.Context, rev int64) error {
+	for {
+		ch := v.Changed()
+		if v.Rev() >= rev {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+func (v *view) get(key string) *mvccpb.KeyValue {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.kvs[key]
+}
+
+func (v *view) list(prefix string) []*mvccpb.KeyValue {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	var out []*mvccpb.KeyValue
+	for k, kv := range v.kvs {
+		if strings.HasPrefix(k, prefix) {
+			out = append(out, kv)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return string(out[i].Key) < string(out[j].Key) })
+	return out
+}
+
+func decode[T any](kv *mvccpb.KeyValue) (T, bool) {
+	var t T
+	if kv == nil {
+		return t, false
+	}
+	if err := json.Unmarshal(kv.Value, &t); err != nil {
+		return t, false
+	}
+	return t, true
+}
+
+// Services returns every service defined, by name.
+func (v *view) Services() map[string]Service {
+	out := map[string]Service{}
+	for _, kv := range v.list(v.keys.SuperviseServicesPrefix()) {
+		if s, ok := decode[Service](kv); ok {
+			out[s.Name] = s.WithDefaults()
+		}
+	}
+	return out
+}
+
+// Service returns the definition of svc.
+func (v *view) Service(svc string) (Service, bool) {
+	s, ok := decode[Service](v.get(v.keys.SuperviseService(svc)))
+	return s.WithDefaults(), ok
+}
+
+// Owner returns svc's owner, or nil.
+func (v *view) Owner(svc string) *election.Owner {
+	kv := v.get(v.keys.SuperviseOwnership(svc).Owner)
+	o, ok := decode[election.Owner](kv)
+	if !ok {
+		return nil
+	}
+	o.Epoch, o.Lease, o.Key = kv.CreateRevision, kv.Lease, string(kv.Key)
+	return &o
+}
+
+// Handoff returns svc's pending hand-off, or nil.
+func (v *view) Handoff(svc string) *election.Handoff {
+	kv := v.get(v.keys.SuperviseOwnership(svc).Handoff)
+	h, ok := decode[election.Handoff](kv)
+	if !ok {
+		return nil
+	}
+	h.ModRev = kv.ModRevision
+	return &h
+}
+
+// Resignation returns svc's last resignation record, or nil.
+func (v *view) Resignation(svc string) *election.Resignation {
+	r, ok := decode[election.Resignation](v.get(v.keys.SuperviseOwnership(svc).Resign))
+	if !ok {
+		return nil
+	}
+	return &r
+}
+
+// State returns who last ran svc's command, or nil if nobody ever did.
+func (v *view) State(svc string) *RunState {
+	s, ok := decode[RunState](v.get(v.keys.SuperviseState(svc)))
+	if !ok {
+		return nil
+	}
+	return &s
+}
+
+// Status returns the owner's report on svc's run, or nil.
+func (v *view) Status(svc string) *RunStatus {
+	s, ok := decode[RunStatus](v.get(v.keys.SuperviseStatus(svc)))
+	if !ok {
+		return nil
+	}
+	return &s
+}
+
+// Move returns an operator's pending request to move svc, or nil.
+func (v *view) Move(svc string) *MoveRequest {
+	kv := v.get(v.keys.SuperviseMove(svc))
+	m, ok := decode[MoveRequest](kv)
+	if !ok {
+		return nil
+	}
+	m.rev = kv.ModRevision
+	return &m
+}
+
+// Nodes returns every live supervisor, by node.
+func (v *view) Nodes() map[string]NodeInfo {
+	out := map[string]NodeInfo{}
+	for _, kv := range v.list(v.keys.SuperviseNodesPrefix()) {
+		if n, ok := decode[NodeInfo](kv); ok {
+			n.Lease = kv.Lease
+			out[n.Node] = n
+		}
+	}
+	return out
+}
+
+// Placed returns the services node holds, and the record's revision (0:
+// none).
+func (v *view) Placed(node string) ([]string, int64) {
+	kv := v.get(v.keys.SupervisePlaced(node))
+	p, _ := decode[[]string](kv)
+	if kv == nil {
+		return nil, 0
+	}
+	return p, kv.ModRevision
+}
+
+// Banned reports whether node is banned from svc, and until when.
+func (v *view) Banned(svc, node string) (Ban, bool) {
+	return decode[Ban](v.get(v.keys.SuperviseBan(svc, node)))
+}
+
+// Bans returns every ban of svc ("" for every service).
+func (v *view) Bans(svc string) []Ban {
+	var out []Ban
+	for _, kv := range v.list(v.keys.SuperviseBansPrefix(svc)) {
+		if b, ok := decode[Ban](kv); ok {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// Events returns svc's failover history ("" for every service), oldest
+// first.
+func (v *view) Events(svc string) []Event {
+	var out []Event
+	for _, kv := range v.list(v.keys.SuperviseEventsPrefix(svc)) {
+		if e, ok := decode[Event](kv); ok {
+			out = append(out, e)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Epoch < out[j].Epoch })
+	return out
+}
