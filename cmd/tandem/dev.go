@@ -2,12 +2,16 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -16,6 +20,7 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/local"
+	"github.com/tandemhq/tandem/internal/supervise"
 )
 
 type devFlags struct {
@@ -27,6 +32,7 @@ type devFlags struct {
 	shards       int
 	restartDelay time.Duration
 	logLevel     string
+	supervisors  int
 }
 
 func newDevCmd() *cobra.Command {
@@ -50,6 +56,7 @@ stops everything and leaves no process behind.`,
 	fl.IntVar(&f.shards, "shards", 1, "number of shards: 1 is active/standby, more is active-active (every server owns some)")
 	fl.DurationVar(&f.restartDelay, "restart-delay", 3*time.Second, "restart a server this long after it dies (0: leave it dead)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "servers' log level")
+	fl.IntVar(&f.supervisors, "supervisors", 2, "tandem supervise processes (nodes sv1, ...) making a demo service highly available (0: none; ports base-port+380+i, the demo on base-port+390)")
 	return cmd
 }
 
@@ -59,6 +66,9 @@ func runDev(ctx context.Context, out io.Writer, f *devFlags) error {
 	}
 	if f.shards < 1 || f.shards > 1024 {
 		return usagef("--shards %d: use 1 (active/standby) to 1024", f.shards)
+	}
+	if f.supervisors < 0 || f.supervisors > 9 {
+		return usagef("--supervisors %d: use 0 to 9", f.supervisors)
 	}
 	bin, err := os.Executable()
 	if err != nil {
@@ -74,7 +84,7 @@ func runDev(ctx context.Context, out io.Writer, f *devFlags) error {
 		return err
 	}
 	c, err := local.New(local.Config{Binary: bin, Servers: f.servers, Agents: f.agents, BasePort: f.basePort, DataDir: dir,
-		LeaseTTL: f.leaseTTL, LogLevel: f.logLevel, Shards: f.shards})
+		LeaseTTL: f.leaseTTL, LogLevel: f.logLevel, Shards: f.shards, Supervisors: f.supervisors})
 	if err != nil {
 		return usagef("%v", err)
 	}
@@ -85,7 +95,7 @@ func runDev(ctx context.Context, out io.Writer, f *devFlags) error {
 	if f.shards > 1 {
 		mode = fmt.Sprintf("active-active, %d shards", f.shards)
 	}
-	fmt.Fprintf(out, "tandem dev: starting %d servers (%s) on loopback, each its own process with an embedded etcd member, and %d agents\n", f.servers, mode, f.agents)
+	fmt.Fprintf(out, "tandem dev: starting %d servers (%s) on loopback, each its own process with an embedded etcd member, %d agents and %d supervisors\n", f.servers, mode, f.agents, f.supervisors)
 	startCtx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	err = c.Start(startCtx)
 	cancel()
@@ -106,7 +116,10 @@ func runDev(ctx context.Context, out io.Writer, f *devFlags) error {
 		}
 		return err
 	}
+	waitDemo(ctx, c)
 	printDevCluster(ctx, out, c, dir, keep, f)
+	out = &lockedWriter{w: out} // the demo's watch prints too
+	go watchDemo(ctx, out, c, f.restartDelay)
 	watchDev(ctx, out, c, f.restartDelay)
 	fmt.Fprintln(out, "\ntandem dev: stopping every server...")
 	c.Stop(10 * time.Second)
@@ -131,7 +144,19 @@ func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir s
 	for _, a := range c.Agents {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", a.ID, a.URL, a.PID(), "agent", a.LogPath)
 	}
+	demoNode := ""
+	for _, p := range c.Supervisors {
+		state := "supervisor"
+		if st, err := demoStatus(ctx, p.URL); err == nil && st.Node == p.ID {
+			state = "supervisor, runs demo (" + st.State + ")"
+			demoNode = p.ID
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", p.ID, p.URL, p.PID(), state, p.LogPath)
+	}
 	tw.Flush()
+	if c.DemoURL != "" {
+		fmt.Fprintf(out, "\ndemo service (made HA by tandem supervise): %s, run by %s\n", c.DemoURL, orDash(demoNode))
+	}
 	if keep {
 		fmt.Fprintf(out, "\ndata: %s (kept)\n", dir)
 	} else {
@@ -163,6 +188,21 @@ func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir s
 		if len(c.Servers) > 1 {
 			fmt.Fprintf(out, "  %s admin failover <active-id> <standby-id>   # graceful switch, no TTL wait\n", self)
 		}
+	}
+	if c.DemoURL != "" {
+		fmt.Fprintf(out, "  export TANDEM_ETCD_ENDPOINTS=%s\n", strings.Join(c.EtcdEndpoints(), ","))
+		fmt.Fprintf(out, "  curl %s                # says which node and epoch serve it\n", c.DemoURL)
+		fmt.Fprintf(out, "  %s supervise status\n", self)
+		other := "sv2"
+		for _, p := range c.Supervisors {
+			if p.ID == demoNode {
+				fmt.Fprintf(out, "  kill -9 %d            # %s, the supervisor running demo: another node takes it over in about a second\n", p.PID(), p.ID)
+			} else {
+				other = p.ID
+			}
+		}
+		fmt.Fprintf(out, "  %s supervise move demo %s --wait 10s\n", self, other)
+		fmt.Fprintf(out, "  %s supervise history\n", self)
 	}
 	fmt.Fprintln(out, "\nCtrl-C stops everything. HA changes are printed below.")
 }
@@ -253,6 +293,116 @@ func watchDev(ctx context.Context, out io.Writer, c *local.Cluster, restartDelay
 				fmt.Fprintf(out, "%s %s is %s\n", now.Format("15:04:05.000"), s.ID, cur)
 			}
 			last[i] = cur
+		}
+	}
+}
+
+// demoStatus asks the supervisor at url where the demo service runs.
+func demoStatus(ctx context.Context, url string) (supervise.ServiceStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/v1/supervise/services", nil)
+	if err != nil {
+		return supervise.ServiceStatus{}, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return supervise.ServiceStatus{}, err
+	}
+	defer resp.Body.Close()
+	var all []supervise.ServiceStatus
+	if err := json.NewDecoder(resp.Body).Decode(&all); err != nil {
+		return supervise.ServiceStatus{}, err
+	}
+	for _, st := range all {
+		if st.Service == "demo" {
+			return st, nil
+		}
+	}
+	return supervise.ServiceStatus{}, errors.New("no demo service")
+}
+
+// watchDemo prints every change of the demo service's node, epoch or state,
+// and restarts supervisors that die, until ctx ends.
+func watchDemo(ctx context.Context, out io.Writer, c *local.Cluster, restartDelay time.Duration) {
+	if len(c.Supervisors) == 0 {
+		return
+	}
+	down := make([]time.Time, len(c.Supervisors))
+	last := ""
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := time.Now()
+		for i, p := range c.Supervisors {
+			if p.PID() != 0 {
+				continue
+			}
+			if down[i].IsZero() {
+				_, howEnded := p.Exited()
+				fmt.Fprintf(out, "%s supervisor %s exited (%v)\n", now.Format("15:04:05.000"), p.ID, howEnded())
+				down[i] = now
+			}
+			if restartDelay > 0 && now.Sub(down[i]) >= restartDelay {
+				if err := p.Start(); err == nil {
+					fmt.Fprintf(out, "%s supervisor %s restarted (pid %d)\n", now.Format("15:04:05.000"), p.ID, p.PID())
+				}
+				down[i] = time.Time{}
+			}
+		}
+		for _, p := range c.Supervisors {
+			if p.PID() == 0 {
+				continue
+			}
+			st, err := demoStatus(ctx, p.URL)
+			if err != nil {
+				continue
+			}
+			cur := fmt.Sprintf("demo is %s on %s (epoch %d)", st.State, orDash(st.Node), st.Epoch)
+			if st.Node == "" {
+				cur = "demo runs nowhere: " + orDash(st.Reason)
+			}
+			if cur != last && last != "" {
+				fmt.Fprintf(out, "%s %s\n", now.Format("15:04:05.000"), cur)
+			}
+			last = cur
+			break
+		}
+	}
+}
+
+// lockedWriter serialises writes from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// waitDemo waits (up to 15 s) until the demo service is healthy somewhere,
+// so the first table shows where it runs.
+func waitDemo(ctx context.Context, c *local.Cluster) {
+	if len(c.Supervisors) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for ctx.Err() == nil {
+		if st, err := demoStatus(ctx, c.Supervisors[0].URL); err == nil && st.State == supervise.StateHealthy {
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }

@@ -83,6 +83,7 @@ func newRootCmd() *cobra.Command {
 		newJobCmd(g),
 		newAdminCmd(g),
 		newSuperviseCmd(),
+		newDemoServiceCmd(),
 	)
 	return root
 }

@@ -106,7 +106,7 @@ Subcommands show and move services: status, history, move, ban, clear.`,
 	fl.IntVar(&f.slots, "slots", 0, "services this node may run at once (default 1)")
 	fl.DurationVar(&f.leaseTTL, "lease-ttl", 0, "this supervisor's etcd lease, whole seconds (default 2s): a node that stops renewing it loses its services that long after")
 	fl.DurationVar(&f.margin, "self-fence-margin", 0, "kill the commands this long before the lease could expire when renewals fail (default a quarter of --lease-ttl)")
-	fl.StringVar(&f.cgroupParent, "cgroup-parent", "", "cgroup v2 directory for the commands' cgroups (default <cgroup2 mount>/tandem)")
+	fl.StringVar(&f.cgroupParent, "cgroup-parent", "", "cgroup v2 directory for the commands' cgroups (default <cgroup2 mount>/tandem); none: process groups instead, for development without root")
 	fl.StringVar(&f.logDir, "log-dir", "", "directory for each service's output (SERVICE.log) and hooks' output (SERVICE.hooks.log)")
 	fl.BoolVar(&f.pool, "pool", false, "offer to run any service defined in etcd (an N+K spare node), not only this node's own")
 	fl.BoolVar(&f.update, "update", false, "replace a service's definition in etcd that differs from this node's")

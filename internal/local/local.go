@@ -24,6 +24,7 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/faultnet"
+	"github.com/tandemhq/tandem/internal/supervise/proc"
 	"github.com/tandemhq/tandem/internal/transport"
 )
 
@@ -58,6 +59,13 @@ type Config struct {
 	// and points the servers at them.
 	ExternalEtcd int
 	EtcdArgs     []string // appended to every external etcd member's command line
+	// Supervisors, when positive, runs that many `tandem supervise`
+	// processes (nodes sv1, ...; HTTP on BasePort+380+i) against the
+	// cluster's etcd, making a demo service HA: `tandem demo-service` on
+	// BasePort+390, one node at a time. As root its command runs in a cgroup
+	// under <cgroup2>/tandem-dev-<cluster>/<node>; otherwise in a process
+	// group.
+	Supervisors int
 	// Proxied puts every server's HTTP port and etcd connections behind
 	// proxies (faultnet), so Partition can cut a server off. Proxies use
 	// ports BasePort+400 to BasePort+999.
@@ -68,6 +76,9 @@ type Config struct {
 func (c *Config) Validate() error {
 	if c.Servers < 1 || c.Servers > 9 {
 		return fmt.Errorf("servers must be from 1 to 9, not %d", c.Servers)
+	}
+	if c.Supervisors < 0 || c.Supervisors > 9 {
+		return fmt.Errorf("supervisors must be from 0 to 9, not %d", c.Supervisors)
 	}
 	if c.Agents < 0 || c.Agents > 99 {
 		return fmt.Errorf("agents must be from 0 to 99, not %d", c.Agents)
@@ -123,8 +134,12 @@ type Cluster struct {
 	Servers []*Proc
 	Agents  []*Proc
 	Etcd    []*Proc // external etcd members, if any
-	proxies []proxySpec
-	ports   []int // every port the cluster listens on
+	// Supervisors run the demo service (Config.Supervisors); DemoURL is
+	// where it answers, whichever node runs it.
+	Supervisors []*Proc
+	DemoURL     string
+	proxies     []proxySpec
+	ports       []int // every port the cluster listens on
 }
 
 // AgentID returns the ID of agent i: agent1, agent2, ...
@@ -241,7 +256,42 @@ func New(cfg Config) (*Cluster, error) {
 			"--listen", fmt.Sprintf("127.0.0.1:%d", port(300, i)), "--log-level", cfg.LogLevel}, cfg.AgentArgs...)
 		c.Agents = append(c.Agents, p)
 	}
+	if cfg.Supervisors > 0 {
+		eps := c.EtcdEndpoints()
+		demo := port(390, 0)
+		c.DemoURL = url(demo)
+		cgroups := "none"
+		if os.Geteuid() == 0 {
+			if mount, err := supervisedCgroupMount(); err == nil {
+				cgroups = filepath.Join(mount, "tandem-dev-"+cfg.Cluster)
+			}
+		}
+		for i := 0; i < cfg.Supervisors; i++ {
+			id := SupervisorID(i)
+			dir := filepath.Join(cfg.DataDir, id)
+			p := &Proc{ID: id, binary: cfg.Binary, URL: url(port(380, i)), LogPath: filepath.Join(dir, "supervise.log"), health: "/healthz"}
+			parent := cgroups
+			if parent != "none" {
+				parent = filepath.Join(parent, id)
+			}
+			p.args = []string{"supervise", "--service", "demo", "--node", id, "--cluster", cfg.Cluster,
+				"--etcd-endpoints", strings.Join(eps, ","), "--listen", fmt.Sprintf("127.0.0.1:%d", port(380, i)),
+				"--advertise", p.URL, "--fencing", "self", "--health", "http:" + c.DemoURL + "/",
+				"--health-interval", "200ms", "--start-timeout", "10s", "--restarts", "2", "--ban", "30s",
+				"--cgroup-parent", parent, "--log-dir", dir, "--log-level", cfg.LogLevel,
+				"--", cfg.Binary, "demo-service", "--listen", fmt.Sprintf("127.0.0.1:%d", demo)}
+			c.Supervisors = append(c.Supervisors, p)
+		}
+	}
 	return c, nil
+}
+
+// SupervisorID returns the node name of supervisor i: sv1, sv2, ...
+func SupervisorID(i int) string { return "sv" + strconv.Itoa(i+1) }
+
+// supervisedCgroupMount finds the cgroup v2 mount, like package proc.
+func supervisedCgroupMount() (string, error) {
+	return proc.CgroupMount()
 }
 
 // proxySpec is a proxy of server's traffic: listen forwards to target.
@@ -360,6 +410,18 @@ func (c *Cluster) Start(ctx context.Context) error {
 	}
 	for _, a := range c.Agents {
 		if err := a.WaitHealthy(ctx); err != nil {
+			c.Stop(5 * time.Second)
+			return err
+		}
+	}
+	for _, p := range c.Supervisors {
+		if err := p.Start(); err != nil {
+			c.Stop(5 * time.Second)
+			return err
+		}
+	}
+	for _, p := range c.Supervisors {
+		if err := p.WaitHealthy(ctx); err != nil {
 			c.Stop(5 * time.Second)
 			return err
 		}
@@ -495,6 +557,9 @@ func (c *Cluster) Stop(grace time.Duration) {
 			ps.p.Unblock()
 		}
 	}
+	// Supervisors first, so they stop their commands and give their
+	// services up while etcd (in the servers, or external) still answers.
+	c.stopAll(c.Supervisors, grace)
 	all := append(append([]*Proc(nil), c.Agents...), c.Servers...)
 	// etcd members stop last, after the servers have resigned.
 	defer c.stopAll(c.Etcd, grace)

@@ -50,6 +50,7 @@ type run struct {
 	vip      *vip.VIP
 	cg       *proc.Cgroup
 	p        *proc.Process
+	out      *os.File // the command's log, open for the whole term
 	failures []time.Time
 	prev     *RunState
 }
@@ -77,6 +78,9 @@ func (s *Supervisor) runTerm(t *ha.Term) {
 	}
 	r.log = s.log.With("service", r.svc.Name, "epoch", t.Epoch())
 	defer func() {
+		if r.out != nil {
+			r.out.Close()
+		}
 		s.mu.Lock()
 		delete(s.runs, t.Epoch())
 		s.mu.Unlock()
@@ -293,7 +297,9 @@ func (r *run) writeState(ctx context.Context, st RunState) error {
 // the hooks under strict fencing, and trusted to have fenced itself under
 // self fencing.
 func (r *run) fencePrev(ctx context.Context, prev *RunState) error {
-	if prev.Node == r.s.cfg.Node {
+	if prev.Node == r.s.cfg.Node && r.s.cfg.CgroupParent == NoCgroup {
+		r.log.Warn("cannot check what this node's last run left without a cgroup (--cgroup-parent none)")
+	} else if prev.Node == r.s.cfg.Node {
 		cg, err := proc.OpenCgroup(r.s.cgroupPath(r.svc.Name))
 		if err == nil {
 			if err := cg.Kill(); err != nil {
@@ -380,25 +386,30 @@ func (r *run) addVIP(ctx context.Context, v vip.VIP) error {
 
 // start starts the command in the service's cgroup.
 func (r *run) start() error {
-	cg, err := proc.NewCgroup(r.s.cgroupPath(r.svc.Name))
-	if err != nil {
-		return err
+	if r.s.cfg.CgroupParent != NoCgroup {
+		cg, err := proc.NewCgroup(r.s.cgroupPath(r.svc.Name))
+		if err != nil {
+			return err
+		}
+		r.cg = cg
 	}
-	r.cg = cg
 	var out io.Writer
-	if r.s.cfg.LogDir != "" {
+	if r.s.cfg.LogDir != "" && r.out == nil {
 		f, err := os.OpenFile(filepath.Join(r.s.cfg.LogDir, r.svc.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
 			return fmt.Errorf("open the service's log: %w", err)
 		}
-		out = f
+		r.out = f
+	}
+	if r.out != nil {
+		out = r.out
 	}
 	env := os.Environ()
 	for k, v := range r.svc.Env {
 		env = append(env, k+"="+v)
 	}
 	env = append(env, "TANDEM_SERVICE="+r.svc.Name, "TANDEM_NODE="+r.s.cfg.Node, "TANDEM_EPOCH="+strconv.FormatInt(r.fence.Rev, 10))
-	p, err := proc.Start(proc.Spec{Args: r.svc.Command, Dir: r.svc.Dir, Env: env, Stdout: out, Stderr: out, Cgroup: cg,
+	p, err := proc.Start(proc.Spec{Args: r.svc.Command, Dir: r.svc.Dir, Env: env, Stdout: out, Stderr: out, Cgroup: r.cg,
 		StopSignal: syscall.SIGTERM, StopTimeout: r.svc.StopTimeout.D()})
 	if err != nil {
 		return err
@@ -546,6 +557,13 @@ func (r *run) stopCommand(ctx context.Context) error {
 // another node may start the service as soon as this node's lease expires.
 func (r *run) killNow() {
 	if r.cg == nil {
+		if r.p != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := r.p.Kill(ctx); err != nil {
+				r.log.Error("could not kill the command's process group", "err", err)
+			}
+		}
 		return
 	}
 	if err := r.cg.Kill(); err != nil {

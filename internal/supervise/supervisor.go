@@ -44,7 +44,9 @@ type Config struct {
 	LeaseTTL        time.Duration
 	SelfFenceMargin time.Duration
 	// CgroupParent is the cgroup v2 directory under which each service's
-	// command gets a cgroup of its own (default <cgroup2 mount>/tandem).
+	// command gets a cgroup of its own (default <cgroup2 mount>/tandem);
+	// NoCgroup runs commands in a process group instead (development
+	// without root: a process that leaves its group escapes).
 	CgroupParent string
 	// LogDir receives each service's output (svc.log); "" discards it.
 	LogDir string
@@ -139,6 +141,9 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// NoCgroup as Config.CgroupParent runs commands without cgroups.
+const NoCgroup = "none"
+
 // Supervisor runs the services of one node.
 type Supervisor struct {
 	cfg  Config
@@ -182,7 +187,9 @@ func New(cfg Config, cli *clientv3.Client) (*Supervisor, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.CgroupParent == "" {
+	if cfg.CgroupParent == NoCgroup {
+		cfg.Log.Warn("commands run in a process group, not a cgroup (--cgroup-parent none): a process that leaves its group escapes stop, kill and self-fencing; for development only")
+	} else if cfg.CgroupParent == "" {
 		mount, err := proc.CgroupMount()
 		if err != nil {
 			return nil, fmt.Errorf("find cgroup v2 (every command runs in a cgroup of its own, so it can be stopped or killed whole): %w", err)
@@ -351,6 +358,9 @@ func (s *Supervisor) offered() map[string]Service {
 // services' cgroups (it was killed itself): this process owns nothing yet,
 // so nothing there may run.
 func (s *Supervisor) cleanLeftovers() {
+	if s.cfg.CgroupParent == NoCgroup {
+		return
+	}
 	for name := range s.offered() {
 		cg, err := proc.OpenCgroup(s.cgroupPath(name))
 		if err != nil {
