@@ -242,11 +242,6 @@ func (s Service) canRunOn(node string) bool {
 	return len(s.Nodes) == 0 || slices.Contains(s.Nodes, node)
 }
 
-// preference is node's place in Nodes (0 when any node may run it).
-func (s Service) preference(node string) int {
-	return max(0, slices.Index(s.Nodes, node))
-}
-
 // ParseFence parses the flag form LEVEL:PATH [ARGS...].
 func ParseFence(s string) (FenceHook, error) {
 	lvl, path, ok := strings.Cut(s, ":")
