@@ -677,6 +677,9 @@ func newSuperviseBanCmd(f *superviseFlags) *cobra.Command {
 		Short: "Keep NODE out of a service for a while (if it runs the service there, it stops it cleanly)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if d <= 0 {
+				return usagef("--for %s: must be positive", d)
+			}
 			a, done, err := superviseAdmin(f)
 			if err != nil {
 				return err

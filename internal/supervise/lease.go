@@ -87,6 +87,12 @@ func (l *lease) keepAlive(ctx context.Context) {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
+		// The deadline is checked first: a tick that is also ready (one comes
+		// during every renewal that times out) must not postpone it.
+		if !time.Now().Before(l.Deadline()) {
+			l.setLost(fmt.Errorf("%w: no renewal acknowledged for %s", errLeaseLost, l.ttl-l.margin))
+			return
+		}
 		deadline := time.NewTimer(time.Until(l.Deadline()))
 		select {
 		case <-ctx.Done():
@@ -103,7 +109,9 @@ func (l *lease) keepAlive(ctx context.Context) {
 		}
 		deadline.Stop()
 		sent := time.Now()
-		rctx, cancel := context.WithTimeout(ctx, max(l.ttl/4, 100*time.Millisecond))
+		// A renewal may not outlast the deadline, which is not watched while
+		// it runs: otherwise the margin could be spent waiting for it.
+		rctx, cancel := context.WithTimeout(ctx, min(max(l.ttl/4, 100*time.Millisecond), time.Until(l.Deadline())))
 		resp, err := l.cli.KeepAliveOnce(rctx, l.id)
 		cancel()
 		switch {

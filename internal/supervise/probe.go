@@ -2,8 +2,10 @@ package supervise
 
 import (
 	"context"
-	"net"
+	"io"
+	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,13 +24,18 @@ import (
 type prober struct {
 	s *Supervisor
 
+	// client makes a new connection for every probe: a refused connection
+	// is the evidence of death, and a kept-alive one would hide it.
+	client *http.Client
+
 	mu      sync.Mutex
 	seen    map[string]time.Time // node -> last time its supervisor answered
 	refused map[string]int       // node -> refused connections in a row
 }
 
 func newProber(s *Supervisor) *prober {
-	return &prober{s: s, seen: map[string]time.Time{}, refused: map[string]int{}}
+	tr := &http.Transport{DisableKeepAlives: true, Proxy: nil}
+	return &prober{s: s, seen: map[string]time.Time{}, refused: map[string]int{}, client: &http.Client{Transport: tr}}
 }
 
 // lastSeen returns when node's supervisor last accepted a connection.
@@ -80,12 +87,18 @@ func (p *prober) probe(ctx context.Context, node string, owned []election.Depose
 	if err != nil || u.Host == "" {
 		return
 	}
-	d := net.Dialer{Timeout: max(p.s.cfg.ProbeInterval, 100*time.Millisecond)}
-	conn, err := d.DialContext(ctx, "tcp", u.Host)
+	// A completed handshake is not a sign of life: the kernel of a frozen
+	// process's host completes it. An answer to /healthz is.
+	timeout := max(p.s.cfg.ProbeInterval, 100*time.Millisecond)
+	hctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(hctx, http.MethodGet, strings.TrimSuffix(owned[0].Owner.URL, "/")+"/healthz", nil)
+	resp, err := p.client.Do(req)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err == nil {
-		conn.Close()
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<10))
+		resp.Body.Close()
 		p.seen[node] = time.Now()
 		p.refused[node] = 0
 		return
@@ -103,8 +116,8 @@ func (p *prober) probe(ctx context.Context, node string, owned []election.Depose
 	if seen.IsZero() {
 		seen = time.Now()
 	}
-	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
+	dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer dcancel()
 	n, err := election.Depose(dctx, p.s.cli, clientv3.LeaseID(owned[0].Owner.Lease), seen, owned...)
 	if err != nil {
 		p.s.log.Warn("could not depose a dead supervisor", "dead", node, "err", err)

@@ -334,6 +334,9 @@ func (r *run) fencePrev(ctx context.Context, prev *RunState) error {
 				break
 			}
 			r.log.Error("fencing failed", "fenced", prev.Node, "attempt", attempt, "err", err)
+			if attempt == 3 {
+				break // no backoff after the last round: the next owner tries
+			}
 			select {
 			case <-ctx.Done():
 				return context.Cause(ctx)
@@ -387,6 +390,15 @@ func (r *run) addVIP(ctx context.Context, v vip.VIP) error {
 // start starts the command in the service's cgroup.
 func (r *run) start() error {
 	if r.s.cfg.CgroupParent != NoCgroup {
+		// A fresh cgroup for every start: on some kernels (seen on 6.18), once
+		// a cgroup has been killed through cgroup.kill (self-fencing, a fence
+		// hook, a stop past its timeout), every later clone into it from a
+		// process outside it is killed at birth, so the command could never
+		// start there again. Removing the empty cgroup and making it anew
+		// clears that; a cgroup that is not empty stays, and NewCgroup says so.
+		if old, err := proc.OpenCgroup(r.s.cgroupPath(r.svc.Name)); err == nil {
+			_ = old.Remove()
+		}
 		cg, err := proc.NewCgroup(r.s.cgroupPath(r.svc.Name))
 		if err != nil {
 			return err
@@ -608,8 +620,12 @@ func (r *run) leave(t *ha.Term, req stopRequest) {
 	if err := r.runHook(ctx, "post-stop", r.svc.Hooks.PostStop); err != nil {
 		r.log.Warn("post-stop hook failed", "err", err)
 	}
-	if r.p == nil && r.prev != nil && !r.prev.Clean {
-		clean = false // never started; the last node is still unfenced: leave its state for the next owner
+	// A run with no cgroup of its own never got to start its command (r.cg
+	// is made just before): if the last node was not fenced, leave its state
+	// for the next owner. One whose start failed in an empty cgroup ran
+	// nothing, and records that cleanly, so no one fences this node for it.
+	if r.p == nil && r.cg == nil && r.prev != nil && !r.prev.Clean {
+		clean = false
 	}
 	r.release(t, req, clean)
 }
@@ -631,7 +647,7 @@ func (r *run) release(t *ha.Term, req stopRequest, clean bool) {
 	s.placeMu.Lock()
 	defer s.placeMu.Unlock()
 	also, placed := s.placementWithout(r.svc.Name)
-	if clean && r.p != nil {
+	if clean && (r.p != nil || r.cg != nil) {
 		st, _ := json.Marshal(RunState{Node: s.cfg.Node, Addr: s.cfg.Addr, Epoch: r.fence.Rev, Clean: true, At: time.Now().UTC()})
 		also.Then = append(also.Then, clientv3.OpPut(s.keys.SuperviseState(r.svc.Name), string(st)))
 	}

@@ -177,6 +177,9 @@ func (s Service) Validate() error {
 // exists.
 func (s Service) Check() error {
 	wrap := func(err error) error { return fmt.Errorf("service %s: %w", s.Name, err) }
+	if len(s.Command) == 0 || s.Command[0] == "" {
+		return wrap(errors.New("no command: give the command to run after --, or command: in the config file"))
+	}
 	if _, err := exec.LookPath(s.Command[0]); err != nil {
 		return wrap(fmt.Errorf("command %q: %w", s.Command[0], err))
 	}

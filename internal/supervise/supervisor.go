@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"reflect"
 	"slices"
 	"sort"
 	"sync"
@@ -322,7 +321,9 @@ func (s *Supervisor) publish(ctx context.Context) error {
 		if len(kvs) > 0 {
 			_ = json.Unmarshal(kvs[0].Value, &old)
 		}
-		if reflect.DeepEqual(old.WithDefaults(), svc) {
+		// Compared as JSON, the form stored: an empty list or map and none
+		// are the same definition (a config file may spell either).
+		if cur, _ := json.Marshal(old.WithDefaults()); string(cur) == string(val) {
 			continue
 		}
 		if !s.cfg.Update {
@@ -447,6 +448,13 @@ func (s *Supervisor) step(ctx context.Context) time.Duration {
 	wait := time.Hour
 	s.checkTerms()
 	offered := s.offered()
+	// A service held here but no longer offered (its definition was deleted)
+	// is given up: the loop below only sees the offered ones.
+	for _, t := range s.core.Held() {
+		if name := s.nameOf(t.Shard); offered[name].Name == "" {
+			s.checkOwned(name, t)
+		}
+	}
 	names := make([]string, 0, len(offered))
 	for n := range offered {
 		names = append(names, n)
@@ -464,6 +472,12 @@ func (s *Supervisor) step(ctx context.Context) time.Duration {
 		}
 		if owner != nil {
 			delete(s.freeSince, name)
+			continue
+		}
+		if s.leaving(name) {
+			// The last term of it here is still killing its command and
+			// dropping its VIP, which a new term would reuse: the run pokes
+			// the loop once it has left.
 			continue
 		}
 		h := s.view.Handoff(name)
@@ -495,6 +509,21 @@ func (s *Supervisor) step(ctx context.Context) time.Duration {
 		}
 	}
 	return wait
+}
+
+// leaving reports whether a run of svc on this node has not finished yet
+// (its term ended, and it is still leaving). A new term must wait for it:
+// both use the same cgroup and VIP, and the old run's kill and VIP removal
+// would hit the new run's command and address.
+func (s *Supervisor) leaving(svc string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range s.runs {
+		if r.svc.Name == svc {
+			return true
+		}
+	}
+	return false
 }
 
 // rank is how many live nodes that could take svc come before this one in
@@ -708,6 +737,16 @@ func (s *Supervisor) checkOwned(name string, t *ha.Term) {
 	}
 	if m := s.view.Move(name); m != nil && m.To != s.cfg.Node {
 		r.requestStop(stopRequest{cause: CauseMove, to: m.To, moveRev: m.rev})
+	} else if m != nil {
+		// Already here (it came here by the move, or by a failover since):
+		// the request is done; left in place it would move the service
+		// again from a later owner.
+		key := s.keys.SuperviseMove(name)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_, _ = s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", m.rev)).Then(clientv3.OpDelete(key)).Commit()
+		}()
 	}
 }
 
