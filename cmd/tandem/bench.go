@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -26,7 +28,8 @@ the cluster. docs/BENCHMARKS.md says what each figure means.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newBenchSubmitCmd(), newBenchFailoverCmd(), newBenchShardsCmd())
+	cmd.AddCommand(newBenchSubmitCmd(), newBenchFailoverCmd(), newBenchShardsCmd(), newBenchSuperviseCmd(),
+		newBenchSuperviseServiceCmd())
 	return cmd
 }
 
@@ -413,6 +416,163 @@ func runBenchShards(ctx context.Context, out io.Writer, f *benchShardsFlags) err
 		return fmt.Errorf("bench shards: %w", err)
 	}
 	return nil
+}
+
+type benchSuperviseFlags struct {
+	trials         int
+	nodes          int
+	leaseTTL       time.Duration
+	faults         []string
+	fencing        string
+	healthInterval time.Duration
+	probeEvery     time.Duration
+	quiet          time.Duration
+	basePort       int
+	dataDir        string
+	jsonPath       string
+}
+
+func newBenchSuperviseCmd() *cobra.Command {
+	f := &benchSuperviseFlags{}
+	cmd := &cobra.Command{
+		Use:   "supervise",
+		Short: "Failover of a supervised service (tandem supervise) under injected faults",
+		Long: `Build a small world of network namespaces (one per node, on a control
+bridge to etcd and a service bridge with the VIP), run an etcd and one
+tandem supervise per node, each in a cgroup of its node's, supervising a
+small HTTP service with a VIP, a health check and, under --fencing strict, a
+fence hook that kills the fenced node's command cgroup and takes the VIP off
+it. A client in the root namespace opens a new connection to the VIP every
+--probe-every. Then --trials times for each fault, one at a time with
+recovery between, into the node that runs the service:
+
+  kill-command     kill -9 of the command (restarted in place)
+  kill-supervisor  kill -9 of the supervisor (its command dies with it)
+  freeze           the node's whole cgroup frozen past the lease, thawed after the takeover
+  isolate          the node's control link cut (no etcd), its service link up; healed after
+
+Reports per phase (the failover record: detection, election, fencing,
+start, start to healthy, VIP), the VIP to the client's first answer, the
+client-visible outage and, where the old node must fence itself, the
+self-fence lead (its lease's expiry minus its command's death). Fails if two
+nodes ran the command at once, the VIP was not on exactly one node after a
+trial, or a self-fence lead was not positive. Needs root, network namespaces
+and cgroup v2; everything is removed at the end, also on Ctrl-C.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runBenchSupervise(cmd.Context(), cmd.OutOrStdout(), f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&f.trials, "trials", 20, "trials of each fault")
+	fl.IntVar(&f.nodes, "nodes", 3, "nodes, each a network namespace with a supervisor (2 to 9)")
+	fl.DurationVar(&f.leaseTTL, "lease-ttl", 2*time.Second, "lease TTL of every supervisor (whole seconds)")
+	fl.StringSliceVar(&f.faults, "fault", bench.SuperviseFaults, "faults to inject: kill-command, kill-supervisor, freeze, isolate (repeatable or comma-separated)")
+	fl.StringVar(&f.fencing, "fencing", bench.FencingStrict, "the service's fencing: strict (the bench's fence hook) or self")
+	fl.DurationVar(&f.healthInterval, "health-interval", 100*time.Millisecond, "interval of the service's HTTP health check (rise 2, fall 3)")
+	fl.DurationVar(&f.probeEvery, "probe-every", 5*time.Millisecond, "how often the client opens a new connection to the VIP and sends a request")
+	fl.DurationVar(&f.quiet, "quiet", time.Second, "pause between trials, once everything has settled")
+	fl.IntVar(&f.basePort, "base-port", 20070, "first port of the world: etcd on base-port and +1, supervisors on +10 and the service on +20 in each node's namespace")
+	fl.StringVar(&f.dataDir, "data-dir", "", "keep etcd's data and every log here (default: a temporary directory, removed at the end)")
+	fl.StringVar(&f.jsonPath, "json", "", `also write the result as JSON to this file ("-" for stdout)`)
+	return cmd
+}
+
+func (f *benchSuperviseFlags) validate() error {
+	for _, x := range f.faults {
+		if !oneOf(x, bench.SuperviseFaults) {
+			return usagef("--fault %q: want kill-command, kill-supervisor, freeze or isolate", x)
+		}
+	}
+	switch {
+	case len(f.faults) == 0:
+		return usagef("--fault: name at least one of kill-command, kill-supervisor, freeze, isolate")
+	case f.trials < 1:
+		return usagef("--trials %d: must be at least 1", f.trials)
+	case f.nodes < 2 || f.nodes > 9:
+		return usagef("--nodes %d: must be from 2 to 9", f.nodes)
+	case f.fencing != bench.FencingStrict && f.fencing != bench.FencingSelf:
+		return usagef("--fencing %q: want strict or self", f.fencing)
+	case f.healthInterval <= 0:
+		return usagef("--health-interval %s: must be greater than zero", f.healthInterval)
+	case f.probeEvery <= 0:
+		return usagef("--probe-every %s: must be greater than zero", f.probeEvery)
+	case f.quiet < 0:
+		return usagef("--quiet %s: must not be negative", f.quiet)
+	}
+	if err := validateBasePort(f.basePort); err != nil {
+		return err
+	}
+	return validateLeaseTTL(f.leaseTTL)
+}
+
+func runBenchSupervise(ctx context.Context, out io.Writer, f *benchSuperviseFlags) error {
+	if err := f.validate(); err != nil {
+		return err
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find the tandem binary: %w", err)
+	}
+	ctx, stop := benchContext(ctx)
+	defer stop()
+	res, err := bench.RunSupervise(ctx, bench.SuperviseConfig{
+		Binary: bin, Nodes: f.nodes, Trials: f.trials, Faults: f.faults, LeaseTTL: f.leaseTTL, Fencing: f.fencing,
+		HealthInterval: f.healthInterval, ProbeEvery: f.probeEvery, Quiet: f.quiet, BasePort: f.basePort,
+		DataDir: f.dataDir, Out: out,
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return errors.New("bench: interrupted; every namespace, cgroup and process of the run was removed")
+		}
+		return err
+	}
+	if f.jsonPath != "" {
+		if err := bench.WriteJSON(f.jsonPath, res); err != nil {
+			return fmt.Errorf("write %s: %w", f.jsonPath, err)
+		}
+	}
+	// Two commands at once, a VIP on more or fewer than one node, or a
+	// command that outlived its node's lease are broken promises
+	// (docs/SUPERVISE.md), not slow figures: the command fails, after the
+	// JSON is written.
+	if err := res.Failed(); err != nil {
+		return fmt.Errorf("bench supervise: %w", err)
+	}
+	return nil
+}
+
+// newBenchSuperviseServiceCmd is the service `tandem bench supervise`
+// supervises: an HTTP server that answers every request with the node and
+// epoch it runs under (from the supervisor's environment) and its pid, so
+// the bench's client can tell which run answered.
+func newBenchSuperviseServiceCmd() *cobra.Command {
+	var listen string
+	cmd := &cobra.Command{
+		Use:    "supervise-service",
+		Short:  "The small HTTP service of tandem bench supervise",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("--listen %s: %w", listen, err)
+			}
+			answer := fmt.Sprintf("%s %s %d\n", orDefault(os.Getenv("TANDEM_NODE"), "-"), orDefault(os.Getenv("TANDEM_EPOCH"), "0"), os.Getpid())
+			srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				_, _ = io.WriteString(w, answer)
+			})}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			go func() { <-ctx.Done(); _ = srv.Close() }()
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", ":7490", "address to serve on")
+	return cmd
 }
 
 // benchContext is ctx cancelled on SIGINT or SIGTERM, so a run stops and its

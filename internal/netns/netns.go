@@ -18,7 +18,9 @@
 //
 // Everything here needs root; without it, or without network namespaces,
 // New skips the test, unless the environment variable RequireEnv is set
-// (as CI should), which makes the skip a failure.
+// (as CI should), which makes the skip a failure. Open builds the same
+// network outside tests (a benchmark's world) and returns errors instead;
+// its Net is removed by Close.
 package netns
 
 import (
@@ -72,7 +74,8 @@ const (
 // and a service bridge in the root namespace. Its methods that name a node
 // panic if the Net has no such node.
 type Net struct {
-	t     testing.TB
+	t     testing.TB // nil for a Net from Open
+	logf  func(format string, args ...any)
 	id    string
 	lock  *os.File // flocked for the Net's life: it is alive
 	ctl   netip.Prefix
@@ -140,33 +143,72 @@ func Require(t testing.TB) {
 func New(t testing.TB, nodes ...string) *Net {
 	t.Helper()
 	Require(t)
-	if len(nodes) > maxNodes {
-		t.Fatalf("netns: %d nodes, at most %d", len(nodes), maxNodes)
+	n := &Net{t: t, logf: t.Logf}
+	// Registered before anything exists, so a failure half way still
+	// removes what was made.
+	t.Cleanup(func() {
+		for _, err := range n.cleanup() {
+			t.Errorf("netns cleanup: %v", err)
+		}
+	})
+	if err := n.build(nodes); err != nil {
+		t.Fatalf("netns: %v", err)
 	}
-	n := &Net{t: t, nodes: make(map[string]*node, len(nodes))}
+	return n
+}
+
+// Open builds a Net as New does, outside a test: it returns an error where
+// New would skip or fail the test (no root, no network namespaces, a bad
+// node name), after removing whatever it had made. The caller must Close
+// the Net; until then a dead caller's leftovers are swept by the next New
+// or Open of any process, as for a killed test binary.
+func Open(nodes ...string) (*Net, error) {
+	if err := Available(); err != nil {
+		return nil, fmt.Errorf("netns: %s%w", skipPrefix, err)
+	}
+	n := &Net{logf: func(string, ...any) {}}
+	if err := n.build(nodes); err != nil {
+		if cerr := errors.Join(n.cleanup()...); cerr != nil {
+			err = fmt.Errorf("%w (and cleaning up: %v)", err, cerr)
+		}
+		return nil, fmt.Errorf("netns: %w", err)
+	}
+	return n, nil
+}
+
+// Close removes everything a Net from Open created: its links, bridges and
+// namespaces, and its lock file. It may be called more than once. A Net
+// from New is removed by its test's cleanup instead.
+func (n *Net) Close() error { return errors.Join(n.cleanup()...) }
+
+// build checks the node names, allocates the subnets and creates the
+// bridges and every node. What it made stays recorded in n for cleanup,
+// also when it fails half way.
+func (n *Net) build(nodes []string) error {
+	if len(nodes) > maxNodes {
+		return fmt.Errorf("%d nodes, at most %d", len(nodes), maxNodes)
+	}
+	n.nodes = make(map[string]*node, len(nodes))
 	for i, name := range nodes {
 		if err := checkNodeName(name); err != nil {
-			t.Fatalf("netns: %v", err)
+			return err
 		}
 		if _, dup := n.nodes[name]; dup {
-			t.Fatalf("netns: node %q given twice", name)
+			return fmt.Errorf("node %q given twice", name)
 		}
 		n.nodes[name] = &node{index: i}
 	}
-	// Registered before anything exists, so a failure half way still
-	// removes what was made.
-	t.Cleanup(n.cleanup)
 	unlock, err := n.allocate()
 	if err != nil {
-		t.Fatalf("netns: %v", err)
+		return err
 	}
 	defer unlock()
 	for _, name := range nodes {
 		if err := n.addNode(name, n.nodes[name]); err != nil {
-			t.Fatalf("netns: node %s: %v", name, err)
+			return fmt.Errorf("node %s: %w", name, err)
 		}
 	}
-	return n
+	return nil
 }
 
 func checkNodeName(name string) error {
@@ -207,7 +249,7 @@ func (n *Net) allocate() (unlock func(), err error) {
 			unlock()
 		}
 	}()
-	sweep(n.t.Logf)
+	sweep(n.logf)
 
 	for tries := 0; n.lock == nil; tries++ {
 		if tries == 10 {
@@ -421,22 +463,27 @@ func (n *Net) addNode(name string, nd *node) error {
 
 // cleanup removes what the Net created: the veth pairs (deleting the host
 // end deletes both), the bridges, the namespaces, and last the lock file.
-func (n *Net) cleanup() {
-	n.t.Helper()
+// It returns what it could not remove, and forgets what it removed, so a
+// second call does nothing.
+func (n *Net) cleanup() []error {
+	var errs []error
 	for i := len(n.links) - 1; i >= 0; i-- {
 		if err := deleteLink(n.links[i]); err != nil {
-			n.t.Errorf("netns cleanup: %v", err)
+			errs = append(errs, err)
 		}
 	}
 	for _, ns := range n.namespaces {
 		if err := deleteNamespace(ns); err != nil {
-			n.t.Errorf("netns cleanup: %v", err)
+			errs = append(errs, err)
 		}
 	}
+	n.links, n.namespaces = nil, nil
 	if n.lock != nil {
 		os.Remove(n.lock.Name())
 		n.lock.Close()
+		n.lock = nil
 	}
+	return errs
 }
 
 func deleteLink(name string) error {
@@ -615,21 +662,41 @@ func inThread(f func() error) error {
 // loses carrier, but keeps its address, so connections time out rather than
 // being refused. The service link is untouched. If the link cannot be
 // changed it fails the test with t.Errorf, so it may be called from any
-// goroutine.
-func (n *Net) CutControl(node string) { n.setLink(n.node(node).ctlHost, false) }
+// goroutine; on a Net from Open, which has no test to fail, it panics: use
+// SetControl there, which returns the error.
+func (n *Net) CutControl(node string) { n.report(n.SetControl(node, false)) }
 
 // HealControl puts the node's control link back up.
-func (n *Net) HealControl(node string) { n.setLink(n.node(node).ctlHost, true) }
+func (n *Net) HealControl(node string) { n.report(n.SetControl(node, true)) }
 
 // CutService takes the node's service link down, as CutControl does the
 // control link.
-func (n *Net) CutService(node string) { n.setLink(n.node(node).svcHost, false) }
+func (n *Net) CutService(node string) { n.report(n.SetService(node, false)) }
 
 // HealService puts the node's service link back up.
-func (n *Net) HealService(node string) { n.setLink(n.node(node).svcHost, true) }
+func (n *Net) HealService(node string) { n.report(n.SetService(node, true)) }
 
-func (n *Net) setLink(name string, up bool) {
+// SetControl takes the node's control link down (up false) at the
+// bridge's end, as CutControl does, or puts it back up, and returns an
+// error if the link cannot be changed.
+func (n *Net) SetControl(node string, up bool) error { return setLink(n.node(node).ctlHost, up) }
+
+// SetService does for the node's service link what SetControl does for its
+// control link.
+func (n *Net) SetService(node string, up bool) error { return setLink(n.node(node).svcHost, up) }
+
+func (n *Net) report(err error) {
+	if err == nil {
+		return
+	}
+	if n.t == nil {
+		panic(err)
+	}
 	n.t.Helper()
+	n.t.Errorf("%v", err)
+}
+
+func setLink(name string, up bool) error {
 	l, err := netlink.LinkByName(name)
 	if err == nil {
 		if up {
@@ -639,6 +706,7 @@ func (n *Net) setLink(name string, up bool) {
 		}
 	}
 	if err != nil {
-		n.t.Errorf("netns: set %s up=%v: %v", name, up, err)
+		return fmt.Errorf("netns: set %s up=%v: %w", name, up, err)
 	}
+	return nil
 }

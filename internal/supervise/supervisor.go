@@ -22,6 +22,7 @@ import (
 	"github.com/tandemhq/tandem/internal/ha"
 	"github.com/tandemhq/tandem/internal/keys"
 	"github.com/tandemhq/tandem/internal/supervise/proc"
+	"github.com/tandemhq/tandem/internal/supervise/vip"
 )
 
 // Config configures one supervisor process: the node it runs on and the
@@ -359,10 +360,22 @@ func (s *Supervisor) offered() map[string]Service {
 // services' cgroups (it was killed itself): this process owns nothing yet,
 // so nothing there may run.
 func (s *Supervisor) cleanLeftovers() {
-	if s.cfg.CgroupParent == NoCgroup {
-		return
-	}
-	for name := range s.offered() {
+	for name, svc := range s.offered() {
+		// A VIP a killed supervisor left on this node would make every
+		// other node's duplicate-address probe fail.
+		if svc.VIP != "" {
+			if v, err := vip.Parse(svc.VIP); err == nil {
+				if held, err := v.Held(); err == nil && held {
+					s.log.Warn("removing the VIP a previous supervisor left on this node", "service", name, "vip", svc.VIP)
+					if err := v.Remove(); err != nil {
+						s.log.Error("could not remove a leftover VIP", "service", name, "vip", svc.VIP, "err", err)
+					}
+				}
+			}
+		}
+		if s.cfg.CgroupParent == NoCgroup {
+			continue
+		}
 		cg, err := proc.OpenCgroup(s.cgroupPath(name))
 		if err != nil {
 			continue
