@@ -231,7 +231,21 @@ func allServiceStates(ctx context.Context, c *client.Client, registered []tandem
 		})
 	}
 	wg.Wait()
-	return states
+	// A configured URL that answers as a registered server is another way
+	// to that server (a load balancer, a DNS name): the cluster's servers
+	// are listed once, however the CLI reached them.
+	ids := map[string]bool{}
+	for _, s := range registered {
+		ids[s.ID] = true
+	}
+	out := states[:0]
+	for _, s := range states {
+		if !s.Registered && s.ID != "" && ids[s.ID] {
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
 }
 
 // sameServerKey is what two spellings of one server URL have in common.

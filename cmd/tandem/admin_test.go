@@ -3,6 +3,9 @@ package main
 import (
 	"encoding/json"
 	"net"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -186,5 +189,29 @@ func TestServersAndHistory(t *testing.T) {
 	var events []tandem.FailoverEvent
 	if err := json.Unmarshal([]byte(out), &events); err != nil || len(events) != 2 {
 		t.Errorf("got %q, want 2 events as JSON", out)
+	}
+}
+
+// Behind a load balancer the CLI's only URL is the balancer's, which
+// answers as whichever server it forwards to: the list shows the cluster's
+// servers, not the balancer as one more (found when tried behind HAProxy).
+func TestGetAllServiceStateThroughBalancer(t *testing.T) {
+	f := newFakeCluster(t)
+	target, _ := url.Parse(f.rm1.URL)
+	lb := httptest.NewServer(httputil.NewSingleHostReverseProxy(target))
+	t.Cleanup(lb.Close)
+	out, errOut, code := runCLI(t, "--servers", lb.URL, "admin", "get-all-service-state")
+	if code != 0 {
+		t.Fatalf("got exit %d (%s), want 0", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	want := [][]string{{"rm1", f.rm1.URL, "active"}, {"rm2", f.rm2.URL, "standby"}}
+	if len(lines) != len(want) {
+		t.Fatalf("got %q, want the two servers only", out)
+	}
+	for i, w := range want {
+		if got := strings.Fields(lines[i]); !slices.Equal(got, w) {
+			t.Errorf("line %d: got %q, want %q", i, got, w)
+		}
 	}
 }
