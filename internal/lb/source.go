@@ -1,0 +1,369 @@
+package lb
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/election"
+	"github.com/tandemhq/tandem/internal/keys"
+	"github.com/tandemhq/tandem/internal/supervise"
+)
+
+// API is the backend of tandem's own servers.
+type API struct {
+	Listen string // where the proxy takes API traffic, e.g. :8080 ("" for none)
+}
+
+// Service is a supervised service put behind the proxy: its owner's node
+// gets the traffic, on Port.
+type Service struct {
+	Name   string `json:"name"`   // the supervised service's name
+	Listen string `json:"listen"` // where the proxy takes its traffic
+	Port   int    `json:"port"`   // the port the service listens on, on its node
+	Health string `json:"health"` // HTTP path the proxy checks ("" for a TCP check)
+	Sticky bool   `json:"sticky"`
+}
+
+// ParseService parses the flag form NAME=LISTEN,port=P[,health=/path][,sticky].
+func ParseService(s string) (Service, error) {
+	name, rest, ok := strings.Cut(s, "=")
+	if !ok || name == "" {
+		return Service{}, fmt.Errorf("--service %q: want NAME=LISTEN,port=PORT[,health=/PATH][,sticky]", s)
+	}
+	if err := keys.ValidateName("service", name); err != nil {
+		return Service{}, fmt.Errorf("--service %q: %w", s, err)
+	}
+	parts := strings.Split(rest, ",")
+	svc := Service{Name: name, Listen: parts[0]}
+	for _, p := range parts[1:] {
+		k, v, _ := strings.Cut(p, "=")
+		switch k {
+		case "port":
+			if _, err := fmt.Sscanf(v, "%d", &svc.Port); err != nil || svc.Port < 1 || svc.Port > 65535 {
+				return Service{}, fmt.Errorf("--service %q: port %q: want 1 to 65535", s, v)
+			}
+		case "health":
+			if !strings.HasPrefix(v, "/") {
+				return Service{}, fmt.Errorf("--service %q: health %q: want a path like /health", s, v)
+			}
+			svc.Health = v
+		case "sticky":
+			svc.Sticky = true
+		default:
+			return Service{}, fmt.Errorf("--service %q: unknown setting %q: want port=, health= or sticky", s, k)
+		}
+	}
+	if err := validListen(svc.Listen); err != nil {
+		return Service{}, fmt.Errorf("--service %q: %w", s, err)
+	}
+	if svc.Port == 0 {
+		return Service{}, fmt.Errorf("--service %q: no port=: the port the service listens on, on its node", s)
+	}
+	return svc, nil
+}
+
+func validListen(l string) error {
+	host, port, ok := strings.Cut(l, ":")
+	if !ok || port == "" || strings.Contains(host, " ") {
+		return fmt.Errorf("listen %q: want HOST:PORT or :PORT", l)
+	}
+	var p int
+	if _, err := fmt.Sscanf(port, "%d", &p); err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("listen %q: port must be 1 to 65535", l)
+	}
+	return nil
+}
+
+// Source watches a cluster's etcd keys and computes what the proxy should
+// do. Its watch resyncs after a lost or compacted watch.
+type Source struct {
+	cli      *clientv3.Client
+	keys     keys.Layout
+	api      API
+	services []Service
+	log      *slog.Logger
+
+	mu     sync.Mutex
+	kvs    map[string]*mvccpb.KeyValue
+	rev    int64
+	synced bool
+	change chan struct{}
+	// seenAt is when the watch delivered the last change: the start of the
+	// time to apply it.
+	seenAt time.Time
+}
+
+// NewSource returns a Source of cluster's membership for api and services.
+func NewSource(cli *clientv3.Client, cluster string, api API, services []Service, log *slog.Logger) (*Source, error) {
+	if err := keys.ValidateName("cluster", cluster); err != nil {
+		return nil, err
+	}
+	if api.Listen == "" && len(services) == 0 {
+		return nil, errors.New("nothing to balance: give --listen for tandem's API, or --service")
+	}
+	if api.Listen != "" {
+		if err := validListen(api.Listen); err != nil {
+			return nil, fmt.Errorf("--listen: %w", err)
+		}
+	}
+	seen := map[string]bool{api.Listen: api.Listen != ""}
+	for _, s := range services {
+		if seen[s.Listen] {
+			return nil, fmt.Errorf("listen address %s given twice", s.Listen)
+		}
+		seen[s.Listen] = true
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Source{cli: cli, keys: keys.New(cluster), api: api, services: services, log: log,
+		kvs: map[string]*mvccpb.KeyValue{}, change: make(chan struct{})}, nil
+}
+
+// Changed returns a channel closed at the next change.
+func (s *Source) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.change
+}
+
+// Synced reports whether the source has read etcd at least once.
+func (s *Source) Synced() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.synced
+}
+
+// Rev is the etcd revision the source has reached.
+func (s *Source) Rev() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rev
+}
+
+// SeenAt is when the watch delivered the last change.
+func (s *Source) SeenAt() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seenAt
+}
+
+// Run keeps the source up to date until ctx ends.
+func (s *Source) Run(ctx context.Context) {
+	prefix := s.keys.Prefix()
+	for ctx.Err() == nil {
+		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		// Only what membership needs: not the jobs.
+		var kvs []*mvccpb.KeyValue
+		var rev int64
+		var err error
+		for _, p := range []string{s.keys.ServersPrefix(), s.keys.Leader(), s.keys.ShardsPrefix(), s.keys.SupervisePrefix()} {
+			var resp *clientv3.GetResponse
+			opts := []clientv3.OpOption{clientv3.WithPrefix()}
+			if p == s.keys.Leader() {
+				opts = nil
+			}
+			if rev != 0 {
+				opts = append(opts, clientv3.WithRev(rev))
+			}
+			resp, err = s.cli.Get(gctx, p, opts...)
+			if err != nil {
+				break
+			}
+			if rev == 0 {
+				rev = resp.Header.Revision
+			}
+			kvs = append(kvs, resp.Kvs...)
+		}
+		cancel()
+		if err != nil {
+			s.log.Warn("read the cluster's membership", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
+			continue
+		}
+		s.mu.Lock()
+		s.kvs = make(map[string]*mvccpb.KeyValue, len(kvs))
+		for _, kv := range kvs {
+			s.kvs[string(kv.Key)] = kv
+		}
+		s.rev, s.synced, s.seenAt = rev, true, time.Now()
+		close(s.change)
+		s.change = make(chan struct{})
+		s.mu.Unlock()
+
+		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := s.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify())
+		for wr := range wch {
+			if err := wr.Err(); err != nil {
+				s.log.Warn("membership watch ended; reading it again", "err", err)
+				break
+			}
+			changed := false
+			s.mu.Lock()
+			for _, ev := range wr.Events {
+				k := string(ev.Kv.Key)
+				if !s.relevant(k) {
+					continue
+				}
+				changed = true
+				if ev.Type == clientv3.EventTypeDelete {
+					delete(s.kvs, k)
+				} else {
+					s.kvs[k] = ev.Kv
+				}
+			}
+			if wr.Header.Revision > s.rev {
+				s.rev = wr.Header.Revision
+			}
+			if changed {
+				s.seenAt = time.Now()
+				close(s.change)
+				s.change = make(chan struct{})
+			}
+			s.mu.Unlock()
+		}
+		wcancel()
+	}
+}
+
+func (s *Source) relevant(k string) bool {
+	return strings.HasPrefix(k, s.keys.ServersPrefix()) || k == s.keys.Leader() ||
+		(strings.HasPrefix(k, s.keys.ShardsPrefix()) && strings.HasSuffix(k, "/owner")) ||
+		strings.HasPrefix(k, s.keys.SuperviseNodesPrefix()) ||
+		(strings.HasPrefix(k, s.keys.SuperviseSvcPrefix()) && strings.HasSuffix(k, "/owner"))
+}
+
+// Desired computes what the proxy should do now.
+func (s *Source) Desired() Desired {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := Desired{Rev: s.rev}
+	if s.api.Listen != "" {
+		d.Backends = append(d.Backends, s.apiBackend())
+	}
+	for _, svc := range s.services {
+		d.Backends = append(d.Backends, s.serviceBackend(svc))
+	}
+	d.Normalize()
+	return d
+}
+
+// apiBackend: every registered server; with one shard only the active is
+// up (the owner of the leader key), with several every server that owns a
+// shard.
+func (s *Source) apiBackend() Backend {
+	b := Backend{Name: "tandem", Listen: s.api.Listen, Health: "/isActive", Mode: ModeActive}
+	owners := map[string]bool{}
+	sharded := false
+	for k, kv := range s.kvs {
+		switch {
+		case k == s.keys.Leader():
+			if o, ok := decode[election.Owner](kv); ok {
+				owners[o.ID] = true
+			}
+		case strings.HasPrefix(k, s.keys.ShardsPrefix()) && strings.HasSuffix(k, "/owner"):
+			sharded = true
+			if o, ok := decode[election.Owner](kv); ok {
+				owners[o.ID] = true
+			}
+		}
+	}
+	if sharded {
+		b.Mode = ModeAll
+	}
+	for k, kv := range s.kvs {
+		if !strings.HasPrefix(k, s.keys.ServersPrefix()) {
+			continue
+		}
+		info, ok := decode[tandem.ServerInfo](kv)
+		if !ok {
+			continue
+		}
+		addr, err := hostPort(info.URL)
+		if err != nil {
+			continue
+		}
+		b.Servers = append(b.Servers, Server{Name: info.ID, Addr: addr, Up: owners[info.ID]})
+	}
+	sort.Slice(b.Servers, func(i, j int) bool { return b.Servers[i].Name < b.Servers[j].Name })
+	return b
+}
+
+// serviceBackend: every live supervisor node offering the service, the
+// owner's up.
+func (s *Source) serviceBackend(svc Service) Backend {
+	b := Backend{Name: svc.Name, Listen: svc.Listen, Health: svc.Health, Mode: ModeActive, Sticky: svc.Sticky}
+	owner := ""
+	if o, ok := decode[election.Owner](s.kvs[s.keys.SuperviseOwnership(svc.Name).Owner]); ok {
+		owner = o.ID
+	}
+	for k, kv := range s.kvs {
+		if !strings.HasPrefix(k, s.keys.SuperviseNodesPrefix()) {
+			continue
+		}
+		n, ok := decode[supervise.NodeInfo](kv)
+		if !ok || !(n.Pool || contains(n.Services, svc.Name)) || n.Addr == "" {
+			continue
+		}
+		b.Servers = append(b.Servers, Server{Name: n.Node, Addr: joinHostPort(n.Addr, svc.Port), Up: n.Node == owner})
+	}
+	sort.Slice(b.Servers, func(i, j int) bool { return b.Servers[i].Name < b.Servers[j].Name })
+	return b
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func joinHostPort(host string, port int) string {
+	if strings.Contains(host, ":") {
+		return fmt.Sprintf("[%s]:%d", host, port)
+	}
+	return fmt.Sprintf("%s:%d", host, port)
+}
+
+func hostPort(u string) (string, error) {
+	p, err := url.Parse(u)
+	if err != nil || p.Host == "" {
+		return "", fmt.Errorf("server URL %q has no host", u)
+	}
+	if p.Port() == "" {
+		if p.Scheme == "https" {
+			return p.Host + ":443", nil
+		}
+		return p.Host + ":80", nil
+	}
+	return p.Host, nil
+}
+
+func decode[T any](kv *mvccpb.KeyValue) (T, bool) {
+	var t T
+	if kv == nil {
+		return t, false
+	}
+	if err := json.Unmarshal(kv.Value, &t); err != nil {
+		return t, false
+	}
+	return t, true
+}
