@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -33,6 +34,7 @@ type devFlags struct {
 	restartDelay time.Duration
 	logLevel     string
 	supervisors  int
+	lb           string
 }
 
 func newDevCmd() *cobra.Command {
@@ -56,6 +58,8 @@ stops everything and leaves no process behind.`,
 	fl.IntVar(&f.shards, "shards", 1, "number of shards: 1 is active/standby, more is active-active (every server owns some)")
 	fl.DurationVar(&f.restartDelay, "restart-delay", 3*time.Second, "restart a server this long after it dies (0: leave it dead)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "servers' log level")
+	fl.StringVar(&f.lb, "lb", "", "put a load balancer in front of the servers, driven by tandem lb: haproxy (--lb alone) or nginx (--lb=nginx); it listens on base-port+395")
+	fl.Lookup("lb").NoOptDefVal = "haproxy"
 	fl.IntVar(&f.supervisors, "supervisors", 2, "tandem supervise processes (nodes sv1, ...) making a demo service highly available (0: none; ports base-port+380+i, the demo on base-port+390)")
 	return cmd
 }
@@ -69,6 +73,14 @@ func runDev(ctx context.Context, out io.Writer, f *devFlags) error {
 	}
 	if f.supervisors < 0 || f.supervisors > 9 {
 		return usagef("--supervisors %d: use 0 to 9", f.supervisors)
+	}
+	if f.lb != "" && f.lb != "haproxy" && f.lb != "nginx" {
+		return usagef("--lb %q: want haproxy or nginx", f.lb)
+	}
+	if f.lb != "" {
+		if _, err := exec.LookPath(f.lb); err != nil {
+			return usagef("--lb %s: %s is not installed (apt-get install %s)", f.lb, f.lb, map[string]string{"haproxy": "haproxy", "nginx": "nginx-light"}[f.lb])
+		}
 	}
 	bin, err := os.Executable()
 	if err != nil {
@@ -84,7 +96,7 @@ func runDev(ctx context.Context, out io.Writer, f *devFlags) error {
 		return err
 	}
 	c, err := local.New(local.Config{Binary: bin, Servers: f.servers, Agents: f.agents, BasePort: f.basePort, DataDir: dir,
-		LeaseTTL: f.leaseTTL, LogLevel: f.logLevel, Shards: f.shards, Supervisors: f.supervisors})
+		LeaseTTL: f.leaseTTL, LogLevel: f.logLevel, Shards: f.shards, Supervisors: f.supervisors, LB: f.lb})
 	if err != nil {
 		return usagef("%v", err)
 	}
@@ -153,9 +165,15 @@ func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir s
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", p.ID, p.URL, p.PID(), state, p.LogPath)
 	}
+	if c.LB != nil {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", "lb", c.LB.URL, c.LB.PID(), "tandem lb driving "+f.lb+" at "+c.LBURL, c.LB.LogPath)
+	}
 	tw.Flush()
 	if c.DemoURL != "" {
 		fmt.Fprintf(out, "\ndemo service (made HA by tandem supervise): %s, run by %s\n", c.DemoURL, orDash(demoNode))
+	}
+	if c.LBURL != "" {
+		fmt.Fprintf(out, "lb %s  (%s in front of the servers, kept in step by tandem lb: TANDEM_SERVERS=%s works through it)\n", c.LBURL, f.lb, c.LBURL)
 	}
 	if keep {
 		fmt.Fprintf(out, "\ndata: %s (kept)\n", dir)

@@ -84,6 +84,7 @@ func newRootCmd() *cobra.Command {
 		newAdminCmd(g),
 		newSuperviseCmd(),
 		newDemoServiceCmd(),
+		newLBCmd(),
 	)
 	return root
 }

@@ -66,6 +66,13 @@ type Config struct {
 	// under <cgroup2>/tandem-dev-<cluster>/<node>; otherwise in a process
 	// group.
 	Supervisors int
+	// LB, when set (haproxy or nginx), runs `tandem lb` with that proxy in
+	// front of the servers: the proxy takes API traffic on BasePort+395,
+	// tandem lb's status is on BasePort+396.
+	LB string
+	// LBArgs are appended to tandem lb's command line (--check-inter,
+	// --service, ...).
+	LBArgs []string
 	// Proxied puts every server's HTTP port and etcd connections behind
 	// proxies (faultnet), so Partition can cut a server off. Proxies use
 	// ports BasePort+400 to BasePort+999.
@@ -79,6 +86,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Supervisors < 0 || c.Supervisors > 9 {
 		return fmt.Errorf("supervisors must be from 0 to 9, not %d", c.Supervisors)
+	}
+	if c.LB != "" && c.LB != "haproxy" && c.LB != "nginx" {
+		return fmt.Errorf("load balancer %q: want haproxy or nginx", c.LB)
 	}
 	if c.Agents < 0 || c.Agents > 99 {
 		return fmt.Errorf("agents must be from 0 to 99, not %d", c.Agents)
@@ -138,8 +148,12 @@ type Cluster struct {
 	// where it answers, whichever node runs it.
 	Supervisors []*Proc
 	DemoURL     string
-	proxies     []proxySpec
-	ports       []int // every port the cluster listens on
+	// LB runs tandem lb (Config.LB); LBURL is where the proxy takes API
+	// traffic.
+	LB      *Proc
+	LBURL   string
+	proxies []proxySpec
+	ports   []int // every port the cluster listens on
 }
 
 // AgentID returns the ID of agent i: agent1, agent2, ...
@@ -282,6 +296,16 @@ func New(cfg Config) (*Cluster, error) {
 				"--", cfg.Binary, "demo-service", "--listen", fmt.Sprintf("127.0.0.1:%d", demo)}
 			c.Supervisors = append(c.Supervisors, p)
 		}
+	}
+	if cfg.LB != "" {
+		dir := filepath.Join(cfg.DataDir, "lb")
+		c.LBURL = url(port(395, 0))
+		p := &Proc{ID: "lb", binary: cfg.Binary, URL: url(port(396, 0)), LogPath: filepath.Join(dir, "lb.log"), health: "/healthz"}
+		p.args = []string{"lb", "--proxy", cfg.LB, "--listen", fmt.Sprintf("127.0.0.1:%d", port(395, 0)),
+			"--cluster", cfg.Cluster, "--etcd-endpoints", strings.Join(c.EtcdEndpoints(), ","), "--dir", dir,
+			"--http", fmt.Sprintf("127.0.0.1:%d", port(396, 0)), "--log-level", cfg.LogLevel}
+		p.args = append(p.args, cfg.LBArgs...)
+		c.LB = p
 	}
 	return c, nil
 }
@@ -426,6 +450,16 @@ func (c *Cluster) Start(ctx context.Context) error {
 			return err
 		}
 	}
+	if c.LB != nil {
+		if err := c.LB.Start(); err != nil {
+			c.Stop(5 * time.Second)
+			return err
+		}
+		if err := c.LB.WaitHealthy(ctx); err != nil {
+			c.Stop(5 * time.Second)
+			return fmt.Errorf("%w (see %s)", err, c.LB.LogPath)
+		}
+	}
 	return nil
 }
 
@@ -560,6 +594,9 @@ func (c *Cluster) Stop(grace time.Duration) {
 	// Supervisors first, so they stop their commands and give their
 	// services up while etcd (in the servers, or external) still answers.
 	c.stopAll(c.Supervisors, grace)
+	if c.LB != nil {
+		c.stopAll([]*Proc{c.LB}, grace)
+	}
 	all := append(append([]*Proc(nil), c.Agents...), c.Servers...)
 	// etcd members stop last, after the servers have resigned.
 	defer c.stopAll(c.Etcd, grace)
