@@ -276,6 +276,7 @@ type Gap struct {
 	Shard    int
 	From, To string // the owners before and after
 	Revs     int64  // the next epoch minus the revision the last owner's key went
+	Ended    int64  // the revision the last owner's key went
 }
 
 // Gaps returns every gap between consecutive tenures of each shard.
@@ -284,7 +285,7 @@ func (a *Audit) Gaps() []Gap {
 	var out []Gap
 	for _, t := range a.Tenures {
 		if p, ok := last[t.Shard]; ok && p.Ended != 0 {
-			out = append(out, Gap{Shard: t.Shard, From: p.Owner, To: t.Owner, Revs: t.Epoch - p.Ended})
+			out = append(out, Gap{Shard: t.Shard, From: p.Owner, To: t.Owner, Revs: t.Epoch - p.Ended, Ended: p.Ended})
 		}
 		last[t.Shard] = t
 	}
