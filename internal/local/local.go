@@ -152,6 +152,7 @@ type Cluster struct {
 	// traffic.
 	LB      *Proc
 	LBURL   string
+	lbDir   string // the proxy's files, removed by Stop
 	proxies []proxySpec
 	ports   []int // every port the cluster listens on
 }
@@ -301,8 +302,12 @@ func New(cfg Config) (*Cluster, error) {
 		dir := filepath.Join(cfg.DataDir, "lb")
 		c.LBURL = url(port(395, 0))
 		p := &Proc{ID: "lb", binary: cfg.Binary, URL: url(port(396, 0)), LogPath: filepath.Join(dir, "lb.log"), health: "/healthz"}
+		// The proxy's own files go where its unprivileged workers can reach
+		// them (NGINX's run as nobody; a data directory made by MkdirTemp
+		// or t.TempDir is closed to them).
+		c.lbDir = filepath.Join(os.TempDir(), fmt.Sprintf("tandem-lb-%s-%d", cfg.Cluster, port(395, 0)))
 		p.args = []string{"lb", "--proxy", cfg.LB, "--listen", fmt.Sprintf("127.0.0.1:%d", port(395, 0)),
-			"--cluster", cfg.Cluster, "--etcd-endpoints", strings.Join(c.EtcdEndpoints(), ","), "--dir", dir,
+			"--cluster", cfg.Cluster, "--etcd-endpoints", strings.Join(c.EtcdEndpoints(), ","), "--dir", c.lbDir,
 			"--http", fmt.Sprintf("127.0.0.1:%d", port(396, 0)), "--log-level", cfg.LogLevel}
 		p.args = append(p.args, cfg.LBArgs...)
 		c.LB = p
@@ -596,6 +601,7 @@ func (c *Cluster) Stop(grace time.Duration) {
 	c.stopAll(c.Supervisors, grace)
 	if c.LB != nil {
 		c.stopAll([]*Proc{c.LB}, grace)
+		_ = os.RemoveAll(c.lbDir)
 	}
 	all := append(append([]*Proc(nil), c.Agents...), c.Servers...)
 	// etcd members stop last, after the servers have resigned.

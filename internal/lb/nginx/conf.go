@@ -248,7 +248,7 @@ func renderBackend(p func(int, string, ...any), in int, b lb.Backend, gen int64,
 				flag = " down"
 			}
 			sj, _ := json.Marshal(serverMeta{Name: srv.Name})
-			p(in+1, "server %s max_fails=%d fail_timeout=%s%s; %s%s", srv.Addr, s.maxFails, dur(s.failTimeout), flag, markServer, sj)
+			p(in+1, "server %s max_fails=%d fail_timeout=%s%s; %s%s", srv.Addr, s.maxFails, wholeSecs(s.failTimeout), flag, markServer, sj)
 		}
 		// After the balancing method, as NGINX requires.
 		p(in+1, "keepalive %d;", s.keepalive)
@@ -311,6 +311,12 @@ func quote(s string) string {
 }
 
 // dur formats d as an NGINX time.
+// wholeSecs is d rounded up to whole seconds, at least 1: fail_timeout
+// takes seconds only (nginx -t refuses "400ms" there).
+func wholeSecs(d time.Duration) string {
+	return fmt.Sprintf("%ds", max(1, (d+time.Second-1)/time.Second))
+}
+
 func dur(d time.Duration) string {
 	if d%time.Second == 0 {
 		return fmt.Sprintf("%ds", d/time.Second)
