@@ -86,6 +86,10 @@ func (l *lease) keepAlive(ctx context.Context) {
 	every := max(l.ttl/8, 50*time.Millisecond)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
+	// The first renewal goes at once: the deadline counts from the grant's
+	// send time, which a slow etcd may have put most of a TTL before now.
+	first := make(chan struct{}, 1)
+	first <- struct{}{}
 	for {
 		// The deadline is checked first: a tick that is also ready (one comes
 		// during every renewal that times out) must not postpone it.
@@ -105,6 +109,7 @@ func (l *lease) keepAlive(ctx context.Context) {
 		case <-deadline.C:
 			l.setLost(fmt.Errorf("%w: no renewal acknowledged for %s", errLeaseLost, l.ttl-l.margin))
 			return
+		case <-first:
 		case <-tick.C:
 		}
 		deadline.Stop()

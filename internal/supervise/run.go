@@ -39,6 +39,10 @@ type run struct {
 	stopOnce sync.Once
 	stopCh   chan stopRequest
 	finished chan struct{}
+	// statusMu orders the status writes (each in a goroutine of its own):
+	// each reads the state and commits it under it, so the last one
+	// committed carries the latest state.
+	statusMu sync.Mutex
 
 	mu       sync.Mutex
 	state    string
@@ -115,6 +119,8 @@ func (r *run) setState(state, reason string) {
 
 // writeStatus publishes the run's state, fenced, bound to the lease.
 func (r *run) writeStatus() {
+	r.statusMu.Lock()
+	defer r.statusMu.Unlock()
 	r.mu.Lock()
 	st := RunStatus{Node: r.s.cfg.Node, Epoch: r.fence.Rev, State: r.state, PID: r.pid, Restarts: r.restarts,
 		Since: r.since.UTC(), Reason: r.reason}

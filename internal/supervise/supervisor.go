@@ -426,7 +426,9 @@ func (s *Supervisor) loop(ctx context.Context) {
 			default:
 			}
 		}
-		retry.Reset(wait)
+		// Every change wakes the loop; looking again at least once a lease
+		// TTL is the safety net if a wake-up is ever missed.
+		retry.Reset(min(wait, s.cfg.LeaseTTL))
 	}
 }
 
