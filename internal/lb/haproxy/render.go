@@ -288,7 +288,9 @@ func literal(addr string) bool {
 // moment with none. They never turn checks off:
 //
 //   - up: leave maintenance, force the health up;
-//   - down, HTTP check: force the health down but stay ready, so the
+//   - down, HTTP check: weight 0, ready, force the health down, weight
+//     back (leaving maintenance would otherwise make a new server run for
+//     an instant, seen as a 502 in the end-to-end churn test); stay ready so the
 //     proxy's own check (which asks the server whether it should serve)
 //     takes over if tandem lb is gone;
 //   - down, TCP check: maintenance. A connect check cannot tell an active
@@ -303,7 +305,11 @@ func stateCmds(d lb.Desired) []string {
 			case s.Up:
 				up = append(up, "set server "+r+" state ready", "set server "+r+" health up")
 			case b.Health != "":
-				down = append(down, "set server "+r+" health down", "set server "+r+" state ready")
+				// Leaving maintenance (a server just added) makes a server
+				// running whatever its forced health, so it first gets
+				// weight 0: no request can reach it between the commands.
+				down = append(down, "set weight "+r+" 0", "set server "+r+" state ready",
+					"set server "+r+" health down", "set weight "+r+" 100%")
 			default:
 				down = append(down, "set server "+r+" state maint")
 			}
