@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -137,4 +138,44 @@ func TestPlacement(t *testing.T) {
 		t.Errorf("move s1 to the full c: got %v, want a conflict: no free slot", err)
 	}
 	c.checkPlacements(map[string]int{"a": 1, "b": 1, "c": 2}, s1, s2, s3)
+}
+
+// A move to a node that filled up after it was asked for (Admin.Move
+// checks, but the node may take another service meanwhile) is declined by
+// that node at once: the service is free for any other node instead of
+// waiting for the target's lease to take the hand-off key away.
+func TestMoveToFullNodeDeclined(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t)
+	s1, s2 := c.service("s1", "run"), c.service("s2", "run")
+	a := c.config("a", s1)
+	b := c.config("b", s1, s2)
+	b.Slots = 1
+	c.start(a)
+	c.waitHealthy("s1", "a")
+	c.start(b)
+	c.waitHealthy("s2", "b") // b is now full
+	// The request Admin.Move would refuse, as if written before b filled up.
+	val, _ := json.Marshal(MoveRequest{To: "b", At: time.Now().UTC()})
+	ctx, cancel := context.WithTimeout(context.Background(), long)
+	defer cancel()
+	if _, err := c.cli.Put(ctx, c.keys.SuperviseMove("s1"), string(val)); err != nil {
+		t.Fatal(err)
+	}
+	// a hands s1 to b, b declines, and a takes it back, all well within
+	// b's lease (which does not end: b lives on).
+	first := c.status("s1").Epoch
+	waitFor(t, "s1 healthy on a again after the declined move", long, func() bool {
+		st := c.status("s1")
+		return st.Node == "a" && st.Epoch > first && st.State == StateHealthy
+	})
+	if h := c.status("s2"); h.Node != "b" {
+		t.Errorf("s2 on %q, want still on b", h.Node)
+	}
+	if got := c.startsOn("s1", "b"); len(got) != 0 {
+		t.Errorf("s1 started on the full node b: %+v", got)
+	}
+	if !strings.Contains(c.logs.String(), "declining a service handed to this node") {
+		t.Error("b's log does not say it declined the hand-off")
+	}
 }

@@ -640,6 +640,17 @@ func (s *Supervisor) campaign(ctx context.Context, l *lease, svc Service, h *ele
 	s.placeMu.Lock()
 	defer s.placeMu.Unlock()
 	if why := placementConflict(svc, s.placed, s.cfg.Slots, s.view.Services()); why != "" {
+		if h != nil && h.To == s.cfg.Node {
+			// Handed here, but this node filled up since the move was
+			// asked for: decline, so the service is free for any node
+			// instead of waiting for this node's lease.
+			s.log.Warn("declining a service handed to this node", "service", svc.Name, "why", why)
+			key := s.keys.SuperviseOwnership(svc.Name).Handoff
+			cctx, cancel := context.WithTimeout(ctx, s.cfg.LeaseTTL)
+			defer cancel()
+			_, err := s.cli.Txn(cctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", h.ModRev)).Then(clientv3.OpDelete(key)).Commit()
+			return err
+		}
 		return nil
 	}
 	placed := append(slices.Clone(s.placed), svc.Name)
