@@ -2,14 +2,12 @@ package lb
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/election"
+	"github.com/tandemhq/tandem/internal/etcdview"
 	"github.com/tandemhq/tandem/internal/keys"
 	"github.com/tandemhq/tandem/internal/supervise"
 )
@@ -86,23 +85,14 @@ func validListen(l string) error {
 	return nil
 }
 
-// Source watches a cluster's etcd keys and computes what the proxy should
-// do. Its watch resyncs after a lost or compacted watch.
+// Source watches a cluster's membership in etcd (etcdview: read, then
+// watched, read again after a lost watch; jobs are not kept) and computes
+// what the proxy should do.
 type Source struct {
-	cli      *clientv3.Client
+	cache    *etcdview.Cache
 	keys     keys.Layout
 	api      API
 	services []Service
-	log      *slog.Logger
-
-	mu     sync.Mutex
-	kvs    map[string]*mvccpb.KeyValue
-	rev    int64
-	synced bool
-	change chan struct{}
-	// seenAt is when the watch delivered the last change: the start of the
-	// time to apply it.
-	seenAt time.Time
 }
 
 // NewSource returns a Source of cluster's membership for api and services.
@@ -125,122 +115,33 @@ func NewSource(cli *clientv3.Client, cluster string, api API, services []Service
 		}
 		seen[s.Listen] = true
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &Source{cli: cli, keys: keys.New(cluster), api: api, services: services, log: log,
-		kvs: map[string]*mvccpb.KeyValue{}, change: make(chan struct{})}, nil
-}
-
-// Changed returns a channel closed at the next change.
-func (s *Source) Changed() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.change
-}
-
-// Synced reports whether the source has read etcd at least once.
-func (s *Source) Synced() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.synced
-}
-
-// Rev is the etcd revision the source has reached.
-func (s *Source) Rev() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.rev
-}
-
-// SeenAt is when the watch delivered the last change.
-func (s *Source) SeenAt() time.Time {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.seenAt
+	l := keys.New(cluster)
+	s := &Source{keys: l, api: api, services: services}
+	s.cache = etcdview.New(cli, etcdview.Config{
+		Watch: l.Prefix(),
+		Load: []etcdview.Range{{Key: l.ServersPrefix(), Prefix: true}, {Key: l.Leader()}, {Key: l.ShardsPrefix(), Prefix: true},
+			{Key: l.SupervisePrefix(), Prefix: true}},
+		Keep: s.relevant,
+		Log:  log,
+	})
+	return s, nil
 }
 
 // Run keeps the source up to date until ctx ends.
-func (s *Source) Run(ctx context.Context) {
-	prefix := s.keys.Prefix()
-	for ctx.Err() == nil {
-		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		// Only what membership needs: not the jobs.
-		var kvs []*mvccpb.KeyValue
-		var rev int64
-		var err error
-		for _, p := range []string{s.keys.ServersPrefix(), s.keys.Leader(), s.keys.ShardsPrefix(), s.keys.SupervisePrefix()} {
-			var resp *clientv3.GetResponse
-			opts := []clientv3.OpOption{clientv3.WithPrefix()}
-			if p == s.keys.Leader() {
-				opts = nil
-			}
-			if rev != 0 {
-				opts = append(opts, clientv3.WithRev(rev))
-			}
-			resp, err = s.cli.Get(gctx, p, opts...)
-			if err != nil {
-				break
-			}
-			if rev == 0 {
-				rev = resp.Header.Revision
-			}
-			kvs = append(kvs, resp.Kvs...)
-		}
-		cancel()
-		if err != nil {
-			s.log.Warn("read the cluster's membership", "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(250 * time.Millisecond):
-			}
-			continue
-		}
-		s.mu.Lock()
-		s.kvs = make(map[string]*mvccpb.KeyValue, len(kvs))
-		for _, kv := range kvs {
-			s.kvs[string(kv.Key)] = kv
-		}
-		s.rev, s.synced, s.seenAt = rev, true, time.Now()
-		close(s.change)
-		s.change = make(chan struct{})
-		s.mu.Unlock()
+func (s *Source) Run(ctx context.Context) { s.cache.Run(ctx) }
 
-		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wch := s.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify())
-		for wr := range wch {
-			if err := wr.Err(); err != nil {
-				s.log.Warn("membership watch ended; reading it again", "err", err)
-				break
-			}
-			changed := false
-			s.mu.Lock()
-			for _, ev := range wr.Events {
-				k := string(ev.Kv.Key)
-				if !s.relevant(k) {
-					continue
-				}
-				changed = true
-				if ev.Type == clientv3.EventTypeDelete {
-					delete(s.kvs, k)
-				} else {
-					s.kvs[k] = ev.Kv
-				}
-			}
-			if wr.Header.Revision > s.rev {
-				s.rev = wr.Header.Revision
-			}
-			if changed {
-				s.seenAt = time.Now()
-				close(s.change)
-				s.change = make(chan struct{})
-			}
-			s.mu.Unlock()
-		}
-		wcancel()
-	}
-}
+// Changed returns a channel closed at the next change of membership.
+func (s *Source) Changed() <-chan struct{} { return s.cache.Changed() }
+
+// Synced reports whether the source has read etcd at least once.
+func (s *Source) Synced() bool { return s.cache.Synced() }
+
+// Rev is the etcd revision the source has reached.
+func (s *Source) Rev() int64 { return s.cache.Rev() }
+
+// SeenAt is when the watch delivered the last change of membership: the
+// start of the time to apply it.
+func (s *Source) SeenAt() time.Time { return s.cache.SeenAt() }
 
 func (s *Source) relevant(k string) bool {
 	return strings.HasPrefix(k, s.keys.ServersPrefix()) || k == s.keys.Leader() ||
@@ -251,9 +152,7 @@ func (s *Source) relevant(k string) bool {
 
 // Desired computes what the proxy should do now.
 func (s *Source) Desired() Desired {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	d := Desired{Rev: s.rev}
+	d := Desired{Rev: s.cache.Rev()}
 	if s.api.Listen != "" {
 		d.Backends = append(d.Backends, s.apiBackend())
 	}
@@ -271,7 +170,8 @@ func (s *Source) apiBackend() Backend {
 	b := Backend{Name: "tandem", Listen: s.api.Listen, Health: "/isActive", Mode: ModeActive}
 	owners := map[string]bool{}
 	sharded := false
-	for k, kv := range s.kvs {
+	for _, kv := range s.cache.List(s.keys.Prefix()) {
+		k := string(kv.Key)
 		switch {
 		case k == s.keys.Leader():
 			if o, ok := decode[election.Owner](kv); ok {
@@ -287,10 +187,7 @@ func (s *Source) apiBackend() Backend {
 	if sharded {
 		b.Mode = ModeAll
 	}
-	for k, kv := range s.kvs {
-		if !strings.HasPrefix(k, s.keys.ServersPrefix()) {
-			continue
-		}
+	for _, kv := range s.cache.List(s.keys.ServersPrefix()) {
 		info, ok := decode[tandem.ServerInfo](kv)
 		if !ok {
 			continue
@@ -310,13 +207,10 @@ func (s *Source) apiBackend() Backend {
 func (s *Source) serviceBackend(svc Service) Backend {
 	b := Backend{Name: svc.Name, Listen: svc.Listen, Health: svc.Health, Mode: ModeActive, Sticky: svc.Sticky}
 	owner := ""
-	if o, ok := decode[election.Owner](s.kvs[s.keys.SuperviseOwnership(svc.Name).Owner]); ok {
+	if o, ok := decode[election.Owner](s.cache.Get(s.keys.SuperviseOwnership(svc.Name).Owner)); ok {
 		owner = o.ID
 	}
-	for k, kv := range s.kvs {
-		if !strings.HasPrefix(k, s.keys.SuperviseNodesPrefix()) {
-			continue
-		}
+	for _, kv := range s.cache.List(s.keys.SuperviseNodesPrefix()) {
 		n, ok := decode[supervise.NodeInfo](kv)
 		if !ok || !(n.Pool || contains(n.Services, svc.Name)) || n.Addr == "" {
 			continue
@@ -357,13 +251,4 @@ func hostPort(u string) (string, error) {
 	return p.Host, nil
 }
 
-func decode[T any](kv *mvccpb.KeyValue) (T, bool) {
-	var t T
-	if kv == nil {
-		return t, false
-	}
-	if err := json.Unmarshal(kv.Value, &t); err != nil {
-		return t, false
-	}
-	return t, true
-}
+func decode[T any](kv *mvccpb.KeyValue) (T, bool) { return etcdview.Decode[T](kv) }

@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/etcdview"
 	"github.com/tandemhq/tandem/internal/keys"
 )
 
@@ -60,12 +61,7 @@ func (a *Admin) snapshot(ctx context.Context) (*view, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the supervised services: %w", err)
 	}
-	v := newView(a.cli, a.keys, nil)
-	for _, kv := range resp.Kvs {
-		v.kvs[string(kv.Key)] = kv
-	}
-	v.rev = resp.Header.Revision
-	return v, nil
+	return &view{Cache: etcdview.Snapshot(resp.Kvs, resp.Header.Revision), keys: a.keys}, nil
 }
 
 // Status returns every defined service's status, by name.

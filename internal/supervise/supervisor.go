@@ -256,10 +256,10 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	vctx, vcancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); s.view.run(vctx) }()
+	go func() { defer wg.Done(); s.view.Run(vctx) }()
 	defer func() { vcancel(); wg.Wait() }()
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err := s.view.waitRev(sctx, 1)
+	err := s.view.WaitRev(sctx, 1)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("read the supervised services from etcd: %w", err)

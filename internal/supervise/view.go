@@ -1,153 +1,35 @@
 package supervise
 
 import (
-	"context"
-	"encoding/json"
 	"log/slog"
 	"sort"
-	"strings"
-	"sync"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tandemhq/tandem/internal/election"
+	"github.com/tandemhq/tandem/internal/etcdview"
 	"github.com/tandemhq/tandem/internal/keys"
 )
 
-// view is a live copy of every key under the cluster's supervise/ prefix,
-// kept by a watch that resyncs after a lost or compacted watch. Supervisors
-// decide from it; the decisions themselves are transactions that compare
-// what they rely on, so a stale view can only cost a retry.
+// view is a live copy of every key under the cluster's supervise/ prefix
+// (etcdview). Supervisors decide from it; the decisions themselves are
+// transactions that compare what they rely on, so a stale view can only
+// cost a retry.
 type view struct {
-	cli    *clientv3.Client
-	keys   keys.Layout
-	log    *slog.Logger
-	mu     sync.RWMutex
-	kvs    map[string]*mvccpb.KeyValue
-	rev    int64
-	synced bool
-	change chan struct{} // closed and replaced on every change
+	*etcdview.Cache
+	keys keys.Layout
 }
 
 func newView(cli *clientv3.Client, layout keys.Layout, log *slog.Logger) *view {
-	return &view{cli: cli, keys: layout, log: log, kvs: map[string]*mvccpb.KeyValue{}, change: make(chan struct{})}
+	return &view{Cache: etcdview.New(cli, etcdview.Config{Watch: layout.SupervisePrefix(), Log: log}), keys: layout}
 }
 
-// Changed returns a channel closed at the next change of the view.
-func (v *view) Changed() <-chan struct{} {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	return v.change
-}
+func (v *view) get(key string) *mvccpb.KeyValue { return v.Get(key) }
 
-func (v *view) notify() {
-	close(v.change)
-	v.change = make(chan struct{})
-}
+func (v *view) list(prefix string) []*mvccpb.KeyValue { return v.List(prefix) }
 
-// Rev is the etcd revision the view has reached.
-func (v *view) Rev() int64 {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	return v.rev
-}
-
-// run keeps the view until ctx ends.
-func (v *view) run(ctx context.Context) {
-	prefix := v.keys.SupervisePrefix()
-	for ctx.Err() == nil {
-		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		resp, err := v.cli.Get(gctx, prefix, clientv3.WithPrefix())
-		cancel()
-		if err != nil {
-			v.log.Warn("read the supervised services", "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(250 * time.Millisecond):
-			}
-			continue
-		}
-		v.mu.Lock()
-		v.kvs = make(map[string]*mvccpb.KeyValue, len(resp.Kvs))
-		for _, kv := range resp.Kvs {
-			v.kvs[string(kv.Key)] = kv
-		}
-		v.rev, v.synced = resp.Header.Revision, true
-		v.notify()
-		v.mu.Unlock()
-
-		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wch := v.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1), clientv3.WithProgressNotify())
-		for wr := range wch {
-			if err := wr.Err(); err != nil {
-				v.log.Warn("watch of the supervised services ended; reading them again", "err", err)
-				break
-			}
-			v.mu.Lock()
-			for _, ev := range wr.Events {
-				if ev.Type == clientv3.EventTypeDelete {
-					delete(v.kvs, string(ev.Kv.Key))
-				} else {
-					v.kvs[string(ev.Kv.Key)] = ev.Kv
-				}
-			}
-			if wr.Header.Revision > v.rev {
-				v.rev = wr.Header.Revision
-			}
-			v.notify()
-			v.mu.Unlock()
-		}
-		wcancel()
-	}
-}
-
-// waitRev waits until the view has reached rev.
-func (v *view) waitRev(ctx context.Context, rev int64) error {
-	for {
-		ch := v.Changed()
-		if v.Rev() >= rev {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-ch:
-		}
-	}
-}
-
-func (v *view) get(key string) *mvccpb.KeyValue {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	return v.kvs[key]
-}
-
-func (v *view) list(prefix string) []*mvccpb.KeyValue {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	var out []*mvccpb.KeyValue
-	for k, kv := range v.kvs {
-		if strings.HasPrefix(k, prefix) {
-			out = append(out, kv)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return string(out[i].Key) < string(out[j].Key) })
-	return out
-}
-
-func decode[T any](kv *mvccpb.KeyValue) (T, bool) {
-	var t T
-	if kv == nil {
-		return t, false
-	}
-	if err := json.Unmarshal(kv.Value, &t); err != nil {
-		return t, false
-	}
-	return t, true
-}
+func decode[T any](kv *mvccpb.KeyValue) (T, bool) { return etcdview.Decode[T](kv) }
 
 // Services returns every service defined, by name.
 func (v *view) Services() map[string]Service {

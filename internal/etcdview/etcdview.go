@@ -1,0 +1,248 @@
+// Package etcdview keeps a live copy of some of etcd's keys in memory: read
+// once, then kept by a watch from the revision read, read again whenever
+// the watch is lost or compacted away. Supervisors and tandem lb decide
+// from such a copy; what they decide is a transaction that compares what it
+// relied on (or a proxy change that the next change corrects), so a copy a
+// little behind etcd costs a retry, never safety.
+package etcdview
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Range is one key, or every key under a prefix.
+type Range struct {
+	Key    string
+	Prefix bool
+}
+
+// Config says what a Cache holds.
+type Config struct {
+	// Watch is the prefix watched for changes.
+	Watch string
+	// Load are the ranges read at every (re)sync, all at one revision; by
+	// default the whole Watch prefix.
+	Load []Range
+	// Keep says which watched keys to hold (default: all): a cache of a
+	// cluster's membership ignores its jobs.
+	Keep func(key string) bool
+	Log  *slog.Logger
+}
+
+// Cache is the live copy. Its methods are safe for concurrent use.
+type Cache struct {
+	cli *clientv3.Client
+	cfg Config
+
+	mu     sync.RWMutex
+	kvs    map[string]*mvccpb.KeyValue
+	rev    int64
+	synced bool
+	change chan struct{} // closed and replaced on every change
+	seenAt time.Time     // when the last change arrived
+}
+
+// New returns a Cache of cli's keys as cfg says; Run fills and keeps it.
+func New(cli *clientv3.Client, cfg Config) *Cache {
+	if len(cfg.Load) == 0 {
+		cfg.Load = []Range{{Key: cfg.Watch, Prefix: true}}
+	}
+	if cfg.Keep == nil {
+		cfg.Keep = func(string) bool { return true }
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Cache{cli: cli, cfg: cfg, kvs: map[string]*mvccpb.KeyValue{}, change: make(chan struct{})}
+}
+
+// Snapshot returns a fixed Cache holding kvs as read at rev (no Run).
+func Snapshot(kvs []*mvccpb.KeyValue, rev int64) *Cache {
+	c := New(nil, Config{})
+	for _, kv := range kvs {
+		c.kvs[string(kv.Key)] = kv
+	}
+	c.rev, c.synced = rev, true
+	return c
+}
+
+// Changed returns a channel closed at the next change.
+func (c *Cache) Changed() <-chan struct{} {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.change
+}
+
+// Rev is the etcd revision the cache has reached.
+func (c *Cache) Rev() int64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.rev
+}
+
+// Synced reports whether the cache has read etcd at least once.
+func (c *Cache) Synced() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.synced
+}
+
+// SeenAt is when the last change of a kept key arrived.
+func (c *Cache) SeenAt() time.Time {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.seenAt
+}
+
+// WaitRev waits until the cache has reached rev, or ctx ends. The cache's
+// revision moves on with every watch answer but wakes waiters only with a
+// change of a kept key (or a resync), so wait for a revision of such a
+// change.
+func (c *Cache) WaitRev(ctx context.Context, rev int64) error {
+	for {
+		ch := c.Changed()
+		if c.Synced() && c.Rev() >= rev {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// Get returns key's value, or nil.
+func (c *Cache) Get(key string) *mvccpb.KeyValue {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.kvs[key]
+}
+
+// List returns the keys under prefix, in order.
+func (c *Cache) List(prefix string) []*mvccpb.KeyValue {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var out []*mvccpb.KeyValue
+	for k, kv := range c.kvs {
+		if strings.HasPrefix(k, prefix) {
+			out = append(out, kv)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return string(out[i].Key) < string(out[j].Key) })
+	return out
+}
+
+// Run keeps the cache until ctx ends.
+func (c *Cache) Run(ctx context.Context) {
+	for ctx.Err() == nil {
+		kvs, rev, err := c.load(ctx)
+		if err != nil {
+			c.cfg.Log.Warn("read from etcd", "prefix", c.cfg.Watch, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
+			continue
+		}
+		c.mu.Lock()
+		c.kvs = make(map[string]*mvccpb.KeyValue, len(kvs))
+		for _, kv := range kvs {
+			if c.cfg.Keep(string(kv.Key)) {
+				c.kvs[string(kv.Key)] = kv
+			}
+		}
+		c.rev, c.synced = rev, true
+		c.seenAt = time.Now()
+		c.notify()
+		c.mu.Unlock()
+
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := c.cli.Watch(wctx, c.cfg.Watch, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify())
+		for wr := range wch {
+			if err := wr.Err(); err != nil {
+				c.cfg.Log.Warn("watch ended; reading again", "prefix", c.cfg.Watch, "err", err)
+				break
+			}
+			changed := false
+			c.mu.Lock()
+			for _, ev := range wr.Events {
+				k := string(ev.Kv.Key)
+				if !c.cfg.Keep(k) {
+					continue
+				}
+				changed = true
+				if ev.Type == clientv3.EventTypeDelete {
+					delete(c.kvs, k)
+				} else {
+					c.kvs[k] = ev.Kv
+				}
+			}
+			if wr.Header.Revision > c.rev {
+				c.rev = wr.Header.Revision
+			}
+			// Only a change of a kept key wakes the waiters: a cache of
+			// membership must not wake for every job written.
+			if changed {
+				c.seenAt = time.Now()
+				c.notify()
+			}
+			c.mu.Unlock()
+		}
+		cancel()
+	}
+}
+
+// load reads every Load range at one revision.
+func (c *Cache) load(ctx context.Context) ([]*mvccpb.KeyValue, int64, error) {
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var kvs []*mvccpb.KeyValue
+	var rev int64
+	for _, r := range c.cfg.Load {
+		var opts []clientv3.OpOption
+		if r.Prefix {
+			opts = append(opts, clientv3.WithPrefix())
+		}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := c.cli.Get(gctx, r.Key, opts...)
+		if err != nil {
+			return nil, 0, err
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		kvs = append(kvs, resp.Kvs...)
+	}
+	return kvs, rev, nil
+}
+
+// notify wakes Changed's waiters; c.mu is held.
+func (c *Cache) notify() {
+	close(c.change)
+	c.change = make(chan struct{})
+}
+
+// Decode returns kv's JSON value as a T; false if kv is nil or not a T.
+func Decode[T any](kv *mvccpb.KeyValue) (T, bool) {
+	var t T
+	if kv == nil {
+		return t, false
+	}
+	if err := json.Unmarshal(kv.Value, &t); err != nil {
+		return t, false
+	}
+	return t, true
+}

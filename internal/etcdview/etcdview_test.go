@@ -1,0 +1,89 @@
+package etcdview
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tandemhq/tandem/internal/etcdtest"
+)
+
+func TestCache(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	put := func(k, v string) int64 {
+		t.Helper()
+		resp, err := cli.Put(ctx, k, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	put("/c/a", `{"n":1}`)
+	put("/c/jobs/1", "x")
+	put("/other", "y")
+
+	c := New(cli, Config{Watch: "/c/", Keep: func(k string) bool { return !strings.HasPrefix(k, "/c/jobs/") }})
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go c.Run(rctx)
+	if err := c.WaitRev(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if kv := c.Get("/c/a"); kv == nil || string(kv.Value) != `{"n":1}` {
+		t.Fatalf("Get /c/a: %v", kv)
+	}
+	if c.Get("/c/jobs/1") != nil || c.Get("/other") != nil {
+		t.Fatal("kept a key Keep refused, or one outside the prefix")
+	}
+	v, ok := Decode[struct{ N int }](c.Get("/c/a"))
+	if !ok || v.N != 1 {
+		t.Fatalf("Decode: %+v %v", v, ok)
+	}
+
+	// A kept change wakes the waiters and is there when they look.
+	ch := c.Changed()
+	rev := put("/c/b", "2")
+	<-ch
+	if err := c.WaitRev(ctx, rev); err != nil || c.Get("/c/b") == nil {
+		t.Fatalf("after a put: %v, %v", err, c.Get("/c/b"))
+	}
+	if got := c.List("/c/"); len(got) != 2 || string(got[0].Key) != "/c/a" || string(got[1].Key) != "/c/b" {
+		t.Fatalf("List: %v", got)
+	}
+	if _, err := cli.Delete(ctx, "/c/a"); err != nil {
+		t.Fatal(err)
+	}
+	for c.Get("/c/a") != nil {
+		select {
+		case <-c.Changed():
+		case <-ctx.Done():
+			t.Fatal("the deletion never reached the cache")
+		}
+	}
+
+	// A cache that loads named keys, over a compacted history.
+	stop()
+	rev = put("/c/d", "4")
+	if _, err := cli.Compact(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	c2 := New(cli, Config{Watch: "/c/", Load: []Range{{Key: "/c/b"}, {Key: "/c/d"}}})
+	go c2.Run(ctx)
+	if err := c2.WaitRev(ctx, rev); err != nil || c2.Get("/c/b") == nil || c2.Get("/c/d") == nil {
+		t.Fatalf("a cache loading two keys: %v", err)
+	}
+	resp, err := cli.Get(ctx, "/c/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := Snapshot(resp.Kvs, resp.Header.Revision)
+	if snap.Rev() != resp.Header.Revision || len(snap.List("/c/")) != len(resp.Kvs) || !snap.Synced() {
+		t.Fatalf("Snapshot: rev %d, %d keys", snap.Rev(), len(snap.List("/c/")))
+	}
+}
