@@ -37,6 +37,10 @@ type Config struct {
 	// StartTimeout bounds how long Start waits for the member to join a quorum.
 	StartTimeout time.Duration
 	LogLevel     string // etcd's zap level: debug, info, warn, error (default error)
+	// UnsafeNoFsync skips fsync: for tests only, where a member's data
+	// never has to survive its machine's crash and fsync stalls on a busy
+	// disk would cost leases.
+	UnsafeNoFsync bool
 }
 
 // newLogger returns etcd's logger at level, to stderr, and the level so
@@ -136,6 +140,7 @@ func Start(cfg Config) (*Member, error) {
 	if ec.InitialClusterToken == "" {
 		ec.InitialClusterToken = "tandem"
 	}
+	ec.UnsafeNoFsync = cfg.UnsafeNoFsync
 	if cfg.HeartbeatMs != 0 {
 		ec.TickMs = cfg.HeartbeatMs
 	}

@@ -69,7 +69,7 @@ func TestAdmin(t *testing.T) {
 	c.start(c.config("c", web, other)) // one slot: it takes other, as web has an owner
 	c.waitHealthy("other", "c")
 	c.waitNodes("a", "b", "c")
-	ctx, cancel := context.WithTimeout(context.Background(), long)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*long) // covers every step below, each of which may wait up to long
 	defer cancel()
 
 	for _, tt := range []struct {
