@@ -29,7 +29,7 @@ the cluster. docs/BENCHMARKS.md says what each figure means.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.AddCommand(newBenchSubmitCmd(), newBenchFailoverCmd(), newBenchShardsCmd(), newBenchSuperviseCmd(),
-		newBenchSuperviseServiceCmd())
+		newBenchSuperviseServiceCmd(), newBenchLBCmd())
 	return cmd
 }
 
