@@ -266,31 +266,14 @@ func runBenchFailover(ctx context.Context, out io.Writer, f *benchFailoverFlags)
 	if err := f.validate(); err != nil {
 		return err
 	}
-	bin, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("find the tandem binary: %w", err)
-	}
-	ctx, stop := benchContext(ctx)
-	defer stop()
-	res, err := bench.RunFailover(ctx, bench.FailoverConfig{
-		Binary: bin, Fault: f.fault, Trials: f.trials, LeaseTTL: f.leaseTTL, Etcd: f.etcd, Clients: f.clients,
-		Quiet: f.quiet, DataDir: f.dataDir, BasePort: f.basePort, Out: out, ServerArgs: f.serverArgs,
-	})
-	if err != nil {
-		return interrupted(ctx, err)
-	}
-	if f.jsonPath != "" {
-		if err := bench.WriteJSON(f.jsonPath, res); err != nil {
-			return fmt.Errorf("write %s: %w", f.jsonPath, err)
-		}
-	}
 	// A lost acknowledged job, a second launch or an old active that came
-	// back unfenced is a broken promise (I2, I4, I1), not a slow figure: the
-	// command fails, after the JSON is written.
-	if err := res.Failed(); err != nil {
-		return fmt.Errorf("bench failover: %w", err)
-	}
-	return nil
+	// back unfenced is a broken promise (I2, I4, I1), not a slow figure.
+	return runBench(ctx, "failover", f.jsonPath, func(ctx context.Context, bin string) (*bench.FailoverResult, error) {
+		return bench.RunFailover(ctx, bench.FailoverConfig{
+			Binary: bin, Fault: f.fault, Trials: f.trials, LeaseTTL: f.leaseTTL, Etcd: f.etcd, Clients: f.clients,
+			Quiet: f.quiet, DataDir: f.dataDir, BasePort: f.basePort, Out: out, ServerArgs: f.serverArgs,
+		})
+	})
 }
 
 type benchShardsFlags struct {
@@ -390,30 +373,44 @@ func runBenchShards(ctx context.Context, out io.Writer, f *benchShardsFlags) err
 	if err := f.validate(); err != nil {
 		return err
 	}
+	// As in bench failover: a lost job, a second launch or an unfenced
+	// write is a broken promise (I2, I4, I1).
+	return runBench(ctx, "shards", f.jsonPath, func(ctx context.Context, bin string) (*bench.ShardsResult, error) {
+		return bench.RunShards(ctx, bench.ShardsConfig{
+			Binary: bin, Servers: f.servers, Shards: f.shards, Trials: f.trials, Causes: f.causes, LeaseTTL: f.leaseTTL,
+			EtcdMembers: f.etcdMembers, Agents: f.agents, Clients: f.clients, Every: f.every, Quiet: f.quiet,
+			DataDir: f.dataDir, BasePort: f.basePort, Out: out, ServerArgs: f.serverArgs,
+		})
+	})
+}
+
+// failer is a benchmark's result that can say a promise was broken.
+type failer interface{ Failed() error }
+
+// runBench is what every benchmark command does around its run: find this
+// binary, end the run cleanly on SIGINT or SIGTERM, write the JSON, and
+// fail the command, after the JSON is written, when the result says a
+// promise was broken (not merely a slow figure).
+func runBench[R any](ctx context.Context, name, jsonPath string, run func(ctx context.Context, bin string) (R, error)) error {
 	bin, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find the tandem binary: %w", err)
 	}
 	ctx, stop := benchContext(ctx)
 	defer stop()
-	res, err := bench.RunShards(ctx, bench.ShardsConfig{
-		Binary: bin, Servers: f.servers, Shards: f.shards, Trials: f.trials, Causes: f.causes, LeaseTTL: f.leaseTTL,
-		EtcdMembers: f.etcdMembers, Agents: f.agents, Clients: f.clients, Every: f.every, Quiet: f.quiet,
-		DataDir: f.dataDir, BasePort: f.basePort, Out: out, ServerArgs: f.serverArgs,
-	})
+	res, err := run(ctx, bin)
 	if err != nil {
 		return interrupted(ctx, err)
 	}
-	if f.jsonPath != "" {
-		if err := bench.WriteJSON(f.jsonPath, res); err != nil {
-			return fmt.Errorf("write %s: %w", f.jsonPath, err)
+	if jsonPath != "" {
+		if err := bench.WriteJSON(jsonPath, res); err != nil {
+			return fmt.Errorf("write %s: %w", jsonPath, err)
 		}
 	}
-	// As in bench failover: a lost job, a second launch or an unfenced
-	// write is a broken promise (I2, I4, I1), so the command fails, after
-	// the JSON is written.
-	if err := res.Failed(); err != nil {
-		return fmt.Errorf("bench shards: %w", err)
+	if f, ok := any(res).(failer); ok {
+		if err := f.Failed(); err != nil {
+			return fmt.Errorf("bench %s: %w", name, err)
+		}
 	}
 	return nil
 }
@@ -510,36 +507,16 @@ func runBenchSupervise(ctx context.Context, out io.Writer, f *benchSuperviseFlag
 	if err := f.validate(); err != nil {
 		return err
 	}
-	bin, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("find the tandem binary: %w", err)
-	}
-	ctx, stop := benchContext(ctx)
-	defer stop()
-	res, err := bench.RunSupervise(ctx, bench.SuperviseConfig{
-		Binary: bin, Nodes: f.nodes, Trials: f.trials, Faults: f.faults, LeaseTTL: f.leaseTTL, Fencing: f.fencing,
-		HealthInterval: f.healthInterval, ProbeEvery: f.probeEvery, Quiet: f.quiet, BasePort: f.basePort,
-		DataDir: f.dataDir, Out: out,
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return errors.New("bench: interrupted; every namespace, cgroup and process of the run was removed")
-		}
-		return err
-	}
-	if f.jsonPath != "" {
-		if err := bench.WriteJSON(f.jsonPath, res); err != nil {
-			return fmt.Errorf("write %s: %w", f.jsonPath, err)
-		}
-	}
 	// Two commands at once, a VIP on more or fewer than one node, or a
 	// command that outlived its node's lease are broken promises
-	// (docs/SUPERVISE.md), not slow figures: the command fails, after the
-	// JSON is written.
-	if err := res.Failed(); err != nil {
-		return fmt.Errorf("bench supervise: %w", err)
-	}
-	return nil
+	// (docs/SUPERVISE.md), not slow figures.
+	return runBench(ctx, "supervise", f.jsonPath, func(ctx context.Context, bin string) (*bench.SuperviseResult, error) {
+		return bench.RunSupervise(ctx, bench.SuperviseConfig{
+			Binary: bin, Nodes: f.nodes, Trials: f.trials, Faults: f.faults, LeaseTTL: f.leaseTTL, Fencing: f.fencing,
+			HealthInterval: f.healthInterval, ProbeEvery: f.probeEvery, Quiet: f.quiet, BasePort: f.basePort,
+			DataDir: f.dataDir, Out: out,
+		})
+	})
 }
 
 // newBenchSuperviseServiceCmd is the service `tandem bench supervise`
@@ -588,7 +565,7 @@ func benchContext(ctx context.Context) (context.Context, context.CancelFunc) {
 // showing the context error of whichever step it was in.
 func interrupted(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
-		return errors.New("bench: interrupted; the cluster was stopped")
+		return errors.New("bench: interrupted; everything the run started was stopped and removed")
 	}
 	return err
 }

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -75,21 +73,8 @@ func runBenchLB(ctx context.Context, out io.Writer, f *benchLBFlags) error {
 	if err := f.validate(); err != nil {
 		return err
 	}
-	bin, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("find the tandem binary: %w", err)
-	}
-	ctx, stop := benchContext(ctx)
-	defer stop()
-	res, err := bench.RunLB(ctx, bench.LBConfig{Binary: bin, Modes: f.modes, Events: f.events, Trials: f.trials,
-		BasePort: f.basePort, DataDir: f.dataDir, Out: out})
-	if err != nil {
-		return interrupted(ctx, err)
-	}
-	if f.jsonPath != "" {
-		if err := bench.WriteJSON(f.jsonPath, res); err != nil {
-			return fmt.Errorf("write %s: %w", f.jsonPath, err)
-		}
-	}
-	return nil
+	return runBench(ctx, "lb", f.jsonPath, func(ctx context.Context, bin string) (*bench.LBResult, error) {
+		return bench.RunLB(ctx, bench.LBConfig{Binary: bin, Modes: f.modes, Events: f.events, Trials: f.trials,
+			BasePort: f.basePort, DataDir: f.dataDir, Out: out})
+	})
 }
