@@ -31,8 +31,8 @@ func startLBCluster(t *testing.T, proxy string) *lbCluster {
 	empty := fmt.Sprintf("127.0.0.1:%d", base+397)
 	inter := "200ms"
 	if proxy == "nginx" {
-		// NGINX has no active checks; its fail_timeout (inter × fall) must
-		// be whole seconds, which the driver does not round to (reported).
+		// NGINX has no active checks; its fail_timeout (inter × fall) is
+		// whole seconds (the driver rounds up).
 		inter = "500ms"
 	}
 	c := startLocal(t, local.Config{Binary: binary, Servers: 4, Initial: 3, Agents: 2, ExternalEtcd: 1,
@@ -42,7 +42,16 @@ func startLBCluster(t *testing.T, proxy string) *lbCluster {
 	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(c.LB.LogPath)
-			t.Logf("---- lb log ----\n%s", tail(string(b), 60))
+			// Every warning and error in full (a proxy that exited and was
+			// started again shows here), then the tail.
+			var alarms []string
+			for _, l := range strings.Split(string(b), "\n") {
+				if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+					alarms = append(alarms, l)
+				}
+			}
+			t.Logf("---- lb log: warnings and errors ----\n%s", strings.Join(alarms, "\n"))
+			t.Logf("---- lb log: tail ----\n%s", tail(string(b), 60))
 		}
 	})
 	urls := strings.Join(c.URLs(), ",")
