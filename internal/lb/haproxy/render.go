@@ -288,9 +288,9 @@ func literal(addr string) bool {
 // moment with none. They never turn checks off:
 //
 //   - up: leave maintenance, force the health up;
-//   - down, HTTP check: weight 0, ready, force the health down, weight
-//     back (leaving maintenance would otherwise make a new server run for
-//     an instant, seen as a 502 in the end-to-end churn test); stay ready so the
+//   - down, HTTP check: force the health down, ready, and down again
+//     (leaving maintenance makes a new server run whatever was forced
+//     before); stay ready so the
 //     proxy's own check (which asks the server whether it should serve)
 //     takes over if tandem lb is gone;
 //   - down, TCP check: maintenance. A connect check cannot tell an active
@@ -306,10 +306,13 @@ func stateCmds(d lb.Desired) []string {
 				up = append(up, "set server "+r+" state ready", "set server "+r+" health up")
 			case b.Health != "":
 				// Leaving maintenance (a server just added) makes a server
-				// running whatever its forced health, so it first gets
-				// weight 0: no request can reach it between the commands.
-				down = append(down, "set weight "+r+" 0", "set server "+r+" state ready",
-					"set server "+r+" health down", "set weight "+r+" 100%")
+				// run whatever health was forced before, so the health is
+				// forced down again right after. No weight changes: HAProxy
+				// 2.6.12's worker crashed (exit 139) twice in CI, with every
+				// server down, only after weight changes were added here
+				// (suspected, not proven).
+				down = append(down, "set server "+r+" health down", "set server "+r+" state ready",
+					"set server "+r+" health down")
 			default:
 				down = append(down, "set server "+r+" state maint")
 			}

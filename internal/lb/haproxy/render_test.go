@@ -146,7 +146,7 @@ func TestStateCmdsUpFirst(t *testing.T) {
 	got := stateCmds(d)
 	want := []string{
 		"set server http/new state ready", "set server http/new health up",
-		"set weight http/old 0", "set server http/old state ready", "set server http/old health down", "set weight http/old 100%",
+		"set server http/old health down", "set server http/old state ready", "set server http/old health down",
 		"set server tcp/x state maint",
 	}
 	if !reflect.DeepEqual(got, want) {
