@@ -287,10 +287,14 @@ func newLBDriver(f *lbFlags, dir string, checks lb.Checks, log *slog.Logger) (lb
 	}
 }
 
-// superviseProxy restarts a managed proxy that exits, with backoff, until
-// ctx ends.
+// superviseProxy restarts a managed proxy that exits until ctx ends: at
+// once if it had run for a while (a crash costs the least time without
+// routing), with a growing backoff if it keeps exiting.
 func superviseProxy(ctx context.Context, drv lbDriver, src *lb.Source, log *slog.Logger) {
-	for wait := time.Second; ; {
+	const stable = 10 * time.Second
+	backoff := func(w time.Duration) time.Duration { return min(max(2*w, time.Second), 30*time.Second) }
+	var wait time.Duration
+	for started := time.Now(); ; {
 		done := drv.Done()
 		if done == nil {
 			return // external: not ours to restart
@@ -300,17 +304,23 @@ func superviseProxy(ctx context.Context, drv lbDriver, src *lb.Source, log *slog
 			return
 		case <-done:
 		}
+		if time.Since(started) >= stable {
+			wait = 0
+		}
 		log.Error("the proxy exited; starting it again", "err", drv.Err(), "in", wait.String())
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			wait = backoff(wait)
+			err := drv.Start(ctx, src.Desired())
+			if err == nil {
+				break
+			}
+			log.Error("could not start the proxy again", "err", err, "retry_in", wait.String())
 		}
-		if err := drv.Start(ctx, src.Desired()); err != nil {
-			log.Error("could not start the proxy again", "err", err)
-			wait = min(2*wait, 30*time.Second)
-			continue
-		}
-		wait = time.Second
+		started = time.Now()
 	}
 }

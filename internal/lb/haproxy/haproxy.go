@@ -37,7 +37,8 @@
 // server is out of the rotation at once, but 2.6 deletes a server only when
 // it has no connection left, idle ones included; one with requests in
 // flight is parked in maintenance and a reaper goroutine deletes it when
-// they are done (its sessions are shut after DrainTimeout; a short
+// they are done, and never before DeleteGrace (see there); its sessions are
+// shut after DrainTimeout; a short
 // pool-purge-delay on every server makes its idle connections go within
 // a second or two), so Apply never waits for them. Until then Actual lists
 // it, not Up. They were chosen over server-template slots because the
@@ -200,6 +201,14 @@ type Config struct {
 	// DrainTimeout is how long a removed server keeps the requests it has
 	// in flight before its sessions are shut. It gets no new ones.
 	DrainTimeout time.Duration
+	// DeleteGrace is the least time a removed server stays, in
+	// maintenance, before `del server`. A stream waiting out the one-second
+	// turn-around before it retries a refused connection holds its server
+	// without counting as a session or in the queue, and HAProxy 2.6.12
+	// deletes the server under it; the stream then crashes the worker
+	// (haproxy#2298, fixed upstream in later releases). The default outlasts
+	// every retry: (retries + 1) × (timeout connect + 1 s).
+	DeleteGrace time.Duration
 	// Log receives decisions and the proxy's own output; nil discards.
 	Log *slog.Logger
 }
@@ -215,6 +224,7 @@ func DefaultConfig(dir string) Config {
 		IOTimeout:     5 * time.Second,
 		ReloadTimeout: 30 * time.Second,
 		DrainTimeout:  10 * time.Second,
+		DeleteGrace:   (retries + 1) * (connectTimeout + turnAround),
 	}
 }
 
@@ -241,6 +251,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = def.DrainTimeout
+	}
+	if c.DeleteGrace <= 0 {
+		c.DeleteGrace = def.DeleteGrace
 	}
 	if c.Managed {
 		if c.AdminSocket == "" {
@@ -725,6 +738,9 @@ func (d *Driver) actual(ctx context.Context) (lb.Desired, error) {
 		i, ok := index[s.backend]
 		if !ok {
 			continue
+		}
+		if d.parked[ref{backend: s.backend, server: s.server}] != nil && !s.routable() {
+			continue // removed, waiting for `del server`; see DeleteGrace
 		}
 		out.Backends[i].Servers = append(out.Backends[i].Servers, lb.Server{Name: s.server, Addr: s.addr, Up: s.routable()})
 	}

@@ -291,7 +291,7 @@ func TestRemoveWithRequestInFlight(t *testing.T) {
 		return lb.Desired{Backends: []lb.Backend{{Name: "svc", Listen: listen, Health: "/isActive", Mode: lb.ModeAll, Servers: servers}}}
 	}
 	const drain = 1500 * time.Millisecond
-	drv := startManaged(t, fastChecks, desired(slow.server(true)), func(c *Config) { c.DrainTimeout = drain })
+	drv := startManaged(t, fastChecks, desired(slow.server(true)), func(c *Config) { c.DrainTimeout, c.DeleteGrace = drain, 200*time.Millisecond })
 	before := showProc(t, drv)
 
 	inFlight := func(u *upstream) <-chan error {
@@ -318,13 +318,9 @@ func TestRemoveWithRequestInFlight(t *testing.T) {
 	}
 	servers := func() []string {
 		t.Helper()
-		actual, err := drv.Actual(context.Background())
+		names, err := proxyServers(drv)
 		if err != nil {
 			t.Fatal(err)
-		}
-		var names []string
-		for _, s := range actual.Backends[0].Servers {
-			names = append(names, s.Name)
 		}
 		return names
 	}
@@ -985,5 +981,72 @@ func TestConcurrentApply(t *testing.T) {
 	}
 	if want := normalized(final); !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v, want %+v", got, want)
+	}
+}
+
+// TestRemoveServerWithRetryingStreams: streams waiting to retry a refused
+// connection (HAProxy counts them neither as sessions nor as queued) hold
+// the server they will retry. HAProxy 2.6.12 lets `del server` free it
+// under them, and its worker then crashes (haproxy#2298, fixed upstream
+// only in later releases). A removed server must outlive such streams.
+func TestRemoveServerWithRetryingStreams(t *testing.T) {
+	needHAProxy(t)
+	// glibc fills freed memory with this byte: a use after free crashes at
+	// once instead of when the memory happens to be reused.
+	t.Setenv("MALLOC_PERTURB_", "85")
+	live := newUpstream(t, "live", true)
+	listen, dead := freeAddr(t), freeAddr(t) // nothing listens on dead
+	desired := func(servers ...lb.Server) lb.Desired {
+		return lb.Desired{Backends: []lb.Backend{{Name: "svc", Listen: listen, Health: "/isActive", Mode: lb.ModeAll, Servers: servers}}}
+	}
+	// Longer than a turn-around, shorter than the default for a quick test.
+	const grace = 3 * time.Second
+	drv := startManaged(t, slowChecks, desired(lb.Server{Name: "dead", Addr: dead, Up: true}),
+		func(c *Config) { c.DeleteGrace = grace })
+	before := showProc(t, drv)
+
+	// Requests to dead are refused and wait a second before their retry.
+	results := make(chan error, 20)
+	for range cap(results) {
+		go func() {
+			_, err := get(fresh, listen)
+			results <- err
+		}()
+	}
+	waitFor(t, 5*time.Second, "refused connections", func() error {
+		st, err := drv.adm.run(context.Background(), "show stat")
+		if err != nil {
+			return err
+		}
+		for _, l := range strings.Split(st[0], "\n") {
+			if f := strings.Split(l, ","); len(f) > 15 && f[0] == "svc" && f[1] == "dead" && f[15] != "" && f[15] != "0" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no retry on dead yet")
+	})
+	apply(t, drv, desired(live.server(true)))
+	for range cap(results) {
+		<-results // whatever they got; the proxy must still be there
+	}
+	if err := allReach(listen, "live", 5); err != nil {
+		t.Fatalf("after removing a server with streams waiting to retry it: %v", err)
+	}
+	waitFor(t, 3*grace, "dead deleted", func() error {
+		names, err := proxyServers(drv)
+		if err != nil {
+			return err
+		}
+		if !reflect.DeepEqual(names, []string{"live"}) {
+			return fmt.Errorf("servers %v, want live alone", names)
+		}
+		return nil
+	})
+	if err := allReach(listen, "live", 5); err != nil {
+		t.Fatalf("after deleting the removed server: %v", err)
+	}
+	after := showProc(t, drv)
+	if len(after.workers) != 1 || len(before.workers) != 1 || after.workers[0] != before.workers[0] {
+		t.Fatalf("workers before %+v, after %+v: want the same one (did it crash?)", before.workers, after.workers)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -197,4 +198,29 @@ func gone(pid int) bool {
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	return i >= 0 && i+2 < len(s) && s[i+2] == 'Z'
+}
+
+// proxyServers lists the servers HAProxy has in its first backend, removed
+// ones waiting for `del server` included (Actual leaves those out).
+func proxyServers(drv *Driver) ([]string, error) {
+	drv.mu.Lock()
+	defer drv.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	replies, err := drv.adm.run(ctx, "show servers state")
+	if err != nil {
+		return nil, err
+	}
+	_, _, states, err := parseServersState(replies[0])
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, s := range states {
+		if s.backend == states[0].backend {
+			names = append(names, s.server)
+		}
+	}
+	sort.Strings(names)
+	return names, nil
 }

@@ -22,6 +22,15 @@ const cookieName = "TANDEMLB"
 // draining its connections after a reload.
 const hardStopAfter = 30 * time.Second
 
+// A request whose connection is refused waits turnAround, then retries,
+// up to retries times (the last on another server), each connect bounded
+// by connectTimeout.
+const (
+	retries        = 2
+	connectTimeout = 5 * time.Second
+	turnAround     = time.Second // HAProxy's own, not configurable
+)
+
 // name is what HAProxy accepts as a proxy or server name. Checking it also
 // keeps a name from smuggling configuration lines into the file.
 var name = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]*$`)
@@ -150,8 +159,8 @@ func render(d lb.Desired, c lb.Checks, p paths) []byte {
 	w("    option http-keep-alive")
 	w("    option idle-close-on-response")
 	w("    option redispatch")
-	w("    retries 2")
-	w("    timeout connect 5s")
+	w("    retries %d", retries)
+	w("    timeout connect %s", ms(connectTimeout))
 	w("    timeout client 1m")
 	w("    timeout server 1m")
 	w("    timeout queue 10s")

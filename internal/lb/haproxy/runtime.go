@@ -151,8 +151,14 @@ func (d *Driver) reapLocked(ctx context.Context) (int, error) {
 			cmds = append(cmds, "shutdown sessions server "+r.String())
 			refs = append(refs, ref{})
 		}
+		if time.Since(pk.since) < d.cfg.DeleteGrace {
+			continue
+		}
 		refs = append(refs, r)
 		cmds = append(cmds, "del server "+r.String())
+	}
+	if len(cmds) == 0 {
+		return 0, nil
 	}
 	replies, err := d.runCurrent(ctx, cmds...)
 	if err != nil {
