@@ -56,6 +56,7 @@ type superviseFlags struct {
 	healthBody     string
 	fence          []string
 	fencing        string
+	instances      string
 	vip            string
 	epochFile      string
 	startTimeout   time.Duration
@@ -123,6 +124,7 @@ Subcommands show and move services: status, history, move, ban, clear.`,
 	fl.StringVar(&f.healthBody, "health-body", "", "text the body of an http check's answer must contain")
 	fl.StringArrayVar(&f.fence, "fence", nil, "fence hook LEVEL:PATH [ARGS], repeatable; levels run in order until every hook of one exits 0")
 	fl.StringVar(&f.fencing, "fencing", "", "strict (default: fence hooks must succeed before a takeover) or self (trust the old node's self-fencing: timing)")
+	fl.StringVar(&f.instances, "instances", "", "one (default: one node at a time, the owner, with fencing and VIP) or every-node (every node listing the service runs its own instance, registered for tandem lb while healthy)")
 	fl.StringVar(&f.vip, "vip", "", "virtual IPv4 address ADDR/BITS@DEV that follows the service")
 	fl.StringVar(&f.epochFile, "epoch-file", "", "write the service's epoch here before each start, for services that can check a fencing token")
 	fl.DurationVar(&f.startTimeout, "start-timeout", 0, "how long the command may take to become healthy (default 30s)")
@@ -331,7 +333,7 @@ func superviseConfig(cmd *cobra.Command, f *superviseFlags, args []string) (supe
 
 	single := f.service != "" || len(args) > 0
 	if !single {
-		for _, name := range []string{"health", "fence", "fencing", "vip", "epoch-file", "hook", "anti-affinity", "nodes", "dir", "env",
+		for _, name := range []string{"health", "fence", "fencing", "instances", "vip", "epoch-file", "hook", "anti-affinity", "nodes", "dir", "env",
 			"start-timeout", "stop-timeout", "restarts", "restart-window", "ban"} {
 			if changed(name) {
 				return cfg, nil, usagef("--%s describes a service: give --service NAME and the command after --", name)
@@ -355,7 +357,7 @@ func superviseConfig(cmd *cobra.Command, f *superviseFlags, args []string) (supe
 
 func serviceFromFlags(f *superviseFlags, args []string) (supervise.Service, error) {
 	svc := supervise.Service{
-		Name: f.service, Command: args, Dir: f.dir, Fencing: f.fencing, VIP: f.vip, EpochFile: f.epochFile,
+		Name: f.service, Command: args, Dir: f.dir, Fencing: f.fencing, Instances: f.instances, VIP: f.vip, EpochFile: f.epochFile,
 		StartTimeout: supervise.Duration(f.startTimeout), StopTimeout: supervise.Duration(f.stopTimeout),
 		Restarts: f.restarts, RestartWindow: supervise.Duration(f.restartWindow), Ban: supervise.Duration(f.ban),
 		AntiAffinity: f.antiAffinity, Nodes: f.nodes,
@@ -555,6 +557,17 @@ func printSuperviseStatus(w io.Writer, st []supervise.ServiceStatus) error {
 				bans = append(bans, b.Node)
 			}
 			note = strings.TrimPrefix(note+"; banned: "+strings.Join(bans, ","), "; ")
+		}
+		if s.State == supervise.StateEveryNode {
+			// One row per healthy instance; the note on the last says which
+			// nodes offer it without one.
+			for _, in := range s.Instances {
+				t.row(s.Service, in.Node, "healthy", "-", fmtTime(in.Since), strconv.Itoa(in.PID), strconv.Itoa(in.Restarts), "-", "-", "instance")
+			}
+			if len(s.Instances) == 0 || note != "" {
+				t.row(s.Service, "-", "every-node", "-", "-", "-", "-", "-", "-", orDash(note))
+			}
+			continue
 		}
 		epoch, pid := "-", "-"
 		if s.Epoch != 0 {

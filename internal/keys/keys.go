@@ -133,6 +133,7 @@ func (l Layout) Event(epoch int64) string { return fmt.Sprintf("%s%020d", l.Even
 //	supervise/svc/<svc>/state          who last ran the command, at which epoch, and whether it stopped cleanly
 //	supervise/svc/<svc>/status         the owner's view of its run (starting, healthy...), bound to its lease
 //	supervise/svc/<svc>/move           an operator's request to move it to a node
+//	supervise/svc/<svc>/instances/<node>   a healthy instance of an every-node service, bound to its node's lease
 //	supervise/nodes/<node>             a supervisor's lease-bound record: slots, services offered, address
 //	supervise/placed/<node>            the services a node holds, rewritten in every transaction that wins or gives one up
 //	supervise/bans/<svc>/<node>        a node kept out of a service, bound to a lease of the ban's length
@@ -169,6 +170,17 @@ func (l Layout) SuperviseStatus(svc string) string {
 
 // SuperviseMove is an operator's request to move svc to another node.
 func (l Layout) SuperviseMove(svc string) string { return l.prefix + "supervise/svc/" + svc + "/move" }
+
+// SuperviseInstance is node's healthy instance of the every-node service
+// svc, bound to the lease of node's supervisor.
+func (l Layout) SuperviseInstance(svc, node string) string {
+	return l.SuperviseInstancesPrefix(svc) + node
+}
+
+// SuperviseInstancesPrefix is the prefix of svc's registered instances.
+func (l Layout) SuperviseInstancesPrefix(svc string) string {
+	return l.prefix + "supervise/svc/" + svc + "/instances/"
+}
 
 // SuperviseNode is the lease-bound record of the supervisor of node.
 func (l Layout) SuperviseNode(node string) string { return l.prefix + "supervise/nodes/" + node }

@@ -146,8 +146,8 @@ func (s *Source) SeenAt() time.Time { return s.cache.SeenAt() }
 func (s *Source) relevant(k string) bool {
 	return strings.HasPrefix(k, s.keys.ServersPrefix()) || k == s.keys.Leader() ||
 		(strings.HasPrefix(k, s.keys.ShardsPrefix()) && strings.HasSuffix(k, "/owner")) ||
-		strings.HasPrefix(k, s.keys.SuperviseNodesPrefix()) ||
-		(strings.HasPrefix(k, s.keys.SuperviseSvcPrefix()) && strings.HasSuffix(k, "/owner"))
+		strings.HasPrefix(k, s.keys.SuperviseNodesPrefix()) || strings.HasPrefix(k, s.keys.SuperviseServicesPrefix()) ||
+		(strings.HasPrefix(k, s.keys.SuperviseSvcPrefix()) && (strings.HasSuffix(k, "/owner") || strings.Contains(k, "/instances/")))
 }
 
 // Desired computes what the proxy should do now.
@@ -202,20 +202,33 @@ func (s *Source) apiBackend() Backend {
 	return b
 }
 
-// serviceBackend: every live supervisor node offering the service, the
-// owner's up.
+// serviceBackend: every live supervisor node offering the service. With
+// one instance, the owner's node is up; with an instance on every node
+// (supervise.InstancesEveryNode), each node whose instance is registered
+// (healthy) is, and traffic is spread over them.
 func (s *Source) serviceBackend(svc Service) Backend {
 	b := Backend{Name: svc.Name, Listen: svc.Listen, Health: svc.Health, Mode: ModeActive, Sticky: svc.Sticky}
-	owner := ""
-	if o, ok := decode[election.Owner](s.cache.Get(s.keys.SuperviseOwnership(svc.Name).Owner)); ok {
-		owner = o.ID
+	def, _ := decode[supervise.Service](s.cache.Get(s.keys.SuperviseService(svc.Name)))
+	up := map[string]bool{}
+	if def.EveryNode() {
+		b.Mode = ModeAll
+		for _, kv := range s.cache.List(s.keys.SuperviseInstancesPrefix(svc.Name)) {
+			if in, ok := decode[supervise.Instance](kv); ok {
+				up[in.Node] = true
+			}
+		}
+	} else if o, ok := decode[election.Owner](s.cache.Get(s.keys.SuperviseOwnership(svc.Name).Owner)); ok {
+		up[o.ID] = true
 	}
 	for _, kv := range s.cache.List(s.keys.SuperviseNodesPrefix()) {
 		n, ok := decode[supervise.NodeInfo](kv)
-		if !ok || !(n.Pool || contains(n.Services, svc.Name)) || n.Addr == "" {
+		if !ok || n.Addr == "" {
 			continue
 		}
-		b.Servers = append(b.Servers, Server{Name: n.Node, Addr: joinHostPort(n.Addr, svc.Port), Up: n.Node == owner})
+		if def.EveryNode() && !contains(n.Services, svc.Name) || !def.EveryNode() && !n.Pool && !contains(n.Services, svc.Name) {
+			continue
+		}
+		b.Servers = append(b.Servers, Server{Name: n.Node, Addr: joinHostPort(n.Addr, svc.Port), Up: up[n.Node]})
 	}
 	sort.Slice(b.Servers, func(i, j int) bool { return b.Servers[i].Name < b.Servers[j].Name })
 	return b

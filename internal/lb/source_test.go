@@ -116,6 +116,21 @@ func TestSourceFollowsMembership(t *testing.T) {
 			t.Fatalf("web backend %+v: want n1 and n2 on port 8000", b)
 		}
 	}
+
+	// Defined with an instance on every node: the nodes that list it (not
+	// the pool), each up while its instance is registered, spread over.
+	put(t, cli, l.SuperviseService("web"), supervise.Service{Name: "web", Instances: supervise.InstancesEveryNode})
+	put(t, cli, l.SuperviseNode("n3"), supervise.NodeInfo{Node: "n3", Addr: "10.0.0.3", Services: []string{"web"}})
+	put(t, cli, l.SuperviseInstance("web", "n1"), supervise.Instance{Service: "web", Node: "n1"})
+	put(t, cli, l.SuperviseInstance("web", "n3"), supervise.Instance{Service: "web", Node: "n3"})
+	d = waitDesired(t, src, "web on n1 and n3", func(d Desired) bool { u := up(d, "web"); return len(u) == 2 && u[0] == "n1" && u[1] == "n3" })
+	for _, b := range d.Backends {
+		if b.Name == "web" && (b.Mode != ModeAll || len(b.Servers) != 2) {
+			t.Fatalf("every-node web backend %+v: want n1 and n3, mode all (the pool node n2 runs no instance)", b)
+		}
+	}
+	del(t, cli, l.SuperviseInstance("web", "n1"))
+	waitDesired(t, src, "web on n3 alone", func(d Desired) bool { u := up(d, "web"); return len(u) == 1 && u[0] == "n3" })
 }
 
 func TestParseService(t *testing.T) {

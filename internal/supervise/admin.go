@@ -35,10 +35,17 @@ type ServiceStatus struct {
 	// cannot take it ("" if it can).
 	Candidates map[string]string `json:"candidates,omitempty"`
 	MoveTo     string            `json:"move_to,omitempty"`
+	// Instances, for an every-node service (State "every-node"): the
+	// healthy instances, registered in etcd; Candidates then says which
+	// nodes offer it without one.
+	Instances []Instance `json:"instances,omitempty"`
 }
 
 // StateUnplaced is the state of a service nobody runs.
 const StateUnplaced = "unplaced"
+
+// StateEveryNode is the state of an every-node service: see its instances.
+const StateEveryNode = "every-node"
 
 // Admin reads and changes supervised services through etcd: what the CLI
 // and each supervisor's HTTP API use.
@@ -81,6 +88,21 @@ func statusOf(v *view) []ServiceStatus {
 		st := ServiceStatus{Service: name, VIP: svc.VIP, Fencing: svc.Fencing, LastRun: v.State(name), Bans: v.Bans(name), State: StateUnplaced}
 		if m := v.Move(name); m != nil {
 			st.MoveTo = m.To
+		}
+		if svc.EveryNode() {
+			st.State, st.Fencing, st.Instances = StateEveryNode, "", v.Instances(name)
+			st.Candidates = map[string]string{}
+			up := map[string]bool{}
+			for _, in := range st.Instances {
+				up[in.Node] = true
+			}
+			for id, n := range nodes {
+				if n.offersByName(name) && !up[id] {
+					st.Candidates[id] = "no healthy instance (starting, failing or backing off: see its log)"
+				}
+			}
+			out = append(out, st)
+			continue
 		}
 		if o := v.Owner(name); o != nil {
 			st.Node, st.Epoch, st.Since, st.State = o.ID, o.Epoch, o.At, StateStarting
@@ -165,6 +187,9 @@ func (a *Admin) Move(ctx context.Context, svc, node string) error {
 	n, ok := v.Nodes()[node]
 	if !ok {
 		return tandem.Errorf(tandem.ENOTFOUND, "no live supervisor on node %s", node)
+	}
+	if def.EveryNode() {
+		return tandem.Errorf(tandem.ECONFLICT, "service %s runs an instance on every node that offers it: there is nothing to move", svc)
 	}
 	o := v.Owner(svc)
 	if o == nil {

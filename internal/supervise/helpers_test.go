@@ -61,7 +61,7 @@ func TestMain(m *testing.M) {
 // httpHelper serves GET /healthz with the node and epoch it runs at until
 // it is killed (its supervisor stops it, or dies: PR_SET_PDEATHSIG).
 func httpHelper() {
-	ln, err := net.Listen("tcp", os.Getenv(helperAddrEnv))
+	ln, err := net.Listen("tcp", os.ExpandEnv(os.Getenv(helperAddrEnv))) // may name ${TANDEM_NODE_ADDR}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)

@@ -395,40 +395,21 @@ func (r *run) addVIP(ctx context.Context, v vip.VIP) error {
 
 // start starts the command in the service's cgroup.
 func (r *run) start() error {
-	if r.s.cfg.CgroupParent != NoCgroup {
-		// A fresh cgroup for every start: on some kernels (seen on 6.18), once
-		// a cgroup has been killed through cgroup.kill (self-fencing, a fence
-		// hook, a stop past its timeout), every later clone into it from a
-		// process outside it is killed at birth, so the command could never
-		// start there again. Removing the empty cgroup and making it anew
-		// clears that; a cgroup that is not empty stays, and NewCgroup says so.
-		if old, err := proc.OpenCgroup(r.s.cgroupPath(r.svc.Name)); err == nil {
-			_ = old.Remove()
-		}
-		cg, err := proc.NewCgroup(r.s.cgroupPath(r.svc.Name))
+	if r.s.cfg.LogDir != "" && r.out == nil {
+		f, err := r.s.openLog(r.svc.Name)
 		if err != nil {
 			return err
 		}
-		r.cg = cg
-	}
-	var out io.Writer
-	if r.s.cfg.LogDir != "" && r.out == nil {
-		f, err := os.OpenFile(filepath.Join(r.s.cfg.LogDir, r.svc.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			return fmt.Errorf("open the service's log: %w", err)
-		}
 		r.out = f
 	}
+	var out io.Writer
 	if r.out != nil {
 		out = r.out
 	}
-	env := os.Environ()
-	for k, v := range r.svc.Env {
-		env = append(env, k+"="+v)
-	}
-	env = append(env, "TANDEM_SERVICE="+r.svc.Name, "TANDEM_NODE="+r.s.cfg.Node, "TANDEM_EPOCH="+strconv.FormatInt(r.fence.Rev, 10))
-	p, err := proc.Start(proc.Spec{Args: r.svc.Command, Dir: r.svc.Dir, Env: env, Stdout: out, Stderr: out, Cgroup: r.cg,
-		StopSignal: syscall.SIGTERM, StopTimeout: r.svc.StopTimeout.D()})
+	p, cg, err := r.s.startCommand(r.svc, out, "TANDEM_EPOCH="+strconv.FormatInt(r.fence.Rev, 10))
+	r.mu.Lock()
+	r.cg = cg // even if the command failed to start: the way out checks it is empty
+	r.mu.Unlock()
 	if err != nil {
 		return err
 	}
@@ -439,13 +420,70 @@ func (r *run) start() error {
 	return nil
 }
 
+// openLog opens svc's log in LogDir for appending.
+func (s *Supervisor) openLog(svc string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(s.cfg.LogDir, svc+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open the service's log: %w", err)
+	}
+	return f, nil
+}
+
+// checks are svc's health checks for this node: ${TANDEM_NODE},
+// ${TANDEM_NODE_ADDR} and ${TANDEM_SERVICE} in their targets replaced (see
+// health.Check.Expand).
+func (s *Supervisor) checks(svc Service) []health.Check {
+	vars := map[string]string{"TANDEM_NODE": s.cfg.Node, "TANDEM_NODE_ADDR": s.cfg.Addr, "TANDEM_SERVICE": svc.Name}
+	out := make([]health.Check, len(svc.Health))
+	for i, c := range svc.Health {
+		out[i] = c.Expand(vars)
+	}
+	return out
+}
+
+// startCommand starts svc's command in a fresh cgroup of its own (nil with
+// NoCgroup: a process group; returned even when the command fails to
+// start), its output to out (nil discards it), with
+// TANDEM_SERVICE, TANDEM_NODE, TANDEM_NODE_ADDR and env added to this
+// process's environment and the service's.
+func (s *Supervisor) startCommand(svc Service, out io.Writer, env ...string) (*proc.Process, *proc.Cgroup, error) {
+	var cg *proc.Cgroup
+	if s.cfg.CgroupParent != NoCgroup {
+		// A fresh cgroup for every start: on some kernels (seen on 6.18), once
+		// a cgroup has been killed through cgroup.kill (self-fencing, a fence
+		// hook, a stop past its timeout), every later clone into it from a
+		// process outside it is killed at birth, so the command could never
+		// start there again. Removing the empty cgroup and making it anew
+		// clears that; a cgroup that is not empty stays, and NewCgroup says so.
+		if old, err := proc.OpenCgroup(s.cgroupPath(svc.Name)); err == nil {
+			_ = old.Remove()
+		}
+		var err error
+		if cg, err = proc.NewCgroup(s.cgroupPath(svc.Name)); err != nil {
+			return nil, nil, err
+		}
+	}
+	all := os.Environ()
+	for k, v := range svc.Env {
+		all = append(all, k+"="+v)
+	}
+	all = append(all, "TANDEM_SERVICE="+svc.Name, "TANDEM_NODE="+s.cfg.Node, "TANDEM_NODE_ADDR="+s.cfg.Addr)
+	all = append(all, env...)
+	p, err := proc.Start(proc.Spec{Args: svc.Command, Dir: svc.Dir, Env: all, Stdout: out, Stderr: out, Cgroup: cg,
+		StopSignal: syscall.SIGTERM, StopTimeout: svc.StopTimeout.D()})
+	if err != nil {
+		return nil, cg, err
+	}
+	return p, cg, nil
+}
+
 // supervise watches the command and its health until the term ends or the
 // service must be given up; it returns why.
 func (r *run) supervise(t *ha.Term) stopRequest {
 	healthyOnce := false
 	for {
 		mctx, cancel := context.WithCancel(t.Context())
-		mon := health.NewMonitor(r.svc.Health, r.svc.StartTimeout.D())
+		mon := health.NewMonitor(r.s.checks(r.svc), r.svc.StartTimeout.D())
 		events := mon.Run(mctx)
 		startedAt := time.Now()
 		failure := ""

@@ -53,6 +53,10 @@ type Service struct {
 	// HookTimeout bounds every hook but the fence hooks, which have their own.
 	HookTimeout Duration `json:"hook_timeout"`
 
+	// Instances is how many nodes run the command: InstancesOne (the
+	// default) or InstancesEveryNode.
+	Instances string `json:"instances,omitempty"`
+
 	VIP       string `json:"vip,omitempty"`        // ADDR/BITS@DEV
 	EpochFile string `json:"epoch_file,omitempty"` // the epoch is written here before each start
 
@@ -62,6 +66,22 @@ type Service struct {
 	// AntiAffinity names services never to run on the same node as this one.
 	AntiAffinity []string `json:"anti_affinity,omitempty"`
 }
+
+// How many nodes run a service's command.
+const (
+	// InstancesOne: exactly one node at a time, the owner of the service's
+	// key, with fencing and a VIP (a NameNode, a JobTracker, a Redis).
+	InstancesOne = "one"
+	// InstancesEveryNode: every node that offers the service (lists it, not
+	// by --pool) runs an instance of its own, restarted in place, and
+	// registers it in etcd while it is healthy; tandem lb sends traffic to
+	// the registered ones (seeds/001's Hue instances). Nothing is exclusive,
+	// so there is no owner, fencing, VIP or epoch.
+	InstancesEveryNode = "every-node"
+)
+
+// EveryNode reports whether every node offering s runs an instance.
+func (s Service) EveryNode() bool { return s.Instances == InstancesEveryNode }
 
 // FenceHook is one fence hook and its level: levels run in order until one
 // succeeds; a level succeeds when every hook in it exits 0.
@@ -123,7 +143,11 @@ func (s Service) Validate() error {
 		return wrap(errors.New("no command: give the command to run after --, or command: in the config file"))
 	case s.Fencing != FencingStrict && s.Fencing != FencingSelf:
 		return wrap(fmt.Errorf("fencing %q: want strict or self", s.Fencing))
-	case s.Fencing == FencingStrict && len(s.Fence) == 0:
+	case s.Instances != "" && s.Instances != InstancesOne && s.Instances != InstancesEveryNode:
+		return wrap(fmt.Errorf("instances %q: want one or every-node", s.Instances))
+	case s.EveryNode() && (s.VIP != "" || len(s.Fence) > 0 || s.EpochFile != "" || len(s.Nodes) > 0 || len(s.AntiAffinity) > 0 || len(s.Hooks.all()) > 0):
+		return wrap(errors.New("instances every-node: every node offering it runs its own instance, so a VIP, fence hooks, an epoch file, nodes, anti-affinity and hooks do not apply (put tandem lb in front of the instances instead of a VIP)"))
+	case !s.EveryNode() && s.Fencing == FencingStrict && len(s.Fence) == 0:
 		return wrap(errors.New("fencing strict needs at least one fence hook (--fence LEVEL:PATH); to rely on the old node killing its own command in time instead, choose --fencing self explicitly"))
 	case s.Restarts < 0:
 		return wrap(fmt.Errorf("restarts %d: must not be negative", s.Restarts))

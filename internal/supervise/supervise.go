@@ -36,9 +36,12 @@ type NodeInfo struct {
 
 // offers reports whether the node offers to run svc.
 func (n NodeInfo) offers(svc string) bool {
-	if n.Pool {
-		return true
-	}
+	return n.Pool || n.offersByName(svc)
+}
+
+// offersByName reports whether the node lists svc itself (not by Pool):
+// the nodes that run an instance of an every-node service.
+func (n NodeInfo) offersByName(svc string) bool {
 	for _, s := range n.Services {
 		if s == svc {
 			return true

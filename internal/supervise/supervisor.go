@@ -168,6 +168,11 @@ type Supervisor struct {
 	placed    []string
 	placedRev int64
 
+	// instances are this node's instances of every-node services, by name;
+	// stopping counts those stopping.
+	instances map[string]*instance
+	stopping  sync.WaitGroup
+
 	probe *prober
 	wake  chan struct{}
 	// life ends when Run returns: the lease's keep-alive stops and revokes it.
@@ -208,6 +213,7 @@ func New(cfg Config, cli *clientv3.Client) (*Supervisor, error) {
 		sitOut:    map[string]time.Time{},
 		freeSince: map[string]time.Time{},
 		goneAt:    map[string]gone{},
+		instances: map[string]*instance{},
 		wake:      make(chan struct{}, 1),
 	}
 	s.life, s.endLife = context.WithCancel(context.Background())
@@ -281,8 +287,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 
 	s.loop(ctx)
 
-	// Give every service up cleanly, then leave.
+	// Give every service up cleanly, stop the instances, then leave.
 	s.releaseAll(tandem.CauseShutdown)
+	s.stopInstances()
 	s.core.Close()
 	s.mu.Lock()
 	l := s.lease
@@ -463,6 +470,7 @@ func (s *Supervisor) step(ctx context.Context) time.Duration {
 	wait := time.Hour
 	s.checkTerms()
 	offered := s.offered()
+	s.syncInstances(ctx, offered)
 	// A service held here but no longer offered (its definition was deleted)
 	// is given up: the loop below only sees the offered ones.
 	for _, t := range s.core.Held() {
@@ -478,6 +486,9 @@ func (s *Supervisor) step(ctx context.Context) time.Duration {
 	now := time.Now()
 	for _, name := range names {
 		svc := offered[name]
+		if svc.EveryNode() {
+			continue // no owner: syncInstances runs this node's instance
+		}
 		i := s.index(name)
 		owner := s.view.Owner(name)
 		s.trackGone(name, owner)

@@ -48,6 +48,19 @@ func (v *view) Service(svc string) (Service, bool) {
 	return s.WithDefaults(), ok
 }
 
+// Instances returns the registered (healthy) instances of the every-node
+// service svc, by node.
+func (v *view) Instances(svc string) []Instance {
+	var out []Instance
+	for _, kv := range v.list(v.keys.SuperviseInstancesPrefix(svc)) {
+		if in, ok := decode[Instance](kv); ok {
+			out = append(out, in)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	return out
+}
+
 // Owner returns svc's owner, or nil.
 func (v *view) Owner(svc string) *election.Owner {
 	kv := v.get(v.keys.SuperviseOwnership(svc).Owner)

@@ -116,7 +116,7 @@ func Parse(spec string) (Check, error) {
 		}}
 	}
 	c := Check{Kind: kind, Target: target}.WithDefaults()
-	if ps := c.syntaxProblems(); len(ps) > 0 {
+	if ps := c.Expand(sampleVars).syntaxProblems(); len(ps) > 0 {
 		return Check{}, &checkError{spec: spec, problems: ps}
 	}
 	return c, nil
@@ -173,6 +173,8 @@ func (c Check) Validate() error {
 // host, so it blocks until DNS answers or ctx ends; a lookup cut short by
 // ctx counts as not resolving.
 func (c Check) ValidateContext(ctx context.Context) error {
+	spec := c.String()
+	c = c.Expand(sampleVars)
 	ps := c.syntaxProblems()
 	if len(ps) == 0 { // only a well-formed target is worth looking up
 		switch c.Kind {
@@ -193,9 +195,24 @@ func (c Check) ValidateContext(ctx context.Context) error {
 		}
 	}
 	if len(ps) > 0 {
-		return &checkError{spec: c.String(), problems: ps}
+		return &checkError{spec: spec, problems: ps}
 	}
 	return nil
+}
+
+// A target may name the node it runs on, so that one definition shared by
+// every node checks each node's own instance: ${TANDEM_NODE},
+// ${TANDEM_NODE_ADDR} and ${TANDEM_SERVICE} are replaced by the node's
+// values (Expand) before it is probed. Validation uses sampleVars.
+var sampleVars = map[string]string{"TANDEM_NODE": "node", "TANDEM_NODE_ADDR": "127.0.0.1", "TANDEM_SERVICE": "service"}
+
+// Expand returns c with ${NAME} in its target replaced by vars[NAME] for
+// each of vars; any other $ stays as it is.
+func (c Check) Expand(vars map[string]string) Check {
+	for k, v := range vars {
+		c.Target = strings.ReplaceAll(c.Target, "${"+k+"}", v)
+	}
+	return c
 }
 
 // syntaxProblems returns what is wrong with c that can be told without I/O.
