@@ -77,6 +77,26 @@ func (d Desired) Shape() Desired {
 	return out
 }
 
+// UpFrom returns d's shape with who is up taken from want: a server of d
+// that want has is up as want says, one that want lacks is down. It is
+// what can be applied at once, without the shape change want also needs.
+func (d Desired) UpFrom(want Desired) Desired {
+	up := map[string]bool{}
+	for _, b := range want.Backends {
+		for _, s := range b.Servers {
+			up[b.Name+"/"+s.Name] = s.Up
+		}
+	}
+	out := d.Shape()
+	out.Rev = want.Rev
+	for i, b := range out.Backends {
+		for j, s := range b.Servers {
+			out.Backends[i].Servers[j].Up = up[b.Name+"/"+s.Name]
+		}
+	}
+	return out
+}
+
 // Checks are the proxy's own health-check settings, the safety net.
 type Checks struct {
 	Inter time.Duration `json:"inter"` // between checks (default 2s)

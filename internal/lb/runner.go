@@ -106,6 +106,12 @@ func (r *Runner) Run(ctx context.Context) {
 					deadline = limit
 				}
 				if now.Before(deadline) {
+					// Who is up among the servers the proxy has goes at once
+					// (a new active while the old one's removal waits); the
+					// rest of the change after the debounce.
+					if interim := applied.UpFrom(want); !sameState(interim, *applied) && !r.apply(ctx, interim) {
+						deadline = now.Add(retryFailed)
+					}
 					resetTimer(timer, deadline.Sub(now))
 					break
 				}

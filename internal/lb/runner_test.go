@@ -2,10 +2,13 @@ package lb
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sync"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/election"
@@ -134,4 +137,45 @@ func TestRunner(t *testing.T) {
 	drv.actual = &Desired{}
 	drv.mu.Unlock()
 	waitFor(t, "drift repaired", func() bool { return r.Status().Drifts > 0 && r.Status().Applied != nil })
+}
+
+// TestRunnerUpBeforeShape: a new active whose change comes with a change
+// of shape (the old active's registration goes) is up at once; the shape
+// waits for its debounce (here, for ever).
+func TestRunnerUpBeforeShape(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	l := keys.New("c1")
+	src, err := NewSource(cli, "c1", API{Listen: ":18080"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := &recorder{applied: make(chan struct{}, 1)}
+	r := NewRunner(src, drv, "test", RunnerConfig{Debounce: time.Hour, MaxDebounce: time.Hour, DriftEvery: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	put(t, cli, l.Server("rm1"), tandem.ServerInfo{ID: "rm1", URL: "http://127.0.0.1:7070"})
+	put(t, cli, l.Server("rm2"), tandem.ServerInfo{ID: "rm2", URL: "http://127.0.0.1:7071"})
+	put(t, cli, l.Leader(), election.Owner{ID: "rm1"})
+	go src.Run(ctx)
+	go r.Run(ctx)
+	waitFor(t, "rm1 applied up", func() bool {
+		st := r.Status()
+		return st.Applied != nil && len(up(*st.Applied, "tandem")) == 1 && up(*st.Applied, "tandem")[0] == "rm1"
+	})
+
+	// rm1 dies: its registration and the leader key go, rm2 wins.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	b, _ := json.Marshal(election.Owner{ID: "rm2"})
+	if _, err := cli.Txn(ctx2).Then(clientv3.OpDelete(l.Server("rm1")), clientv3.OpPut(l.Leader(), string(b))).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "rm2 up before the shape change", func() bool {
+		st := r.Status()
+		return st.Applied != nil && len(up(*st.Applied, "tandem")) == 1 && up(*st.Applied, "tandem")[0] == "rm2"
+	})
+	if st := r.Status(); len(st.Applied.Backends[0].Servers) != 2 {
+		t.Errorf("applied %+v: want rm1 still there (down) until the debounced shape change", st.Applied.Backends[0].Servers)
+	}
 }
