@@ -222,8 +222,12 @@ func newLBStatusCmd() *cobra.Command {
 }
 
 func printLBStatus(w io.Writer, st lb.Status) error {
-	fmt.Fprintf(w, "proxy %s; watch at revision %d; %d applies (%d reloads, %d failures, %d drifts); last apply %s (%.1f ms after the change)\n",
-		st.Proxy, st.WatchRev, st.Applies, st.Reloads, st.Failures, st.Drifts, fmtTime(st.LastApply), st.LastApplyMS)
+	lag := "not measured yet"
+	if st.WatchLagMS >= 0 {
+		lag = fmt.Sprintf("%.1f ms behind etcd", st.WatchLagMS)
+	}
+	fmt.Fprintf(w, "proxy %s; watch at revision %d, %s; %d applies (%d reloads, %d failures, %d drifts); last apply %s (%.1f ms after the change)\n",
+		st.Proxy, st.WatchRev, lag, st.Applies, st.Reloads, st.Failures, st.Drifts, fmtTime(st.LastApply), st.LastApplyMS)
 	if st.LastError != "" {
 		fmt.Fprintf(w, "last error: %s\n", st.LastError)
 	}

@@ -49,6 +49,7 @@ type Cache struct {
 	synced bool
 	change chan struct{} // closed and replaced on every change
 	seenAt time.Time     // when the last change arrived
+	revCh  chan struct{} // closed and replaced whenever rev moves on
 }
 
 // New returns a Cache of cli's keys as cfg says; Run fills and keeps it.
@@ -62,7 +63,7 @@ func New(cli *clientv3.Client, cfg Config) *Cache {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Cache{cli: cli, cfg: cfg, kvs: map[string]*mvccpb.KeyValue{}, change: make(chan struct{})}
+	return &Cache{cli: cli, cfg: cfg, kvs: map[string]*mvccpb.KeyValue{}, change: make(chan struct{}), revCh: make(chan struct{})}
 }
 
 // Snapshot returns a fixed Cache holding kvs as read at rev (no Run).
@@ -103,14 +104,13 @@ func (c *Cache) SeenAt() time.Time {
 	return c.seenAt
 }
 
-// WaitRev waits until the cache has reached rev, or ctx ends. The cache's
-// revision moves on with every watch answer but wakes waiters only with a
-// change of a kept key (or a resync), so wait for a revision of such a
-// change.
+// WaitRev waits until the cache has reached rev, or ctx ends.
 func (c *Cache) WaitRev(ctx context.Context, rev int64) error {
 	for {
-		ch := c.Changed()
-		if c.Synced() && c.Rev() >= rev {
+		c.mu.RLock()
+		ch, ok := c.revCh, c.synced && c.rev >= rev
+		c.mu.RUnlock()
+		if ok {
 			return nil
 		}
 		select {
@@ -165,6 +165,7 @@ func (c *Cache) Run(ctx context.Context) {
 		c.rev, c.synced = rev, true
 		c.seenAt = time.Now()
 		c.notify()
+		c.notifyRev()
 		c.mu.Unlock()
 
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
@@ -190,6 +191,7 @@ func (c *Cache) Run(ctx context.Context) {
 			}
 			if wr.Header.Revision > c.rev {
 				c.rev = wr.Header.Revision
+				c.notifyRev()
 			}
 			// Only a change of a kept key wakes the waiters: a cache of
 			// membership must not wake for every job written.
@@ -227,6 +229,42 @@ func (c *Cache) load(ctx context.Context) ([]*mvccpb.KeyValue, int64, error) {
 		kvs = append(kvs, resp.Kvs...)
 	}
 	return kvs, rev, nil
+}
+
+// notifyRev wakes WaitRev's waiters; c.mu is held.
+func (c *Cache) notifyRev() {
+	close(c.revCh)
+	c.revCh = make(chan struct{})
+}
+
+// Lag measures how far behind etcd the watch is: the time from reading
+// etcd's current revision to the cache reaching it, with a progress
+// request so that a watch with nothing to deliver moves on too. A watch
+// that is stuck makes it return ctx's error after ctx ends.
+func (c *Cache) Lag(ctx context.Context) (time.Duration, error) {
+	start := time.Now()
+	resp, err := c.cli.Get(ctx, c.cfg.Watch, clientv3.WithCountOnly())
+	if err != nil {
+		return 0, err
+	}
+	// The request goes on the watch's own stream: clientv3 keys streams by
+	// the context's metadata, and the watch runs under WithRequireLeader.
+	// It is sent again now and then: one sent while the watch is being
+	// (re)created reaches no watcher.
+	for {
+		if err := c.cli.RequestProgress(clientv3.WithRequireLeader(ctx)); err != nil {
+			return time.Since(start), err
+		}
+		wctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+		err := c.WaitRev(wctx, resp.Header.Revision)
+		cancel()
+		if err == nil {
+			return time.Since(start), nil
+		}
+		if ctx.Err() != nil {
+			return time.Since(start), ctx.Err()
+		}
+	}
 }
 
 // notify wakes Changed's waiters; c.mu is held.

@@ -2,6 +2,7 @@ package etcdview
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -85,5 +86,42 @@ func TestCache(t *testing.T) {
 	snap := Snapshot(resp.Kvs, resp.Header.Revision)
 	if snap.Rev() != resp.Header.Revision || len(snap.List("/c/")) != len(resp.Kvs) || !snap.Synced() {
 		t.Fatalf("Snapshot: rev %d, %d keys", snap.Rev(), len(snap.List("/c/")))
+	}
+}
+
+// TestLag: writes outside the watched prefix move etcd's revision on
+// without any event for the watch; Lag still sees the watch reach it (a
+// progress request), and WaitRev wakes for a revision that came that way.
+func TestLag(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c := New(cli, Config{Watch: "/c/"})
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go c.Run(rctx)
+	if err := c.WaitRev(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	var last int64
+	for i := range 20 {
+		resp, err := cli.Put(ctx, fmt.Sprintf("/elsewhere/%d", i), "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = resp.Header.Revision
+	}
+	lctx, lcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer lcancel()
+	lag, err := c.Lag(lctx)
+	if err != nil {
+		t.Fatalf("Lag: %v (after %s)", err, lag)
+	}
+	if lag <= 0 {
+		t.Errorf("lag %s, want a positive duration", lag)
+	}
+	if rev := c.Rev(); rev < last {
+		t.Errorf("after Lag the cache is at revision %d, want at least %d", rev, last)
 	}
 }

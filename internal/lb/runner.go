@@ -54,6 +54,10 @@ type Status struct {
 	Failures    int       `json:"failures"`
 	Drifts      int       `json:"drifts"`
 	WatchRev    int64     `json:"watch_rev"`
+	// WatchLagMS is the last measure of how far the membership watch is
+	// behind etcd (every DriftEvery): reading etcd's revision until the
+	// watch reached it; -1 before the first.
+	WatchLagMS float64 `json:"watch_lag_ms"`
 }
 
 // NewRunner returns a Runner of src onto drv; proxy names the proxy kind
@@ -73,6 +77,7 @@ func NewRunner(src *Source, drv Driver, proxy string, cfg RunnerConfig) *Runner 
 	}
 	r := &Runner{src: src, drv: drv, cfg: cfg, log: cfg.Log}
 	r.status.Proxy = proxy
+	r.status.WatchLagMS = -1
 	r.met = newRunnerMetrics(r)
 	return r
 }
@@ -134,6 +139,7 @@ func (r *Runner) Run(ctx context.Context) {
 		case <-timer.C:
 		case <-drift.C:
 			r.checkDrift(ctx)
+			r.measureLag(ctx)
 		}
 	}
 }
@@ -238,6 +244,25 @@ func (r *Runner) checkDrift(ctx context.Context) {
 	r.apply(ctx, r.src.Desired())
 }
 
+// measureLag measures the watch's lag, bounded by 5 s (a watch stuck
+// longer shows as at least that).
+func (r *Runner) measureLag(ctx context.Context) {
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	lag, err := r.src.Lag(lctx)
+	cancel()
+	if err != nil && lag == 0 {
+		r.log.Warn("could not measure the membership watch's lag", "err", err)
+		return
+	}
+	if err != nil {
+		r.log.Warn("the membership watch is behind etcd", "lag", lag.String(), "err", err)
+	}
+	r.met.lag.Set(lag.Seconds())
+	r.mu.Lock()
+	r.status.WatchLagMS = float64(lag.Microseconds()) / 1000
+	r.mu.Unlock()
+}
+
 // sameServers compares the servers and who is up, backend by backend.
 func sameServers(a, b Desired) bool {
 	if len(a.Backends) != len(b.Backends) {
@@ -285,6 +310,7 @@ type runnerMetrics struct {
 	reloads  prometheus.Counter
 	failures prometheus.Counter
 	drifts   prometheus.Counter
+	lag      prometheus.Gauge
 }
 
 func newRunnerMetrics(r *Runner) *runnerMetrics {
@@ -298,11 +324,13 @@ func newRunnerMetrics(r *Runner) *runnerMetrics {
 		reloads:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tandem_lb_reloads_total", Help: "Reloads of the proxy's configuration."}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "tandem_lb_apply_failures_total", Help: "Changes the proxy refused or could not apply (its last good configuration stayed)."}),
 		drifts:   prometheus.NewCounter(prometheus.CounterOpts{Name: "tandem_lb_drift_total", Help: "Times the proxy's reported state differed from the desired one and was applied again."}),
+		lag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tandem_lb_watch_lag_seconds",
+			Help: "Last measure of how far the membership watch is behind etcd: from reading etcd's revision to the watch reaching it."}),
 	}
 	rev := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tandem_lb_watch_revision", Help: "etcd revision the membership watch has reached.",
 	}, func() float64 { return float64(r.src.Rev()) })
-	m.reg.MustRegister(m.apply, m.reloads, m.failures, m.drifts, rev,
+	m.reg.MustRegister(m.apply, m.reloads, m.failures, m.drifts, m.lag, rev,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -137,6 +137,9 @@ func TestRunner(t *testing.T) {
 	drv.actual = &Desired{}
 	drv.mu.Unlock()
 	waitFor(t, "drift repaired", func() bool { return r.Status().Drifts > 0 && r.Status().Applied != nil })
+
+	// The watch's lag is measured with the drift checks.
+	waitFor(t, "watch lag measured", func() bool { return r.Status().WatchLagMS >= 0 })
 }
 
 // TestRunnerUpBeforeShape: a new active whose change comes with a change

@@ -139,6 +139,10 @@ func (s *Source) Synced() bool { return s.cache.Synced() }
 // Rev is the etcd revision the source has reached.
 func (s *Source) Rev() int64 { return s.cache.Rev() }
 
+// Lag measures how far the membership watch is behind etcd (see
+// etcdview.Cache.Lag).
+func (s *Source) Lag(ctx context.Context) (time.Duration, error) { return s.cache.Lag(ctx) }
+
 // SeenAt is when the watch delivered the last change of membership: the
 // start of the time to apply it.
 func (s *Source) SeenAt() time.Time { return s.cache.SeenAt() }
