@@ -260,6 +260,7 @@ type extProxy struct {
 	admin   string // HAProxy: the stats socket at level admin
 	master  string // HAProxy: the master CLI (-S)
 	pidFile string // NGINX: the master's pid file
+	main    string // NGINX: its main configuration, which includes conf
 	logPath string // what the proxy printed
 	cmd     *exec.Cmd
 	exited  chan struct{}
@@ -307,6 +308,7 @@ func startExtProxy(t *testing.T, kind string) *extProxy {
 		p.conf = filepath.Join(dir, "conf.d", "tandem-lb.conf")
 		p.pidFile = filepath.Join(dir, "nginx.pid")
 		main := filepath.Join(dir, "nginx.conf")
+		p.main = main
 		text := "daemon off;\npid " + p.pidFile + ";\nerror_log " + dir + "/error.log notice;\nworker_processes 1;\n" +
 			"events {\n    worker_connections 1024;\n}\nhttp {\n    access_log off;\n"
 		for _, tp := range []string{"client_body", "proxy", "fastcgi", "uwsgi", "scgi"} {
@@ -389,7 +391,8 @@ func (p *extProxy) lbArgs() []string {
 	if p.kind == "haproxy" {
 		return []string{"--external", "--config-path", p.conf, "--admin-socket", p.admin, "--master-socket", p.master}
 	}
-	return []string{"--external", "--config-path", p.conf, "--pid-file", p.pidFile}
+	return []string{"--external", "--config-path", p.conf, "--pid-file", p.pidFile,
+		"--nginx-conf", p.main, "--nginx-prefix", p.dir + "/", "--nginx-error-log", filepath.Join(p.dir, "error.log")}
 }
 
 // checkSame fails the test unless the proxy's master still runs as pid.

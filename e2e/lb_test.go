@@ -405,6 +405,7 @@ func TestLBBadInput(t *testing.T) {
 		{"missing nginx binary", []string{"--proxy", "nginx", "--binary", "/nonexistent", "--dir", t.TempDir()}, 2, "/nonexistent"},
 		{"unwritable dir", []string{"--proxy", "haproxy", "--dir", filepath.Join(file, "lb")}, 0, filepath.Join(file, "lb")},
 		{"unwritable dir nginx", []string{"--proxy", "nginx", "--dir", filepath.Join(file, "lb")}, 0, filepath.Join(file, "lb")},
+		{"nginx-conf without external", []string{"--proxy", "nginx", "--nginx-conf", file}, 2, "--nginx-conf"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, errOut, code := runCLI(t, env, append(common, tc.args...)...)

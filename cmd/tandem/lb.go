@@ -36,6 +36,9 @@ type lbFlags struct {
 	adminSocket   string
 	masterSocket  string
 	pidFile       string
+	nginxMain     string
+	nginxPrefix   string
+	nginxErrorLog string
 	inter         time.Duration
 	fall, rise    int
 	http          string
@@ -76,6 +79,9 @@ drives one started by systemd through its sockets and files.`,
 	fl.StringVar(&f.adminSocket, "admin-socket", "", "with --external and HAProxy: the stats socket at level admin")
 	fl.StringVar(&f.masterSocket, "master-socket", "", "with --external and HAProxy: the master CLI socket (-S), used to reload")
 	fl.StringVar(&f.pidFile, "pid-file", "", "with --external and NGINX: the master's pid file, signalled to reload")
+	fl.StringVar(&f.nginxMain, "nginx-conf", "", "with --external and NGINX: the main configuration the master runs (nginx -c), which includes --config-path; nginx -t checks it before each reload (default NGINX's own, /etc/nginx/nginx.conf on Debian)")
+	fl.StringVar(&f.nginxPrefix, "nginx-prefix", "", "with --external and NGINX: the master's prefix (nginx -p), if it was started with one")
+	fl.StringVar(&f.nginxErrorLog, "nginx-error-log", "", "with --external and NGINX: its error log, quoted when it refuses a reload")
 	fl.DurationVar(&f.inter, "check-inter", 2*time.Second, "the proxy's own health checks: time between checks (the safety net if tandem lb dies)")
 	fl.IntVar(&f.fall, "check-fall", 3, "failed checks that mark a server down")
 	fl.IntVar(&f.rise, "check-rise", 2, "passed checks that mark a server up")
@@ -109,6 +115,9 @@ func (f *lbFlags) validate() ([]lb.Service, error) {
 	}
 	if f.external && f.proxy == "nginx" && f.pidFile == "" {
 		return nil, usagef("--external with NGINX needs --pid-file (the master's)")
+	}
+	if (!f.external || f.proxy != "nginx") && (f.nginxMain != "" || f.nginxPrefix != "" || f.nginxErrorLog != "") {
+		return nil, usagef("--nginx-conf, --nginx-prefix and --nginx-error-log describe an NGINX started elsewhere: use them with --proxy nginx --external")
 	}
 	if f.binary != "" {
 		// Refused here, before etcd is asked: a driver may only find out
@@ -285,15 +294,16 @@ func newLBDriver(f *lbFlags, dir string, checks lb.Checks, log *slog.Logger) (lb
 			cfg.Binary = f.binary
 		}
 		if f.external {
-			cfg.External = &nginx.External{Conf: f.configPath, PidFile: f.pidFile}
+			cfg.External = &nginx.External{Conf: f.configPath, PidFile: f.pidFile, Main: f.nginxMain, Prefix: f.nginxPrefix, ErrorLog: f.nginxErrorLog}
 		}
 		return nginx.New(cfg)
 	}
 }
 
 // superviseProxy restarts a managed proxy that exits until ctx ends: at
-// once if it had run for a while (a crash costs the least time without
-// routing), with a growing backoff if it keeps exiting.
+// once the first time and whenever it had run 10 s (a crash costs the
+// least time without routing), with a growing backoff (1 s, 2 s, ... 30 s)
+// while it keeps exiting sooner.
 func superviseProxy(ctx context.Context, drv lbDriver, src *lb.Source, log *slog.Logger) {
 	const stable = 10 * time.Second
 	backoff := func(w time.Duration) time.Duration { return min(max(2*w, time.Second), 30*time.Second) }
