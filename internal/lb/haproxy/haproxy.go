@@ -460,8 +460,19 @@ func (d *Driver) Start(ctx context.Context, ds lb.Desired) error {
 		return err
 	}
 	d.started = true
-	_, err = d.applyStates(ctx, next)
-	return err
+	if _, err = d.applyStates(ctx, next); err != nil {
+		return err
+	}
+	// The states are applied: the file on disk becomes the plain rendering,
+	// as every later change writes it.
+	if text := render(next, d.cfg.Checks, d.paths()); d.cfg.Managed && !bytes.Equal(text, d.curText) {
+		if err := writeAtomic(d.cfgPath, text); err != nil {
+			d.log.Warn("haproxy configuration file not updated", keyError, err)
+		} else {
+			d.curText = text
+		}
+	}
+	return nil
 }
 
 func (d *Driver) ensureStateFile() error {
@@ -485,7 +496,7 @@ func (d *Driver) startManaged(ctx context.Context, next lb.Desired) error {
 	for _, s := range []string{d.cfg.AdminSocket, d.cfg.MasterSocket} {
 		os.Remove(s) // a stale socket of an earlier run
 	}
-	text := render(next, d.cfg.Checks, d.paths())
+	text := renderStart(next, d.cfg.Checks, d.paths())
 	tmp, err := d.checkConfig(ctx, text)
 	if err != nil {
 		return err
@@ -493,6 +504,11 @@ func (d *Driver) startManaged(ctx context.Context, next lb.Desired) error {
 	if err := os.Rename(tmp, d.cfgPath); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("haproxy: install configuration: %w", err)
+	}
+	// A new process starts from the configuration alone, not from the state
+	// an earlier one saved: tandem lb applies who is up right after.
+	if err := writeAtomic(d.statePath, []byte("1\n")); err != nil {
+		return fmt.Errorf("haproxy: server state file: %w", err)
 	}
 	args := []string{"-W", "-db", "-S", d.cfg.MasterSocket + ",mode,600", "-f", d.cfgPath}
 	p, err := startProcess(d.bin, args, d.log)

@@ -143,7 +143,16 @@ type paths struct {
 // render writes the configuration for d's shape (Up plays no part: every
 // server is written alike, with its checks on, and up or down is applied at
 // run time). Equal shapes render equal bytes.
-func render(d lb.Desired, c lb.Checks, p paths) []byte {
+func render(d lb.Desired, c lb.Checks, p paths) []byte { return renderWith(d, c, p, false) }
+
+// renderStart is render for a proxy about to start afresh: a server that
+// is not up starts in maintenance ("disabled"), so that a new process gets
+// no request to a standby in the moments before its up and down are
+// applied (HAProxy counts a checked server up until its checks say
+// otherwise).
+func renderStart(d lb.Desired, c lb.Checks, p paths) []byte { return renderWith(d, c, p, true) }
+
+func renderWith(d lb.Desired, c lb.Checks, p paths, start bool) []byte {
 	var b bytes.Buffer
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
 	w("# Written by tandem lb; every change rewrites it. Edit the desired state, not this file.")
@@ -186,6 +195,9 @@ func render(d lb.Desired, c lb.Checks, p paths) []byte {
 			line := fmt.Sprintf("    server %s %s %s", s.Name, s.Addr, serverOpts(c))
 			if be.Sticky {
 				line += " cookie " + s.Name
+			}
+			if start && !s.Up {
+				line += " disabled"
 			}
 			w("%s", line)
 		}

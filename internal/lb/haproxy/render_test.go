@@ -85,6 +85,17 @@ func TestRender(t *testing.T) {
 	if again := string(render(d, lb.Checks{Inter: 100 * time.Millisecond, Fall: 2, Rise: 1}, paths{adminSocket: "/run/a.sock", stateFile: "/var/lib/s"})); again != text {
 		t.Errorf("render depends on Up")
 	}
+
+	// For a fresh start, what is not up starts in maintenance.
+	d.Backends[0].Servers[0].Up = true
+	start := string(renderStart(d, lb.Checks{Inter: 100 * time.Millisecond, Fall: 2, Rise: 1}, paths{adminSocket: "/run/a.sock", stateFile: "/var/lib/s"}))
+	for _, want := range []string{"server a 10.0.0.1:80 check inter 100ms fall 2 rise 1 pool-purge-delay 1000ms cookie a\n",
+		"server b 10.0.0.2:80 check inter 100ms fall 2 rise 1 pool-purge-delay 1000ms cookie b disabled\n",
+		"server rm1 127.0.0.1:9001 check inter 100ms fall 2 rise 1 pool-purge-delay 1000ms disabled\n"} {
+		if !strings.Contains(start, want) {
+			t.Errorf("configuration for a fresh start lacks %q:\n%s", want, start)
+		}
+	}
 }
 
 func TestDiff(t *testing.T) {
