@@ -246,6 +246,9 @@ func TestLBProxyCrash(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if st.ProxyExits < 1 || st.LastProxyExit == "" {
+				t.Errorf("tandem lb status: proxy exits %d (%q), want the crash counted", st.ProxyExits, st.LastProxyExit)
+			}
 			if c.LB.PID() != lbPID {
 				t.Errorf("tandem lb: got pid %d, want %d (it must outlive its proxy)", c.LB.PID(), lbPID)
 			}

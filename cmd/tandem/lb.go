@@ -185,8 +185,8 @@ func runLB(cmd *cobra.Command, f *lbFlags) error {
 		return err
 	}
 	defer drv.Close()
-	go superviseProxy(ctx, drv, src, log)
 	r := lb.NewRunner(src, drv, f.proxy, lb.RunnerConfig{Log: log})
+	go superviseProxy(ctx, drv, src, r, log)
 	ln, err := net.Listen("tcp", f.http)
 	if err != nil {
 		return fmt.Errorf("--http %s: %w", f.http, err)
@@ -239,6 +239,9 @@ func printLBStatus(w io.Writer, st lb.Status) error {
 		st.Proxy, st.WatchRev, lag, st.Applies, st.Reloads, st.Failures, st.Drifts, fmtTime(st.LastApply), st.LastApplyMS)
 	if st.LastError != "" {
 		fmt.Fprintf(w, "last error: %s\n", st.LastError)
+	}
+	if st.ProxyExits > 0 {
+		fmt.Fprintf(w, "the proxy exited %d times and was started again; last: %s\n", st.ProxyExits, st.LastProxyExit)
 	}
 	t := newTable(w, "BACKEND", "LISTEN", "SERVER", "ADDR", "WANT", "APPLIED")
 	applied := map[string]bool{}
@@ -304,7 +307,7 @@ func newLBDriver(f *lbFlags, dir string, checks lb.Checks, log *slog.Logger) (lb
 // once the first time and whenever it had run 10 s (a crash costs the
 // least time without routing), with a growing backoff (1 s, 2 s, ... 30 s)
 // while it keeps exiting sooner.
-func superviseProxy(ctx context.Context, drv lbDriver, src *lb.Source, log *slog.Logger) {
+func superviseProxy(ctx context.Context, drv lbDriver, src *lb.Source, r *lb.Runner, log *slog.Logger) {
 	const stable = 10 * time.Second
 	backoff := func(w time.Duration) time.Duration { return min(max(2*w, time.Second), 30*time.Second) }
 	var wait time.Duration
@@ -322,6 +325,7 @@ func superviseProxy(ctx context.Context, drv lbDriver, src *lb.Source, log *slog
 			wait = 0
 		}
 		log.Error("the proxy exited; starting it again", "err", drv.Err(), "in", wait.String())
+		r.ProxyExited(drv.Err())
 		for {
 			select {
 			case <-ctx.Done():

@@ -3,6 +3,7 @@ package lb
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"reflect"
@@ -54,6 +55,10 @@ type Status struct {
 	Failures    int       `json:"failures"`
 	Drifts      int       `json:"drifts"`
 	WatchRev    int64     `json:"watch_rev"`
+	// ProxyExits counts the times a proxy tandem lb runs exited and was
+	// started again; LastProxyExit says why the last one did.
+	ProxyExits    int    `json:"proxy_exits"`
+	LastProxyExit string `json:"last_proxy_exit,omitempty"`
 	// WatchLagMS is the last measure of how far the membership watch is
 	// behind etcd (every DriftEvery): reading etcd's revision until the
 	// watch reached it; -1 before the first.
@@ -244,6 +249,16 @@ func (r *Runner) checkDrift(ctx context.Context) {
 	r.apply(ctx, r.src.Desired())
 }
 
+// ProxyExited records that the proxy exited (err says why) and is being
+// started again; until it runs, Applied is what it ran.
+func (r *Runner) ProxyExited(err error) {
+	r.met.exits.Inc()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.ProxyExits++
+	r.status.LastProxyExit = fmt.Sprint(err)
+}
+
 // measureLag measures the watch's lag, bounded by 5 s (a watch stuck
 // longer shows as at least that).
 func (r *Runner) measureLag(ctx context.Context) {
@@ -311,6 +326,7 @@ type runnerMetrics struct {
 	failures prometheus.Counter
 	drifts   prometheus.Counter
 	lag      prometheus.Gauge
+	exits    prometheus.Counter
 }
 
 func newRunnerMetrics(r *Runner) *runnerMetrics {
@@ -324,13 +340,15 @@ func newRunnerMetrics(r *Runner) *runnerMetrics {
 		reloads:  prometheus.NewCounter(prometheus.CounterOpts{Name: "tandem_lb_reloads_total", Help: "Reloads of the proxy's configuration."}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "tandem_lb_apply_failures_total", Help: "Changes the proxy refused or could not apply (its last good configuration stayed)."}),
 		drifts:   prometheus.NewCounter(prometheus.CounterOpts{Name: "tandem_lb_drift_total", Help: "Times the proxy's reported state differed from the desired one and was applied again."}),
+		exits: prometheus.NewCounter(prometheus.CounterOpts{Name: "tandem_lb_proxy_exits_total",
+			Help: "Times the proxy tandem lb runs exited (crashed or was killed) and was started again."}),
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tandem_lb_watch_lag_seconds",
 			Help: "Last measure of how far the membership watch is behind etcd: from reading etcd's revision to the watch reaching it."}),
 	}
 	rev := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tandem_lb_watch_revision", Help: "etcd revision the membership watch has reached.",
 	}, func() float64 { return float64(r.src.Rev()) })
-	m.reg.MustRegister(m.apply, m.reloads, m.failures, m.drifts, m.lag, rev,
+	m.reg.MustRegister(m.apply, m.reloads, m.failures, m.drifts, m.lag, m.exits, rev,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
