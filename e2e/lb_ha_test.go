@@ -136,6 +136,16 @@ func TestLBHA(t *testing.T) {
 			t.Errorf("tandem lb and HAProxy run on %v, want [%s]", got, back)
 		}
 		probe.checkBack(t, checkedAt, movedAt, fmt.Sprintf("tandem supervise move lb from %s to %s", owner, back))
+		// A clean move stops tandem lb alone (--kill-mode mixed), which
+		// soft-stops HAProxy: a connection is refused or waits for the VIP,
+		// but none that was accepted is cut.
+		for _, target := range probe.targets() {
+			for _, r := range probe.since(target, movedAt) {
+				if k := errKind(r.err); r.err != nil && k != "refused" && k != "timed out" {
+					t.Errorf("move: a request for %s through the VIP was cut (%s): %v", target, k, r.err)
+				}
+			}
+		}
 
 		moved, err := c.status("lb")
 		if err != nil {
@@ -226,8 +236,8 @@ func (c *supCluster) lbHAService(vip netip.Prefix) []string {
 		"--health", "http:http://" + lbHAStatus + "/healthz",
 		"--health", "tcp:127.0.0.1:" + strconv.Itoa(lbHAWebPort),
 		"--health-interval", "100ms", "--health-rise", "1", "--start-timeout", "15s", "--stop-timeout", "5s",
-		"--vip", c.vipFlag(vip), "--fence", "1:" + c.fence,
-		"--", binary, "lb", "--proxy", "haproxy",
+		"--kill-mode", "mixed", "--vip", c.vipFlag(vip), "--fence", "1:" + c.fence,
+		"--", binary, "lb", "--proxy", "haproxy", "--stop-timeout", "4s",
 		"--listen", ":" + strconv.Itoa(lbHAAPIPort),
 		"--service", fmt.Sprintf("web=:%d,port=%d,health=/health", lbHAWebPort, ledgerPort),
 		"--etcd-endpoints", c.etcd, "--dir", filepath.Join(c.dir, "lb"),

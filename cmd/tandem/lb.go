@@ -40,6 +40,7 @@ type lbFlags struct {
 	nginxPrefix   string
 	nginxErrorLog string
 	inter         time.Duration
+	stopTimeout   time.Duration
 	fall, rise    int
 	http          string
 	logLevel      string
@@ -85,6 +86,7 @@ drives one started by systemd through its sockets and files.`,
 	fl.DurationVar(&f.inter, "check-inter", 2*time.Second, "the proxy's own health checks: time between checks (the safety net if tandem lb dies)")
 	fl.IntVar(&f.fall, "check-fall", 3, "failed checks that mark a server down")
 	fl.IntVar(&f.rise, "check-rise", 2, "passed checks that mark a server up")
+	fl.DurationVar(&f.stopTimeout, "stop-timeout", 10*time.Second, "on exit, how long a proxy tandem lb started may finish the requests in flight (it takes no new connection) before it is stopped hard")
 	fl.StringVar(&f.http, "http", "127.0.0.1:7680", "address of tandem lb's own status and metrics (GET /v1/lb/status, /metrics)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
@@ -103,6 +105,9 @@ func (f *lbFlags) validate() ([]lb.Service, error) {
 			return nil, usagef("%v", err)
 		}
 		svcs = append(svcs, svc)
+	}
+	if f.stopTimeout <= 0 {
+		return nil, usagef("--stop-timeout %s: must be positive", f.stopTimeout)
 	}
 	if f.inter <= 0 || f.fall < 1 || f.rise < 1 {
 		return nil, usagef("--check-inter must be positive, --check-fall and --check-rise at least 1")
@@ -282,7 +287,7 @@ func newLBDriver(f *lbFlags, dir string, checks lb.Checks, log *slog.Logger) (lb
 	switch f.proxy {
 	case "haproxy":
 		cfg := haproxy.DefaultConfig(dir)
-		cfg.Checks, cfg.Log = checks, log
+		cfg.Checks, cfg.Log, cfg.StopTimeout = checks, log, f.stopTimeout
 		if f.binary != "" {
 			cfg.Binary = f.binary
 		}
@@ -292,7 +297,7 @@ func newLBDriver(f *lbFlags, dir string, checks lb.Checks, log *slog.Logger) (lb
 		return haproxy.New(cfg)
 	default:
 		cfg := nginx.DefaultConfig()
-		cfg.Dir, cfg.Checks, cfg.Log = dir, checks, log
+		cfg.Dir, cfg.Checks, cfg.Log, cfg.StopTimeout = dir, checks, log, f.stopTimeout
 		if f.binary != "" {
 			cfg.Binary = f.binary
 		}

@@ -57,6 +57,7 @@ type superviseFlags struct {
 	fence          []string
 	fencing        string
 	instances      string
+	killMode       string
 	vip            string
 	epochFile      string
 	startTimeout   time.Duration
@@ -128,6 +129,7 @@ Subcommands show and move services: status, history, move, ban, clear.`,
 	fl.StringVar(&f.vip, "vip", "", "virtual IPv4 address ADDR/BITS@DEV that follows the service")
 	fl.StringVar(&f.epochFile, "epoch-file", "", "write the service's epoch here before each start, for services that can check a fencing token")
 	fl.DurationVar(&f.startTimeout, "start-timeout", 0, "how long the command may take to become healthy (default 30s)")
+	fl.StringVar(&f.killMode, "kill-mode", "", "whom a stop's SIGTERM goes to: control-group (default: every process of the command) or mixed (the main process alone, for a daemon that stops its children gracefully, like HAProxy, NGINX or tandem lb); the kill after --stop-timeout takes every process")
 	fl.DurationVar(&f.stopTimeout, "stop-timeout", 0, "how long after SIGTERM the command's whole process tree is killed (default 10s)")
 	fl.IntVar(&f.restarts, "restarts", 0, "restarts in place allowed within --restart-window before giving the service up (default 3)")
 	fl.DurationVar(&f.restartWindow, "restart-window", 0, "window of --restarts (default 5m)")
@@ -333,7 +335,7 @@ func superviseConfig(cmd *cobra.Command, f *superviseFlags, args []string) (supe
 
 	single := f.service != "" || len(args) > 0
 	if !single {
-		for _, name := range []string{"health", "fence", "fencing", "instances", "vip", "epoch-file", "hook", "anti-affinity", "nodes", "dir", "env",
+		for _, name := range []string{"health", "fence", "fencing", "instances", "kill-mode", "vip", "epoch-file", "hook", "anti-affinity", "nodes", "dir", "env",
 			"start-timeout", "stop-timeout", "restarts", "restart-window", "ban"} {
 			if changed(name) {
 				return cfg, nil, usagef("--%s describes a service: give --service NAME and the command after --", name)
@@ -357,7 +359,7 @@ func superviseConfig(cmd *cobra.Command, f *superviseFlags, args []string) (supe
 
 func serviceFromFlags(f *superviseFlags, args []string) (supervise.Service, error) {
 	svc := supervise.Service{
-		Name: f.service, Command: args, Dir: f.dir, Fencing: f.fencing, Instances: f.instances, VIP: f.vip, EpochFile: f.epochFile,
+		Name: f.service, Command: args, Dir: f.dir, Fencing: f.fencing, Instances: f.instances, KillMode: f.killMode, VIP: f.vip, EpochFile: f.epochFile,
 		StartTimeout: supervise.Duration(f.startTimeout), StopTimeout: supervise.Duration(f.stopTimeout),
 		Restarts: f.restarts, RestartWindow: supervise.Duration(f.restartWindow), Ban: supervise.Duration(f.ban),
 		AntiAffinity: f.antiAffinity, Nodes: f.nodes,

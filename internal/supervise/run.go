@@ -470,7 +470,7 @@ func (s *Supervisor) startCommand(svc Service, out io.Writer, env ...string) (*p
 	all = append(all, "TANDEM_SERVICE="+svc.Name, "TANDEM_NODE="+s.cfg.Node, "TANDEM_NODE_ADDR="+s.cfg.Addr)
 	all = append(all, env...)
 	p, err := proc.Start(proc.Spec{Args: svc.Command, Dir: svc.Dir, Env: all, Stdout: out, Stderr: out, Cgroup: cg,
-		StopSignal: syscall.SIGTERM, StopTimeout: svc.StopTimeout.D()})
+		StopSignal: syscall.SIGTERM, StopMainOnly: svc.KillMode == KillMixed, StopTimeout: svc.StopTimeout.D()})
 	if err != nil {
 		return nil, cg, err
 	}

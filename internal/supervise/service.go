@@ -41,6 +41,11 @@ type Service struct {
 	Health       []health.Check `json:"health,omitempty"`
 	StartTimeout Duration       `json:"start_timeout"`
 	StopTimeout  Duration       `json:"stop_timeout"`
+	// KillMode is whom a stop signals first: KillControlGroup (every
+	// process of the command's cgroup, the default) or KillMixed (the main
+	// process alone, for a daemon that stops its children gracefully); the
+	// kill after StopTimeout takes every process either way.
+	KillMode string `json:"kill_mode,omitempty"`
 	// Restarts in place are allowed within RestartWindow; one more failure
 	// and the node gives the service up (health-failed) and is banned.
 	Restarts      int      `json:"restarts"`
@@ -66,6 +71,12 @@ type Service struct {
 	// AntiAffinity names services never to run on the same node as this one.
 	AntiAffinity []string `json:"anti_affinity,omitempty"`
 }
+
+// Kill modes, as systemd names them.
+const (
+	KillControlGroup = "control-group"
+	KillMixed        = "mixed"
+)
 
 // How many nodes run a service's command.
 const (
@@ -143,6 +154,8 @@ func (s Service) Validate() error {
 		return wrap(errors.New("no command: give the command to run after --, or command: in the config file"))
 	case s.Fencing != FencingStrict && s.Fencing != FencingSelf:
 		return wrap(fmt.Errorf("fencing %q: want strict or self", s.Fencing))
+	case s.KillMode != "" && s.KillMode != KillControlGroup && s.KillMode != KillMixed:
+		return wrap(fmt.Errorf("kill mode %q: want control-group (stop signals every process) or mixed (the main process alone)", s.KillMode))
 	case s.Instances != "" && s.Instances != InstancesOne && s.Instances != InstancesEveryNode:
 		return wrap(fmt.Errorf("instances %q: want one or every-node", s.Instances))
 	case s.EveryNode() && (s.VIP != "" || len(s.Fence) > 0 || s.EpochFile != "" || len(s.Nodes) > 0 || len(s.AntiAffinity) > 0 || len(s.Hooks.all()) > 0):

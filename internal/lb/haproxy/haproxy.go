@@ -201,6 +201,10 @@ type Config struct {
 	// DrainTimeout is how long a removed server keeps the requests it has
 	// in flight before its sessions are shut. It gets no new ones.
 	DrainTimeout time.Duration
+	// StopTimeout is how long Close lets a managed proxy finish the requests
+	// in flight (soft stop: its listeners close at once) before it is
+	// stopped hard (default 10s).
+	StopTimeout time.Duration
 	// DeleteGrace is the least time a removed server stays, in
 	// maintenance, before `del server`. A stream waiting out the one-second
 	// turn-around before it retries a refused connection holds its server
@@ -225,6 +229,7 @@ func DefaultConfig(dir string) Config {
 		ReloadTimeout: 30 * time.Second,
 		DrainTimeout:  10 * time.Second,
 		DeleteGrace:   (retries + 1) * (connectTimeout + turnAround),
+		StopTimeout:   10 * time.Second,
 	}
 }
 
@@ -254,6 +259,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DeleteGrace <= 0 {
 		c.DeleteGrace = def.DeleteGrace
+	}
+	if c.StopTimeout <= 0 {
+		c.StopTimeout = def.StopTimeout
 	}
 	if c.Managed {
 		if c.AdminSocket == "" {
@@ -765,7 +773,8 @@ func (d *Driver) actual(ctx context.Context) (lb.Desired, error) {
 }
 
 // Close releases the admin connection and, in managed mode, stops the
-// proxy (SIGTERM, then SIGKILL after IOTimeout) and waits for it. An
+// proxy gracefully (SIGUSR1: requests in flight finish, for at most
+// StopTimeout; then SIGTERM, and SIGKILL after IOTimeout) and waits for it. An
 // external proxy is left running. A call in progress is cancelled. Close
 // is idempotent.
 func (d *Driver) Close() error {
@@ -782,7 +791,7 @@ func (d *Driver) Close() error {
 	defer d.mu.Unlock()
 	d.adm.close()
 	if p := d.proc.Load(); p != nil {
-		p.stop(d.cfg.IOTimeout)
+		p.softStop(d.cfg.StopTimeout, d.cfg.IOTimeout)
 		d.log.Info("haproxy stopped", keyPID, p.pid)
 	}
 	return nil

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"os"
@@ -1048,5 +1049,58 @@ func TestRemoveServerWithRetryingStreams(t *testing.T) {
 	after := showProc(t, drv)
 	if len(after.workers) != 1 || len(before.workers) != 1 || after.workers[0] != before.workers[0] {
 		t.Fatalf("workers before %+v, after %+v: want the same one (did it crash?)", before.workers, after.workers)
+	}
+}
+
+// TestCloseDrains: Close stops a managed proxy gracefully: it takes no new
+// connection at once, and the request in flight completes.
+func TestCloseDrains(t *testing.T) {
+	needHAProxy(t)
+	slow := newUpstream(t, "slow", true)
+	listen := freeAddr(t)
+	d := lb.Desired{Backends: []lb.Backend{{Name: "svc", Listen: listen, Health: "/isActive", Mode: lb.ModeAll, Servers: []lb.Server{slow.server(true)}}}}
+	drv := startManaged(t, slowChecks, d)
+	done := make(chan error, 1)
+	go func() {
+		resp, err := fresh.Get("http://" + listen + "/slow")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || string(body) != "slow" {
+				err = fmt.Errorf("status %d, body %q", resp.StatusCode, body)
+			}
+		}
+		done <- err
+	}()
+	select {
+	case <-slow.entered:
+	case err := <-done:
+		t.Fatalf("the slow request: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the slow request never arrived")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- drv.Close() }()
+	// New connections are refused once the listener is closed, while the
+	// request in flight is still running.
+	waitFor(t, 5*time.Second, "listener closed", func() error {
+		c, err := net.DialTimeout("tcp", listen, time.Second)
+		if err == nil {
+			c.Close()
+			return fmt.Errorf("%s still accepts connections", listen)
+		}
+		return nil
+	})
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) before the request in flight ended", err)
+	default:
+	}
+	close(slow.release)
+	if err := <-done; err != nil {
+		t.Errorf("the request in flight during Close: %v", err)
+	}
+	if err := <-closed; err != nil {
+		t.Errorf("Close: %v", err)
 	}
 }

@@ -97,7 +97,24 @@ func (p *process) readLogs(log *slog.Logger) {
 
 // stop ends the proxy at once (SIGTERM: the master hard-stops its
 // workers), SIGKILL if it lingers, and waits for the reader.
-func (p *process) stop(timeout time.Duration) error {
+func (p *process) stop(timeout time.Duration) error { return p.softStop(0, timeout) }
+
+// softStop asks the proxy to stop gracefully (SIGUSR1: the workers close
+// their listeners and finish the requests in flight; the master leaves
+// after the last one) and waits up to drain for it, then stops it as stop
+// does. A zero drain is stop.
+func (p *process) softStop(drain, timeout time.Duration) error {
+	if drain > 0 {
+		select {
+		case <-p.done:
+		default:
+			syscall.Kill(p.pid, syscall.SIGUSR1)
+			select {
+			case <-p.done:
+			case <-time.After(drain):
+			}
+		}
+	}
 	select {
 	case <-p.done:
 	default:

@@ -84,6 +84,11 @@ type Spec struct {
 	Cgroup *Cgroup
 	// StopSignal is what Stop sends first; zero means DefaultStopSignal.
 	StopSignal syscall.Signal
+	// StopMainOnly makes Stop send StopSignal to the main process alone,
+	// not to every process of the tree (systemd's KillMode=mixed): for a
+	// daemon that stops its own children gracefully, like HAProxy's or
+	// NGINX's master. The kill after StopTimeout still takes the whole tree.
+	StopMainOnly bool
 	// StopTimeout is how long Stop waits after StopSignal before it kills;
 	// zero means DefaultStopTimeout.
 	StopTimeout time.Duration
@@ -91,11 +96,12 @@ type Spec struct {
 
 // Process is a started command. Its methods are safe for concurrent use.
 type Process struct {
-	os          *os.Process
-	pid         int
-	cg          *Cgroup
-	stopSignal  syscall.Signal
-	stopTimeout time.Duration
+	os           *os.Process
+	pid          int
+	cg           *Cgroup
+	stopSignal   syscall.Signal
+	stopMainOnly bool
+	stopTimeout  time.Duration
 
 	done    chan struct{} // closed once the main process is reaped
 	state   *os.ProcessState
@@ -132,11 +138,12 @@ func Start(s Spec) (*Process, error) {
 	}
 
 	p := &Process{
-		cg:          s.Cgroup,
-		stopSignal:  s.StopSignal,
-		stopTimeout: s.StopTimeout,
-		done:        make(chan struct{}),
-		outDone:     make(chan struct{}),
+		cg:           s.Cgroup,
+		stopSignal:   s.StopSignal,
+		stopMainOnly: s.StopMainOnly,
+		stopTimeout:  s.StopTimeout,
+		done:         make(chan struct{}),
+		outDone:      make(chan struct{}),
 	}
 	if p.stopSignal == 0 {
 		p.stopSignal = DefaultStopSignal
@@ -382,7 +389,11 @@ func (p *Process) Exit() (code int, signal syscall.Signal, err error) {
 // because the caller ran out of time) and returns an error wrapping ctx's
 // error, with killed true.
 func (p *Process) Stop(ctx context.Context) (killed bool, err error) {
-	if serr := p.signal(p.stopSignal); serr != nil {
+	signal := p.signal
+	if p.stopMainOnly {
+		signal = p.signalMain
+	}
+	if serr := signal(p.stopSignal); serr != nil {
 		// Stopping must not fail just because the polite way did.
 		if err := p.Kill(ctx); err != nil {
 			return true, fmt.Errorf("proc: stop pid %d: %w", p.pid, errors.Join(serr, err))
@@ -458,6 +469,19 @@ func (p *Process) signal(sig syscall.Signal) error {
 	}
 	if err := syscall.Kill(-p.pid, sig); err != nil && err != syscall.ESRCH {
 		return fmt.Errorf("signal process group %d: %w", p.pid, err)
+	}
+	return nil
+}
+
+// signalMain sends sig to the main process alone, unless it has exited.
+func (p *Process) signalMain(sig syscall.Signal) error {
+	select {
+	case <-p.done:
+		return nil // reaped: its pid may be reused
+	default:
+	}
+	if err := p.os.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("signal pid %d: %w", p.pid, err)
 	}
 	return nil
 }

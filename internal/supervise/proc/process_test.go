@@ -474,3 +474,37 @@ func TestPdeathsigSurvivesForkingThread(t *testing.T) {
 	}
 	assertExit(t, p, -1, syscall.SIGTERM)
 }
+
+// TestStopMainOnly: with StopMainOnly the stop signal reaches the main
+// process alone, which stops its child its own way (here SIGUSR1, the way
+// HAProxy's master soft-stops its workers); the child never sees SIGTERM.
+func TestStopMainOnly(t *testing.T) {
+	cg := testCgroup(t, "svc")
+	got := filepath.Join(t.TempDir(), "got")
+	child := `trap "echo usr1 > ` + got + `; kill \$s; exit 0" USR1; trap "echo term > ` + got + `; kill \$s; exit 0" TERM; sleep 1000 & s=$!; wait`
+	script := `trap 'kill -USR1 $c; wait $c; exit 5' TERM; sh -c '` + child + `' & c=$!; wait`
+	p := start(t, Spec{Args: []string{"sh", "-c", script}, Cgroup: cg, StopMainOnly: true, StopTimeout: stopTimeoutFor(false)})
+	// Both traps are set once the child's sleep runs.
+	var pids []int
+	waitFor(t, "the main process, its child and the child's sleep", long, func() bool {
+		pids = procs(t, cg)
+		for _, pid := range pids {
+			if comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm"); err == nil && string(comm) == "sleep\n" {
+				return len(pids) == 3
+			}
+		}
+		return false
+	})
+	killed, err := p.Stop(ctxFor(t, long))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if killed {
+		t.Error("killed: want a graceful stop")
+	}
+	assertExit(t, p, 5, nil)
+	assertGone(t, pids)
+	if b, err := os.ReadFile(got); err != nil || strings.TrimSpace(string(b)) != "usr1" {
+		t.Errorf("the child got %q (%v), want usr1 from the main process and no SIGTERM", b, err)
+	}
+}
