@@ -85,6 +85,7 @@ func newRootCmd() *cobra.Command {
 		newSuperviseCmd(),
 		newDemoServiceCmd(),
 		newLBCmd(),
+		newTLSCmd(),
 	)
 	return root
 }
