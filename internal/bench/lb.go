@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -123,6 +122,9 @@ type LBTrial struct {
 	Wrong    int     `json:"wrong"`  // 2xx answers by a non-active, from the change to the end of the trial
 	Errors   int     `json:"errors"` // non-2xx answers and transport errors, in the same window
 	Requests int     `json:"requests"`
+	// ErrorKinds counts the errors by kind: "HTTP <status>" or the
+	// transport error.
+	ErrorKinds map[string]int `json:"error_kinds,omitempty"`
 }
 
 // LBEventResult is one event in one mode.
@@ -260,7 +262,13 @@ func runLBMode(ctx context.Context, cfg LBConfig, mode string, base int, dir str
 	}
 	defer w.stop()
 
-	ld := startLBLoad(proxyURL)
+	// /v1/ha/state is answered by every server for itself; nginx-307's
+	// round robin needs a path that standbys redirect to the active.
+	path := "/v1/ha/state"
+	if mode == LBNginx307 {
+		path = "/v1/jobs?limit=1"
+	}
+	ld := startLBLoad(proxyURL, path)
 	defer ld.stop()
 	// Warm up: the proxy serves the active.
 	a, err := c.WaitActive(ctx)
@@ -299,8 +307,12 @@ func runLBMode(ctx context.Context, cfg LBConfig, mode string, base int, dir str
 			if err != nil {
 				return nil, fmt.Errorf("%s trial %d: %w", ev, k, err)
 			}
-			fmt.Fprintf(cfg.Out, "%s %s %d: %s -> %s, change %.0f ms after; moved %.1f ms, old last %.1f ms, wrong %d, errors %d\n",
-				mode, ev, k, tr.From, tr.To, tr.ChangeAfterS*1000, tr.MovedS*1000, tr.OldLastS*1000, tr.Wrong, tr.Errors)
+			kinds := ""
+			if len(tr.ErrorKinds) > 0 {
+				kinds = fmt.Sprintf(" %v", tr.ErrorKinds)
+			}
+			fmt.Fprintf(cfg.Out, "%s %s %d: %s -> %s, change %.0f ms after; moved %.1f ms, old last %.1f ms, wrong %d, errors %d%s\n",
+				mode, ev, k, tr.From, tr.To, tr.ChangeAfterS*1000, tr.MovedS*1000, tr.OldLastS*1000, tr.Wrong, tr.Errors, kinds)
 			er.Trials = append(er.Trials, *tr)
 			moved = append(moved, secsDur(tr.MovedS))
 			old = append(old, secsDur(tr.OldLastS))
@@ -352,6 +364,7 @@ func lbTrial(ctx context.Context, ev string, c *local.Cluster, admin *client.Cli
 	tr.ChangeAfterS = change.Sub(t0).Seconds()
 	m := measureLB(ld.snapshot(), change, end, from, tr.To)
 	tr.MovedS, tr.OldLastS, tr.Wrong, tr.Errors, tr.Requests = m.moved.Seconds(), m.oldLast.Seconds(), m.wrong, m.errors, m.requests
+	tr.ErrorKinds = m.kinds
 	switch ev {
 	case LBKill:
 		if err := restartServer(ctx, c, a); err != nil {
@@ -425,17 +438,18 @@ func lbAddRemove(ctx context.Context, c *local.Cluster, ld *lbLoad, er *LBEventR
 type lbReq struct {
 	start, end time.Time
 	status     int    // 0: no answer
-	id         string // who answered (/v1/ha/state's id)
-	state      string
+	id         string // who answered (X-Tandem-Server)
+	state      string // its HA state (X-Tandem-State)
 	err        string
 }
 
 func (r lbReq) ok() bool { return r.err == "" && r.status >= 200 && r.status < 300 }
 
-// lbLoad sends a new-connection GET /v1/ha/state every lbEvery, each in
+// lbLoad sends a new-connection GET of its path every lbEvery, each in
 // its own goroutine, so a request stuck on a stopped server does not hold
 // the next ones back, and records every one.
 type lbLoad struct {
+	path   string
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	mu     sync.Mutex
@@ -443,9 +457,9 @@ type lbLoad struct {
 	newReq chan struct{} // closed and replaced on every recorded request
 }
 
-func startLBLoad(url string) *lbLoad {
+func startLBLoad(url, path string) *lbLoad {
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &lbLoad{cancel: cancel, newReq: make(chan struct{})}
+	l := &lbLoad{path: path, cancel: cancel, newReq: make(chan struct{})}
 	dialer := &net.Dialer{Timeout: 2 * time.Second}
 	hc := &http.Client{Timeout: 5 * time.Second,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -476,21 +490,18 @@ func startLBLoad(url string) *lbLoad {
 
 func (l *lbLoad) get(ctx context.Context, hc *http.Client, url string) {
 	r := lbReq{start: time.Now()}
-	req, _ := http.NewRequestWithContext(context.WithoutCancel(ctx), http.MethodGet, url+"/v1/ha/state", nil)
+	req, _ := http.NewRequestWithContext(context.WithoutCancel(ctx), http.MethodGet, url+l.path, nil)
 	resp, err := hc.Do(req)
 	if err != nil {
 		r.err = err.Error()
 	} else {
+		// Every answer of a tandem server names it and its state.
 		r.status = resp.StatusCode
-		var st tandem.ServerStatus
-		if resp.StatusCode == http.StatusOK {
-			if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-				r.err = err.Error()
-			}
+		r.id, r.state = resp.Header.Get("X-Tandem-Server"), resp.Header.Get("X-Tandem-State")
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil && resp.StatusCode == http.StatusOK {
+			r.err = err.Error()
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		r.id, r.state = st.ID, string(st.State)
 	}
 	r.end = time.Now()
 	l.mu.Lock()
@@ -557,6 +568,7 @@ func inARow(reqs []lbReq, since time.Time, id string, n int) (time.Time, bool) {
 type lbMeasure struct {
 	moved, oldLast          time.Duration
 	wrong, errors, requests int
+	kinds                   map[string]int
 }
 
 // measureLB computes a trial's figures from the requests: change is the
@@ -580,6 +592,16 @@ func measureLB(reqs []lbReq, change, end time.Time, from, to string) lbMeasure {
 		switch {
 		case !r.ok():
 			m.errors++
+			if m.kinds == nil {
+				m.kinds = map[string]int{}
+			}
+			k := r.err
+			if k == "" {
+				k = fmt.Sprintf("HTTP %d", r.status)
+			} else if i := strings.LastIndex(k, ": "); i >= 0 {
+				k = k[i+2:] // "connect: connection refused", not the whole URL
+			}
+			m.kinds[k]++
 		case r.state != string(tandem.StateActive):
 			m.wrong++
 		}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -35,7 +36,15 @@ type Config struct {
 	// Keep says which watched keys to hold (default: all): a cache of a
 	// cluster's membership ignores its jobs.
 	Keep func(key string) bool
-	Log  *slog.Logger
+	// StallCheck, if positive, is how often the watch is checked to be
+	// keeping up (Lag, bounded by StallCheck); a watch that is not is
+	// made anew. A watch stream is bound to one etcd member, and a frozen
+	// member (a SIGSTOPped process, a cut link) keeps its connection open
+	// and delivers nothing: gRPC's keepalive, at least 10 s, is the only
+	// other way out. The new watch goes through the next member the
+	// client's balancer picks.
+	StallCheck time.Duration
+	Log        *slog.Logger
 }
 
 // Cache is the live copy. Its methods are safe for concurrent use.
@@ -50,6 +59,8 @@ type Cache struct {
 	change chan struct{} // closed and replaced on every change
 	seenAt time.Time     // when the last change arrived
 	revCh  chan struct{} // closed and replaced whenever rev moves on
+	// stopWatch ends the current watch, which Run then makes anew.
+	stopWatch context.CancelFunc
 }
 
 // New returns a Cache of cli's keys as cfg says; Run fills and keeps it.
@@ -144,6 +155,9 @@ func (c *Cache) List(prefix string) []*mvccpb.KeyValue {
 
 // Run keeps the cache until ctx ends.
 func (c *Cache) Run(ctx context.Context) {
+	if c.cfg.StallCheck > 0 {
+		go c.checkStalls(ctx)
+	}
 	for ctx.Err() == nil {
 		kvs, rev, err := c.load(ctx)
 		if err != nil {
@@ -169,6 +183,9 @@ func (c *Cache) Run(ctx context.Context) {
 		c.mu.Unlock()
 
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		c.mu.Lock()
+		c.stopWatch = cancel
+		c.mu.Unlock()
 		wch := c.cli.Watch(wctx, c.cfg.Watch, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify())
 		for wr := range wch {
 			if err := wr.Err(); err != nil {
@@ -207,7 +224,12 @@ func (c *Cache) Run(ctx context.Context) {
 
 // load reads every Load range at one revision.
 func (c *Cache) load(ctx context.Context) ([]*mvccpb.KeyValue, int64, error) {
-	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	timeout := 5 * time.Second
+	if c.cfg.StallCheck > 0 {
+		// A read through a frozen member is given up as fast as a watch.
+		timeout = max(2*c.cfg.StallCheck, time.Second)
+	}
+	gctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var kvs []*mvccpb.KeyValue
 	var rev int64
@@ -242,10 +264,17 @@ func (c *Cache) notifyRev() {
 // request so that a watch with nothing to deliver moves on too. A watch
 // that is stuck makes it return ctx's error after ctx ends.
 func (c *Cache) Lag(ctx context.Context) (time.Duration, error) {
+	d, _, err := c.lag(ctx)
+	return d, err
+}
+
+// lag is Lag, and whether etcd's revision could be read (a failure after
+// that is the watch's).
+func (c *Cache) lag(ctx context.Context) (time.Duration, bool, error) {
 	start := time.Now()
 	resp, err := c.cli.Get(ctx, c.cfg.Watch, clientv3.WithCountOnly())
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	// The request goes on the watch's own stream: clientv3 keys streams by
 	// the context's metadata, and the watch runs under WithRequireLeader.
@@ -253,18 +282,106 @@ func (c *Cache) Lag(ctx context.Context) (time.Duration, error) {
 	// (re)created reaches no watcher.
 	for {
 		if err := c.cli.RequestProgress(clientv3.WithRequireLeader(ctx)); err != nil {
-			return time.Since(start), err
+			return time.Since(start), true, err
 		}
 		wctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
 		err := c.WaitRev(wctx, resp.Header.Revision)
 		cancel()
 		if err == nil {
-			return time.Since(start), nil
+			return time.Since(start), true, nil
 		}
 		if ctx.Err() != nil {
-			return time.Since(start), ctx.Err()
+			return time.Since(start), true, ctx.Err()
 		}
 	}
+}
+
+// checkStalls makes the watch anew whenever it does not reach etcd's
+// revision within StallCheck (see Config.StallCheck).
+func (c *Cache) checkStalls(ctx context.Context) {
+	all := c.cli.Endpoints()
+	t := time.NewTicker(c.cfg.StallCheck)
+	defer t.Stop()
+	for n := 1; ; n++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n%20 == 0 {
+			c.checkBack(ctx, all)
+		}
+		if !c.Synced() {
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, c.cfg.StallCheck)
+		d, read, err := c.lag(lctx)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			continue // keeping up
+		}
+		if !read {
+			// etcd did not answer through the member this read went to.
+			c.leaveOutUnresponsive(ctx, all)
+			continue
+		}
+		c.cfg.Log.Warn("the watch is not keeping up with etcd; watching again", "prefix", c.cfg.Watch,
+			"behind_for", d.String(), "err", err)
+		c.leaveOutUnresponsive(ctx, all)
+		c.mu.Lock()
+		if c.stopWatch != nil {
+			c.stopWatch()
+		}
+		c.mu.Unlock()
+	}
+}
+
+// leaveOutUnresponsive asks each of the client's endpoints for its status,
+// each on a connection of its own, and keeps only those that answer within
+// StallCheck (unless none does): the new watch, and every read, then go
+// through a member that answers. A member left out is taken back when it
+// answers again (checkBack).
+func (c *Cache) leaveOutUnresponsive(ctx context.Context, all []string) {
+	ok := c.responsive(ctx, all)
+	if len(ok) == 0 || len(ok) == len(all) || slices.Equal(ok, c.cli.Endpoints()) {
+		return // none answers, all do (checkBack's business), or no change
+	}
+	c.cfg.Log.Warn("leaving out the etcd endpoints that do not answer", "answering", ok, "all", all)
+	c.cli.SetEndpoints(ok...)
+}
+
+// checkBack puts every endpoint back once all of them answer again.
+func (c *Cache) checkBack(ctx context.Context, all []string) {
+	if len(c.cli.Endpoints()) == len(all) {
+		return
+	}
+	if ok := c.responsive(ctx, all); len(ok) == len(all) {
+		c.cfg.Log.Info("every etcd endpoint answers again", "endpoints", all)
+		c.cli.SetEndpoints(all...)
+	}
+}
+
+// responsive returns the endpoints among eps that answer a status request
+// within StallCheck.
+func (c *Cache) responsive(ctx context.Context, eps []string) []string {
+	answered := make([]bool, len(eps))
+	var wg sync.WaitGroup
+	for i, ep := range eps {
+		wg.Go(func() {
+			sctx, cancel := context.WithTimeout(ctx, c.cfg.StallCheck)
+			defer cancel()
+			_, err := c.cli.Status(sctx, ep)
+			answered[i] = err == nil
+		})
+	}
+	wg.Wait()
+	var out []string
+	for i, ep := range eps {
+		if answered[i] {
+			out = append(out, ep)
+		}
+	}
+	return out
 }
 
 // notify wakes Changed's waiters; c.mu is held.

@@ -3,6 +3,8 @@ package etcdview
 import (
 	"context"
 	"fmt"
+	"github.com/tandemhq/tandem/internal/faultnet"
+	"go.uber.org/zap"
 	"strings"
 	"testing"
 	"time"
@@ -123,5 +125,50 @@ func TestLag(t *testing.T) {
 	}
 	if rev := c.Rev(); rev < last {
 		t.Errorf("after Lag the cache is at revision %d, want at least %d", rev, last)
+	}
+}
+
+// TestStallCheck: the watch goes through an etcd endpoint that freezes
+// (a proxy that stops forwarding, as a SIGSTOPped member would); with
+// StallCheck the cache notices and watches again through the other
+// endpoint, and a change made meanwhile arrives.
+func TestStallCheck(t *testing.T) {
+	e := etcdtest.Start(t)
+	direct := strings.TrimPrefix(e.Endpoint, "http://")
+	px, err := faultnet.Listen("127.0.0.1:0", direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { px.Close() })
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://" + px.Addr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := New(cli, Config{Watch: "/c/", StallCheck: 200 * time.Millisecond})
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go c.Run(rctx)
+	if err := c.WaitRev(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	// The watch runs through the proxy; now the client may also use etcd
+	// directly, and the proxy freezes.
+	cli.SetEndpoints("http://"+px.Addr(), e.Endpoint)
+	px.Block()
+	writer := e.Client(t)
+	if _, err := writer.Put(ctx, "/c/after-freeze", "x"); err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 15*time.Second)
+	defer wcancel()
+	for c.Get("/c/after-freeze") == nil {
+		select {
+		case <-c.Changed():
+		case <-wctx.Done():
+			t.Fatal("the change made while the watch's endpoint was frozen never arrived")
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +36,8 @@ type Runner struct {
 	cfg RunnerConfig
 	log *slog.Logger
 	met *runnerMetrics
+
+	measuring atomic.Bool // a lag measure runs
 
 	mu      sync.Mutex
 	applied *Desired // the last state applied successfully
@@ -144,7 +147,11 @@ func (r *Runner) Run(ctx context.Context) {
 		case <-timer.C:
 		case <-drift.C:
 			r.checkDrift(ctx)
-			r.measureLag(ctx)
+			// Apart from the loop: through a frozen etcd member the measure
+			// takes its whole timeout, and changes must not wait for it.
+			if r.measuring.CompareAndSwap(false, true) {
+				go func() { defer r.measuring.Store(false); r.measureLag(ctx) }()
+			}
 		}
 	}
 }

@@ -122,7 +122,10 @@ func NewSource(cli *clientv3.Client, cluster string, api API, services []Service
 		Load: []etcdview.Range{{Key: l.ServersPrefix(), Prefix: true}, {Key: l.Leader()}, {Key: l.ShardsPrefix(), Prefix: true},
 			{Key: l.SupervisePrefix(), Prefix: true}},
 		Keep: s.relevant,
-		Log:  log,
+		// Through a frozen etcd member (a tandem server with embedded etcd
+		// under SIGSTOP) the watch would see nothing for 10 s or more.
+		StallCheck: 500 * time.Millisecond,
+		Log:        log,
 	})
 	return s, nil
 }
