@@ -41,7 +41,30 @@ type Config struct {
 	// never has to survive its machine's crash and fsync stalls on a busy
 	// disk would cost leases.
 	UnsafeNoFsync bool
+
+	// CACert, Cert and Key lock the member down (docs/SECURITY.md, "etcd
+	// locked down"): PEM files made by internal/pki, the cluster's CA
+	// (several CAs allowed) and this server's certificate and key. With
+	// them, the client and peer URLs must be https, both ports speak TLS 1.3
+	// and refuse a handshake without a client certificate that chains to
+	// CACert, and etcd takes a client certificate's common name as its etcd
+	// user (--client-cert-auth). The peer port further accepts only server
+	// certificates of the member's own cluster (common name
+	// pki.ServerCommonName), so no agent or cli certificate can speak raft.
+	// All empty: plain http, as without security. etcd re-reads the
+	// certificate and key at every handshake, so a renewed certificate
+	// needs no restart; it reads the CA file at start only.
+	CACert, Cert, Key string
+	// ClientCommonNames, with TLS, are the only common names a client
+	// certificate may carry on the client port; others are refused in the
+	// handshake. Empty means this cluster's servers and "root"
+	// (etcdauth.RootUser); an etcd several clusters share lists each
+	// cluster's pki.ServerCommonName.
+	ClientCommonNames []string
 }
+
+// TLS reports whether the member is configured with certificates.
+func (c *Config) TLS() bool { return c.CACert != "" || c.Cert != "" || c.Key != "" }
 
 // newLogger returns etcd's logger at level, to stderr, and the level so
 // Close can silence the errors etcd logs while it shuts its listeners.
@@ -78,6 +101,17 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("embedded etcd: %s: %w", flag, err)
 		}
 	}
+	if c.TLS() {
+		if c.CACert == "" || c.Cert == "" || c.Key == "" {
+			return errors.New("embedded etcd: give a CA, a certificate and its key together (--etcd-cacert, --etcd-cert, --etcd-key), or none")
+		}
+		for flag, u := range map[string]string{"--etcd-client-url": c.ClientURL, "--etcd-peer-url": c.PeerURL,
+			"--etcd-advertise-client-url": c.AdvertiseClientURL, "--etcd-advertise-peer-url": c.AdvertisePeerURL} {
+			if !strings.HasPrefix(u, "https://") {
+				return fmt.Errorf("embedded etcd: %s %q: with certificates, use an https:// URL", flag, u)
+			}
+		}
+	}
 	if c.InitialCluster != "" {
 		found := false
 		for _, m := range strings.Split(c.InitialCluster, ",") {
@@ -87,6 +121,9 @@ func (c *Config) Validate() error {
 			}
 			if _, err := parseURL(peer); err != nil {
 				return fmt.Errorf("embedded etcd: --initial-cluster member %s: %w", name, err)
+			}
+			if c.TLS() && !strings.HasPrefix(peer, "https://") {
+				return fmt.Errorf("embedded etcd: --initial-cluster member %s: with certificates, use an https:// peer URL", name)
 			}
 			if name == c.Name {
 				found = true
@@ -146,6 +183,11 @@ func Start(cfg Config) (*Member, error) {
 	}
 	if cfg.ElectionMs != 0 {
 		ec.ElectionMs = cfg.ElectionMs
+	}
+	if cfg.TLS() {
+		if err := lockDown(ec, &cfg); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.LogLevel == "" {
 		cfg.LogLevel = "error"

@@ -20,19 +20,45 @@ import (
 type Etcd struct {
 	Endpoint string
 	Member   *embedetcd.Member
+	// PeerURL is where the member listens for its peers.
+	PeerURL string
 }
 
 // Start starts a single-member etcd for the test and stops it at cleanup.
 func Start(t testing.TB) *Etcd {
 	t.Helper()
+	return start(t, "http", nil)
+}
+
+// TLS describes the certificates of StartTLS: internal/pki files.
+type TLS struct {
+	CACert, Cert, Key string // the member's CA file and server certificate
+	// ClientCommonNames are the common names the client port accepts
+	// (embedetcd.Config.ClientCommonNames); empty: the default.
+	ClientCommonNames []string
+}
+
+// StartTLS starts a single-member etcd locked down with the certificates
+// of c (https on both ports, client certificates required), and stops it
+// at cleanup. It turns on no etcd authentication: etcdauth.Setup does.
+func StartTLS(t testing.TB, c TLS) *Etcd {
+	t.Helper()
+	return start(t, "https", func(cfg *embedetcd.Config) {
+		cfg.CACert, cfg.Cert, cfg.Key, cfg.ClientCommonNames = c.CACert, c.Cert, c.Key, c.ClientCommonNames
+	})
+}
+
+func start(t testing.TB, scheme string, edit func(*embedetcd.Config)) *Etcd {
+	t.Helper()
 	var m *embedetcd.Member
+	var cfg embedetcd.Config
 	var err error
 	// A port found free can be taken by another process before etcd binds
 	// it; then try other ports.
 	for try := 0; try < 5; try++ {
-		m, err = embedetcd.Start(embedetcd.Config{
+		cfg = embedetcd.Config{
 			Name: "etcd-test", Dir: t.TempDir(),
-			ClientURL: "http://" + FreeAddr(t), PeerURL: "http://" + FreeAddr(t),
+			ClientURL: scheme + "://" + FreeAddr(t), PeerURL: scheme + "://" + FreeAddr(t),
 			StartTimeout: 30 * time.Second,
 			// Faster raft timing than etcd's default lets tests use 1 s leases.
 			HeartbeatMs: 50, ElectionMs: 500,
@@ -40,7 +66,11 @@ func Start(t testing.TB) *Etcd {
 			// A test's etcd need not survive a machine crash; without fsync
 			// a loaded CI machine does not stall it past a test's leases.
 			UnsafeNoFsync: true,
-		})
+		}
+		if edit != nil {
+			edit(&cfg)
+		}
+		m, err = embedetcd.Start(cfg)
 		if err == nil || !strings.Contains(err.Error(), "address already in use") {
 			break
 		}
@@ -49,7 +79,7 @@ func Start(t testing.TB) *Etcd {
 		t.Fatalf("start etcd: %v", err)
 	}
 	t.Cleanup(m.Close)
-	return &Etcd{Endpoint: m.ClientURL(), Member: m}
+	return &Etcd{Endpoint: m.ClientURL(), Member: m, PeerURL: cfg.PeerURL}
 }
 
 // Client returns a new client of e, closed at cleanup. Each simulated

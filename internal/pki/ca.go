@@ -191,7 +191,7 @@ func Issue(ca *CA, role Role, id string, dnsNames []string, ips []net.IP, validi
 		return nil, fmt.Errorf("%w: output name %q: use letters, digits, '.', '_' or '-', starting with a letter or digit", ErrInvalid, o.name)
 	}
 	tmpl := &x509.Certificate{
-		Subject:               pkix.Name{CommonName: string(role) + " " + id, Organization: []string{"tandem " + ca.Cluster}},
+		Subject:               pkix.Name{CommonName: commonName(ca.Cluster, role, id), Organization: []string{"tandem " + ca.Cluster}},
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           usagesOf(role),
@@ -252,6 +252,29 @@ func Issue(ca *CA, role Role, id string, dnsNames []string, ips []net.IP, validi
 		return nil, fmt.Errorf("issue %s: %w", ident, err)
 	}
 	return &Issued{Identity: ident, Cert: cert, CertFile: certFile, KeyFile: keyFile}, nil
+}
+
+// ServerCommonName returns the subject common name of every server
+// certificate of cluster: "tandem-<cluster>".
+//
+// The identity URI is what tandem reads; the common name is for etcd. An
+// etcd with client-certificate authentication (--client-cert-auth) takes a
+// client certificate's common name as the etcd user, so every server
+// certificate of a cluster (tandem servers, supervisors and tandem lb, the
+// processes that talk to etcd, all use server certificates) is the one etcd
+// user of that cluster, whose role reaches /tandem/<cluster>/ only (see
+// internal/etcdauth). Agent and cli certificates keep a common name of
+// "<role> <id>": the space keeps it from ever naming an etcd user tandem
+// makes, or root, so they are worth nothing to etcd.
+func ServerCommonName(cluster string) string { return "tandem-" + cluster }
+
+// commonName is the subject common name of a certificate of role and id in
+// cluster; see ServerCommonName.
+func commonName(cluster string, role Role, id string) string {
+	if role == RoleServer {
+		return ServerCommonName(cluster)
+	}
+	return string(role) + " " + id
 }
 
 // hosts returns DefaultHosts plus the given names and addresses, each once.
