@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -57,6 +58,7 @@ const (
 	MaxLabels      = 64
 	MaxLabelLen    = 256
 	MaxEnvVars     = 1024
+	MaxUserLen     = 256
 )
 
 // JobSpec is what a user submits: everything about a job that the user chooses.
@@ -81,6 +83,18 @@ type JobSpec struct {
 	Resources Resources `json:"resources,omitempty"`
 	// Constraints are agent labels the job needs: key=value, all must match.
 	Constraints map[string]string `json:"constraints,omitempty"`
+	// User is the user the job's attempts run as, by name; empty means the
+	// agent's default (its --run-as user). An agent runs an attempt as
+	// another user than its default only if it allows that user, and as
+	// root only if it allows root too; otherwise the attempt fails at once,
+	// without running.
+	//
+	// TODO(issue 10, point 6: run-as policy): naming a user must also be
+	// permitted by the submitter's token policy. That check belongs in
+	// internal/api's submit handler, after the spec is decoded and before
+	// Server.Submit, where the caller's token is known; until it exists,
+	// whoever may submit may name any user an agent allows.
+	User string `json:"user,omitempty"`
 }
 
 // Defaults for a job spec's resources and retries.
@@ -212,6 +226,41 @@ func (s *JobSpec) Validate() error {
 	for k := range s.Constraints {
 		if k == "" || len(k) > MaxLabelLen {
 			return Errorf(EINVALID, "constraint %q is invalid: keys must be 1 to %d bytes", k, MaxLabelLen)
+		}
+	}
+	if s.User != "" {
+		if err := ValidateUserName(s.User); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ValidateUserName reports, as an EINVALID error, why name cannot be a user
+// name, or nil. It checks syntax only, not that the user exists on any
+// agent. The rules are systemd's relaxed ones, which accept the names that
+// directories such as LDAP and SSSD hand out (dots, '@', upper case) and
+// refuse what a program could misread: no control characters, white space,
+// ':', '/' or ','; no leading '-'; not "." or ".."; not all digits, since a
+// UID is not a name (give the name).
+func ValidateUserName(name string) error {
+	switch {
+	case name == "":
+		return Errorf(EINVALID, "user is empty: give a user name such as nobody")
+	case len(name) > MaxUserLen:
+		return Errorf(EINVALID, "user is %d bytes, more than the limit of %d", len(name), MaxUserLen)
+	case !utf8.ValidString(name):
+		return Errorf(EINVALID, "user %q is not valid UTF-8", name)
+	case name == "." || name == "..":
+		return Errorf(EINVALID, "user %q is not a user name", name)
+	case name[0] == '-':
+		return Errorf(EINVALID, "user %q must not start with '-'", name)
+	case strings.Trim(name, "0123456789") == "":
+		return Errorf(EINVALID, "user %q is a number: give the user's name, not its UID", name)
+	}
+	for _, r := range name {
+		if r <= ' ' || r == 0x7f || r == ':' || r == '/' || r == ',' || unicode.IsSpace(r) || unicode.IsControl(r) {
+			return Errorf(EINVALID, "user %q contains %q: a user name has no white space, control characters, ':', '/' or ','", name, r)
 		}
 	}
 	return nil

@@ -26,6 +26,8 @@ type agentFlags struct {
 	labels                                     string
 	pollWait, killGrace                        time.Duration
 	logLevel, logFormat                        string
+	runAs, allowUsers                          string
+	allowRoot                                  bool
 
 	// getenv is os.Getenv; tests replace it.
 	getenv func(string) string
@@ -48,8 +50,16 @@ launched twice, even after a restart), the highest epoch it has seen for each
 shard (an item from an older owner of a shard is refused), reports not yet
 acknowledged, and each attempt's output.log.
 
+Attempts do not run as root by accident. An agent running as root runs them
+as --run-as (default nobody), with that user's groups, HOME and USER, in a
+work dir it owns; their output.log stays the agent's. A job may name another
+user (tandem job submit --user) only if --allow-users lists it, and root only
+with --allow-root as well; an attempt naming any other user fails at once,
+with the reason, and never runs. An agent not running as root runs attempts
+as itself, and refuses to start if told to run them as anyone else.
+
   tandem agent --id worker1 --servers http://rm1:7070,http://rm2:7070,http://rm3:7070 \
-    --listen 10.0.0.5:7080 --labels zone=a,disk=ssd`,
+    --listen 10.0.0.5:7080 --labels zone=a,disk=ssd --run-as tandem-job --allow-users etl,ml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd.Context(), f) },
 	}
@@ -64,6 +74,9 @@ acknowledged, and each attempt's output.log.
 	fl.StringVar(&f.labels, "labels", "", "comma-separated key=value labels that jobs' constraints match, e.g. zone=a,gpu=true")
 	fl.DurationVar(&f.pollWait, "poll-wait", agent.DefaultPollWait, "how long a server may hold a sync it has nothing to answer")
 	fl.DurationVar(&f.killGrace, "kill-grace", agent.DefaultKillGrace, "time between SIGTERM and SIGKILL when an attempt is killed or times out")
+	fl.StringVar(&f.runAs, "run-as", "", "user attempts run as when their job names none (default: "+agent.DefaultRunAs+" if the agent runs as root, else the agent's own user)")
+	fl.StringVar(&f.allowUsers, "allow-users", "", "comma-separated users a job may name with --user, besides the --run-as user (default: none)")
+	fl.BoolVar(&f.allowRoot, "allow-root", false, "let attempts run as root: with --run-as root, or for jobs naming root if --allow-users lists it")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	return cmd
@@ -104,6 +117,21 @@ func (f *agentFlags) config() (agent.Config, error) {
 	if f.killGrace <= 0 {
 		return agent.Config{}, usagef("--kill-grace %s: must be greater than zero", f.killGrace)
 	}
+	if f.runAs != "" {
+		if err := tandem.ValidateUserName(f.runAs); err != nil {
+			return agent.Config{}, usagef("--run-as: %s", tandem.ErrorMessage(err))
+		}
+	}
+	var allow []string
+	for _, name := range strings.Split(f.allowUsers, ",") {
+		if name = strings.TrimSpace(name); name == "" {
+			continue
+		}
+		if err := tandem.ValidateUserName(name); err != nil {
+			return agent.Config{}, usagef("--allow-users: %s", tandem.ErrorMessage(err))
+		}
+		allow = append(allow, name)
+	}
 	workDir := f.workDir
 	if workDir == "" {
 		workDir = filepath.Join("tandem-data", "agent-"+f.id)
@@ -112,6 +140,7 @@ func (f *agentFlags) config() (agent.Config, error) {
 		ID: f.id, Servers: servers, WorkDir: workDir, Listen: f.listen, AdvertiseURL: f.advertiseURL,
 		Capacity: tandem.Resources{CPU: f.cpu, MemoryMB: f.memoryMB}, Labels: labels,
 		PollWait: f.pollWait, KillGrace: f.killGrace,
+		RunAs: f.runAs, AllowUsers: allow, AllowRoot: f.allowRoot,
 	}, nil
 }
 

@@ -42,6 +42,7 @@ func newJobCmd(g *globals) *cobra.Command {
 func newJobSubmitCmd(g *globals) *cobra.Command {
 	var (
 		name, key, submitter, workdir, file string
+		runAs                               string
 		labels, env, constraints            []string
 		timeout, retryBackoff               time.Duration
 		maxAttempts                         int
@@ -60,11 +61,15 @@ job, so "--" is only needed when the command itself starts with "-".
 --file reads the job from a JSON job spec (the fields of "tandem job get -o
 json" that a user chooses: name, command, env, labels, submitter, workdir,
 timeout, max_attempts, retry_backoff, resources {cpu, memory_mb},
-constraints); "-" reads it from stdin. Flags given explicitly override the
+constraints, user); "-" reads it from stdin. Flags given explicitly override the
 file's fields (--env, --label and --constraint override its keys one by one),
 and a command given after the flags replaces the file's.
 
 --timeout is the job's: an attempt running longer is killed and fails.
+
+--user runs the job's attempts as that user instead of the agent's default
+(its --run-as user). An agent runs attempts only as users it allows
+(--allow-users); an attempt naming any other user fails without running.
 
 The submission carries an idempotency key (a random one unless
 --idempotency-key is given), sent unchanged on every retry and redirect, so
@@ -113,6 +118,9 @@ failing over never creates the job twice. Rerunning the command with the same
 			}
 			if flags.Changed("workdir") {
 				spec.WorkDir = workdir
+			}
+			if flags.Changed("user") {
+				spec.User = runAs
 			}
 			if flags.Changed("timeout") {
 				if timeout < 0 {
@@ -173,6 +181,7 @@ failing over never creates the job twice. Rerunning the command with the same
 	f.StringArrayVar(&env, "env", nil, "environment variable KEY=VALUE for the job (repeatable)")
 	f.StringVar(&submitter, "submitter", "", "who submits the job (default $USER)")
 	f.StringVar(&workdir, "workdir", "", "the job's working directory on the agent (default: a fresh one)")
+	f.StringVar(&runAs, "user", "", "run the job's attempts as this user, which the agent must allow (default: the agent's --run-as user)")
 	// This --timeout shadows the global one: on submit it is the job's.
 	f.DurationVar(&timeout, "timeout", 0, "kill an attempt that runs longer than this, e.g. 30s or 1h (default: no limit)")
 	f.IntVar(&maxAttempts, "max-attempts", tandem.DefaultMaxAttempts, "attempts in all, retries included")

@@ -825,3 +825,42 @@ func TestAgentList(t *testing.T) {
 		t.Errorf("got %q (exit %d), want the 3 agents as JSON, sorted by ID", out, code)
 	}
 }
+
+func TestJobSubmitUser(t *testing.T) {
+	f := newFakeCluster(t)
+	spec := writeFile(t, "spec.json", `{"command": ["id", "-u"], "user": "www-data"}`)
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"flag", []string{"--user", "nobody", "id", "-u"}, "nobody"},
+		{"file", []string{"--file", spec}, "www-data"},
+		{"flag overrides file", []string{"--file", spec, "--user", "nobody"}, "nobody"},
+		{"none", []string{"id", "-u"}, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before, _ := f.recorded()
+			if _, errOut, code := runCLI(t, append([]string{"--servers", f.servers(), "job", "submit"}, tt.args...)...); code != 0 {
+				t.Fatalf("got exit %d (%s), want 0", code, errOut)
+			}
+			jobs, _ := f.recorded()
+			if len(jobs) != len(before)+1 {
+				t.Fatalf("got %d jobs, want %d", len(jobs), len(before)+1)
+			}
+			if got := jobs[len(jobs)-1].User; got != tt.want {
+				t.Errorf("got user %q, want %q", got, tt.want)
+			}
+		})
+	}
+	n, _ := f.recorded()
+	for _, bad := range []string{"no body", "65534", "-x"} {
+		out, errOut, code := runCLI(t, "--servers", f.servers(), "job", "submit", "--user", bad, "true")
+		if code != 2 || out != "" || !strings.Contains(errOut, "job submit: user") {
+			t.Errorf("--user %q: got %q, %q, exit %d, want exit 2 and a message about the user", bad, out, errOut, code)
+		}
+	}
+	if jobs, _ := f.recorded(); len(jobs) != len(n) {
+		t.Errorf("got %d jobs after invalid users, want %d", len(jobs), len(n))
+	}
+}

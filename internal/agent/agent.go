@@ -47,6 +47,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
@@ -123,6 +124,18 @@ type Config struct {
 	// Backoff paces each session's retries of its server; zero fields take
 	// the defaults (20ms, 250ms).
 	Backoff Backoff
+	// RunAs is the user attempts run as when their job names none. Empty
+	// means the agent's own user, except that an agent running as root
+	// runs them as DefaultRunAs: attempts never run as root by accident.
+	// An agent not running as root can run attempts only as itself.
+	RunAs string
+	// AllowUsers are the users, besides RunAs, that a job may name
+	// (JobSpec.User); an attempt of a job naming any other user fails
+	// without running.
+	AllowUsers []string
+	// AllowRoot lets attempts run as root (uid 0), as RunAs or as a user in
+	// AllowUsers; without it, naming root in either is refused.
+	AllowRoot bool
 	// Logger receives the agent's logs; every record carries agent=<ID>.
 	// Nil discards them.
 	Logger *slog.Logger
@@ -143,6 +156,7 @@ type Agent struct {
 	hc      *http.Client         // tr's, to close its idle connections
 	tr      *transport.Transport // for each sync's HTTP exchange (Direct)
 	boot    string               // this boot's ID (see bootID)
+	users   *users               // who attempts run as
 
 	// Lock order: launchMu, then diskMu, then mu; an attempt's sigMu, then mu.
 
@@ -269,6 +283,12 @@ func New(cfg Config) (*Agent, error) {
 	for k, v := range cfg.Labels {
 		a.cfg.Labels[k] = v
 	}
+	a.cfg.AllowUsers = slices.Clone(cfg.AllowUsers)
+	users, err := newUsers(cfg.RunAs, cfg.AllowUsers, cfg.AllowRoot)
+	if err != nil {
+		return nil, err
+	}
+	a.users = users
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -320,6 +340,14 @@ func (a *Agent) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Said now rather than by every attempt failing to start.
+	if u := a.users.runAs; a.users.credential(u) != nil {
+		if err := checkSearchable(filepath.Join(a.cfg.WorkDir, attemptsDir), u); err != nil {
+			st.close()
+			return fmt.Errorf("attempts run as %s but could not reach their directories under the work dir: %w; "+
+				"choose a work dir whose parent directories that user can search", u, err)
+		}
+	}
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", a.cfg.Listen)
 	if err != nil {
@@ -355,7 +383,8 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	a.log.Info("agent started", "url", advertise, "work_dir", a.cfg.WorkDir, "epochs", epochs,
 		"launched_before", len(ledger), "pending_reports", len(reports),
-		"cpu", a.cfg.Capacity.CPU, "memory_mb", a.cfg.Capacity.MemoryMB, "servers", strings.Join(a.serverBases(), ","))
+		"cpu", a.cfg.Capacity.CPU, "memory_mb", a.cfg.Capacity.MemoryMB, "servers", strings.Join(a.serverBases(), ","),
+		"run_as", a.users.runAs.name, "allow_users", strings.Join(slices.Sorted(maps.Keys(a.users.allowed)), ","), "allow_root", a.users.root)
 
 	httpCtx, cancelHTTP := context.WithCancel(context.Background())
 	a.cancelHTTP = cancelHTTP

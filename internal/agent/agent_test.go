@@ -53,7 +53,9 @@ func (b *logBuffer) String() string {
 }
 
 // testConfig returns a configuration for an agent on dir talking to servers,
-// with short waits.
+// with short waits. Its attempts run as the test's own user, root included,
+// since they write to the test's private temp dirs; user_test.go tests
+// the defaults.
 func testConfig(t *testing.T, dir string, servers ...string) Config {
 	t.Helper()
 	return Config{
@@ -64,6 +66,8 @@ func testConfig(t *testing.T, dir string, servers ...string) Config {
 		Labels:    map[string]string{"zone": "test"},
 		PollWait:  2 * time.Second,
 		KillGrace: 300 * time.Millisecond,
+		RunAs:     testUser(t),
+		AllowRoot: true,
 	}
 }
 
@@ -907,6 +911,7 @@ func runHelperAgent() {
 		ID: "agent1", Servers: []string{os.Getenv("HELPER_SERVER")}, WorkDir: os.Getenv("HELPER_DIR"),
 		Capacity: tandem.Resources{CPU: 1, MemoryMB: 256}, PollWait: 2 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		RunAs:  os.Getenv("HELPER_RUN_AS"), AllowRoot: os.Getenv("HELPER_ALLOW_ROOT") == "1",
 	})
 	if err == nil {
 		err = a.Start(context.Background())
@@ -924,7 +929,8 @@ func TestCrashedAgentsAttemptsAreLostNotRelaunched(t *testing.T) {
 	dir := t.TempDir()
 	var stderr logBuffer
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"=1", "HELPER_SERVER="+srv.URL(), "HELPER_DIR="+dir)
+	cmd.Env = append(os.Environ(), helperEnv+"=1", "HELPER_SERVER="+srv.URL(), "HELPER_DIR="+dir,
+		"HELPER_RUN_AS="+testUser(t), "HELPER_ALLOW_ROOT=1")
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

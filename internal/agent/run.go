@@ -37,6 +37,7 @@ type attempt struct {
 	shard   int // the job's shard
 	pid     int // also the process group's ID (Setpgid)
 	started time.Time
+	user    string // who it runs as
 	log     *slog.Logger
 	timer   *time.Timer // the timeout, if any
 
@@ -119,7 +120,7 @@ func (a *Agent) assign(as tandem.Assignment) bool {
 		a.finish(failure)
 		return true
 	}
-	log.Info("attempt launched", "pid", at.pid, "command", as.Spec.Command)
+	log.Info("attempt launched", "pid", at.pid, "command", as.Spec.Command, "user", at.user)
 	if t := as.Spec.Timeout.Std(); t > 0 {
 		at.timer = time.AfterFunc(t, func() {
 			if a.stopAttempt(at, stopTimeout, fmt.Sprintf("timed out after %s", t)) {
@@ -148,6 +149,13 @@ func (a *Agent) launch(as tandem.Assignment, log *slog.Logger) (*attempt, *exec.
 	if name == "" {
 		return fail("cannot start the attempt: its command is empty")
 	}
+	// Who it runs as is settled before anything is created for it: an
+	// attempt the agent may not run as its job's user never starts.
+	user, err := a.users.forJob(spec.User)
+	if err != nil {
+		return fail("cannot start %q as user %q on agent %s: %v", name, spec.User, a.cfg.ID, err)
+	}
+	cred := a.users.credential(user)
 	dir := filepath.Join(a.cfg.WorkDir, attemptsDir, id)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fail("cannot start %q: the agent cannot create the attempt's directory: %v", name, err)
@@ -163,6 +171,13 @@ func (a *Agent) launch(as tandem.Assignment, log *slog.Logger) (*attempt, *exec.
 		if err := os.MkdirAll(workDir, 0o755); err != nil {
 			return fail("cannot start %q: the agent cannot create the work dir: %v", name, err)
 		}
+		// The attempt's own dir is its user's to write; its log, one level
+		// up, stays the agent's, written through the descriptor it inherits.
+		if cred != nil {
+			if err := os.Chown(workDir, int(user.uid), int(user.gid)); err != nil {
+				return fail("cannot start %q: the agent cannot give the work dir to user %s: %v", name, user, err)
+			}
+		}
 	} else if fi, err := os.Stat(workDir); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return fail("cannot start %q: workdir %q does not exist on agent %s", name, workDir, a.cfg.ID)
@@ -175,6 +190,10 @@ func (a *Agent) launch(as tandem.Assignment, log *slog.Logger) (*attempt, *exec.
 	cmd := exec.Command(name, spec.Command[1:]...)
 	cmd.Dir = workDir
 	cmd.Env = os.Environ()
+	if cred != nil {
+		// As login(1) would; the job's env may still override them.
+		cmd.Env = append(cmd.Env, "HOME="+user.home, "USER="+user.name, "LOGNAME="+user.name)
+	}
 	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
 		cmd.Env = append(cmd.Env, k+"="+spec.Env[k])
 	}
@@ -184,7 +203,10 @@ func (a *Agent) launch(as tandem.Assignment, log *slog.Logger) (*attempt, *exec.
 	// Its own process group, so a kill reaches its children too; and it
 	// dies with the agent process, so a restarted agent never has an
 	// attempt running that it does not know about.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// Credential switches to the attempt's user (uid, gid, supplementary
+	// groups) before exec; Go sets Pdeathsig after it, so the switch does
+	// not clear it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
 
 	if err := a.st.markRunning(id, marker{Job: as.JobID}, true); err != nil {
 		return fail("cannot start %q: the agent cannot record it: %v", name, err)
@@ -193,11 +215,14 @@ func (a *Agent) launch(as tandem.Assignment, log *slog.Logger) (*attempt, *exec.
 		if err := a.st.unmarkRunning(id); err != nil {
 			log.Warn("cannot remove the running marker", "err", err)
 		}
+		if cred != nil {
+			return fail("cannot start %q as user %s: %v", name, user, err)
+		}
 		return fail("cannot start %q: %v", name, err)
 	}
 	at := &attempt{
 		id: id, job: as.JobID, shard: as.Shard, pid: cmd.Process.Pid, started: time.Now().UTC(),
-		log: log, exited: make(chan struct{}),
+		user: user.name, log: log, exited: make(chan struct{}),
 	}
 	// The leader is not reaped yet, so its /proc entry is there. Recording
 	// it lets a restarted agent kill the attempt's leftover children;

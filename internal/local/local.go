@@ -267,8 +267,17 @@ func New(cfg Config) (*Cluster, error) {
 		id := AgentID(i)
 		dir := filepath.Join(cfg.DataDir, id)
 		p := &Proc{ID: id, binary: cfg.Binary, URL: url(port(300, i)), LogPath: filepath.Join(dir, "agent.log"), health: "/healthz"}
-		p.args = append([]string{"agent", "--id", id, "--servers", servers, "--work-dir", dir,
-			"--listen", fmt.Sprintf("127.0.0.1:%d", port(300, i)), "--log-level", cfg.LogLevel}, cfg.AgentArgs...)
+		p.args = []string{"agent", "--id", id, "--servers", servers, "--work-dir", dir,
+			"--listen", fmt.Sprintf("127.0.0.1:%d", port(300, i)), "--log-level", cfg.LogLevel}
+		if os.Geteuid() == 0 {
+			// A local cluster is one person's, on one machine, in their
+			// private data dir (a 0700 temp dir for tandem dev and tests),
+			// which nobody, the agent's default, could not even reach; its
+			// attempts run as the person who started it, as they always
+			// have, root included. AgentArgs may still say otherwise.
+			p.args = append(p.args, "--run-as", "root", "--allow-root")
+		}
+		p.args = append(p.args, cfg.AgentArgs...)
 		c.Agents = append(c.Agents, p)
 	}
 	if cfg.Supervisors > 0 {

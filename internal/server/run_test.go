@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -21,8 +22,15 @@ import (
 // to the cluster's servers.
 func (c *cluster) addAgent(id string, capacity tandem.Resources, labels map[string]string) *agent.Agent {
 	c.t.Helper()
+	// Attempts run as the test's own user (root in CI), whose temporary
+	// directories nobody, the default, could not enter.
+	me, err := user.Current()
+	if err != nil {
+		c.t.Fatal(err)
+	}
 	a, err := agent.New(agent.Config{ID: id, Servers: c.urls(), WorkDir: c.t.TempDir(), Listen: "127.0.0.1:0",
-		Capacity: capacity, Labels: labels, PollWait: 5 * time.Second, KillGrace: time.Second, Logger: testLogger()})
+		Capacity: capacity, Labels: labels, PollWait: 5 * time.Second, KillGrace: time.Second, Logger: testLogger(),
+		RunAs: me.Username, AllowRoot: true})
 	if err != nil {
 		c.t.Fatal(err)
 	}
