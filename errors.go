@@ -21,6 +21,9 @@ const (
 	EFENCED      = "fenced"                // the write was rejected: a newer active exists
 	EUNAVAILABLE = "unavailable"           // etcd or a dependency is unreachable
 	EINTERNAL    = "internal"
+
+	EUNAUTHENTICATED = "unauthenticated"   // no token, or one that is unknown, revoked or expired
+	EFORBIDDEN       = "permission_denied" // a valid token whose policy lacks the capability
 )
 
 // statusOf maps error codes to HTTP statuses: 4xx for the caller's mistakes,
@@ -39,6 +42,9 @@ var statusOf = map[string]int{
 	EFENCED:      http.StatusServiceUnavailable,
 	EUNAVAILABLE: http.StatusServiceUnavailable,
 	EINTERNAL:    http.StatusInternalServerError,
+
+	EUNAUTHENTICATED: http.StatusUnauthorized,
+	EFORBIDDEN:       http.StatusForbidden,
 }
 
 // HTTPStatus returns the HTTP status for an error code (500 for unknown codes).

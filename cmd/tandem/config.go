@@ -29,6 +29,7 @@ const (
 	envServers = "TANDEM_SERVERS" // comma-separated server URLs
 	envCluster = "TANDEM_CLUSTER" // a cluster name in the config file
 	envConfig  = "TANDEM_CONFIG"  // the config file's path
+	envToken   = "TANDEM_TOKEN"   // the API token (bearer secret)
 )
 
 // defaultServers is what `tandem dev` starts, so the CLI works against a
@@ -45,6 +46,7 @@ type globals struct {
 	retryBase     time.Duration
 	retryMax      time.Duration
 	retryAttempts int
+	token         string
 
 	// flags are the root's persistent flags, to tell a flag given on the
 	// command line from its default.
@@ -66,6 +68,7 @@ func (g *globals) register(root *cobra.Command) {
 	f.DurationVar(&g.retryBase, "retry-base", def.Base, "first backoff sleep between retries across servers")
 	f.DurationVar(&g.retryMax, "retry-max", def.Max, "longest backoff sleep between retries")
 	f.IntVar(&g.retryAttempts, "retry-attempts", def.Attempts, "attempts per request across all servers before giving up")
+	f.StringVar(&g.token, "token", "", "API token, sent only to the configured servers (default $"+envToken+", else the config file cluster's token)")
 	g.flags = f
 }
 
@@ -88,11 +91,12 @@ func (g *globals) changed(flag string) bool {
 }
 
 // target is where the client commands go: the servers, the retry policy,
-// and where the servers came from (for error messages).
+// the token, and where the servers came from (for error messages).
 type target struct {
 	servers []string
 	backoff client.Backoff
 	source  string
+	token   string
 }
 
 // resolve works out the target. Servers come from, in order of precedence:
@@ -125,6 +129,18 @@ func (g *globals) resolve() (*target, error) {
 	}
 	if err := t.backoff.Validate(); err != nil {
 		return nil, fmt.Errorf("retry settings: %w", err)
+	}
+	// The token: --token, else $TANDEM_TOKEN, else the token of the config
+	// file's cluster (set by fromConfigFile only when the servers came from
+	// that cluster, so a cluster's token never goes to other servers).
+	switch {
+	case g.changed("token"):
+		t.token = g.token
+	case g.env(envToken) != "":
+		t.token = g.env(envToken)
+	}
+	if g.changed("token") && t.token == "" {
+		return nil, usagef("--token is empty: give the token's secret, or leave the flag out")
 	}
 	return t, nil
 }
@@ -163,6 +179,7 @@ func (g *globals) fromConfigFile(t *target) error {
 		return fmt.Errorf("cluster %q (from %s) is not in %s: %s", name, how, path, has)
 	}
 	t.servers = cl.Servers
+	t.token = cl.Token
 	t.source = fmt.Sprintf("cluster %q in %s", name, path)
 	if t.servers == nil {
 		t.servers = []string{}
@@ -223,6 +240,7 @@ func (g *globals) client() (*client.Client, error) {
 		Servers:   t.servers,
 		Backoff:   t.backoff,
 		UserAgent: "tandem-cli/" + tandem.Version,
+		Token:     t.token,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", t.source, err)
@@ -286,6 +304,7 @@ func checkServerURL(s string) error {
 //	  prod:
 //	    servers: [http://rm1.example:7070, http://rm2.example:7070]
 //	    retry: {base: 20ms, max: 250ms, attempts: 40}
+//	    token: tdm_...   # optional; sent to these servers only (keep the file 0600)
 type configFileData struct {
 	CurrentCluster string                   `json:"current-cluster"`
 	Clusters       map[string]clusterConfig `json:"clusters"`
@@ -294,6 +313,7 @@ type configFileData struct {
 type clusterConfig struct {
 	Servers []string     `json:"servers"`
 	Retry   *retryConfig `json:"retry"`
+	Token   string       `json:"token"`
 }
 
 type retryConfig struct {
@@ -402,8 +422,14 @@ func checkSchema(doc any) error {
 			}
 			return fmt.Errorf("%s: want a mapping with servers and retry, got %s", p, jsonText(clusters[name]))
 		}
-		if err := checkKeys(p, cl, "servers", "retry"); err != nil {
+		if err := checkKeys(p, cl, "servers", "retry", "token"); err != nil {
 			return err
+		}
+		if v, ok := cl["token"]; ok && v != nil {
+			if _, ok := v.(string); !ok {
+				// Not jsonText(v): the value may be a mistyped secret.
+				return fmt.Errorf("%s.token: want the token's secret as a string", p)
+			}
 		}
 		if v, ok := cl["servers"]; ok && v != nil {
 			list, ok := v.([]any)

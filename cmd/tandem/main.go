@@ -86,6 +86,7 @@ func newRootCmd() *cobra.Command {
 		newDemoServiceCmd(),
 		newLBCmd(),
 		newTLSCmd(),
+		newACLCmd(g),
 	)
 	return root
 }

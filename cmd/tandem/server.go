@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/acl"
 	"github.com/tandemhq/tandem/internal/api"
 	"github.com/tandemhq/tandem/internal/embedetcd"
 	"github.com/tandemhq/tandem/internal/server"
@@ -44,10 +45,15 @@ type serverFlags struct {
 	shards, maxMoves                  int
 	settle, freeGrace                 time.Duration
 	failpoint                         string
+	acl, aclMetrics                   bool
+	auditLog                          string
 }
 
-// The API serves a server through the interface it declares.
-var _ api.Service = (*server.Server)(nil)
+// The API serves a server through the interfaces it declares.
+var (
+	_ api.Service = (*server.Server)(nil)
+	_ api.ACL     = (*server.Server)(nil)
+)
 
 func newServerCmd() *cobra.Command {
 	f := &serverFlags{}
@@ -96,6 +102,9 @@ servers form a complete HA cluster with nothing else installed:
 	fl.DurationVar(&f.freeGrace, "free-grace", def.FreeGrace, "active-active: how long a free shard waits for its target before any server may take it")
 	fl.StringVar(&f.failpoint, "failpoint", "", "for tests: crash at a chosen point ("+server.FailpointExitAfterAssign+")")
 	_ = fl.MarkHidden("failpoint")
+	fl.BoolVar(&f.acl, "acl", false, "require a bearer token with the right policy on every API route but /isActive, /healthz, /metrics and the agents' sync (docs/SECURITY.md); all servers of a cluster should agree")
+	fl.BoolVar(&f.aclMetrics, "acl-metrics", false, "with --acl, /metrics needs a read token too")
+	fl.StringVar(&f.auditLog, "audit-log", "", "append one JSON line per mutating request and per denial to this file (\"-\": stderr)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	return cmd
@@ -168,7 +177,26 @@ func (f *serverFlags) validate() error {
 	if f.etcdElection != 0 && f.etcdElection < 5*f.etcdHeartbeat {
 		return usagef("--etcd-election-timeout must be at least 5 x --etcd-heartbeat")
 	}
+	if f.aclMetrics && !f.acl {
+		return usagef("--acl-metrics protects /metrics with a token: it needs --acl")
+	}
 	return nil
+}
+
+// openAuditLog opens the audit log named by --audit-log: nil for "", stderr
+// for "-", else the file, appended to (created 0600: it names every caller).
+func openAuditLog(path string) (*acl.AuditLog, func(), error) {
+	switch path {
+	case "":
+		return nil, func() {}, nil
+	case "-":
+		return acl.NewAuditLog(os.Stderr), func() {}, nil
+	}
+	fh, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, nil, usagef("--audit-log: %v", err)
+	}
+	return acl.NewAuditLog(fh), func() { _ = fh.Close() }, nil
 }
 
 func runServer(ctx context.Context, f *serverFlags) error {
@@ -179,6 +207,11 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	if err != nil {
 		return err
 	}
+	audit, closeAudit, err := openAuditLog(f.auditLog)
+	if err != nil {
+		return err
+	}
+	defer closeAudit()
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -233,7 +266,8 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	if err != nil {
 		return usagef("%v", err)
 	}
-	httpSrv := &http.Server{Handler: api.New(srv, log), ReadHeaderTimeout: api.ReadHeaderTimeout}
+	handler := api.New(srv, log, api.WithSecurity(api.Security{ACL: srv, Enforce: f.acl, ProtectMetrics: f.aclMetrics, Audit: audit}))
+	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: api.ReadHeaderTimeout}
 	httpErr := make(chan error, 1)
 	go func() { httpErr <- httpSrv.Serve(ln) }()
 
@@ -247,6 +281,8 @@ func runServer(ctx context.Context, f *serverFlags) error {
 		}
 		return fmt.Errorf("start server %s: %w (is etcd reachable at %s?)", f.id, err, f.etcdEndpoints)
 	}
+
+	log.Info("api access", "server", f.id, "acl", f.acl, "acl_metrics", f.aclMetrics, "audit_log", f.auditLog)
 
 	if member != nil && f.moveEtcdLeader {
 		go keepEtcdLeaderAway(ctx, srv, member, cli, log.With("server", f.id))

@@ -9,6 +9,11 @@
 // waits for its view to reach etcd's current revision (and at least the
 // X-Tandem-Min-Revision a client brings). Every answer carries the revision
 // of the view it reflects (X-Tandem-Revision).
+//
+// With WithSecurity, every route needs the capability Capabilities gives it
+// and a bearer token whose policy allows it (auth.go), checked on the server
+// the request reaches, before any redirect; mutating requests and denials
+// go to the audit log.
 package api
 
 import (
@@ -94,11 +99,23 @@ type API struct {
 	log      *slog.Logger
 	mux      *http.ServeMux
 	requests *prometheus.CounterVec
+	sec      Security
 }
 
-// New returns the HTTP handler of srv.
-func New(srv Service, log *slog.Logger) *API {
+// Option configures an API.
+type Option func(*API)
+
+// New returns the HTTP handler of srv. Without options it authenticates
+// nobody and keeps no audit log (the token routes then answer that ACLs are
+// off); WithSecurity turns tokens and the audit log on.
+func New(srv Service, log *slog.Logger, opts ...Option) *API {
 	a := &API{srv: srv, id: srv.ID(), log: log.With("server", srv.ID()), mux: http.NewServeMux()}
+	for _, o := range opts {
+		o(a)
+	}
+	if a.sec.Now == nil {
+		a.sec.Now = time.Now
+	}
 	a.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tandem_http_requests_total", Help: "HTTP requests served, by route and status code.",
 	}, []string{"route", "code"})
@@ -125,6 +142,12 @@ func New(srv Service, log *slog.Logger) *API {
 	a.route("/v1/jobs/{id}/kill", methods{http.MethodPost: a.jobWriter(a.killJob)})
 	a.route("/v1/jobs/{id}/logs", methods{http.MethodGet: a.reader(a.jobLogs)})
 	a.route("/v1/cluster/agents", methods{http.MethodGet: a.reader(a.agents)})
+	// Tokens: written by the owner of shard 0 (the active, with one shard),
+	// under its fence; read from etcd by any server.
+	a.route("/v1/acl/bootstrap", methods{http.MethodPost: a.aclWriter(a.bootstrap)})
+	a.route("/v1/acl/tokens", methods{http.MethodGet: a.aclReader(a.listTokens), http.MethodPost: a.aclWriter(a.createToken)})
+	a.route("/v1/acl/tokens/{accessor}", methods{http.MethodDelete: a.aclWriter(a.deleteToken)})
+	a.route("/v1/acl/token/self", methods{http.MethodGet: a.aclReader(a.tokenSelf)})
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, tandem.Errorf(tandem.ENOTFOUND, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -149,12 +172,20 @@ func (a *API) route(pattern string, m methods) {
 	}
 	sort.Strings(allowed)
 	allow := strings.Join(allowed, ", ")
+	// Every method is guarded by its capability (auth.go), once, here.
+	guarded := make(methods, len(m))
+	for method, h := range m {
+		if _, ok := Capabilities[pattern][method]; !ok {
+			panic(fmt.Sprintf("api: route %s %s has no entry in Capabilities", method, pattern))
+		}
+		guarded[method] = a.guard(pattern, a.need(pattern, method), h)
+	}
 	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		defer func() { a.requests.WithLabelValues(pattern, strconv.Itoa(rec.code)).Inc() }()
-		h, ok := m[r.Method]
+		h, ok := guarded[r.Method]
 		if !ok && r.Method == http.MethodHead {
-			h, ok = m[http.MethodGet]
+			h, ok = guarded[http.MethodGet]
 		}
 		if !ok {
 			rec.Header().Set("Allow", allow)
@@ -368,6 +399,7 @@ func (a *API) drain(w http.ResponseWriter, r *http.Request) {
 	if !a.decode(w, r, &req) {
 		return
 	}
+	setTarget(r, "server "+a.id)
 	st, err := a.srv.Drain(r.Context(), req)
 	if err != nil {
 		a.writeError(w, r, err)
@@ -381,6 +413,7 @@ func (a *API) transition(w http.ResponseWriter, r *http.Request) {
 	if !a.decode(w, r, &req) {
 		return
 	}
+	setTarget(r, "server "+a.id)
 	st, err := a.srv.Transition(r.Context(), req)
 	if err != nil {
 		a.writeError(w, r, err)
@@ -394,6 +427,7 @@ func (a *API) failover(w http.ResponseWriter, r *http.Request) {
 	if !a.decode(w, r, &req) {
 		return
 	}
+	setTarget(r, "failover "+req.From+" -> "+req.To)
 	st, err := a.srv.HandOff(r.Context(), req)
 	if err != nil {
 		a.writeError(w, r, err)
@@ -412,6 +446,7 @@ func (a *API) submit(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
+	setTarget(r, job.ID)
 	if _, rev, err := a.srv.Job(job.ID); err == nil {
 		a.setRevision(w, rev)
 	}

@@ -220,3 +220,25 @@ func (l Layout) SuperviseEventsPrefix(svc string) string {
 	}
 	return l.prefix + "supervise/events/" + svc + "/"
 }
+
+// ACL keys (tokens and policies, docs/SECURITY.md) live under acl/:
+//
+//	acl/tokens/<sha256 hex>    one token's record, keyed by the SHA-256 of its secret (never the secret)
+//	acl/accessors/<accessor>   the hash of the token with that accessor, for list and delete
+//	acl/bootstrap              created once, by the one-time bootstrap
+
+// ACLPrefix is the prefix of every ACL key.
+func (l Layout) ACLPrefix() string { return l.prefix + "acl/" }
+
+// ACLTokensPrefix is the prefix of token records.
+func (l Layout) ACLTokensPrefix() string { return l.prefix + "acl/tokens/" }
+
+// ACLToken is the record of the token whose secret hashes to hash (hex SHA-256).
+func (l Layout) ACLToken(hash string) string { return l.ACLTokensPrefix() + hash }
+
+// ACLAccessor maps a token's accessor to its hash.
+func (l Layout) ACLAccessor(accessor string) string { return l.prefix + "acl/accessors/" + accessor }
+
+// ACLBootstrap is created, once, by the bootstrap that makes the first
+// management token; its presence refuses every later bootstrap.
+func (l Layout) ACLBootstrap() string { return l.prefix + "acl/bootstrap" }
