@@ -84,6 +84,10 @@ func TestShardsPausedOwnerResumesFenced(t *testing.T) {
 			_ = c.Signal(victim, syscall.SIGCONT)
 		}
 	}()
+	// kill returns once the signal is sent; every thread must have stopped
+	// before the submission goes, or the server may still handle it under
+	// the terms it rightly holds (a 201 at its old epoch, rightly).
+	waitStopped(t, c.PID(victim))
 	// A submission sent to the paused server waits in its socket and is
 	// handled the moment it resumes, while it still believes in its terms.
 	queued := make(chan rawAnswer, 1)
@@ -813,4 +817,27 @@ func errorCode(body string) string {
 		return ""
 	}
 	return e.Error.Code
+}
+
+// waitStopped waits until every thread of pid is stopped (state T): a
+// SIGSTOP is delivered asynchronously, thread by thread.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("every thread of pid %d stopped", pid), 10*time.Second, func() error {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return err
+		}
+		for _, task := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+			if err != nil {
+				continue // the thread exited
+			}
+			st := string(b)
+			if i := strings.LastIndexByte(st, ')'); i < 0 || i+2 >= len(st) || (st[i+2] != 'T' && st[i+2] != 't') {
+				return fmt.Errorf("thread %s is not stopped", task.Name())
+			}
+		}
+		return nil
+	})
 }
