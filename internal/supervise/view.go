@@ -3,6 +3,7 @@ package supervise
 import (
 	"log/slog"
 	"sort"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -22,7 +23,10 @@ type view struct {
 }
 
 func newView(cli *clientv3.Client, layout keys.Layout, log *slog.Logger) *view {
-	return &view{Cache: etcdview.New(cli, etcdview.Config{Watch: layout.SupervisePrefix(), Log: log}), keys: layout}
+	// StallCheck: through a frozen etcd member (a tandem server with
+	// embedded etcd under SIGSTOP) the watch would see nothing for 10 s or
+	// more; the others' takeovers must not wait for that.
+	return &view{Cache: etcdview.New(cli, etcdview.Config{Watch: layout.SupervisePrefix(), StallCheck: time.Second, Log: log}), keys: layout}
 }
 
 func (v *view) get(key string) *mvccpb.KeyValue { return v.Get(key) }
