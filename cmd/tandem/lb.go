@@ -190,7 +190,13 @@ func runLB(cmd *cobra.Command, f *lbFlags) error {
 		return err
 	}
 	defer drv.Close()
-	r := lb.NewRunner(src, drv, f.proxy, lb.RunnerConfig{Log: log})
+	rc := lb.RunnerConfig{Log: log}
+	if f.proxy == "nginx" {
+		// Every change is a reload: a switchover's moment with no active
+		// would cost the new active a second one.
+		rc.Interregnum = 100 * time.Millisecond
+	}
+	r := lb.NewRunner(src, drv, f.proxy, rc)
 	go superviseProxy(ctx, drv, src, r, log)
 	ln, err := net.Listen("tcp", f.http)
 	if err != nil {

@@ -23,6 +23,13 @@ type RunnerConfig struct {
 	// first (defaults 200ms and 1s). A change of who is up is applied at
 	// once.
 	Debounce, MaxDebounce time.Duration
+	// Interregnum, if positive, is how long a state in which an active-mode
+	// backend that had a server up has none waits for the next one before
+	// it is applied: in a switchover the old active resigns a few ms before
+	// the new one wins, and for a proxy whose every change is a reload
+	// (NGINX) applying "none" first makes the new active wait for two
+	// reloads. The old active, a standby by then, answers 307 meanwhile.
+	Interregnum time.Duration
 	// DriftEvery is how often what the proxy reports is compared with the
 	// desired state (default 10s); a difference is applied again.
 	DriftEvery time.Duration
@@ -98,7 +105,7 @@ func (r *Runner) Run(ctx context.Context) {
 	defer drift.Stop()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	var pendingSince, lastChange time.Time
+	var pendingSince, lastChange, headlessSince time.Time
 	for {
 		changed := r.src.Changed()
 		if r.src.Synced() {
@@ -107,7 +114,20 @@ func (r *Runner) Run(ctx context.Context) {
 			applied := r.applied
 			r.mu.Unlock()
 			now := time.Now()
+			hold := false
+			if r.cfg.Interregnum > 0 && applied != nil && headless(*applied, want) {
+				if headlessSince.IsZero() {
+					headlessSince = now
+				}
+				if until := headlessSince.Add(r.cfg.Interregnum); now.Before(until) {
+					hold = true
+					resetTimer(timer, until.Sub(now))
+				}
+			} else {
+				headlessSince = time.Time{}
+			}
 			switch {
+			case hold:
 			case applied != nil && sameState(*applied, want):
 				pendingSince = time.Time{}
 			case applied != nil && !sameState(applied.Shape(), want.Shape()):
@@ -154,6 +174,33 @@ func (r *Runner) Run(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// headless reports whether an active-mode backend that has a server up in
+// applied has none up in want.
+func headless(applied, want Desired) bool {
+	had := map[string]bool{}
+	for _, b := range applied.Backends {
+		if b.Mode != ModeActive {
+			continue
+		}
+		for _, s := range b.Servers {
+			had[b.Name] = had[b.Name] || s.Up
+		}
+	}
+	for _, b := range want.Backends {
+		if b.Mode != ModeActive || !had[b.Name] {
+			continue
+		}
+		up := false
+		for _, s := range b.Servers {
+			up = up || s.Up
+		}
+		if !up {
+			return true
+		}
+	}
+	return false
 }
 
 func resetTimer(t *time.Timer, d time.Duration) {

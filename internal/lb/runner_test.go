@@ -182,3 +182,59 @@ func TestRunnerUpBeforeShape(t *testing.T) {
 		t.Errorf("applied %+v: want rm1 still there (down) until the debounced shape change", st.Applied.Backends[0].Servers)
 	}
 }
+
+// TestRunnerInterregnum: with Interregnum, the moment between the old
+// active's resignation and the new one's win is not applied: the proxy goes
+// straight from one active to the next. A gap longer than Interregnum is
+// applied.
+func TestRunnerInterregnum(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	l := keys.New("c1")
+	src, err := NewSource(cli, "c1", API{Listen: ":18080"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := &recorder{applied: make(chan struct{}, 1)}
+	r := NewRunner(src, drv, "test", RunnerConfig{Interregnum: time.Hour, DriftEvery: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	put(t, cli, l.Server("rm1"), tandem.ServerInfo{ID: "rm1", URL: "http://127.0.0.1:7070"})
+	put(t, cli, l.Server("rm2"), tandem.ServerInfo{ID: "rm2", URL: "http://127.0.0.1:7071"})
+	put(t, cli, l.Leader(), election.Owner{ID: "rm1"})
+	go src.Run(ctx)
+	go r.Run(ctx)
+	upIs := func(id string) func() bool {
+		return func() bool {
+			st := r.Status()
+			return st.Applied != nil && len(up(*st.Applied, "tandem")) == 1 && up(*st.Applied, "tandem")[0] == id
+		}
+	}
+	waitFor(t, "rm1 applied up", upIs("rm1"))
+	n := drv.count()
+	del(t, cli, l.Leader())
+	waitFor(t, "the resignation seen", func() bool { return len(up(src.Desired(), "tandem")) == 0 })
+	put(t, cli, l.Leader(), election.Owner{ID: "rm2"})
+	waitFor(t, "rm2 applied up", upIs("rm2"))
+	drv.mu.Lock()
+	applies := append([]Desired(nil), drv.applies[n:]...)
+	drv.mu.Unlock()
+	for _, d := range applies {
+		if len(up(d, "tandem")) == 0 {
+			t.Errorf("applied a state with nobody up during the interregnum: %+v", d)
+		}
+	}
+
+	// A gap longer than the interregnum is applied.
+	r2 := NewRunner(src, drv, "test", RunnerConfig{Interregnum: 50 * time.Millisecond, DriftEvery: time.Hour})
+	go r2.Run(ctx)
+	waitFor(t, "rm2 applied up by the second runner", func() bool {
+		st := r2.Status()
+		return st.Applied != nil && len(up(*st.Applied, "tandem")) == 1
+	})
+	del(t, cli, l.Leader())
+	waitFor(t, "nobody up, after the interregnum", func() bool {
+		st := r2.Status()
+		return st.Applied != nil && len(up(*st.Applied, "tandem")) == 0
+	})
+}
