@@ -34,6 +34,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -100,6 +101,13 @@ type Config struct {
 	// leads to that is not among Servers, nor to a per-server call's URL
 	// (ServerStatus, Health, Transition, Failover) that is not.
 	Token string
+
+	// TLS configures https servers when HTTPClient is nil: the CA to
+	// verify them against and a client certificate to present (see
+	// TLSFiles.Config, and TLSFilesFromEnv for $TANDEM_CACERT,
+	// $TANDEM_CLIENT_CERT and $TANDEM_CLIENT_KEY). Nil means the system's
+	// roots and no client certificate; http servers are unaffected.
+	TLS *tls.Config
 }
 
 // Client talks to a tandem cluster, failing over between its servers. It is
@@ -133,6 +141,7 @@ func New(cfg Config) (*Client, error) {
 		UserAgent:      cfg.UserAgent,
 		AttemptTimeout: cfg.AttemptTimeout,
 		Token:          cfg.Token,
+		TLS:            cfg.TLS,
 		// Through c, so that what tests set after New takes effect.
 		Sleep: func(ctx context.Context, d time.Duration) error { return c.sleep(ctx, d) },
 		RandN: func(n int64) int64 { return c.randN(n) },

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/agent"
+	"github.com/tandemhq/tandem/internal/pki"
 )
 
 // agentFlags are the flags of `tandem agent`.
@@ -28,6 +29,7 @@ type agentFlags struct {
 	logLevel, logFormat                        string
 	runAs, allowUsers                          string
 	allowRoot                                  bool
+	tls                                        procTLS
 
 	// getenv is os.Getenv; tests replace it.
 	getenv func(string) string
@@ -68,7 +70,7 @@ as itself, and refuses to start if told to run them as anyone else.
 	fl.StringVar(&f.servers, "servers", "", "comma-separated server URLs (default $"+envServers+", else "+strings.Join(defaultServers, ",")+")")
 	fl.StringVar(&f.workDir, "work-dir", "", "work dir: ledger, epoch, pending reports, attempt logs (default ./tandem-data/agent-<id>)")
 	fl.StringVar(&f.listen, "listen", agent.DefaultListen, "host:port of the agent's HTTP server (attempt logs); port 0 picks a free one")
-	fl.StringVar(&f.advertiseURL, "advertise-url", "", "URL servers use to reach this agent (default http://<listen address>)")
+	fl.StringVar(&f.advertiseURL, "advertise-url", "", "URL servers use to reach this agent (default http://<listen address>, https with --tls-cert)")
 	fl.Float64Var(&f.cpu, "cpu", 0, "CPU cores to offer (default: all of the machine's)")
 	fl.Int64Var(&f.memoryMB, "memory", 0, "memory to offer, in MiB (default: all of the machine's)")
 	fl.StringVar(&f.labels, "labels", "", "comma-separated key=value labels that jobs' constraints match, e.g. zone=a,gpu=true")
@@ -77,6 +79,7 @@ as itself, and refuses to start if told to run them as anyone else.
 	fl.StringVar(&f.runAs, "run-as", "", "user attempts run as when their job names none (default: "+agent.DefaultRunAs+" if the agent runs as root, else the agent's own user)")
 	fl.StringVar(&f.allowUsers, "allow-users", "", "comma-separated users a job may name with --user, besides the --run-as user (default: none)")
 	fl.BoolVar(&f.allowRoot, "allow-root", false, "let attempts run as root: with --run-as root, or for jobs naming root if --allow-users lists it")
+	f.tls.register(fl, "agent")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	return cmd
@@ -201,6 +204,27 @@ func runAgent(ctx context.Context, f *agentFlags) error {
 		return err
 	}
 	cfg.Logger = log
+	certs, err := f.tls.load(pki.RoleAgent, "", cfg.ID, log)
+	if err != nil {
+		return err
+	}
+	if certs != nil {
+		for _, s := range cfg.Servers {
+			if !strings.HasPrefix(s, "https://") {
+				return usagef("--servers %q: with --tls-cert the agent syncs over https only", s)
+			}
+		}
+		if cfg.AdvertiseURL != "" && !strings.HasPrefix(cfg.AdvertiseURL, "https://") {
+			return usagef("--advertise-url %q: with --tls-cert the agent serves https only", cfg.AdvertiseURL)
+		}
+		// The sync presents the agent's certificate to servers; the
+		// agent's own server (attempt logs) takes only servers.
+		cfg.ClientTLS = pki.ClientConfig(certs, pki.ClientOptions{ServerRoles: []pki.Role{pki.RoleServer}})
+		if cfg.ServerTLS, err = tlsServerConfig(certs, pki.ServerOptions{RequireClientCert: true, ClientRoles: []pki.Role{pki.RoleServer}}); err != nil {
+			return err
+		}
+		defer watchTLS(ctx, certs, nil)()
+	}
 	a, err := agent.New(cfg)
 	if err != nil {
 		return usagef("%v", err)

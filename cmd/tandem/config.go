@@ -47,6 +47,7 @@ type globals struct {
 	retryMax      time.Duration
 	retryAttempts int
 	token         string
+	tlsFiles      client.TLSFiles // --cacert, --client-cert, --client-key
 
 	// flags are the root's persistent flags, to tell a flag given on the
 	// command line from its default.
@@ -69,6 +70,9 @@ func (g *globals) register(root *cobra.Command) {
 	f.DurationVar(&g.retryMax, "retry-max", def.Max, "longest backoff sleep between retries")
 	f.IntVar(&g.retryAttempts, "retry-attempts", def.Attempts, "attempts per request across all servers before giving up")
 	f.StringVar(&g.token, "token", "", "API token, sent only to the configured servers (default $"+envToken+", else the config file cluster's token)")
+	f.StringVar(&g.tlsFiles.CACert, "cacert", "", "CA certificate that https servers' certificates must chain to (default $"+client.EnvCACert+", else the config file cluster's cacert)")
+	f.StringVar(&g.tlsFiles.ClientCert, "client-cert", "", "client certificate presented to https servers (default $"+client.EnvClientCert+", else the config file cluster's client-cert)")
+	f.StringVar(&g.tlsFiles.ClientKey, "client-key", "", "the key of --client-cert (default $"+client.EnvClientKey+", else the config file cluster's client-key)")
 	g.flags = f
 }
 
@@ -97,6 +101,7 @@ type target struct {
 	backoff client.Backoff
 	source  string
 	token   string
+	tls     client.TLSFiles
 }
 
 // resolve works out the target. Servers come from, in order of precedence:
@@ -139,6 +144,24 @@ func (g *globals) resolve() (*target, error) {
 	case g.env(envToken) != "":
 		t.token = g.env(envToken)
 	}
+	// The TLS files, each on its own: the flag, else the variable, else
+	// the config file's cluster (when the servers came from it).
+	for _, f := range []struct {
+		flag, env string
+		flagVal   string
+		dst       *string
+	}{
+		{"cacert", client.EnvCACert, g.tlsFiles.CACert, &t.tls.CACert},
+		{"client-cert", client.EnvClientCert, g.tlsFiles.ClientCert, &t.tls.ClientCert},
+		{"client-key", client.EnvClientKey, g.tlsFiles.ClientKey, &t.tls.ClientKey},
+	} {
+		switch {
+		case g.changed(f.flag):
+			*f.dst = f.flagVal
+		case g.env(f.env) != "":
+			*f.dst = g.env(f.env)
+		}
+	}
 	if g.changed("token") && t.token == "" {
 		return nil, usagef("--token is empty: give the token's secret, or leave the flag out")
 	}
@@ -180,6 +203,7 @@ func (g *globals) fromConfigFile(t *target) error {
 	}
 	t.servers = cl.Servers
 	t.token = cl.Token
+	t.tls = client.TLSFiles{CACert: cl.CACert, ClientCert: cl.ClientCert, ClientKey: cl.ClientKey}
 	t.source = fmt.Sprintf("cluster %q in %s", name, path)
 	if t.servers == nil {
 		t.servers = []string{}
@@ -236,11 +260,16 @@ func (g *globals) client() (*client.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	tlsCfg, err := t.tls.Config()
+	if err != nil {
+		return nil, usagef("%s", tandem.ErrorMessage(err))
+	}
 	c, err := client.New(client.Config{
 		Servers:   t.servers,
 		Backoff:   t.backoff,
 		UserAgent: "tandem-cli/" + tandem.Version,
 		Token:     t.token,
+		TLS:       tlsCfg,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", t.source, err)
@@ -305,6 +334,9 @@ func checkServerURL(s string) error {
 //	    servers: [http://rm1.example:7070, http://rm2.example:7070]
 //	    retry: {base: 20ms, max: 250ms, attempts: 40}
 //	    token: tdm_...   # optional; sent to these servers only (keep the file 0600)
+//	    cacert: /etc/tandem/ca.pem          # optional, for https servers
+//	    client-cert: /home/ana/tandem/cli-ana.pem  # optional client certificate
+//	    client-key: /home/ana/tandem/cli-ana-key.pem
 type configFileData struct {
 	CurrentCluster string                   `json:"current-cluster"`
 	Clusters       map[string]clusterConfig `json:"clusters"`
@@ -314,6 +346,10 @@ type clusterConfig struct {
 	Servers []string     `json:"servers"`
 	Retry   *retryConfig `json:"retry"`
 	Token   string       `json:"token"`
+	// The TLS files for https servers (client.TLSFiles).
+	CACert     string `json:"cacert"`
+	ClientCert string `json:"client-cert"`
+	ClientKey  string `json:"client-key"`
 }
 
 type retryConfig struct {
@@ -422,8 +458,15 @@ func checkSchema(doc any) error {
 			}
 			return fmt.Errorf("%s: want a mapping with servers and retry, got %s", p, jsonText(clusters[name]))
 		}
-		if err := checkKeys(p, cl, "servers", "retry", "token"); err != nil {
+		if err := checkKeys(p, cl, "servers", "retry", "token", "cacert", "client-cert", "client-key"); err != nil {
 			return err
+		}
+		for _, k := range []string{"cacert", "client-cert", "client-key"} {
+			if v, ok := cl[k]; ok && v != nil {
+				if _, ok := v.(string); !ok {
+					return fmt.Errorf("%s.%s: want a file name, got %s", p, k, jsonText(v))
+				}
+			}
 		}
 		if v, ok := cl["token"]; ok && v != nil {
 			if _, ok := v.(string); !ok {

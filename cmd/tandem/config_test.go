@@ -165,7 +165,7 @@ func TestConfigErrors(t *testing.T) {
 		{"tab-indented YAML", configEnv{defaultFile: "clusters:\n\tprod: {}\n"}, nil, []string{"config.yaml", "line 2"}},
 		{"duplicate key", configEnv{defaultFile: "clusters:\n  a: {servers: [http://a:1]}\n  a: {servers: [http://b:1]}\n"}, nil, []string{"config.yaml", `"a" already set`}},
 		{"unknown top-level key", configEnv{defaultFile: "current_cluster: prod\n"}, nil, []string{`unknown key "current_cluster" at the top level (known keys: current-cluster, clusters)`}},
-		{"unknown cluster key", configEnv{defaultFile: "clusters:\n  prod:\n    server: [http://a:1]\n"}, nil, []string{`unknown key "server" in clusters.prod (known keys: servers, retry, token)`}},
+		{"unknown cluster key", configEnv{defaultFile: "clusters:\n  prod:\n    server: [http://a:1]\n"}, nil, []string{`unknown key "server" in clusters.prod (known keys: servers, retry, token, cacert, client-cert, client-key)`}},
 		{"unknown retry key", configEnv{defaultFile: "clusters:\n  prod:\n    servers: [http://a:1]\n    retry: {min: 1ms}\n"}, nil, []string{`unknown key "min" in clusters.prod.retry`}},
 		{"number for a duration", configEnv{defaultFile: "current-cluster: p\nclusters:\n  p:\n    servers: [http://a:1]\n    retry: {base: 20}\n"}, nil, []string{`clusters.p.retry.base: want a duration such as "250ms", got 20`}},
 		{"bad duration", configEnv{defaultFile: "clusters:\n  p:\n    servers: [http://a:1]\n    retry: {max: soon}\n"}, nil, []string{`clusters.p.retry.max: want a duration such as "250ms", got "soon"`}},

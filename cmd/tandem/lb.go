@@ -29,6 +29,7 @@ type lbFlags struct {
 	services      []string
 	cluster       string
 	etcdEndpoints string
+	etcdTLS       etcdTLS
 	dir           string
 	binary        string
 	external      bool
@@ -72,7 +73,8 @@ drives one started by systemd through its sockets and files.`,
 	fl.StringVar(&f.listen, "listen", ":8080", "where the proxy takes tandem API traffic (\"\" for none)")
 	fl.StringArrayVar(&f.services, "service", nil, "a supervised service to balance, NAME=LISTEN,port=PORT[,health=/PATH][,sticky] (repeatable)")
 	fl.StringVar(&f.cluster, "cluster", "default", "cluster name: its keys are under /tandem/<cluster>/ in etcd")
-	fl.StringVar(&f.etcdEndpoints, "etcd-endpoints", "", "comma-separated etcd client URLs (default $TANDEM_ETCD_ENDPOINTS, else http://127.0.0.1:2379)")
+	fl.StringVar(&f.etcdEndpoints, "etcd-endpoints", "", "comma-separated etcd client URLs (default $TANDEM_ETCD_ENDPOINTS, else http://127.0.0.1:2379, https with --etcd-cert)")
+	f.etcdTLS.register(fl)
 	fl.StringVar(&f.dir, "dir", "", "where the proxy's configuration, sockets and state live (default a directory under the system's temporary directory)")
 	fl.StringVar(&f.binary, "binary", "", "the proxy's binary (default haproxy or nginx from PATH)")
 	fl.BoolVar(&f.external, "external", false, "drive a proxy started elsewhere (systemd): give --config-path and its sockets or pid file")
@@ -134,6 +136,9 @@ func (f *lbFlags) validate() ([]lb.Service, error) {
 	if _, _, err := net.SplitHostPort(f.http); err != nil {
 		return nil, usagef("--http %q: want HOST:PORT", f.http)
 	}
+	if err := f.etcdTLS.validate(f.cluster, map[string]*string{"etcd-endpoints": &f.etcdEndpoints}); err != nil {
+		return nil, err
+	}
 	return svcs, nil
 }
 
@@ -160,9 +165,9 @@ func runLB(cmd *cobra.Command, f *lbFlags) error {
 	}
 	eps := f.etcdEndpoints
 	if eps == "" {
-		eps = orDefault(os.Getenv("TANDEM_ETCD_ENDPOINTS"), "http://127.0.0.1:2379")
+		eps = orDefault(os.Getenv("TANDEM_ETCD_ENDPOINTS"), f.etcdTLS.defaultURL(defaultEtcdEndpoint))
 	}
-	cli, err := newEtcdClient(strings.Split(eps, ","))
+	cli, err := newEtcdClient(strings.Split(eps, ","), &f.etcdTLS, f.cluster)
 	if err != nil {
 		return err
 	}

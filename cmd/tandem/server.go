@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,12 +18,12 @@ import (
 
 	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/acl"
 	"github.com/tandemhq/tandem/internal/api"
 	"github.com/tandemhq/tandem/internal/embedetcd"
+	"github.com/tandemhq/tandem/internal/pki"
 	"github.com/tandemhq/tandem/internal/server"
 )
 
@@ -38,6 +39,7 @@ type serverFlags struct {
 	etcdClientURL, initialCluster     string
 	etcdAdvClientURL, etcdAdvPeerURL  string
 	etcdToken                         string
+	etcdTLS                           etcdTLS
 	etcdHeartbeat, etcdElection       time.Duration
 	logLevel, logFormat               string
 	moveEtcdLeader, deposeDead        bool
@@ -47,6 +49,7 @@ type serverFlags struct {
 	failpoint                         string
 	acl, aclMetrics                   bool
 	auditLog                          string
+	tls                               procTLS
 }
 
 // The API serves a server through the interfaces it declares.
@@ -77,7 +80,7 @@ servers form a complete HA cluster with nothing else installed:
 	fl.StringVar(&f.id, "id", "", "server ID, unique in the cluster (required), e.g. rm1")
 	fl.StringVar(&f.cluster, "cluster", def.Cluster, "cluster name: the servers of one cluster share /tandem/<cluster>/ in etcd")
 	fl.StringVar(&f.listen, "listen", "127.0.0.1:7070", "host:port to serve HTTP on")
-	fl.StringVar(&f.advertiseURL, "advertise-url", "", "URL other servers and clients use to reach this server (default http://<listen>)")
+	fl.StringVar(&f.advertiseURL, "advertise-url", "", "URL other servers and clients use to reach this server (default http://<listen>, https with --tls-cert)")
 	fl.StringVar(&f.etcdEndpoints, "etcd-endpoints", "", "comma-separated etcd client URLs (default http://127.0.0.1:2379, or this server's member with --embed-etcd)")
 	fl.DurationVar(&f.leaseTTL, "lease-ttl", def.LeaseTTL, "lease TTL: how long a crashed active holds leadership (whole seconds; etcd's minimum with default timing is 2s)")
 	fl.BoolVar(&f.autoFailover, "auto-failover", def.AutoFailover, "campaign automatically; with false, servers stay standby until `tandem admin transition-to-active`")
@@ -90,6 +93,7 @@ servers form a complete HA cluster with nothing else installed:
 	fl.StringVar(&f.etcdAdvPeerURL, "etcd-advertise-peer-url", "", "embedded etcd peer URL others use, if not --etcd-peer-url")
 	fl.StringVar(&f.initialCluster, "initial-cluster", "", "embedded etcd initial cluster: name=peerURL,... (default: this member alone)")
 	fl.StringVar(&f.etcdToken, "etcd-cluster-token", "", "embedded etcd cluster token (default tandem-<cluster>)")
+	f.etcdTLS.register(fl)
 	fl.DurationVar(&f.etcdHeartbeat, "etcd-heartbeat", 0, "embedded etcd heartbeat interval (default etcd's 100ms)")
 	fl.DurationVar(&f.etcdElection, "etcd-election-timeout", 0, "embedded etcd election timeout (default etcd's 1s); lower it with the heartbeat to allow a 1s lease TTL")
 	fl.BoolVar(&f.moveEtcdLeader, "etcd-leader-away", true, "with --embed-etcd: while active, hand etcd leadership to another member, so a crash of this process does not also cost an etcd election")
@@ -104,6 +108,7 @@ servers form a complete HA cluster with nothing else installed:
 	_ = fl.MarkHidden("failpoint")
 	fl.BoolVar(&f.acl, "acl", false, "require a bearer token with the right policy on every API route but /isActive, /healthz, /metrics and the agents' sync (docs/SECURITY.md); all servers of a cluster should agree")
 	fl.BoolVar(&f.aclMetrics, "acl-metrics", false, "with --acl, /metrics needs a read token too")
+	f.tls.register(fl, "server")
 	fl.StringVar(&f.auditLog, "audit-log", "", "append one JSON line per mutating request and per denial to this file (\"-\": stderr)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
@@ -141,12 +146,18 @@ func (f *serverFlags) validate() error {
 			return usagef("--listen %q listens on every address: set --advertise-url to the URL others should use", f.listen)
 		}
 		f.advertiseURL = "http://" + f.listen
+		if f.tls.on() {
+			f.advertiseURL = httpsURL(f.advertiseURL)
+		}
 	}
 	u, err := url.Parse(f.advertiseURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
 		return usagef("--advertise-url %q: want http(s)://host:port", f.advertiseURL)
 	}
 	f.advertiseURL = strings.TrimRight(f.advertiseURL, "/")
+	if f.tls.on() && u.Scheme != "https" {
+		return usagef("--advertise-url %q: with --tls-cert the server serves https only", f.advertiseURL)
+	}
 	if f.dataDir == "" {
 		f.dataDir = filepath.Join("tandem-data", f.id)
 	}
@@ -203,6 +214,14 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	if err := f.validate(); err != nil {
 		return err
 	}
+	etcdURLs := map[string]*string{"etcd-endpoints": &f.etcdEndpoints}
+	if f.embed {
+		etcdURLs["etcd-client-url"], etcdURLs["etcd-peer-url"] = &f.etcdClientURL, &f.etcdPeerURL
+		etcdURLs["etcd-advertise-client-url"], etcdURLs["etcd-advertise-peer-url"] = &f.etcdAdvClientURL, &f.etcdAdvPeerURL
+	}
+	if err := f.etcdTLS.validate(f.cluster, etcdURLs); err != nil {
+		return err
+	}
 	log, err := newLogger(f.logLevel, f.logFormat)
 	if err != nil {
 		return err
@@ -212,6 +231,10 @@ func runServer(ctx context.Context, f *serverFlags) error {
 		return err
 	}
 	defer closeAudit()
+	certs, err := f.tls.load(pki.RoleServer, f.cluster, f.id, log)
+	if err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -222,6 +245,15 @@ func runServer(ctx context.Context, f *serverFlags) error {
 		return fmt.Errorf("listen on %s: %w", f.listen, err)
 	}
 	defer ln.Close()
+	if certs != nil {
+		// Client certificates are verified if given, not required: the
+		// API also serves browsers and tools that bring a token.
+		srvTLS, err := tlsServerConfig(certs, pki.ServerOptions{})
+		if err != nil {
+			return err
+		}
+		ln = tls.NewListener(ln, srvTLS)
+	}
 
 	var member *embedetcd.Member
 	var memberErr <-chan error
@@ -233,6 +265,7 @@ func runServer(ctx context.Context, f *serverFlags) error {
 			AdvertiseClientURL: f.etcdAdvClientURL, AdvertisePeerURL: f.etcdAdvPeerURL,
 			InitialCluster: f.initialCluster, ClusterToken: f.etcdToken,
 			HeartbeatMs: uint(f.etcdHeartbeat.Milliseconds()), ElectionMs: uint(f.etcdElection.Milliseconds()),
+			CACert: f.etcdTLS.files.CACert, Cert: f.etcdTLS.files.Cert, Key: f.etcdTLS.files.Key,
 		})
 		if err != nil {
 			return err
@@ -241,19 +274,14 @@ func runServer(ctx context.Context, f *serverFlags) error {
 		memberErr = member.Err()
 	}
 
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   strings.Split(f.etcdEndpoints, ","),
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-		// Keepalives notice a dead etcd connection quickly, so requests move
-		// to another endpoint.
-		DialKeepAliveTime:    2 * time.Second,
-		DialKeepAliveTimeout: 2 * time.Second,
-	})
+	cli, err := newEtcdClient(strings.Split(f.etcdEndpoints, ","), &f.etcdTLS, f.cluster)
 	if err != nil {
-		return fmt.Errorf("etcd client for %s: %w", f.etcdEndpoints, err)
+		return err
 	}
 	defer cli.Close()
+	if err := lockDownEtcd(ctx, &f.etcdTLS, cli, f.cluster, member != nil, log.With("server", f.id)); err != nil {
+		return err
+	}
 
 	cfg := server.DefaultConfig()
 	cfg.ID, cfg.Cluster, cfg.URL = f.id, f.cluster, f.advertiseURL
@@ -262,12 +290,27 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	cfg.DeposeDead, cfg.ProbeInterval = f.deposeDead, f.probeInterval
 	cfg.AgentTimeout, cfg.Failpoint = f.agentTimeout, f.failpoint
 	cfg.Shards, cfg.Settle, cfg.MaxMoves, cfg.FreeGrace = f.shards, f.settle, f.maxMoves, f.freeGrace
+	var apiOpts []api.Option
+	if certs != nil {
+		cfg.PeerTLS = pki.ClientConfig(certs, pki.ClientOptions{ServerRoles: []pki.Role{pki.RoleServer}})
+		apiOpts = append(apiOpts, api.WithTLS(api.TLS{
+			Cluster:     certs.Cluster(),
+			AgentClient: pki.ClientConfig(certs, pki.ClientOptions{ServerRoles: []pki.Role{pki.RoleAgent}}),
+		}))
+	}
 	srv, err := server.New(cfg)
 	if err != nil {
 		return usagef("%v", err)
 	}
-	handler := api.New(srv, log, api.WithSecurity(api.Security{ACL: srv, Enforce: f.acl, ProtectMetrics: f.aclMetrics, Audit: audit}))
-	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: api.ReadHeaderTimeout}
+	if certs != nil {
+		defer watchTLS(ctx, certs, srv.Registry())()
+	}
+	apiOpts = append(apiOpts, api.WithSecurity(api.Security{ACL: srv, Enforce: f.acl, ProtectMetrics: f.aclMetrics, Audit: audit}))
+	handler := api.New(srv, log, apiOpts...)
+	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: api.ReadHeaderTimeout,
+		// Refused TLS handshakes among them, at debug: load balancers'
+		// TCP checks would fill the log otherwise.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	httpErr := make(chan error, 1)
 	go func() { httpErr <- httpSrv.Serve(ln) }()
 

@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"sigs.k8s.io/yaml"
 
 	"github.com/tandemhq/tandem/internal/supervise"
@@ -32,6 +30,7 @@ type superviseFlags struct {
 	node          string
 	cluster       string
 	etcdEndpoints string
+	etcdTLS       etcdTLS
 	listen        string
 	advertise     string
 	addr          string
@@ -142,7 +141,8 @@ Subcommands show and move services: status, history, move, ban, clear.`,
 
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&f.cluster, "cluster", "", "cluster name: its keys are under /tandem/<cluster>/ in etcd (default \"default\")")
-	pf.StringVar(&f.etcdEndpoints, "etcd-endpoints", "", "comma-separated etcd client URLs (default $TANDEM_ETCD_ENDPOINTS, else http://127.0.0.1:2379)")
+	pf.StringVar(&f.etcdEndpoints, "etcd-endpoints", "", "comma-separated etcd client URLs (default $TANDEM_ETCD_ENDPOINTS, else http://127.0.0.1:2379, https with --etcd-cert)")
+	f.etcdTLS.register(pf)
 
 	cmd.AddCommand(newSuperviseStatusCmd(f), newSuperviseHistoryCmd(f), newSuperviseMoveCmd(f),
 		newSuperviseBanCmd(f), newSuperviseClearCmd(f))
@@ -289,7 +289,7 @@ func superviseConfig(cmd *cobra.Command, f *superviseFlags, args []string) (supe
 		endpoints = strings.Split(f.etcdEndpoints, ",")
 	}
 	if len(endpoints) == 0 {
-		endpoints = strings.Split(orDefault(os.Getenv("TANDEM_ETCD_ENDPOINTS"), "http://127.0.0.1:2379"), ",")
+		endpoints = strings.Split(orDefault(os.Getenv("TANDEM_ETCD_ENDPOINTS"), f.etcdTLS.defaultURL(defaultEtcdEndpoint)), ",")
 	}
 	for _, ep := range endpoints {
 		if u, err := url.Parse(ep); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
@@ -450,7 +450,7 @@ func runSupervise(cmd *cobra.Command, f *superviseFlags, args []string) error {
 			return fmt.Errorf("--log-dir: %w", err)
 		}
 	}
-	cli, err := newEtcdClient(endpoints)
+	cli, err := newEtcdClient(endpoints, &f.etcdTLS, cfg.Cluster)
 	if err != nil {
 		return err
 	}
@@ -469,32 +469,21 @@ func etcdEndpoints(f *superviseFlags) []string {
 	if f.etcdEndpoints != "" {
 		return strings.Split(f.etcdEndpoints, ",")
 	}
-	return strings.Split(orDefault(os.Getenv("TANDEM_ETCD_ENDPOINTS"), "http://127.0.0.1:2379"), ",")
+	return strings.Split(orDefault(os.Getenv("TANDEM_ETCD_ENDPOINTS"), f.etcdTLS.defaultURL(defaultEtcdEndpoint)), ",")
 }
 
-func newEtcdClient(endpoints []string) (*clientv3.Client, error) {
-	for _, ep := range endpoints {
-		if u, err := url.Parse(ep); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-			return nil, usagef("--etcd-endpoints: %q is not a URL like http://127.0.0.1:2379", ep)
-		}
-	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
-		DialKeepAliveTime: 2 * time.Second, DialKeepAliveTimeout: 2 * time.Second,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("etcd client for %s: %w", strings.Join(endpoints, ","), err)
-	}
-	return cli, nil
-}
+// defaultEtcdEndpoint is where a process looks for etcd when told nothing
+// (https with certificates: etcdTLS.defaultURL).
+const defaultEtcdEndpoint = "http://127.0.0.1:2379"
 
 // superviseAdmin connects to etcd for the operator subcommands.
 func superviseAdmin(f *superviseFlags) (*supervise.Admin, func(), error) {
-	cli, err := newEtcdClient(etcdEndpoints(f))
+	cluster := orDefault(f.cluster, "default")
+	cli, err := newEtcdClient(etcdEndpoints(f), &f.etcdTLS, cluster)
 	if err != nil {
 		return nil, nil, err
 	}
-	a, err := supervise.NewAdmin(cli, orDefault(f.cluster, "default"))
+	a, err := supervise.NewAdmin(cli, cluster)
 	if err != nil {
 		cli.Close()
 		return nil, nil, usagef("--cluster: %v", err)

@@ -56,9 +56,9 @@ const (
 	// CapOpen routes need no token: load-balancer probes (/isActive,
 	// /healthz), the bootstrap (which works once), /metrics unless protected.
 	CapOpen Capability = "open"
-	// CapAgent routes are the agents' (/v1/agent/sync): they will be
-	// protected by mutual TLS with agent certificates (issue 10, point 1),
-	// not by tokens, and are open until then.
+	// CapAgent routes are the agents' (/v1/agent/sync): with TLS on they
+	// need the agent's own certificate (internal/api/tls.go), never a
+	// token; with TLS off they are open.
 	CapAgent      Capability = "agent"
 	CapRead       Capability = "read"
 	CapSubmit     Capability = "submit"

@@ -38,6 +38,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -136,6 +137,15 @@ type Config struct {
 	// AllowRoot lets attempts run as root (uid 0), as RunAs or as a user in
 	// AllowUsers; without it, naming root in either is refused.
 	AllowRoot bool
+	// ClientTLS, when set, configures the sync with https servers: the CA
+	// to verify them against and the agent's certificate to present, whose
+	// ID must be the agent's (pki.ClientConfig with the server role).
+	ClientTLS *tls.Config
+	// ServerTLS, when set, makes the agent's HTTP server serve TLS with it
+	// (pki.ServerConfig requiring a client certificate of the server role:
+	// only servers call an agent, to read attempt logs), and the default
+	// advertise URL https.
+	ServerTLS *tls.Config
 	// Logger receives the agent's logs; every record carries agent=<ID>.
 	// Nil discards them.
 	Logger *slog.Logger
@@ -299,7 +309,7 @@ func New(cfg Config) (*Agent, error) {
 	// No overall timeout: each sync is bounded by its own context (the poll
 	// wait plus answerSlack). No proxy: one would hold, cut or buffer long
 	// polls.
-	a.hc = transport.NewHTTPClient(transport.HTTPOptions{NoProxy: true, DialTimeout: dialTimeout})
+	a.hc = transport.NewHTTPClient(transport.HTTPOptions{NoProxy: true, DialTimeout: dialTimeout, TLS: cfg.ClientTLS})
 	tr, err := transport.New(transport.Config{
 		Servers:    cfg.Servers,
 		HTTPClient: a.hc,
@@ -357,6 +367,12 @@ func (a *Agent) Start(ctx context.Context) error {
 	advertise := a.cfg.AdvertiseURL
 	if advertise == "" {
 		advertise = defaultURL(ln.Addr())
+		if a.cfg.ServerTLS != nil {
+			advertise = "https" + strings.TrimPrefix(advertise, "http")
+		}
+	}
+	if a.cfg.ServerTLS != nil {
+		ln = tls.NewListener(ln, a.cfg.ServerTLS)
 	}
 
 	a.launchMu.Lock()
@@ -393,6 +409,9 @@ func (a *Agent) Start(ctx context.Context) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		BaseContext:       func(net.Listener) context.Context { return httpCtx },
+		// Refused TLS handshakes land here: only servers call an agent,
+		// so one is worth a warning.
+		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
 	a.httpDone = make(chan struct{})
 	go func() {

@@ -36,6 +36,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/acl"
 	"github.com/tandemhq/tandem/internal/transport"
 )
 
@@ -94,12 +95,14 @@ type Service interface {
 
 // API serves one server's HTTP endpoints.
 type API struct {
-	srv      Service
-	id       string
-	log      *slog.Logger
-	mux      *http.ServeMux
-	requests *prometheus.CounterVec
-	sec      Security
+	srv       Service
+	id        string
+	log       *slog.Logger
+	mux       *http.ServeMux
+	requests  *prometheus.CounterVec
+	sec       Security
+	tls       TLS
+	logClient *http.Client // fetches attempt logs from agents (logs.go)
 }
 
 // Option configures an API.
@@ -115,6 +118,9 @@ func New(srv Service, log *slog.Logger, opts ...Option) *API {
 	}
 	if a.sec.Now == nil {
 		a.sec.Now = time.Now
+	}
+	if a.logClient == nil {
+		a.logClient = newLogClient(nil)
 	}
 	a.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tandem_http_requests_total", Help: "HTTP requests served, by route and status code.",
@@ -511,6 +517,12 @@ func (a *API) agents(w http.ResponseWriter, r *http.Request) {
 func (a *API) sync(w http.ResponseWriter, r *http.Request) {
 	var req tandem.SyncRequest
 	if !a.decode(w, r, &req) {
+		return
+	}
+	if err := a.checkSyncAgent(r, req.Agent.ID); err != nil {
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		a.writeError(rec, r, err)
+		a.audit(r, "/v1/agent/sync", acl.CapAgent, info(r), acl.Deny, rec.code, tandem.ErrorMessage(err))
 		return
 	}
 	resp, err := a.srv.Sync(r.Context(), &req)

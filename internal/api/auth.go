@@ -10,6 +10,7 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/acl"
+	"github.com/tandemhq/tandem/internal/pki"
 )
 
 // ACL is what the API needs to authenticate callers and manage tokens;
@@ -59,7 +60,8 @@ func WithSecurity(s Security) Option { return func(a *API) { a.sec = s } }
 // stay open for load balancers, /metrics is open unless --acl-metrics makes
 // it read, and the bootstrap is open (it works once). The agents' sync is
 // marked agent: it will need an agent certificate (mutual TLS, issue 10
-// point 1), not a token, and is open until then.
+// point 1), not a token: with TLS on (WithTLS) an agent certificate whose ID
+// is the syncing agent's, and open without TLS.
 var Capabilities = map[string]map[string]acl.Capability{
 	"/isActive":                 {http.MethodGet: acl.CapOpen},
 	"/healthz":                  {http.MethodGet: acl.CapOpen},
@@ -99,6 +101,7 @@ func needsToken(c acl.Capability) bool { return c != acl.CapOpen && c != acl.Cap
 // caller's token) and the audit log (the target the handler acted on).
 type reqInfo struct {
 	token  *acl.Token
+	cert   *pki.Identity // the client certificate's, with TLS on
 	target string
 }
 
@@ -123,6 +126,19 @@ func (a *API) guard(pattern string, need acl.Capability, h http.HandlerFunc) htt
 	return func(w http.ResponseWriter, r *http.Request) {
 		ri := &reqInfo{target: firstNonEmpty(r.PathValue("id"), r.PathValue("accessor"))}
 		r = r.WithContext(context.WithValue(r.Context(), reqInfoKey{}, ri))
+		// Certificates first (tls.go): a role that may not call the route
+		// is refused whatever token it brings.
+		cert, err := a.peer(r)
+		if err == nil {
+			ri.cert = cert
+			err = a.checkRole(r, need, cert)
+		}
+		if err != nil {
+			rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+			a.writeError(rec, r, err)
+			a.audit(r, pattern, need, ri, acl.Deny, rec.code, tandem.ErrorMessage(err))
+			return
+		}
 		if a.sec.Enforce && needsToken(need) {
 			tok, err := a.authenticate(r)
 			if err == nil && !tok.Policy.Allows(need) {
@@ -144,7 +160,7 @@ func (a *API) guard(pattern string, need acl.Capability, h http.HandlerFunc) htt
 		}
 		if !mutating(r.Method) || need == acl.CapAgent || a.sec.Audit == nil {
 			// The agents' sync is their heartbeat, several times a second
-			// per agent: it is audited once agents have certificates.
+			// per agent: only its denials are audited (guard, sync).
 			h(w, r)
 			return
 		}
@@ -212,6 +228,9 @@ func (a *API) audit(r *http.Request, pattern string, need acl.Capability, ri *re
 	}
 	if ri.token != nil {
 		e.Identity.TokenName, e.Identity.TokenPolicy, e.Identity.TokenAccessor = ri.token.Name, string(ri.token.Policy), ri.token.Accessor
+	}
+	if ri.cert != nil {
+		e.Identity.CertRole, e.Identity.CertID = string(ri.cert.Role), ri.cert.ID
 	}
 	a.sec.Audit.Write(e)
 }

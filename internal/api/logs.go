@@ -7,15 +7,9 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"time"
 
 	"github.com/tandemhq/tandem"
-	"github.com/tandemhq/tandem/internal/transport"
 )
-
-// logClient fetches attempt logs from agents. No overall timeout: a
-// followed log stays open as long as the attempt runs.
-var logClient = transport.NewHTTPClient(transport.HTTPOptions{ResponseHeaderTimeout: 10 * time.Second, NoProxy: true})
 
 // jobLogs serves GET /v1/jobs/{id}/logs: the output of one attempt, fetched
 // from the agent that ran it. ?attempt=N picks attempt number N (default the
@@ -67,7 +61,7 @@ func (a *API) jobLogs(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, err)
 		return
 	}
-	resp, err := logClient.Do(req)
+	resp, err := a.logClient.Do(req)
 	if err != nil {
 		a.writeError(w, r, tandem.Errorf(tandem.EUNAVAILABLE, "agent %s at %s is unreachable: %v", at.Agent, agent.URL, err))
 		return

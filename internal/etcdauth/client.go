@@ -37,9 +37,14 @@ func (f Files) TLSConfig() (*tls.Config, error) {
 	if f.CACert == "" || f.Cert == "" || f.Key == "" {
 		return nil, errors.New("etcd TLS: give a CA, a certificate and its key together (--etcd-cacert, --etcd-cert, --etcd-key)")
 	}
-	// Fail now, not at the first handshake, on unreadable or mismatched files.
+	// Fail now, not at the first handshake, on unreadable or mismatched
+	// files, and on a CA file that holds no certificate (etcd's transport
+	// would take it and then trust nobody).
 	if _, err := tls.LoadX509KeyPair(f.Cert, f.Key); err != nil {
 		return nil, fmt.Errorf("etcd TLS: %s and %s: %w", f.Cert, f.Key, err)
+	}
+	if _, err := pki.ReadCerts(f.CACert); err != nil {
+		return nil, fmt.Errorf("etcd TLS: CA file: %w", err)
 	}
 	info := transport.TLSInfo{CertFile: f.Cert, KeyFile: f.Key, TrustedCAFile: f.CACert, MinVersion: tls.VersionTLS13}
 	cfg, err := info.ClientConfig()

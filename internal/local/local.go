@@ -23,7 +23,9 @@ import (
 	"time"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/etcdauth"
 	"github.com/tandemhq/tandem/internal/faultnet"
+	"github.com/tandemhq/tandem/internal/pki"
 	"github.com/tandemhq/tandem/internal/supervise/proc"
 	"github.com/tandemhq/tandem/internal/transport"
 )
@@ -77,6 +79,15 @@ type Config struct {
 	// proxies (faultnet), so Partition can cut a server off. Proxies use
 	// ports BasePort+400 to BasePort+999.
 	Proxied bool
+	// EtcdTLS, when set, locks the embedded etcd members down
+	// (docs/SECURITY.md, "etcd locked down"): Start makes in this directory
+	// a CA for the cluster (or uses the one there) and a server certificate
+	// for every server (server-rm1.pem, ...), supervisor (server-sv1.pem,
+	// ...), tandem lb (server-lb.pem) and one for tests and tools
+	// (server-local.pem, EtcdFiles); the members speak TLS on https URLs
+	// and the servers turn etcd authentication on, and every process that
+	// talks to etcd is given its certificate. Embedded etcd only.
+	EtcdTLS string
 }
 
 // Validate reports the first problem with the configuration.
@@ -111,6 +122,9 @@ func (c *Config) Validate() error {
 	if c.Initial > 0 && c.Initial < c.Servers && c.EtcdEndpoints == "" && c.ExternalEtcd == 0 {
 		return errors.New("servers added later need shared etcd (etcd endpoints or external etcd), not embedded members")
 	}
+	if c.EtcdTLS != "" && (c.EtcdEndpoints != "" || c.ExternalEtcd > 0) {
+		return errors.New("etcd TLS locks down the servers' embedded etcd members: not with etcd endpoints or external etcd")
+	}
 	if c.Shards < 0 || c.Shards > 1024 {
 		return fmt.Errorf("shards must be from 1 to 1024, not %d", c.Shards)
 	}
@@ -131,6 +145,10 @@ type Proc struct {
 	binary  string
 	args    []string
 	health  string // path that answers 200 once the process is ready
+
+	// hc is how the cluster's checks reach it; nil means httpClient.
+	// EnableTLS (tls.go) sets it.
+	hc *http.Client
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -182,6 +200,8 @@ func New(cfg Config) (*Cluster, error) {
 		sort.Ints(c.ports)
 	}()
 	url := func(p int) string { return fmt.Sprintf("http://127.0.0.1:%d", p) }
+	// etcdURL is a URL of an embedded member's port, https when locked down.
+	etcdURL := func(p int) string { return fmt.Sprintf("%s://127.0.0.1:%d", c.etcdScheme(), p) }
 
 	// External etcd: members e1..eN, each its own process.
 	var memberURLs []string
@@ -210,7 +230,7 @@ func New(cfg Config) (*Cluster, error) {
 		if cfg.Proxied {
 			peer = port(600, i)
 		}
-		initial = append(initial, fmt.Sprintf("%s=%s", ServerID(i), url(peer)))
+		initial = append(initial, fmt.Sprintf("%s=%s", ServerID(i), etcdURL(peer)))
 	}
 	for i := 0; i < cfg.Servers; i++ {
 		id := ServerID(i)
@@ -238,16 +258,17 @@ func New(cfg Config) (*Cluster, error) {
 			s.args = append(s.args, "--etcd-endpoints", strings.Join(eps, ","))
 		default:
 			s.args = append(s.args, "--embed-etcd",
-				"--etcd-client-url", url(port(100, i)),
-				"--etcd-peer-url", url(port(200, i)),
+				"--etcd-client-url", etcdURL(port(100, i)),
+				"--etcd-peer-url", etcdURL(port(200, i)),
 				"--initial-cluster", strings.Join(initial, ","),
 				"--etcd-cluster-token", "tandem-dev-"+cfg.Cluster)
 			if cfg.Proxied {
 				c.proxies = append(c.proxies,
 					proxySpec{server: i, listen: port(500, i), target: port(100, i)},
 					proxySpec{server: i, listen: port(600, i), target: port(200, i)})
-				s.args = append(s.args, "--etcd-endpoints", url(port(500, i)), "--etcd-advertise-peer-url", url(port(600, i)))
+				s.args = append(s.args, "--etcd-endpoints", etcdURL(port(500, i)), "--etcd-advertise-peer-url", etcdURL(port(600, i)))
 			}
+			s.args = append(s.args, c.etcdCertArgs(id)...)
 		}
 		if cfg.LeaseTTL != 0 {
 			s.args = append(s.args, "--lease-ttl", cfg.LeaseTTL.String())
@@ -302,8 +323,9 @@ func New(cfg Config) (*Cluster, error) {
 				"--etcd-endpoints", strings.Join(eps, ","), "--listen", fmt.Sprintf("127.0.0.1:%d", port(380, i)),
 				"--advertise", p.URL, "--fencing", "self", "--health", "http:" + c.DemoURL + "/",
 				"--health-interval", "200ms", "--start-timeout", "10s", "--restarts", "2", "--ban", "30s",
-				"--cgroup-parent", parent, "--log-dir", dir, "--log-level", cfg.LogLevel,
-				"--", cfg.Binary, "demo-service", "--listen", fmt.Sprintf("127.0.0.1:%d", demo)}
+				"--cgroup-parent", parent, "--log-dir", dir, "--log-level", cfg.LogLevel}
+			p.args = append(p.args, c.etcdCertArgs(id)...)
+			p.args = append(p.args, "--", cfg.Binary, "demo-service", "--listen", fmt.Sprintf("127.0.0.1:%d", demo))
 			c.Supervisors = append(c.Supervisors, p)
 		}
 	}
@@ -318,6 +340,7 @@ func New(cfg Config) (*Cluster, error) {
 		p.args = []string{"lb", "--proxy", cfg.LB, "--listen", fmt.Sprintf("127.0.0.1:%d", port(395, 0)),
 			"--cluster", cfg.Cluster, "--etcd-endpoints", strings.Join(c.EtcdEndpoints(), ","), "--dir", c.lbDir,
 			"--http", fmt.Sprintf("127.0.0.1:%d", port(396, 0)), "--log-level", cfg.LogLevel}
+		p.args = append(p.args, c.etcdCertArgs("lb")...)
 		p.args = append(p.args, cfg.LBArgs...)
 		c.LB = p
 	}
@@ -352,7 +375,7 @@ func (c *Cluster) EtcdEndpoints() []string {
 	default:
 		var out []string
 		for i := range c.Servers {
-			out = append(out, fmt.Sprintf("http://127.0.0.1:%d", c.cfg.BasePort+100+i))
+			out = append(out, fmt.Sprintf("%s://127.0.0.1:%d", c.etcdScheme(), c.cfg.BasePort+100+i))
 		}
 		return out
 	}
@@ -411,6 +434,10 @@ func (c *Cluster) Start(ctx context.Context) error {
 			return fmt.Errorf("proxy for %s: %w", c.Servers[ps.server].ID, err)
 		}
 		ps.p = p
+	}
+	if err := c.makeEtcdCerts(); err != nil {
+		c.Stop(time.Second)
+		return err
 	}
 	for _, e := range c.Etcd {
 		if err := e.Start(); err != nil {
@@ -649,7 +676,7 @@ func (c *Cluster) Status(ctx context.Context, i int) (tandem.ServerStatus, error
 	if err != nil {
 		return st, err
 	}
-	resp, err := httpClient.Do(req)
+	resp, err := c.Servers[i].client().Do(req)
 	if err != nil {
 		return st, err
 	}
@@ -668,7 +695,7 @@ func (c *Cluster) WaitHealthy(ctx context.Context, i int) error { return c.Serve
 func (s *Proc) WaitHealthy(ctx context.Context) error {
 	for {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+s.health, nil)
-		if resp, err := httpClient.Do(req); err == nil {
+		if resp, err := s.client().Do(req); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return nil
@@ -707,7 +734,7 @@ func (c *Cluster) Shards(ctx context.Context, i int) ([]tandem.ShardInfo, error)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := httpClient.Do(req)
+	resp, err := c.Servers[i].client().Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -772,4 +799,86 @@ func (c *Cluster) WaitActive(ctx context.Context, not ...int) (int, error) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// etcdScheme is the scheme of the embedded members' URLs.
+func (c *Cluster) etcdScheme() string {
+	if c.cfg.EtcdTLS != "" {
+		return "https"
+	}
+	return "http"
+}
+
+// etcdLocalID is the ID of the certificate EtcdFiles returns.
+const etcdLocalID = "local"
+
+// etcdFiles returns the files of process id's etcd certificate, or the
+// zero Files without EtcdTLS.
+func (c *Cluster) etcdFiles(id string) etcdauth.Files {
+	dir := c.cfg.EtcdTLS
+	if dir == "" {
+		return etcdauth.Files{}
+	}
+	name := string(pki.RoleServer) + "-" + id
+	return etcdauth.Files{
+		CACert: filepath.Join(dir, pki.CACertFile),
+		Cert:   filepath.Join(dir, name+".pem"),
+		Key:    filepath.Join(dir, name+"-key.pem"),
+	}
+}
+
+// EtcdFiles returns the certificate files with which a test or a tool
+// outside the cluster reaches its etcd as the cluster's etcd user (a
+// server certificate, ID "local"), or the zero Files without EtcdTLS.
+func (c *Cluster) EtcdFiles() etcdauth.Files { return c.etcdFiles(etcdLocalID) }
+
+// etcdCertArgs returns the certificate flags of process id, if any.
+func (c *Cluster) etcdCertArgs(id string) []string {
+	f := c.etcdFiles(id)
+	if f.IsZero() {
+		return nil
+	}
+	return []string{"--etcd-cacert", f.CACert, "--etcd-cert", f.Cert, "--etcd-key", f.Key}
+}
+
+// makeEtcdCerts makes, with EtcdTLS, the cluster's CA and the etcd
+// certificate of every process that talks to etcd, keeping those already
+// in the directory (a restarted tandem dev uses its certificates again).
+func (c *Cluster) makeEtcdCerts() error {
+	dir := c.cfg.EtcdTLS
+	if dir == "" {
+		return nil
+	}
+	ca, err := pki.LoadCA(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		ca, err = pki.CreateCA(dir, c.cfg.Cluster, 5*365*24*time.Hour)
+	}
+	if err != nil {
+		return fmt.Errorf("etcd TLS: CA in %s: %w", dir, err)
+	}
+	if ca.Cluster != c.cfg.Cluster {
+		return fmt.Errorf("etcd TLS: the CA in %s is cluster %q's, not %q's", dir, ca.Cluster, c.cfg.Cluster)
+	}
+	ids := []string{etcdLocalID}
+	for _, s := range c.Servers {
+		ids = append(ids, s.ID)
+	}
+	for _, s := range c.Supervisors {
+		ids = append(ids, s.ID)
+	}
+	if c.LB != nil {
+		ids = append(ids, "lb")
+	}
+	for _, id := range ids {
+		f := c.etcdFiles(id)
+		_, errCert := os.Stat(f.Cert)
+		_, errKey := os.Stat(f.Key)
+		if errCert == nil && errKey == nil {
+			continue
+		}
+		if _, err := pki.Issue(ca, pki.RoleServer, id, nil, nil, 365*24*time.Hour); err != nil {
+			return fmt.Errorf("etcd TLS: certificate of %s: %w", id, err)
+		}
+	}
+	return nil
 }

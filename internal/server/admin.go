@@ -12,7 +12,6 @@ import (
 	"github.com/tandemhq/tandem/internal/election"
 	"github.com/tandemhq/tandem/internal/ha"
 	"github.com/tandemhq/tandem/internal/store"
-	"github.com/tandemhq/tandem/internal/transport"
 )
 
 // refusalMessage is yarn rmadmin's refusal, in tandem's words (seeds/002).
@@ -180,7 +179,7 @@ func (s *Server) waitTakeover(ctx context.Context, to string, from int64) error 
 		ch := s.store.Changed()
 		if l := s.store.Owner(0); l != nil && l.Epoch > from {
 			if l.ID == to {
-				waitServing(wctx, l.URL)
+				waitServing(wctx, s.peerHC, l.URL)
 				return nil
 			}
 			return tandem.Errorf(tandem.ECONFLICT, "failover to %s did not complete: %s became active (epoch %d)", to, l.ID, l.Epoch)
@@ -193,17 +192,14 @@ func (s *Server) waitTakeover(ctx context.Context, to string, from int64) error 
 	}
 }
 
-// probeClient asks servers whether they are active.
-var probeClient = transport.NewHTTPClient(transport.HTTPOptions{Timeout: time.Second, NoProxy: true})
-
 // waitServing polls url's /isActive until it answers 200 or ctx ends.
-func waitServing(ctx context.Context, url string) {
+func waitServing(ctx context.Context, client *http.Client, url string) {
 	for ctx.Err() == nil {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/isActive", nil)
 		if err != nil {
 			return
 		}
-		if resp, err := probeClient.Do(req); err == nil {
+		if resp, err := client.Do(req); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return

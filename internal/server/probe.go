@@ -43,7 +43,7 @@ type peerHealth struct {
 }
 
 func (p *prober) run(ctx context.Context, s *Server) {
-	client := transport.NewHTTPClient(transport.HTTPOptions{Timeout: max(2*s.cfg.ProbeInterval, 250*time.Millisecond), NoProxy: true})
+	client := transport.NewHTTPClient(transport.HTTPOptions{Timeout: max(2*s.cfg.ProbeInterval, 250*time.Millisecond), NoProxy: true, TLS: s.cfg.PeerTLS})
 	tick := time.NewTicker(s.cfg.ProbeInterval)
 	defer tick.Stop()
 	for {

@@ -18,10 +18,12 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
+	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -35,6 +37,7 @@ import (
 	"github.com/tandemhq/tandem/internal/ha"
 	"github.com/tandemhq/tandem/internal/keys"
 	"github.com/tandemhq/tandem/internal/store"
+	"github.com/tandemhq/tandem/internal/transport"
 )
 
 // Config configures a Server.
@@ -73,8 +76,13 @@ type Config struct {
 	FreeGrace time.Duration
 	// Failpoint, for tests only, makes the server crash at a chosen point.
 	Failpoint string
-	Etcd      *clientv3.Client
-	Logger    *slog.Logger
+	// PeerTLS, when set, is how this server calls other servers over
+	// https (its probes and the wait for a hand-off's taker): the CA to
+	// verify them against and this server's certificate to present
+	// (pki.ClientConfig with the server role). Nil: plain http.
+	PeerTLS *tls.Config
+	Etcd    *clientv3.Client
+	Logger  *slog.Logger
 }
 
 // DefaultConfig returns a Config with tandem's defaults; ID, URL and Etcd
@@ -156,6 +164,8 @@ type Server struct {
 	metrics *metrics
 	ids     idGen
 	started time.Time
+	// peerHC asks other servers whether they are active (waitServing).
+	peerHC *http.Client
 
 	// nshards is the cluster's number of shards, known once Start has read
 	// the cluster's settings (the HTTP API may already be serving: it is
@@ -200,6 +210,7 @@ func New(cfg Config) (*Server, error) {
 	log := cfg.Logger.With("server", cfg.ID)
 	layout := keys.New(cfg.Cluster)
 	s := &Server{
+		peerHC:    transport.NewHTTPClient(transport.HTTPOptions{Timeout: time.Second, NoProxy: true, TLS: cfg.PeerTLS}),
 		cfg:       cfg,
 		log:       log,
 		keys:      layout,

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"crypto/tls"
 	"net"
 	"net/http"
 	"time"
@@ -34,6 +35,12 @@ type HTTPOptions struct {
 	// HTTP_PROXY and its friends. Agents set it: a proxy in the way would
 	// hold, cut or buffer their long polls.
 	NoProxy bool
+
+	// TLS, when set, is the configuration for https URLs: the CA to verify
+	// servers and agents against and the certificate to present (see
+	// pki.ClientConfig). Nil means the system's roots and no client
+	// certificate. Plain http URLs are unaffected.
+	TLS *tls.Config
 }
 
 // NewHTTPClient returns the *http.Client a tandem process should use to talk
@@ -54,6 +61,9 @@ func NewHTTPClient(o HTTPOptions) *http.Client {
 	t.ResponseHeaderTimeout = o.ResponseHeaderTimeout
 	if o.NoProxy {
 		t.Proxy = nil
+	}
+	if o.TLS != nil {
+		t.TLSClientConfig = o.TLS.Clone()
 	}
 	return &http.Client{
 		Transport:     t,

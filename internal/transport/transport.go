@@ -54,6 +54,7 @@ package transport
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -122,6 +123,11 @@ type Config struct {
 	// stops at the first redirect. For stream calls its Timeout bounds only
 	// the wait for the response's headers.
 	HTTPClient *http.Client
+
+	// TLS configures https servers (the CA, a client certificate) when
+	// HTTPClient is nil; with an HTTPClient, configure its transport
+	// instead (HTTPOptions.TLS).
+	TLS *tls.Config
 
 	// Backoff paces retries across servers; the zero value means
 	// DefaultBackoff().
@@ -230,7 +236,7 @@ func New(cfg Config) (*Transport, error) {
 		hc := *cfg.HTTPClient
 		t.hc = &hc
 	} else {
-		t.hc = NewHTTPClient(HTTPOptions{Timeout: DefaultTimeout})
+		t.hc = NewHTTPClient(HTTPOptions{Timeout: DefaultTimeout, TLS: cfg.TLS})
 	}
 	t.hc.CheckRedirect = noRedirects
 	stream := *t.hc
