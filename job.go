@@ -89,11 +89,9 @@ type JobSpec struct {
 	// root only if it allows root too; otherwise the attempt fails at once,
 	// without running.
 	//
-	// TODO(issue 10, point 6: run-as policy): naming a user must also be
-	// permitted by the submitter's token policy. That check belongs in
-	// internal/api's submit handler, after the spec is decoded and before
-	// Server.Submit, where the caller's token is known; until it exists,
-	// whoever may submit may name any user an agent allows.
+	// With ACLs on (tandem server --acl), naming a user also needs an
+	// operator token: agents decide which users are allowed at all,
+	// operators choose among them.
 	User string `json:"user,omitempty"`
 }
 

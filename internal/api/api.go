@@ -447,6 +447,10 @@ func (a *API) submit(w http.ResponseWriter, r *http.Request) {
 	if !a.decode(w, r, &spec) {
 		return
 	}
+	if err := a.mayRunAs(r, spec); err != nil {
+		a.writeError(w, r, err)
+		return
+	}
 	job, created, err := a.srv.Submit(r.Context(), spec, r.Header.Get("Idempotency-Key"))
 	if err != nil {
 		a.writeError(w, r, err)

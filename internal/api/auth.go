@@ -103,6 +103,7 @@ type reqInfo struct {
 	token  *acl.Token
 	cert   *pki.Identity // the client certificate's, with TLS on
 	target string
+	denied string // why the handler refused what the route alone allowed
 }
 
 type reqInfoKey struct{}
@@ -166,8 +167,34 @@ func (a *API) guard(pattern string, need acl.Capability, h http.HandlerFunc) htt
 		}
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		h(rec, r)
+		if ri.denied != "" {
+			a.audit(r, pattern, need, ri, acl.Deny, rec.code, ri.denied)
+			return
+		}
 		a.audit(r, pattern, need, ri, acl.Allow, rec.code, "")
 	}
+}
+
+// mayRunAs refuses, with ACLs enforced, a job that names the user its
+// attempts run as unless the caller's token is operator or stronger: an
+// agent decides which users it allows at all, and only operators choose
+// among them.
+func (a *API) mayRunAs(r *http.Request, spec tandem.JobSpec) error {
+	if !a.sec.Enforce || spec.User == "" {
+		return nil
+	}
+	ri := info(r)
+	if ri.token != nil && ri.token.Policy.Allows(acl.CapOperator) {
+		return nil
+	}
+	who := "this request"
+	if ri.token != nil {
+		who = ri.token.Describe()
+	}
+	err := tandem.Errorf(tandem.EFORBIDDEN, "%s lacks %s: a job that names its user (%q) needs a token whose policy is %s or stronger",
+		who, acl.CapOperator, spec.User, acl.CapOperator)
+	ri.denied = tandem.ErrorMessage(err)
+	return err
 }
 
 func mutating(method string) bool {

@@ -185,6 +185,8 @@ func TestAuthorization(t *testing.T) {
 		{name: "submit submits", fake: active, method: "POST", path: "/v1/jobs", body: job, secret: submitSecret, wantStatus: 201},
 		{name: "operator fails over", fake: active, method: "POST", path: "/v1/ha/failover", body: `{"from":"rm1","to":"rm2"}`, secret: operatorSecret, wantStatus: 200},
 		{name: "management submits", fake: active, method: "POST", path: "/v1/jobs", body: job, secret: mgmtSecret, wantStatus: 201},
+		{name: "submit names a user", fake: active, method: "POST", path: "/v1/jobs", body: `{"command":["true"],"user":"etl"}`, secret: submitSecret, wantStatus: 403, wantMsg: "token ci (submit) lacks operator: a job that names its user", wantDeny: true},
+		{name: "operator names a user", fake: active, method: "POST", path: "/v1/jobs", body: `{"command":["true"],"user":"etl"}`, secret: operatorSecret, wantStatus: 201},
 		{name: "standby refuses a read token's submission itself", fake: standby, method: "POST", path: "/v1/jobs", body: job, secret: readSecret, wantStatus: 403, wantMsg: "token alice (read) lacks submit", wantDeny: true},
 		{name: "standby refuses a read token's kill itself", fake: standby, method: "POST", path: "/v1/jobs/j1/kill", secret: readSecret, wantStatus: 403, wantMsg: "lacks submit", wantDeny: true},
 		{name: "standby redirects an allowed submission", fake: standby, method: "POST", path: "/v1/jobs", body: job, secret: submitSecret, wantStatus: 307},
