@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -76,6 +77,9 @@ func (c *cluster) startSecured(id, host string, audit *auditBuf) *node {
 	c.t.Helper()
 	ln, err := net.Listen("tcp", host+":0")
 	if err != nil {
+		if os.Getenv("CI") != "" {
+			c.t.Fatalf("cannot listen on %s: %v (CI is set, so this is a failure)", host, err)
+		}
 		c.t.Skipf("cannot listen on %s: %v", host, err)
 	}
 	ts := httptest.NewUnstartedServer(nil)
