@@ -308,9 +308,10 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	apiOpts = append(apiOpts, api.WithSecurity(api.Security{ACL: srv, Enforce: f.acl, ProtectMetrics: f.aclMetrics, Audit: audit}))
 	handler := api.New(srv, log, apiOpts...)
 	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: api.ReadHeaderTimeout,
-		// Refused TLS handshakes among them, at debug: load balancers'
-		// TCP checks would fill the log otherwise.
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+		// Refused TLS handshakes among them, at debug (load balancers'
+		// TCP checks would fill the log otherwise), and refusals to the
+		// audit log.
+		ErrorLog: handler.HandshakeLog(log)}
 	httpErr := make(chan error, 1)
 	go func() { httpErr <- httpSrv.Serve(ln) }()
 

@@ -31,6 +31,7 @@ type AuditEntry struct {
 	HAState  string    `json:"ha_state"`
 	Epoch    int64     `json:"epoch"`
 	Identity Identity  `json:"identity"`
+	Remote   string    `json:"remote,omitempty"` // the client's address
 	Method   string    `json:"method"`
 	Route    string    `json:"route"` // the route's pattern, e.g. /v1/jobs/{id}/kill
 	Path     string    `json:"path"`

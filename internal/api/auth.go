@@ -250,7 +250,7 @@ func (a *API) audit(r *http.Request, pattern string, need acl.Capability, ri *re
 	st := a.srv.Status()
 	e := acl.AuditEntry{
 		Time: a.sec.Now().UTC(), Server: a.id, HAState: string(st.State), Epoch: st.Epoch,
-		Method: r.Method, Route: pattern, Path: r.URL.Path, Target: ri.target, Need: string(need),
+		Remote: r.RemoteAddr, Method: r.Method, Route: pattern, Path: r.URL.Path, Target: ri.target, Need: string(need),
 		Decision: decision, Status: status, Reason: reason,
 	}
 	if ri.token != nil {

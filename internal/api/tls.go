@@ -2,7 +2,10 @@ package api
 
 import (
 	"crypto/tls"
+	stdlog "log"
+	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/tandemhq/tandem"
@@ -98,4 +101,54 @@ func (a *API) checkSyncAgent(r *http.Request, agentID string) error {
 		return tandem.Errorf(tandem.EFORBIDDEN, "agent certificate of %s cannot sync as agent %q", id.ID, agentID)
 	}
 	return nil
+}
+
+// HandshakeLog returns the logger for the http.Server's ErrorLog, where
+// net/http reports each failed TLS handshake as "http: TLS handshake error
+// from ADDR: REASON". A refusal (a client certificate of another CA,
+// expired or not yet valid, of a role the listener does not take, missing
+// where one is required; a TLS version or protocol the server does not
+// speak) becomes a deny line of the audit log, route "tls-handshake", with
+// the client's address and the reason. A client that merely hung up or
+// went silent (EOF, a reset, a timeout: load balancers' TCP checks do that)
+// is no denial and is not audited. Every line also goes to log at debug.
+func (a *API) HandshakeLog(log *slog.Logger) *stdlog.Logger {
+	return stdlog.New(&handshakeAudit{a: a, next: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}, "", 0)
+}
+
+type handshakeAudit struct {
+	a    *API
+	next *stdlog.Logger
+}
+
+const handshakeErrorPrefix = "http: TLS handshake error from "
+
+func (h *handshakeAudit) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	h.next.Print(line)
+	rest, ok := strings.CutPrefix(line, handshakeErrorPrefix)
+	if !ok || h.a.sec.Audit == nil {
+		return len(p), nil
+	}
+	remote, reason, _ := strings.Cut(rest, ": ")
+	if hungUp(reason) {
+		return len(p), nil
+	}
+	st := h.a.srv.Status()
+	h.a.sec.Audit.Write(acl.AuditEntry{
+		Time: h.a.sec.Now().UTC(), Server: h.a.id, HAState: string(st.State), Epoch: st.Epoch,
+		Remote: remote, Route: "tls-handshake", Decision: "deny", Reason: reason,
+	})
+	return len(p), nil
+}
+
+// hungUp reports whether a handshake error says only that the client went
+// away or stayed silent, rather than that the server refused it.
+func hungUp(reason string) bool {
+	for _, s := range []string{"EOF", "connection reset by peer", "i/o timeout", "broken pipe", "use of closed network connection"} {
+		if strings.HasSuffix(reason, s) {
+			return true
+		}
+	}
+	return false
 }

@@ -2,9 +2,11 @@ package api_test
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"io"
 	"log"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -55,13 +57,19 @@ func (w *tlsWorld) store(role pki.Role, id string) *pki.Store {
 // client certificates verified if given, as tandem server --tls-cert does.
 func (w *tlsWorld) serve(h http.Handler) *httptest.Server {
 	w.t.Helper()
+	return w.serveLog(h, log.New(io.Discard, "", 0))
+}
+
+// serveLog is serve with the http.Server's error log.
+func (w *tlsWorld) serveLog(h http.Handler, errorLog *log.Logger) *httptest.Server {
+	w.t.Helper()
 	cfg, err := pki.ServerConfig(w.store(pki.RoleServer, "rm1"), pki.ServerOptions{})
 	if err != nil {
 		w.t.Fatal(err)
 	}
 	ts := httptest.NewUnstartedServer(h)
 	ts.TLS = cfg
-	ts.Config.ErrorLog = log.New(io.Discard, "", 0)
+	ts.Config.ErrorLog = errorLog
 	ts.StartTLS()
 	w.t.Cleanup(ts.Close)
 	return ts
@@ -201,7 +209,10 @@ func TestTLSCertificateStillNeedsToken(t *testing.T) {
 func TestTLSHandshakeRefused(t *testing.T) {
 	w := newTLSWorld(t)
 	f := newFake("rm1", 1, tandem.StateActive)
-	ts := w.serve(api.New(f, slog.New(slog.DiscardHandler), api.WithTLS(api.TLS{Cluster: "dev"})))
+	audit := &syncBuffer{}
+	a := api.New(f, slog.New(slog.DiscardHandler), api.WithTLS(api.TLS{Cluster: "dev"}),
+		api.WithSecurity(api.Security{Audit: acl.NewAuditLog(audit)}))
+	ts := w.serveLog(a, a.HandshakeLog(slog.New(slog.DiscardHandler)))
 
 	other := newTLSWorld(t) // another CA, same cluster name
 	is, err := pki.Issue(w.ca, pki.RoleCLI, "old", nil, nil, time.Hour,
@@ -252,6 +263,52 @@ func TestTLSHandshakeRefused(t *testing.T) {
 		}
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s client certificate: got %v, want the handshake refused with %q", name, err, tc.want)
+		}
+	}
+	// A client that connects and hangs up is no denial.
+	if conn, err := net.Dial("tcp", ts.Listener.Addr().String()); err == nil {
+		conn.Close()
+	}
+
+	// Each refusal is a deny line of the audit log, with the client's
+	// address and why: the client's refusal of the server's certificate,
+	// the server's of the three client certificates; the hang-up is not.
+	// net/http logs a handshake error after the client has seen it, so
+	// wait for the lines.
+	want := []string{"bad certificate", "certificate signed by unknown authority", "certificate has expired or is not yet valid", "certificate has expired or is not yet valid"}
+	var entries []acl.AuditEntry
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		entries = nil
+		for _, line := range strings.Split(strings.TrimSpace(audit.String()), "\n") {
+			var e acl.AuditEntry
+			if line != "" && json.Unmarshal([]byte(line), &e) == nil {
+				entries = append(entries, e)
+			}
+		}
+		if len(entries) >= len(want) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(entries) != len(want) {
+		t.Fatalf("audit log has %d handshake lines, want %d:\n%s", len(entries), len(want), audit.String())
+	}
+	got := map[string]int{}
+	for _, e := range entries {
+		if e.Route != "tls-handshake" || e.Decision != "deny" || e.Server != "rm1" || !strings.HasPrefix(e.Remote, "127.0.0.1:") {
+			t.Errorf("audit line %+v: want a tls-handshake deny of rm1 naming the client's address", e)
+		}
+		for _, w := range want {
+			if strings.Contains(e.Reason, w) {
+				got[w]++
+				break
+			}
+		}
+	}
+	for _, w := range want {
+		if got[w] == 0 {
+			t.Errorf("no audit line gives the reason %q:\n%s", w, audit.String())
 		}
 	}
 }
