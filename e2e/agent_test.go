@@ -13,14 +13,13 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/client"
-	"github.com/tandemhq/tandem/internal/etcdtest"
 	"github.com/tandemhq/tandem/internal/local"
 )
 
 // startJobCluster starts servers on a shared test etcd plus agents.
 func startJobCluster(t *testing.T, servers, agents int, serverArgs map[string][]string, extra ...string) *local.Cluster {
 	t.Helper()
-	e := etcdtest.Start(t)
+	e := startEtcd(t)
 	return startLocal(t, local.Config{Binary: binary, Servers: servers, Agents: agents, BasePort: freeBasePort(t, max(servers, agents)),
 		DataDir: t.TempDir(), EtcdEndpoints: e.Endpoint, ExtraArgs: extra, ServerArgs: serverArgs, LogLevel: "debug"})
 }
@@ -216,7 +215,7 @@ func TestLogsThroughStandbyAndAcrossFailover(t *testing.T) {
 	order := []string{c.Servers[standby].URL, c.Servers[a].URL, c.Servers[3-a-standby].URL}
 	env := []string{"TANDEM_SERVERS=" + strings.Join(order, ","), "XDG_CONFIG_HOME=" + t.TempDir()}
 	follow := exec.Command(binary, "job", "logs", "-f", j.ID)
-	follow.Env = append(os.Environ(), env...)
+	follow.Env = append(append(os.Environ(), secureEnv(t)...), env...)
 	var out syncBuffer
 	follow.Stdout, follow.Stderr = &out, &out
 	if err := follow.Start(); err != nil {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,7 +17,6 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/client"
-	"github.com/tandemhq/tandem/internal/etcdtest"
 	"github.com/tandemhq/tandem/internal/local"
 )
 
@@ -31,7 +31,7 @@ func TestKill9OfActiveProcess(t *testing.T) {
 		{"lease expiry only", []string{"--depose-dead-active=false"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := startCluster(t, 3, etcdtest.Start(t), tc.extra...)
+			c := startCluster(t, 3, startEtcd(t), tc.extra...)
 			first := waitActive(t, c)
 			if n := countActive(t, c); n != 1 {
 				t.Fatalf("active servers: got %d, want 1", n)
@@ -85,7 +85,7 @@ func TestKill9OfActiveProcess(t *testing.T) {
 // it was handling when it resumed is rejected and not stored, and it
 // reports standby.
 func TestPausedActiveIsFenced(t *testing.T) {
-	c := startCluster(t, 3, etcdtest.Start(t))
+	c := startCluster(t, 3, startEtcd(t))
 	a := waitActive(t, c)
 	ctx := context.Background()
 	before, err := c.Status(ctx, a)
@@ -110,12 +110,14 @@ func TestPausedActiveIsFenced(t *testing.T) {
 		err    error
 	}
 	res := make(chan result, 1)
+	hc := httpClient(t)
+	hc.Timeout = 60 * time.Second
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	req, _ := http.NewRequest("POST", c.Servers[a].URL+"/v1/jobs", strings.NewReader(`{"name":"written-while-paused","command":["true"]}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", "paused-write")
+	authorize(t, req)
 	go func() {
-		body := `{"name":"written-while-paused","command":["true"]}`
-		req, _ := http.NewRequest("POST", c.Servers[a].URL+"/v1/jobs", strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Idempotency-Key", "paused-write")
-		hc := &http.Client{Timeout: 60 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 		resp, err := hc.Do(req)
 		if err != nil {
 			res <- result{err: err}
@@ -235,7 +237,7 @@ func TestEmbeddedEtcdClusterSurvivesLossOfOneServer(t *testing.T) {
 // The admin CLI: yarn rmadmin's refusal without --forcemanual, success with
 // it, graceful failover, health checks, and exit codes.
 func TestAdminCLI(t *testing.T) {
-	c := startCluster(t, 3, etcdtest.Start(t))
+	c := startCluster(t, 3, startEtcd(t))
 	a := waitActive(t, c)
 	env := []string{"TANDEM_SERVERS=" + strings.Join(c.URLs(), ","), "XDG_CONFIG_HOME=" + t.TempDir()}
 	id := func(i int) string { return c.Servers[i].ID }
@@ -344,23 +346,46 @@ func TestDevStartsAndStopsEverything(t *testing.T) {
 	if len(pids) != 5 {
 		t.Fatalf("dev printed %d PIDs, want 3 servers and 2 agents:\n%s", len(pids), out.String())
 	}
-	urls := []string{}
-	for i := 0; i < 3; i++ {
-		urls = append(urls, fmt.Sprintf("http://127.0.0.1:%d", base+i))
-	}
 	// A second dev on the same ports refuses at once, saying why, and does
 	// not mistake the first cluster's servers for its own.
 	_, errOut, code := runCLI(t, nil, "dev", "--base-port", fmt.Sprint(base))
 	if code == 0 || !strings.Contains(errOut, "already in use") {
 		t.Fatalf("second tandem dev on the same ports: exit %d, stderr %q", code, errOut)
 	}
-	cl := newClient(t, urls)
-	j, err := cl.SubmitJob(context.Background(), tandem.JobSpec{Command: []string{"echo", "hello"}}, client.SubmitOptions{})
-	if err != nil {
-		t.Fatalf("submit to the dev cluster: %v", err)
+	// It is secured by default: the printed export lines are all a shell
+	// needs; without the token, or without the CA, the CLI is refused.
+	env := devExports(t, out.String())
+	env = append(env, "XDG_CONFIG_HOME="+t.TempDir())
+	for _, name := range []string{"TANDEM_SERVERS", "TANDEM_CACERT", "TANDEM_CLIENT_CERT", "TANDEM_CLIENT_KEY", "TANDEM_TOKEN"} {
+		if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, name+"=") }) {
+			t.Fatalf("tandem dev does not print export %s=...:\n%s", name, out.String())
+		}
 	}
-	if j := waitJobState(t, cl, j.ID, 30*time.Second, terminal); j.State != tandem.JobSucceeded {
-		t.Fatalf("echo hello on the dev cluster: %s %s", j.State, j.Reason)
+	if !strings.Contains(envValue(env, "TANDEM_SERVERS"), "https://") {
+		t.Fatalf("tandem dev's servers are not https: %v", env)
+	}
+	sub, errOut, code := runCLI(t, env, "job", "submit", "--", "echo", "hello")
+	id := strings.TrimSpace(sub)
+	if code != 0 || id == "" {
+		t.Fatalf("job submit on the dev cluster with its exports: exit %d %q %s", code, sub, errOut)
+	}
+	if _, errOut, code := runCLI(t, env, "job", "wait", id); code != 0 {
+		t.Fatalf("job wait %s: exit %d %s", id, code, errOut)
+	}
+	if logs, errOut, code := runCLI(t, env, "job", "logs", id); code != 0 || logs != "hello\n" {
+		t.Fatalf("job logs %s: exit %d %q %s", id, code, logs, errOut)
+	}
+	if out, errOut, code := runCLI(t, env, "acl", "token", "self"); code != 0 || !strings.Contains(out, "management") {
+		t.Fatalf("acl token self: exit %d %q %s; want the bootstrapped management token", code, out, errOut)
+	}
+	if _, errOut, code := runCLI(t, append(slices.Clone(env), "TANDEM_TOKEN="), "job", "list"); code != 1 || !strings.Contains(errOut, "requires a token") {
+		t.Fatalf("job list without a token: exit %d %s; want 1 and a refusal", code, errOut)
+	}
+	if _, errOut, code := runCLI(t, append(slices.Clone(env), "TANDEM_CACERT=", "TANDEM_CLIENT_CERT=", "TANDEM_CLIENT_KEY="), "job", "list"); code != 1 || !strings.Contains(errOut, "certificate") {
+		t.Fatalf("job list without the CA: exit %d %s; want 1 and a certificate error", code, errOut)
+	}
+	if st, errOut, code := runCLI(t, env, "supervise", "status"); code != 0 || !strings.Contains(st, "demo") {
+		t.Fatalf("supervise status with dev's etcd exports: exit %d %q %s", code, st, errOut)
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -386,7 +411,7 @@ func processPIDs(t *testing.T, out string) []int {
 	var pids []int
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
-		if len(f) >= 3 && (strings.HasPrefix(f[0], "rm") || strings.HasPrefix(f[0], "agent")) && strings.HasPrefix(f[1], "http://") {
+		if len(f) >= 3 && (strings.HasPrefix(f[0], "rm") || strings.HasPrefix(f[0], "agent")) && (strings.HasPrefix(f[1], "http://") || strings.HasPrefix(f[1], "https://")) {
 			var pid int
 			if _, err := fmt.Sscan(f[2], &pid); err == nil {
 				pids = append(pids, pid)
@@ -394,6 +419,29 @@ func processPIDs(t *testing.T, out string) []int {
 		}
 	}
 	return pids
+}
+
+// devExports reads the "export NAME=VALUE" lines tandem dev prints, as
+// environment entries.
+func devExports(t *testing.T, out string) []string {
+	t.Helper()
+	var env []string
+	for _, line := range strings.Split(out, "\n") {
+		if kv, ok := strings.CutPrefix(strings.TrimSpace(line), "export "); ok && strings.Contains(kv, "=") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// envValue returns the value of name in env.
+func envValue(env []string, name string) string {
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, name+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // syncBuffer is a bytes.Buffer safe for a process's writes and the test's reads.

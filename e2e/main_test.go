@@ -82,6 +82,7 @@ func startCluster(t *testing.T, n int, etcd *etcdtest.Etcd, extra ...string) *lo
 // tail of every process's log when the test failed.
 func startLocal(t *testing.T, cfg local.Config) *local.Cluster {
 	t.Helper()
+	secureCluster(t, &cfg)
 	c, err := local.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -91,6 +92,7 @@ func startLocal(t *testing.T, cfg local.Config) *local.Cluster {
 	if err := c.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	registerSecured(t, c)
 	t.Cleanup(func() {
 		c.Stop(10 * time.Second)
 		if t.Failed() {
@@ -113,7 +115,7 @@ func tail(s string, lines int) string {
 
 func newClient(t *testing.T, urls []string) *client.Client {
 	t.Helper()
-	cl, err := client.New(client.Config{Servers: urls})
+	cl, err := client.New(clientConfig(t, client.Config{Servers: urls}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +155,8 @@ func countActive(t *testing.T, c *local.Cluster) int {
 func runCLI(t *testing.T, env []string, args ...string) (string, string, int) {
 	t.Helper()
 	cmd := exec.Command(binary, args...)
-	cmd.Env = append(os.Environ(), env...)
+	// A secured cluster's certificates and token first: env may override.
+	cmd.Env = append(append(os.Environ(), secureEnv(t)...), env...)
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -19,7 +19,6 @@ import (
 
 	"github.com/anishathalye/porcupine"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/client"
@@ -101,11 +100,7 @@ func listAll(cl *client.Client) (map[string]*tandem.Job, error) {
 // the ledger.
 func (n *nemesis) collect() {
 	t := n.t
-	cli, err := clientv3.New(clientv3.Config{Endpoints: n.c.EtcdEndpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := clusterEtcdClient(t, n.c)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := n.collectEtcd(ctx, cli, keys.New("default")); err != nil {

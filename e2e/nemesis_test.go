@@ -18,11 +18,11 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/client"
 	"github.com/tandemhq/tandem/internal/history"
+	"github.com/tandemhq/tandem/internal/keys"
 	"github.com/tandemhq/tandem/internal/local"
 	"github.com/tandemhq/tandem/internal/transport"
 )
@@ -302,6 +302,7 @@ func (n *nemesis) startCluster() {
 	if m.sharded() {
 		cfg.Shards = m.shards
 	}
+	secureCluster(t, &cfg)
 	c, err := local.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -322,11 +323,9 @@ func (n *nemesis) startCluster() {
 		n.unfreeze() // nothing stays paused or cut off, whatever failed
 		c.Stop(10 * time.Second)
 	})
+	registerSecured(t, c)
 	n.admin = newClient(t, c.URLs())
-	if n.etcd, err = clientv3.New(clientv3.Config{Endpoints: c.EtcdEndpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.etcd.Close() })
+	n.etcd = clusterEtcdClient(t, c)
 	if m.sharded() {
 		if err := c.WaitOwned(ctx); err != nil {
 			t.Fatal(err)
@@ -386,11 +385,13 @@ func (a *answerTap) take() observation {
 
 // newTappedClient is a failover client like newClient's, whose answers tap
 // records.
-func newTappedClient(urls []string, attemptTimeout time.Duration) (*client.Client, *answerTap, error) {
-	hc := transport.NewHTTPClient(transport.HTTPOptions{Timeout: client.DefaultTimeout})
+func newTappedClient(t *testing.T, urls []string, attemptTimeout time.Duration) (*client.Client, *answerTap, error) {
+	cfg := clientConfig(t, client.Config{Servers: urls, AttemptTimeout: attemptTimeout})
+	hc := transport.NewHTTPClient(transport.HTTPOptions{Timeout: client.DefaultTimeout, TLS: cfg.TLS})
 	tap := &answerTap{next: hc.Transport}
 	hc.Transport = tap
-	cl, err := client.New(client.Config{Servers: urls, HTTPClient: hc, AttemptTimeout: attemptTimeout})
+	cfg.HTTPClient = hc
+	cl, err := client.New(cfg)
 	return cl, tap, err
 }
 
@@ -412,7 +413,7 @@ func (n *nemesis) clientLoop(ctx context.Context, id int) {
 		// would show.
 		attemptTimeout = -1
 	}
-	cl, tap, err := newTappedClient(urls, attemptTimeout)
+	cl, tap, err := newTappedClient(n.t, urls, attemptTimeout)
 	if err != nil {
 		n.t.Error(err)
 		return
@@ -723,7 +724,8 @@ func (n *nemesis) heldBy(i int) []heldShard {
 func (n *nemesis) etcdRevision() int64 {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	resp, err := n.etcd.Get(ctx, "/", clientv3.WithCountOnly())
+	// A key in the cluster's prefix: a locked-down etcd lets it read nothing else.
+	resp, err := n.etcd.Get(ctx, keys.New("default").Prefix(), clientv3.WithCountOnly())
 	if err != nil {
 		return 0
 	}

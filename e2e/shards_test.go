@@ -39,7 +39,7 @@ import (
 // at most once (I1, I2, I4).
 func TestShardsPausedOwnerResumesFenced(t *testing.T) {
 	const n = 8
-	e := etcdtest.Start(t)
+	e := startEtcd(t)
 	c := startLocal(t, local.Config{Binary: binary, Servers: 3, Agents: 2, Shards: n, LeaseTTL: time.Second,
 		BasePort: freeBasePort(t, 3), DataDir: t.TempDir(), EtcdEndpoints: e.Endpoint, LogLevel: "debug"})
 	all := serverIDs(c)
@@ -91,7 +91,8 @@ func TestShardsPausedOwnerResumesFenced(t *testing.T) {
 	// A submission sent to the paused server waits in its socket and is
 	// handled the moment it resumes, while it still believes in its terms.
 	queued := make(chan rawAnswer, 1)
-	go func() { queued <- postJob(c.Servers[victim].URL, "queued-while-paused") }()
+	hc, token := httpClient(t), securedToken(t)
+	go func() { queued <- postJob(hc, token, c.Servers[victim].URL, "queued-while-paused") }()
 
 	for _, i := range others {
 		eventually(t, fmt.Sprintf("%s sees every shard of paused %s under a new owner", c.Servers[i].ID, vid), 30*time.Second, func() error {
@@ -180,7 +181,7 @@ func TestShardsPausedOwnerResumesFenced(t *testing.T) {
 // attempt, and submissions through the failover client go on succeeding.
 func TestShardsKill9OfServer(t *testing.T) {
 	const n = 8
-	e := etcdtest.Start(t)
+	e := startEtcd(t)
 	c := startLocal(t, local.Config{Binary: binary, Servers: 3, Agents: 2, Shards: n, LeaseTTL: time.Second,
 		BasePort: freeBasePort(t, 3), DataDir: t.TempDir(), EtcdEndpoints: e.Endpoint, LogLevel: "debug"})
 	all := serverIDs(c)
@@ -294,7 +295,7 @@ func TestShardsKill9OfServer(t *testing.T) {
 // could own the shards, saying why.
 func TestShardsJoinAndDrainThroughCLI(t *testing.T) {
 	const n = 16
-	e := etcdtest.Start(t)
+	e := startEtcd(t)
 	c := startLocal(t, local.Config{Binary: binary, Servers: 3, Initial: 2, Shards: n,
 		BasePort: freeBasePort(t, 3), DataDir: t.TempDir(), EtcdEndpoints: e.Endpoint, LogLevel: "debug"})
 	waitShardsSettled(t, c, n, "rm1", "rm2")
@@ -406,7 +407,7 @@ func TestShardsJoinAndDrainThroughCLI(t *testing.T) {
 // started with another --shards exits non-zero naming the cluster's number,
 // and one started without --shards adopts it.
 func TestShardsCountIsFixedForTheCluster(t *testing.T) {
-	e := etcdtest.Start(t)
+	e := startEtcd(t)
 	c := startLocal(t, local.Config{Binary: binary, Servers: 4, Initial: 1,
 		BasePort: freeBasePort(t, 4), DataDir: t.TempDir(), EtcdEndpoints: e.Endpoint, LogLevel: "debug",
 		ServerArgs: map[string][]string{"rm1": {"--shards", "16"}, "rm2": {"--shards", "8"}, "rm3": {"--shards", "1"}}})
@@ -451,7 +452,9 @@ func TestShardsCountIsFixedForTheCluster(t *testing.T) {
 // succeeds, and Ctrl-C (SIGINT) stops every process.
 func TestShardsDev(t *testing.T) {
 	base := freeBasePort(t, 3)
-	cmd := exec.Command(binary, "dev", "--shards", "4", "--base-port", fmt.Sprint(base))
+	// --insecure: the plain http dev cluster of before security (tandem
+	// dev's secured default is TestDevStartsAndStopsEverything's).
+	cmd := exec.Command(binary, "dev", "--insecure", "--shards", "4", "--base-port", fmt.Sprint(base))
 	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -472,7 +475,7 @@ func TestShardsDev(t *testing.T) {
 		}
 	}
 	printed := out.String()
-	for _, want := range []string{"active-active, 4 shards", "admin shards", "of 4 shards"} {
+	for _, want := range []string{"active-active, 4 shards", "insecure: plain http", "admin shards", "of 4 shards"} {
 		if !strings.Contains(printed, want) {
 			t.Fatalf("tandem dev --shards 4 does not print %q:\n%s", want, printed)
 		}
@@ -647,10 +650,10 @@ func waitShardsSettled(t *testing.T, c *local.Cluster, n int, ids ...string) []t
 // shard with two tenures at once.
 func auditShards(t *testing.T, e *etcdtest.Etcd, n int) *history.Audit {
 	t.Helper()
-	cli := e.Client(t)
+	cli := etcdClient(t, e)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	now, err := cli.Get(ctx, "any")
+	now, err := cli.Get(ctx, keys.New("default").Prefix()+"any") // within the cluster's prefix, which is all a locked-down etcd lets it read
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -779,7 +782,7 @@ func waitAcked(t *testing.T, tr *trickle, k int) {
 // isActive returns the status of url's /isActive (200 while it owns shards).
 func isActive(t *testing.T, url string) int {
 	t.Helper()
-	resp, err := http.Get(url + "/isActive")
+	resp, err := httpClient(t).Get(url + "/isActive")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -794,14 +797,20 @@ type rawAnswer struct {
 	err    error
 }
 
-// postJob submits a job to one server, following no redirect.
-func postJob(url, name string) rawAnswer {
+// postJob submits a job to one server with hc (httpClient's) and token
+// (securedToken's), following no redirect.
+func postJob(hc *http.Client, token, url, name string) rawAnswer {
 	body := fmt.Sprintf(`{"name":%q,"command":["true"]}`, name)
 	req, _ := http.NewRequest(http.MethodPost, url+"/v1/jobs", strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Idempotency-Key", client.NewIdempotencyKey())
-	hc := &http.Client{Timeout: 60 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := hc.Do(req)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	nc := *hc
+	nc.Timeout = 60 * time.Second
+	nc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := nc.Do(req)
 	if err != nil {
 		return rawAnswer{err: err}
 	}

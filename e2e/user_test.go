@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/tandemhq/tandem"
-	"github.com/tandemhq/tandem/internal/etcdtest"
 	"github.com/tandemhq/tandem/internal/local"
 )
 
@@ -40,7 +39,7 @@ func TestJobUserThroughTheCluster(t *testing.T) {
 	if err := os.Chmod(dir, 0o711); err != nil {
 		t.Fatal(err)
 	}
-	e := etcdtest.Start(t)
+	e := startEtcd(t)
 	c := startLocal(t, local.Config{Binary: binary, Servers: 1, Agents: 1, BasePort: freeBasePort(t, 1), DataDir: dir,
 		EtcdEndpoints: e.Endpoint, LogLevel: "debug", AgentArgs: []string{"--run-as", "nobody", "--allow-users", "daemon", "--allow-root=false"}})
 	env := []string{"TANDEM_SERVERS=" + strings.Join(c.URLs(), ","), "XDG_CONFIG_HOME=" + t.TempDir()}

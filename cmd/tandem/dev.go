@@ -35,6 +35,7 @@ type devFlags struct {
 	logLevel     string
 	supervisors  int
 	lb           string
+	insecure     bool
 }
 
 func newDevCmd() *cobra.Command {
@@ -45,7 +46,15 @@ func newDevCmd() *cobra.Command {
 		Long: `Run a complete local tandem cluster on loopback with nothing else installed:
 N servers, each its own OS process with an embedded etcd member, so you can
 kill -9 the active and watch another server take over. Ctrl-C (or SIGTERM)
-stops everything and leaves no process behind.`,
+stops everything and leaves no process behind.
+
+It is secured by default (docs/SECURITY.md): a throwaway CA and
+certificates, TLS between every process, etcd locked to the cluster with
+client certificates, and tokens enforced, with a management token
+bootstrapped for you. It prints the export lines a shell needs to use it
+(TANDEM_SERVERS, TANDEM_CACERT, TANDEM_CLIENT_CERT, TANDEM_CLIENT_KEY,
+TANDEM_TOKEN, and the TANDEM_ETCD_* of tandem supervise's commands), and
+writes them to env.sh in the data directory. --insecure turns all of it off.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runDev(cmd.Context(), cmd.OutOrStdout(), f) },
 	}
@@ -60,6 +69,7 @@ stops everything and leaves no process behind.`,
 	fl.StringVar(&f.logLevel, "log-level", "info", "servers' log level")
 	fl.StringVar(&f.lb, "lb", "", "put a load balancer in front of the servers, driven by tandem lb: haproxy (--lb alone) or nginx (--lb=nginx); it listens on base-port+395")
 	fl.Lookup("lb").NoOptDefVal = "haproxy"
+	fl.BoolVar(&f.insecure, "insecure", false, "no TLS, no etcd authentication, no tokens: plain http on loopback, as before security existed")
 	fl.IntVar(&f.supervisors, "supervisors", 2, "tandem supervise processes (nodes sv1, ...) making a demo service highly available (0: none; ports base-port+380+i, the demo on base-port+390)")
 	return cmd
 }
@@ -95,8 +105,12 @@ func runDev(ctx context.Context, out io.Writer, f *devFlags) error {
 	} else if dir, err = filepath.Abs(dir); err != nil {
 		return err
 	}
-	c, err := local.New(local.Config{Binary: bin, Servers: f.servers, Agents: f.agents, BasePort: f.basePort, DataDir: dir,
-		LeaseTTL: f.leaseTTL, LogLevel: f.logLevel, Shards: f.shards, Supervisors: f.supervisors, LB: f.lb})
+	cfg := local.Config{Binary: bin, Servers: f.servers, Agents: f.agents, BasePort: f.basePort, DataDir: dir,
+		LeaseTTL: f.leaseTTL, LogLevel: f.logLevel, Shards: f.shards, Supervisors: f.supervisors, LB: f.lb}
+	if !f.insecure {
+		cfg.Secure = filepath.Join(dir, "tls")
+	}
+	c, err := local.New(cfg)
 	if err != nil {
 		return usagef("%v", err)
 	}
@@ -107,7 +121,11 @@ func runDev(ctx context.Context, out io.Writer, f *devFlags) error {
 	if f.shards > 1 {
 		mode = fmt.Sprintf("active-active, %d shards", f.shards)
 	}
-	fmt.Fprintf(out, "tandem dev: starting %d servers (%s) on loopback, each its own process with an embedded etcd member, %d agents and %d supervisors\n", f.servers, mode, f.agents, f.supervisors)
+	security := "secured: TLS, etcd auth, tokens"
+	if f.insecure {
+		security = "insecure: plain http, no tokens"
+	}
+	fmt.Fprintf(out, "tandem dev: starting %d servers (%s, %s) on loopback, each its own process with an embedded etcd member, %d agents and %d supervisors\n", f.servers, mode, security, f.agents, f.supervisors)
 	startCtx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	err = c.Start(startCtx)
 	cancel()
@@ -184,9 +202,19 @@ func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir s
 	if exe, err := os.Executable(); err == nil && strings.Contains(exe, "go-build") {
 		self = "go run ./cmd/tandem"
 	}
-	fmt.Fprintln(out, "\nTry, in another terminal:")
-	if f.basePort != 7070 || f.servers != 3 {
-		fmt.Fprintf(out, "  export TANDEM_SERVERS=%s\n", strings.Join(c.URLs(), ","))
+	env := devEnv(c, f)
+	if len(env) > 0 {
+		file := filepath.Join(dir, "env.sh")
+		if err := os.WriteFile(file, []byte(strings.Join(env, "\n")+"\n"), 0o600); err != nil {
+			fmt.Fprintf(out, "tandem dev: write %s: %v\n", file, err)
+		}
+		fmt.Fprintf(out, "\nThe cluster is secured. In another terminal, first (or: . %s):\n", file)
+		for _, line := range env {
+			fmt.Fprintf(out, "  %s\n", line)
+		}
+		fmt.Fprintln(out, "\nThen try:")
+	} else {
+		fmt.Fprintln(out, "\nTry, in another terminal:")
 	}
 	fmt.Fprintf(out, "  %s job submit -- echo hello        # prints the job ID\n", self)
 	fmt.Fprintf(out, "  %s job logs <job-id>\n", self)
@@ -208,7 +236,9 @@ func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir s
 		}
 	}
 	if c.DemoURL != "" {
-		fmt.Fprintf(out, "  export TANDEM_ETCD_ENDPOINTS=%s\n", strings.Join(c.EtcdEndpoints(), ","))
+		if c.TLS == nil {
+			fmt.Fprintf(out, "  export TANDEM_ETCD_ENDPOINTS=%s\n", strings.Join(c.EtcdEndpoints(), ","))
+		}
 		fmt.Fprintf(out, "  curl %s                # says which node and epoch serve it\n", c.DemoURL)
 		fmt.Fprintf(out, "  %s supervise status\n", self)
 		other := "sv2"
@@ -223,6 +253,26 @@ func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir s
 		fmt.Fprintf(out, "  %s supervise history\n", self)
 	}
 	fmt.Fprintln(out, "\nCtrl-C stops everything. HA changes are printed below.")
+}
+
+// devEnv returns the export lines a shell needs to use the cluster: the
+// servers' URLs when they are not the CLI's default, and with security the
+// CLI's certificate, CA and token, and the etcd certificate and endpoints
+// of tandem supervise's commands (which go to etcd directly).
+func devEnv(c *local.Cluster, f *devFlags) []string {
+	var env []string
+	if f.basePort != 7070 || f.servers != 3 || c.TLS != nil {
+		env = append(env, "export TANDEM_SERVERS="+strings.Join(c.URLs(), ","))
+	}
+	for _, kv := range c.SecureEnv() {
+		env = append(env, "export "+kv)
+	}
+	if c.TLS != nil && c.DemoURL != "" {
+		ef := c.EtcdFiles()
+		env = append(env, "export TANDEM_ETCD_ENDPOINTS="+strings.Join(c.EtcdEndpoints(), ","),
+			"export TANDEM_ETCD_CACERT="+ef.CACert, "export TANDEM_ETCD_CERT="+ef.Cert, "export TANDEM_ETCD_KEY="+ef.Key)
+	}
+	return env
 }
 
 // describeState is how tandem dev shows a server's state: the active's

@@ -88,6 +88,17 @@ type Config struct {
 	// and the servers turn etcd authentication on, and every process that
 	// talks to etcd is given its certificate. Embedded etcd only.
 	EtcdTLS string
+	// Secure, when set, turns on everything docs/SECURITY.md describes,
+	// with the cluster's CA and certificates in this directory (made there
+	// if absent, kept if present): TLS between the servers and agents
+	// (EnableTLS), etcd locked down (EtcdTLS is taken to be this directory;
+	// external members get certificates and Start sets their
+	// authentication up; an etcd of EtcdEndpoints must already be locked
+	// down for the cluster with this directory's CA), and tokens enforced
+	// (--acl), Start bootstrapping a management token (Cluster.Token, kept
+	// in TokenFile). Supervisors keep their plain HTTP API; tandem lb is
+	// refused.
+	Secure string
 }
 
 // Validate reports the first problem with the configuration.
@@ -122,8 +133,14 @@ func (c *Config) Validate() error {
 	if c.Initial > 0 && c.Initial < c.Servers && c.EtcdEndpoints == "" && c.ExternalEtcd == 0 {
 		return errors.New("servers added later need shared etcd (etcd endpoints or external etcd), not embedded members")
 	}
-	if c.EtcdTLS != "" && (c.EtcdEndpoints != "" || c.ExternalEtcd > 0) {
-		return errors.New("etcd TLS locks down the servers' embedded etcd members: not with etcd endpoints or external etcd")
+	if c.Secure != "" {
+		if c.EtcdTLS != "" && c.EtcdTLS != c.Secure {
+			return errors.New("a secured cluster keeps its etcd certificates with the others: EtcdTLS must be empty or Secure's directory")
+		}
+		c.EtcdTLS = c.Secure
+	}
+	if c.EtcdTLS != "" && c.EtcdEndpoints != "" && c.Secure == "" {
+		return errors.New("etcd TLS locks down the servers' embedded or external etcd members: not with etcd endpoints (Secure takes an etcd already locked down)")
 	}
 	if c.Shards < 0 || c.Shards > 1024 {
 		return fmt.Errorf("shards must be from 1 to 1024, not %d", c.Shards)
@@ -166,6 +183,11 @@ type Cluster struct {
 	// where it answers, whichever node runs it.
 	Supervisors []*Proc
 	DemoURL     string
+	// TLS and Token, for a cluster with Config.Secure, are the CLI's
+	// certificate files and the management token (set by Start);
+	// SecureEnv returns them as environment variables.
+	TLS   *TLSFiles
+	Token string
 	// LB runs tandem lb (Config.LB); LBURL is where the proxy takes API
 	// traffic.
 	LB      *Proc
@@ -208,15 +230,19 @@ func New(cfg Config) (*Cluster, error) {
 	if cfg.ExternalEtcd > 0 {
 		var initial []string
 		for m := 0; m < cfg.ExternalEtcd; m++ {
-			initial = append(initial, fmt.Sprintf("e%d=%s", m+1, url(port(800, m))))
+			initial = append(initial, fmt.Sprintf("e%d=%s", m+1, etcdURL(port(800, m))))
 		}
 		for m := 0; m < cfg.ExternalEtcd; m++ {
 			id := fmt.Sprintf("e%d", m+1)
 			dir := filepath.Join(cfg.DataDir, id)
-			p := &Proc{ID: id, binary: cfg.Binary, URL: url(port(700, m)), LogPath: filepath.Join(dir, "etcd.log"), health: "/health"}
-			p.args = append([]string{"etcd", "--name", id, "--data-dir", dir, "--client-url", p.URL,
-				"--peer-url", url(port(800, m)), "--initial-cluster", strings.Join(initial, ","),
-				"--cluster-token", "tandem-bench-" + cfg.Cluster}, cfg.EtcdArgs...)
+			p := &Proc{ID: id, binary: cfg.Binary, URL: etcdURL(port(700, m)), LogPath: filepath.Join(dir, "etcd.log"), health: "/health"}
+			p.args = []string{"etcd", "--name", id, "--data-dir", dir, "--client-url", p.URL,
+				"--peer-url", etcdURL(port(800, m)), "--initial-cluster", strings.Join(initial, ","),
+				"--cluster-token", "tandem-bench-" + cfg.Cluster}
+			if f := c.etcdFiles(id); !f.IsZero() {
+				p.args = append(p.args, "--cacert", f.CACert, "--cert", f.Cert, "--key", f.Key)
+			}
+			p.args = append(p.args, cfg.EtcdArgs...)
 			c.Etcd = append(c.Etcd, p)
 			memberURLs = append(memberURLs, p.URL)
 		}
@@ -246,16 +272,18 @@ func New(cfg Config) (*Cluster, error) {
 		switch {
 		case cfg.EtcdEndpoints != "":
 			s.args = append(s.args, "--etcd-endpoints", cfg.EtcdEndpoints)
+			s.args = append(s.args, c.etcdCertArgs(id)...)
 		case cfg.ExternalEtcd > 0:
 			eps := memberURLs
 			if cfg.Proxied {
 				eps = nil
 				for m := 0; m < cfg.ExternalEtcd; m++ {
 					c.proxies = append(c.proxies, proxySpec{server: i, listen: port(900, i*10+m), target: port(700, m)})
-					eps = append(eps, url(port(900, i*10+m)))
+					eps = append(eps, etcdURL(port(900, i*10+m)))
 				}
 			}
 			s.args = append(s.args, "--etcd-endpoints", strings.Join(eps, ","))
+			s.args = append(s.args, c.etcdCertArgs(id)...)
 		default:
 			s.args = append(s.args, "--embed-etcd",
 				"--etcd-client-url", etcdURL(port(100, i)),
@@ -343,6 +371,9 @@ func New(cfg Config) (*Cluster, error) {
 		p.args = append(p.args, c.etcdCertArgs("lb")...)
 		p.args = append(p.args, cfg.LBArgs...)
 		c.LB = p
+	}
+	if err := c.secureOn(); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
@@ -439,6 +470,10 @@ func (c *Cluster) Start(ctx context.Context) error {
 		c.Stop(time.Second)
 		return err
 	}
+	if err := c.etcdChecks(); err != nil {
+		c.Stop(time.Second)
+		return err
+	}
 	for _, e := range c.Etcd {
 		if err := e.Start(); err != nil {
 			c.Stop(5 * time.Second)
@@ -450,6 +485,10 @@ func (c *Cluster) Start(ctx context.Context) error {
 			c.Stop(5 * time.Second)
 			return err
 		}
+	}
+	if err := c.setupEtcdAuth(ctx); err != nil {
+		c.Stop(5 * time.Second)
+		return err
 	}
 	initial := len(c.Servers)
 	if c.cfg.Initial > 0 {
@@ -466,6 +505,10 @@ func (c *Cluster) Start(ctx context.Context) error {
 			c.Stop(5 * time.Second)
 			return err
 		}
+	}
+	if err := c.bootstrapToken(ctx); err != nil {
+		c.Stop(5 * time.Second)
+		return err
 	}
 	for _, a := range c.Agents {
 		if err := a.Start(); err != nil {
@@ -676,6 +719,7 @@ func (c *Cluster) Status(ctx context.Context, i int) (tandem.ServerStatus, error
 	if err != nil {
 		return st, err
 	}
+	c.authorize(req)
 	resp, err := c.Servers[i].client().Do(req)
 	if err != nil {
 		return st, err
@@ -734,6 +778,7 @@ func (c *Cluster) Shards(ctx context.Context, i int) ([]tandem.ShardInfo, error)
 	if err != nil {
 		return nil, err
 	}
+	c.authorize(req)
 	resp, err := c.Servers[i].client().Do(req)
 	if err != nil {
 		return nil, err
@@ -860,6 +905,9 @@ func (c *Cluster) makeEtcdCerts() error {
 		return fmt.Errorf("etcd TLS: the CA in %s is cluster %q's, not %q's", dir, ca.Cluster, c.cfg.Cluster)
 	}
 	ids := []string{etcdLocalID}
+	for _, e := range c.Etcd {
+		ids = append(ids, e.ID)
+	}
 	for _, s := range c.Servers {
 		ids = append(ids, s.ID)
 	}

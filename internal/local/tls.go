@@ -41,10 +41,11 @@ const tlsValidity = 30 * 24 * time.Hour
 // switches every server and agent URL to https, and makes the cluster's own
 // health checks present a server certificate (server-local.pem), as agents
 // require. It also makes a cli certificate for the CLI (TLSFiles.Env).
-// Supervisors and tandem lb are not covered: it refuses a cluster with them.
+// Supervisors, which call no server, keep their plain HTTP API; tandem lb
+// is not covered: it refuses a cluster with one.
 func (c *Cluster) EnableTLS(dir string) (*TLSFiles, error) {
-	if len(c.Supervisors) > 0 || c.LB != nil {
-		return nil, errors.New("TLS between processes: not with supervisors or tandem lb yet")
+	if c.LB != nil {
+		return nil, errors.New("TLS between processes: not with tandem lb yet")
 	}
 	ca, err := pki.LoadCA(dir)
 	if errors.Is(err, fs.ErrNotExist) {
