@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/tandemhq/tandem/internal/pki"
 	"github.com/tandemhq/tandem/internal/supervise"
 	"github.com/tandemhq/tandem/internal/supervise/health"
 )
@@ -43,6 +45,13 @@ type superviseFlags struct {
 	update        bool
 	logLevel      string
 	logFormat     string
+
+	// The API's security (docs/SUPERVISE.md, "Security"): flags only, not
+	// in the config file.
+	tls        procTLS
+	acl        bool
+	aclMetrics bool
+	auditLog   string
 
 	// The single-service form.
 	service        string
@@ -113,6 +122,10 @@ Subcommands show and move services: status, history, move, ban, clear.`,
 	fl.BoolVar(&f.update, "update", false, "replace a service's definition in etcd that differs from this node's")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	f.tls.register(fl, "server")
+	fl.BoolVar(&f.acl, "acl", false, "require a bearer token of the cluster on the API: read for status, history and nodes, operator for move, ban and clear; /healthz stays open, /metrics too unless --acl-metrics")
+	fl.BoolVar(&f.aclMetrics, "acl-metrics", false, "with --acl, /metrics needs a read token too")
+	fl.StringVar(&f.auditLog, "audit-log", "", "append one JSON line per mutating API request and per denial to this file (\"-\": stderr)")
 
 	fl.StringVar(&f.service, "service", "", "the service's name (the single-service form, with the command after --)")
 	fl.StringArrayVar(&f.health, "health", nil, "health check KIND:TARGET, repeatable: exec:PATH [ARGS], tcp:HOST:PORT, http:URL (the command's own exit is always watched)")
@@ -309,6 +322,12 @@ func superviseConfig(cmd *cobra.Command, f *superviseFlags, args []string) (supe
 		}
 		host, _ := os.Hostname()
 		cfg.URL = "http://" + net.JoinHostPort(orDefault(host, "localhost"), port)
+		if f.tls.on() {
+			cfg.URL = httpsURL(cfg.URL)
+		}
+	}
+	if u, err := url.Parse(cfg.URL); err == nil && u.Scheme == "http" && f.tls.on() {
+		return cfg, nil, usagef("--advertise %q: with --tls-cert the supervisor serves https only", cfg.URL)
 	}
 	if changed("addr") {
 		cfg.Addr = f.addr
@@ -445,6 +464,11 @@ func runSupervise(cmd *cobra.Command, f *superviseFlags, args []string) error {
 			return usagef("%v", err)
 		}
 	}
+	certs, closeAudit, err := superviseSecurity(f, &cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeAudit()
 	if cfg.LogDir != "" {
 		if err := os.MkdirAll(cfg.LogDir, 0o755); err != nil {
 			return fmt.Errorf("--log-dir: %w", err)
@@ -461,8 +485,53 @@ func runSupervise(cmd *cobra.Command, f *superviseFlags, args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log.Info("supervising", "node", cfg.Node, "cluster", cfg.Cluster, "listen", cfg.Listen, "url", cfg.URL, "services", len(cfg.Services), "pool", cfg.Pool)
+	if certs != nil {
+		defer watchTLS(ctx, certs, sup.Registry())()
+	}
+	log.Info("supervising", "node", cfg.Node, "cluster", cfg.Cluster, "listen", cfg.Listen, "url", cfg.URL, "services", len(cfg.Services), "pool", cfg.Pool,
+		"tls", certs != nil, "acl", f.acl, "acl_metrics", f.aclMetrics, "audit_log", f.auditLog)
 	return sup.Run(ctx)
+}
+
+// superviseSecurity checks the API's security flags and fills
+// cfg.Security: TLS with a server certificate of the cluster whose ID is
+// the node (the same rule as a server's --id), tokens, the audit log. It
+// returns the certificate store (nil without TLS), to reload on SIGHUP, and
+// the audit log's closer. Every problem is a usage error naming the flag.
+func superviseSecurity(f *superviseFlags, cfg *supervise.Config, log *slog.Logger) (*pki.Store, func(), error) {
+	if f.aclMetrics && !f.acl {
+		return nil, nil, usagef("--acl-metrics protects /metrics with a token: it needs --acl")
+	}
+	if f.tls.cert != "" && f.tls.key != "" && f.tls.ca != "" {
+		// procTLS.load names the server's --id; a supervisor's ID is its
+		// --node. Anything else wrong with the files, load says.
+		if c, err := pki.ReadCerts(f.tls.cert); err == nil && len(c) > 0 {
+			if id, err := pki.FromCert(c[0]); err == nil && id.Role == pki.RoleServer && id.Cluster == cfg.Cluster && id.ID != cfg.Node {
+				return nil, nil, usagef("--tls-cert %s is %s's certificate, not node %s's (--node): the ID in a supervisor's certificate must be its node", f.tls.cert, id.ID, cfg.Node)
+			}
+		}
+	}
+	certs, err := f.tls.load(pki.RoleServer, cfg.Cluster, cfg.Node, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	if certs != nil {
+		// Client certificates are verified if given, not required: tools
+		// call the API with a token, and the others' probes of /healthz
+		// need nothing.
+		srvTLS, err := tlsServerConfig(certs, pki.ServerOptions{})
+		if err != nil {
+			return nil, nil, err
+		}
+		cfg.Security.TLS = srvTLS
+		cfg.Security.PeerTLS = pki.ClientConfig(certs, pki.ClientOptions{ServerRoles: []pki.Role{pki.RoleServer}})
+	}
+	audit, closeAudit, err := openAuditLog(f.auditLog)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.Security.Enforce, cfg.Security.ProtectMetrics, cfg.Security.Audit = f.acl, f.aclMetrics, audit
+	return certs, closeAudit, nil
 }
 
 func etcdEndpoints(f *superviseFlags) []string {

@@ -34,7 +34,10 @@ type prober struct {
 }
 
 func newProber(s *Supervisor) *prober {
-	tr := &http.Transport{DisableKeepAlives: true, Proxy: nil}
+	// With TLS (Security.PeerTLS), an https owner is probed over TLS; a
+	// refused connection is refused before any handshake, so the evidence
+	// of death is the same.
+	tr := &http.Transport{DisableKeepAlives: true, Proxy: nil, TLSClientConfig: s.cfg.Security.PeerTLS}
 	return &prober{s: s, seen: map[string]time.Time{}, refused: map[string]int{}, client: &http.Client{Transport: tr}}
 }
 

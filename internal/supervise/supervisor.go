@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -62,7 +63,10 @@ type Config struct {
 	// instead of waiting for its lease (default 100ms and 3).
 	ProbeInterval time.Duration
 	ProbeFailures int
-	Log           *slog.Logger
+	// Security secures the HTTP API: TLS, tokens and the audit log (the
+	// zero value: plain http, open, no audit log).
+	Security Security
+	Log      *slog.Logger
 }
 
 // DefaultConfig returns the defaults of every setting.
@@ -88,8 +92,12 @@ func (c Config) Validate() error {
 	if c.SelfFenceMargin < 0 || c.SelfFenceMargin >= c.LeaseTTL {
 		return fmt.Errorf("self-fence margin %s: must be from 0 to less than the lease TTL %s", c.SelfFenceMargin, c.LeaseTTL)
 	}
-	if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	u, err := url.Parse(c.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("advertise URL %q: want http://HOST:PORT", c.URL)
+	}
+	if err := c.Security.validate(u); err != nil {
+		return err
 	}
 	if len(c.Services) == 0 && !c.Pool {
 		return errors.New("no service: give one with --service and a command after --, services: in a config file, or --pool to host any service defined in etcd")
@@ -250,7 +258,7 @@ func (s *Supervisor) poke() {
 }
 
 // Handler is the supervisor's HTTP API.
-func (s *Supervisor) Handler() http.Handler { return s.handler() }
+func (s *Supervisor) Handler() http.Handler { return s.handler(s.guard()) }
 
 // Run publishes the definitions, joins the pool and runs services until
 // ctx ends; then it gives every service up cleanly (stopping its command
@@ -278,7 +286,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("listen on %s: %w", s.cfg.Listen, err)
 		}
-		srv = &http.Server{Handler: s.handler(), ReadHeaderTimeout: 5 * time.Second}
+		if s.cfg.Security.TLS != nil {
+			ln = tls.NewListener(ln, s.cfg.Security.TLS)
+		}
+		g := s.guard()
+		srv = &http.Server{Handler: s.handler(g), ReadHeaderTimeout: 5 * time.Second,
+			// Refused TLS handshakes among them, at debug (load balancers'
+			// TCP checks would fill the log otherwise), and in the audit log.
+			ErrorLog: g.HandshakeLog(s.log)}
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = srv.Serve(ln) }()
 	}
