@@ -177,7 +177,7 @@ func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir s
 	demoNode := ""
 	for _, p := range c.Supervisors {
 		state := "supervisor"
-		if st, err := demoStatus(ctx, p.URL); err == nil && st.Node == p.ID {
+		if st, err := demoStatus(ctx, c, p.URL); err == nil && st.Node == p.ID {
 			state = "supervisor, runs demo (" + st.State + ")"
 			demoNode = p.ID
 		}
@@ -366,18 +366,22 @@ func watchDev(ctx context.Context, out io.Writer, c *local.Cluster, restartDelay
 }
 
 // demoStatus asks the supervisor at url where the demo service runs.
-func demoStatus(ctx context.Context, url string) (supervise.ServiceStatus, error) {
+func demoStatus(ctx context.Context, c *local.Cluster, url string) (supervise.ServiceStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/v1/supervise/services", nil)
 	if err != nil {
 		return supervise.ServiceStatus{}, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	c.Authorize(req)
+	resp, err := c.HTTPClient().Do(req)
 	if err != nil {
 		return supervise.ServiceStatus{}, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return supervise.ServiceStatus{}, fmt.Errorf("%s: HTTP %d", url, resp.StatusCode)
+	}
 	var all []supervise.ServiceStatus
 	if err := json.NewDecoder(resp.Body).Decode(&all); err != nil {
 		return supervise.ServiceStatus{}, err
@@ -427,7 +431,7 @@ func watchDemo(ctx context.Context, out io.Writer, c *local.Cluster, restartDela
 			if p.PID() == 0 {
 				continue
 			}
-			st, err := demoStatus(ctx, p.URL)
+			st, err := demoStatus(ctx, c, p.URL)
 			if err != nil {
 				continue
 			}
@@ -465,7 +469,7 @@ func waitDemo(ctx context.Context, c *local.Cluster) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	for ctx.Err() == nil {
-		if st, err := demoStatus(ctx, c.Supervisors[0].URL); err == nil && st.State == supervise.StateHealthy {
+		if st, err := demoStatus(ctx, c, c.Supervisors[0].URL); err == nil && st.State == supervise.StateHealthy {
 			return
 		}
 		select {

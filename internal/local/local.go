@@ -96,8 +96,8 @@ type Config struct {
 	// authentication up; an etcd of EtcdEndpoints must already be locked
 	// down for the cluster with this directory's CA), and tokens enforced
 	// (--acl), Start bootstrapping a management token (Cluster.Token, kept
-	// in TokenFile). Supervisors keep their plain HTTP API; tandem lb is
-	// refused.
+	// in TokenFile). Supervisors serve their API over TLS and take
+	// tokens too; tandem lb is refused.
 	Secure string
 }
 

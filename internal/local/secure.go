@@ -32,6 +32,9 @@ func (c *Cluster) secureOn() error {
 	for _, s := range c.Servers {
 		s.args = append(s.args, "--acl")
 	}
+	for _, p := range c.Supervisors {
+		p.args = insertBefore(p.args, "--", "--acl")
+	}
 	files, err := c.EnableTLS(c.cfg.Secure)
 	if err != nil {
 		return err
@@ -146,6 +149,19 @@ func (c *Cluster) etcdChecks() error {
 	}
 	return nil
 }
+
+// HTTPClient returns the client with which the cluster's own checks reach
+// its processes (TLS with the cluster's CA and a server certificate when
+// secured); Authorize adds the token to such a request.
+func (c *Cluster) HTTPClient() *http.Client {
+	if len(c.Servers) > 0 {
+		return c.Servers[0].client()
+	}
+	return httpClient
+}
+
+// Authorize adds the cluster's token, if any, to req.
+func (c *Cluster) Authorize(req *http.Request) { c.authorize(req) }
 
 // authorize adds the cluster's token, if any, to a request of its checks.
 func (c *Cluster) authorize(req *http.Request) {

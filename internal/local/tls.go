@@ -41,8 +41,8 @@ const tlsValidity = 30 * 24 * time.Hour
 // switches every server and agent URL to https, and makes the cluster's own
 // health checks present a server certificate (server-local.pem), as agents
 // require. It also makes a cli certificate for the CLI (TLSFiles.Env).
-// Supervisors, which call no server, keep their plain HTTP API; tandem lb
-// is not covered: it refuses a cluster with one.
+// Supervisors serve their API over TLS too; tandem lb is not covered: it
+// refuses a cluster with one.
 func (c *Cluster) EnableTLS(dir string) (*TLSFiles, error) {
 	if c.LB != nil {
 		return nil, errors.New("TLS between processes: not with tandem lb yet")
@@ -93,6 +93,18 @@ func (c *Cluster) EnableTLS(dir string) (*TLSFiles, error) {
 		a.args = append(a.args, "--tls-cert", is.CertFile, "--tls-key", is.KeyFile, "--tls-ca", caFile)
 		a.hc = hc
 	}
+	// Supervisors serve their API over TLS with a server certificate of
+	// their node (they call no server).
+	for _, p := range c.Supervisors {
+		is, err := issue(pki.RoleServer, p.ID)
+		if err != nil {
+			return nil, err
+		}
+		p.URL = httpsURL(p.URL)
+		setArg(p.args, "--advertise", p.URL)
+		p.args = insertBefore(p.args, "--", "--tls-cert", is.CertFile, "--tls-key", is.KeyFile, "--tls-ca", caFile)
+		p.hc = hc
+	}
 	cli, err := issue(pki.RoleCLI, "local")
 	if err != nil {
 		return nil, err
@@ -113,6 +125,17 @@ func httpsURL(u string) string {
 		return "https://" + rest
 	}
 	return u
+}
+
+// insertBefore returns args with more inserted before the first mark (the
+// "--" that ends a supervisor's flags), or appended if there is none.
+func insertBefore(args []string, mark string, more ...string) []string {
+	for i, a := range args {
+		if a == mark {
+			return append(append(append([]string(nil), args[:i]...), more...), args[i:]...)
+		}
+	}
+	return append(args, more...)
 }
 
 // setArg sets the value that follows flag in args, if the flag is there.
