@@ -108,13 +108,6 @@ type Config struct {
 	// $TANDEM_CLIENT_CERT and $TANDEM_CLIENT_KEY). Nil means the system's
 	// roots and no client certificate; http servers are unaffected.
 	TLS *tls.Config
-	// TLSProvesServers says TLS completes handshakes only with servers of
-	// the cluster, as TLSFiles.Config's does: the token then also goes to
-	// a server a redirect leads to that is not in Servers (a standby's
-	// redirect to an active the caller did not list), since that server
-	// has proved, before any header is sent, that it holds a server
-	// certificate of the cluster. Set it only for such a TLS configuration.
-	TLSProvesServers bool
 }
 
 // Client talks to a tandem cluster, failing over between its servers. It is
@@ -142,14 +135,13 @@ func New(cfg Config) (*Client, error) {
 		followCheck: defaultFollowCheck,
 	}
 	tr, err := transport.New(transport.Config{
-		Servers:          cfg.Servers,
-		HTTPClient:       cfg.HTTPClient,
-		Backoff:          cfg.Backoff,
-		UserAgent:        cfg.UserAgent,
-		AttemptTimeout:   cfg.AttemptTimeout,
-		Token:            cfg.Token,
-		TLS:              cfg.TLS,
-		TLSProvesServers: cfg.TLSProvesServers,
+		Servers:        cfg.Servers,
+		HTTPClient:     cfg.HTTPClient,
+		Backoff:        cfg.Backoff,
+		UserAgent:      cfg.UserAgent,
+		AttemptTimeout: cfg.AttemptTimeout,
+		Token:          cfg.Token,
+		TLS:            cfg.TLS,
 		// Through c, so that what tests set after New takes effect.
 		Sleep: func(ctx context.Context, d time.Duration) error { return c.sleep(ctx, d) },
 		RandN: func(n int64) int64 { return c.randN(n) },

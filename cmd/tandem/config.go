@@ -270,8 +270,6 @@ func (g *globals) client() (*client.Client, error) {
 		UserAgent: "tandem-cli/" + tandem.Version,
 		Token:     t.token,
 		TLS:       tlsCfg,
-		// t.tls.Config checks the servers' role and cluster.
-		TLSProvesServers: tlsCfg != nil,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", t.source, err)

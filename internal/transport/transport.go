@@ -40,11 +40,7 @@
 // endpoint.KeyOf) is not among the configured servers, carries no
 // credentials at all: neither the token nor an Authorization or Cookie header
 // the caller put in Call.Header. Credentials never follow a redirect out of
-// the configured server list, with one exception: with
-// Config.TLSProvesServers, an https host does get them, because the
-// handshake, which comes before any header is sent, has proved it holds a
-// server certificate of the cluster (a standby's redirect to an active the
-// caller did not list).
+// the configured server list.
 //
 // # Revisions
 //
@@ -151,14 +147,6 @@ type Config struct {
 	// request to a configured server, and never to any other host.
 	Token string
 
-	// TLSProvesServers says that TLS completes a handshake only with a
-	// server of the cluster: a certificate chaining to the cluster's CA
-	// with the server role, as pki.ClientConfig with pki.RoleServer (and
-	// client.TLSFiles.Config) checks. Credentials then also go to https
-	// hosts outside Servers (see Credentials). It has no effect without
-	// TLS, or with HTTPClient, whose TLS the transport cannot vouch for.
-	TLSProvesServers bool
-
 	// Sleep waits d between retries, or less when ctx is done, returning
 	// ctx.Err() then; nil means Sleep (a timer). Tests replace it to record
 	// the sleeps instead of taking them.
@@ -184,9 +172,6 @@ type Transport struct {
 	backoff   Backoff
 	userAgent string
 	token     string
-	// provesServers: an https host is one of the cluster's servers
-	// (Config.TLSProvesServers, honoured).
-	provesServers bool
 
 	// streamHC is hc without its overall timeout, for responses read as
 	// streams (a followed log stays open as long as its attempt runs);
@@ -212,12 +197,11 @@ func New(cfg Config) (*Transport, error) {
 		return nil, tandem.Errorf(tandem.EINVALID, "no servers given: give at least one server URL, such as http://127.0.0.1:7070")
 	}
 	t := &Transport{
-		userAgent:     cfg.UserAgent,
-		token:         cfg.Token,
-		provesServers: cfg.TLSProvesServers && cfg.TLS != nil && cfg.HTTPClient == nil,
-		backoff:       cfg.Backoff,
-		sleep:         cfg.Sleep,
-		randN:         cfg.RandN,
+		userAgent: cfg.UserAgent,
+		token:     cfg.Token,
+		backoff:   cfg.Backoff,
+		sleep:     cfg.Sleep,
+		randN:     cfg.RandN,
 	}
 	if t.sleep == nil {
 		t.sleep = Sleep
@@ -590,14 +574,14 @@ func (t *Transport) send(ctx context.Context, method, target string, body []byte
 	if t.userAgent != "" {
 		req.Header.Set("User-Agent", t.userAgent)
 	}
-	if t.ServerIndex(req.URL) >= 0 || t.provesServers && req.URL.Scheme == "https" {
+	if t.ServerIndex(req.URL) >= 0 {
 		if t.token != "" {
 			req.Header.Set("Authorization", "Bearer "+t.token)
 		}
 	} else {
-		// A redirect (or a Direct URL) out of the configured servers, not
-		// proved a server by TLS: the host may be anyone's, so no
-		// credential goes there (the package's credential rule).
+		// A redirect (or a Direct URL) out of the configured servers: the
+		// host may be anyone's, so no credential goes there (the package's
+		// credential rule).
 		for _, h := range credentialHeaders {
 			req.Header.Del(h)
 		}
