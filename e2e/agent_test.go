@@ -251,6 +251,16 @@ func TestLogsThroughStandbyAndAcrossFailover(t *testing.T) {
 	other := 3 - a - next
 	env = []string{"TANDEM_SERVERS=" + c.Servers[other].URL, "XDG_CONFIG_HOME=" + t.TempDir()}
 	got, errOut, code := runCLI(t, env, "job", "logs", j.ID)
+	if securedCluster(t) != nil {
+		// Secured, the standby's redirect leads to the active, which is not
+		// in the list: the token stays behind (I9) and the CLI says why.
+		// Listing the active after the standby lets it through.
+		if code != 1 || !strings.Contains(errOut, "token was not sent there") {
+			t.Fatalf("job logs through standby %s alone, secured: exit %d %q; want 1 and the withheld token explained", c.Servers[other].ID, code, errOut)
+		}
+		env = []string{"TANDEM_SERVERS=" + c.Servers[other].URL + "," + c.Servers[next].URL, "XDG_CONFIG_HOME=" + t.TempDir()}
+		got, errOut, code = runCLI(t, env, "job", "logs", j.ID)
+	}
 	if code != 0 || got != want {
 		t.Fatalf("job logs through standby %s: exit %d %q %s", c.Servers[other].ID, code, got, errOut)
 	}

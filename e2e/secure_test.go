@@ -225,7 +225,7 @@ func clientConfig(t *testing.T, cfg client.Config) client.Config {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Token, cfg.TLS, cfg.TLSProvesServers = c.Token, tc, true // (a caller's HTTPClient needs cfg.TLS in its transport)
+	cfg.Token, cfg.TLS = c.Token, tc // (a caller's HTTPClient needs cfg.TLS in its transport)
 	return cfg
 }
 

@@ -67,7 +67,7 @@ func (c *Cluster) Client() (*client.Client, error) {
 		if err != nil {
 			return nil, err
 		}
-		cfg.TLS, cfg.TLSProvesServers = tc, true
+		cfg.TLS = tc
 	}
 	return client.New(cfg)
 }

@@ -3,7 +3,10 @@ package transport
 import (
 	"context"
 	"net/http"
+	"strings"
 	"testing"
+
+	"github.com/tandemhq/tandem"
 )
 
 const testToken = "s3cret"
@@ -110,5 +113,25 @@ func TestDirectSendsCredentialsOnlyToConfiguredServers(t *testing.T) {
 		if got, want := r.header.Get("Cookie") != "", tt.wantAuth != ""; got != want {
 			t.Errorf("Direct to the %s server: got a Cookie %v, want %v", tt.name, got, want)
 		}
+	}
+}
+
+// A 401 from a server that a redirect led to outside the configured
+// servers says why: the token was withheld there, and listing the server
+// lets it go.
+func TestWithheldTokenExplained(t *testing.T) {
+	rec := &recorder{}
+	target := serve(t, rec, "target", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, tandem.Errorf(tandem.EUNAUTHENTICATED, "server rm3 requires a token"))
+	}))
+	a := serve(t, rec, "a", redirectTo(func() string { return target.URL }))
+	tr := newTestTransport(t, rec, func(c *Config) { c.Token = testToken }, a.URL)
+	err := tr.Do(context.Background(), get("/v1/jobs"), nil)
+	if tandem.ErrorCode(err) != tandem.EUNAUTHENTICATED || !strings.Contains(err.Error(), "token was not sent there") ||
+		!strings.Contains(err.Error(), target.URL) {
+		t.Fatalf("got %v; want the 401 explained, naming %s", err, target.URL)
+	}
+	if got := rec.last(t, "target").header.Get("Authorization"); got != "" {
+		t.Fatalf("the unlisted server got Authorization %q", got)
 	}
 }

@@ -56,6 +56,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -494,6 +495,18 @@ func nextServer(idx, n int, hung map[int]bool) int {
 	return (idx + 1) % n
 }
 
+// withheldToken explains a 401 from a server a redirect led to outside the
+// configured servers: the token was withheld there (the credential rule),
+// and listing that server is the way to let it go there.
+func withheldToken(err error, u *url.URL) error {
+	var te *tandem.Error
+	if !errors.As(err, &te) {
+		return err
+	}
+	host := u.Scheme + "://" + u.Host
+	return &tandem.Error{Code: te.Code, Message: fmt.Sprintf("%s (a redirect led to %s, which is not among the configured servers, so the token was not sent there: add it to the server list, e.g. $TANDEM_SERVERS)", te.Message, host)}
+}
+
 // result is the outcome of one attempt.
 type result struct {
 	err        error // the call's answer when !retry
@@ -545,6 +558,9 @@ func (t *Transport) attempt(ctx context.Context, base string, c *Call, out any) 
 			res.msg = "redirected to " + target + ": " + res.msg
 		}
 		res.answeredBy = t.ServerIndex(u)
+		if res.answeredBy < 0 && resp.StatusCode == http.StatusUnauthorized && t.token != "" {
+			res.err = withheldToken(res.err, u)
+		}
 		return res
 	}
 }
