@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -21,6 +22,7 @@ import (
 	"github.com/tandemhq/tandem/internal/lb"
 	"github.com/tandemhq/tandem/internal/lb/haproxy"
 	"github.com/tandemhq/tandem/internal/lb/nginx"
+	"github.com/tandemhq/tandem/internal/pki"
 )
 
 type lbFlags struct {
@@ -46,6 +48,11 @@ type lbFlags struct {
 	http          string
 	logLevel      string
 	logFormat     string
+	// TLS (docs/LB.md, "TLS"): to the servers, and on --listen.
+	backendCA, backendCert, backendKey string
+	backendTLS                         bool
+	backendServerName                  string
+	tlsCert, tlsKey                    string
 }
 
 func newLBCmd() *cobra.Command {
@@ -64,7 +71,12 @@ reloads on every change. The proxy's own health checks (/isActive, or the
 service's path) stay on, so it still routes correctly if tandem lb dies.
 
 By default tandem lb starts the proxy itself and stops it on exit; --external
-drives one started by systemd through its sockets and files.`,
+drives one started by systemd through its sockets and files.
+
+TLS (docs/LB.md): servers that advertise https:// URLs are called over TLS 1.3
+and verified against --backend-ca (required then), checks included;
+--backend-cert/--backend-key present a client certificate. --tls-cert and
+--tls-key serve TLS on --listen. SIGHUP reloads the files.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runLB(cmd, f) },
 	}
@@ -90,6 +102,13 @@ drives one started by systemd through its sockets and files.`,
 	fl.IntVar(&f.rise, "check-rise", 2, "passed checks that mark a server up")
 	fl.DurationVar(&f.stopTimeout, "stop-timeout", 10*time.Second, "on exit, how long a proxy tandem lb started may finish the requests in flight (it takes no new connection) before it is stopped hard")
 	fl.StringVar(&f.http, "http", "127.0.0.1:7680", "address of tandem lb's own status and metrics (GET /v1/lb/status, /metrics)")
+	fl.StringVar(&f.backendCA, "backend-ca", "", "the cluster's CA (ca.pem): the proxy calls servers that advertise https:// URLs over TLS 1.3 and verifies them against it (required when any server does)")
+	fl.StringVar(&f.backendCert, "backend-cert", "", "a client certificate the proxy presents to the servers (a server or cli certificate of the cluster, e.g. tandem tls cert create --server --id lb); optional, with --backend-key")
+	fl.StringVar(&f.backendKey, "backend-key", "", "the key of --backend-cert")
+	fl.BoolVar(&f.backendTLS, "backend-tls", false, "call every server over TLS, even one that advertises an http:// URL (needs --backend-ca)")
+	fl.StringVar(&f.backendServerName, "backend-server-name", "", "the name every server's certificate must carry (default: HAProxy tandem-<cluster>, the common name of the cluster's server certificates; NGINX localhost, which they all carry)")
+	fl.StringVar(&f.tlsCert, "tls-cert", "", "serve TLS 1.3 on --listen with this certificate (e.g. tandem tls cert create --server --id lb --dns <the name clients use>); with --tls-key. SIGHUP reloads it and the --backend-* files")
+	fl.StringVar(&f.tlsKey, "tls-key", "", "the key of --tls-cert")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	cmd.AddCommand(newLBStatusCmd())
@@ -139,7 +158,114 @@ func (f *lbFlags) validate() ([]lb.Service, error) {
 	if err := f.etcdTLS.validate(f.cluster, map[string]*string{"etcd-endpoints": &f.etcdEndpoints}); err != nil {
 		return nil, err
 	}
+	if _, err := f.loadTLS(); err != nil {
+		return nil, err
+	}
 	return svcs, nil
+}
+
+// loadTLS checks the TLS flags and their files and returns them for the
+// driver, with absolute paths (the proxy reads them itself, from its own
+// directory). Every problem is a usage error naming the flag. It reads f
+// only, so the SIGHUP handler may call it again to check the files before
+// the proxy reloads them.
+func (f *lbFlags) loadTLS() (lb.TLS, error) {
+	var t lb.TLS
+	switch {
+	case (f.backendCert == "") != (f.backendKey == ""):
+		return t, usagef("--backend-cert and --backend-key go together")
+	case f.backendCert != "" && f.backendCA == "":
+		return t, usagef("--backend-cert needs --backend-ca, the cluster's CA that verifies the servers")
+	case f.backendTLS && f.backendCA == "":
+		return t, usagef("--backend-tls needs --backend-ca, the cluster's CA that verifies the servers")
+	case f.backendServerName != "" && f.backendCA == "":
+		return t, usagef("--backend-server-name needs --backend-ca")
+	case (f.tlsCert == "") != (f.tlsKey == ""):
+		return t, usagef("--tls-cert and --tls-key go together")
+	case f.tlsCert != "" && f.listen == "":
+		return t, usagef("--tls-cert serves TLS on --listen, which is empty")
+	}
+	if f.backendServerName != "" && !validServerName(f.backendServerName) {
+		return t, usagef("--backend-server-name %q: want a host name (letters, digits, '.', '-', '_') or an IP address", f.backendServerName)
+	}
+	t = lb.TLS{BackendCA: f.backendCA, BackendCert: f.backendCert, BackendKey: f.backendKey,
+		ServerName: f.backendServerName, Cert: f.tlsCert, Key: f.tlsKey}
+	for _, p := range []*string{&t.BackendCA, &t.BackendCert, &t.BackendKey, &t.Cert, &t.Key} {
+		if *p != "" {
+			abs, err := filepath.Abs(*p)
+			if err != nil {
+				return lb.TLS{}, usagef("%v", err)
+			}
+			*p = abs
+		}
+	}
+	if t.BackendCA != "" {
+		// The store checks what the servers will: a CA file of CA
+		// certificates, and a client certificate of the cluster that
+		// verifies against it now, with its key.
+		s, err := pki.NewStore(t.BackendCert, t.BackendKey, t.BackendCA, nil)
+		if err != nil {
+			flag := "--backend-ca"
+			if t.BackendCert != "" {
+				flag = "--backend-ca, --backend-cert, --backend-key"
+			}
+			return lb.TLS{}, usagef("%s: %v", flag, err)
+		}
+		if c := s.Cluster(); c != "" && c != f.cluster {
+			return lb.TLS{}, usagef("--backend-ca %s is the CA of cluster %q, not of --cluster %q", t.BackendCA, c, f.cluster)
+		}
+		if id := s.Identity(); id != nil && id.Role != pki.RoleServer && id.Role != pki.RoleCLI {
+			// Servers refuse an agent certificate on every route but the
+			// agents' sync (403).
+			return lb.TLS{}, usagef("--backend-cert %s is %s: the servers take a server or cli certificate from a proxy", t.BackendCert, id)
+		}
+	}
+	if t.Cert != "" {
+		// Any certificate will do for clients (one of a public CA for
+		// browsers, or the cluster's); it must be its key's and valid now.
+		pair, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+		if err != nil {
+			return lb.TLS{}, usagef("--tls-cert %s, --tls-key %s: %v", t.Cert, t.Key, err)
+		}
+		now := time.Now()
+		if leaf := pair.Leaf; leaf != nil && (now.After(leaf.NotAfter) || now.Before(leaf.NotBefore)) {
+			return lb.TLS{}, usagef("--tls-cert %s is valid from %s to %s, not now", t.Cert,
+				leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
+		}
+	}
+	if t.BackendCA != "" && t.ServerName == "" && f.proxy == "haproxy" {
+		// HAProxy compares the name with the common name too: this one is
+		// every server certificate's of the cluster, and no agent's or cli's.
+		t.ServerName = pki.ServerCommonName(f.cluster)
+	}
+	return t, nil
+}
+
+// validServerName accepts what both proxies can take as one word: a host
+// name or an IP address.
+func validServerName(s string) bool {
+	if net.ParseIP(s) != nil {
+		return true
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return s != "" && len(s) <= 253
+}
+
+// httpsServers lists the servers of d that serve TLS.
+func httpsServers(d lb.Desired) []string {
+	var out []string
+	for _, b := range d.Backends {
+		for _, s := range b.Servers {
+			if s.TLS {
+				out = append(out, s.Name)
+			}
+		}
+	}
+	return out
 }
 
 func runLB(cmd *cobra.Command, f *lbFlags) error {
@@ -159,7 +285,16 @@ func runLB(cmd *cobra.Command, f *lbFlags) error {
 		return usagef("--dir %s: %v", dir, err)
 	}
 	checks := lb.Checks{Inter: f.inter, Fall: f.fall, Rise: f.rise}
-	drv, err := newLBDriver(f, dir, checks, log)
+	tlsFiles, err := f.loadTLS()
+	if err != nil {
+		return err
+	}
+	// From now on SIGHUP reloads the TLS files rather than ending tandem
+	// lb (one that comes before the proxy runs waits for it).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	drv, err := newLBDriver(f, dir, checks, tlsFiles, log)
 	if err != nil {
 		return usagef("%v", err)
 	}
@@ -172,7 +307,8 @@ func runLB(cmd *cobra.Command, f *lbFlags) error {
 		return err
 	}
 	defer cli.Close()
-	src, err := lb.NewSource(cli, f.cluster, lb.API{Listen: f.listen}, svcs, log)
+	api := lb.API{Listen: f.listen, TLS: f.backendTLS, ListenTLS: f.tlsCert != ""}
+	src, err := lb.NewSource(cli, f.cluster, api, svcs, log)
 	if err != nil {
 		return usagef("%v", err)
 	}
@@ -191,10 +327,18 @@ func runLB(cmd *cobra.Command, f *lbFlags) error {
 	if !src.Synced() {
 		return fmt.Errorf("read the cluster's membership from etcd at %s: no answer", eps)
 	}
+	if tlsOn := httpsServers(src.Desired()); len(tlsOn) > 0 && f.backendCA == "" {
+		// Refused before the proxy starts. A server that turns to https
+		// later is refused by the driver, and the proxy keeps routing as
+		// it did (HAProxy still moves the active among the others).
+		return usagef("servers %s advertise https:// URLs: give --backend-ca, the cluster's CA (ca.pem), so that the proxy can verify them",
+			strings.Join(tlsOn, ", "))
+	}
 	if err := drv.Start(ctx, src.Desired()); err != nil {
 		return err
 	}
 	defer drv.Close()
+	go reloadTLSOnHUP(ctx, hup, f, drv, log)
 	rc := lb.RunnerConfig{Log: log}
 	if f.proxy == "nginx" {
 		// Every change is a reload: a switchover's moment with no active
@@ -292,13 +436,46 @@ type lbDriver interface {
 	lb.Driver
 	Done() <-chan struct{}
 	Err() error
+	// ReloadTLS has the proxy read its TLS files again.
+	ReloadTLS(ctx context.Context) error
 }
 
-func newLBDriver(f *lbFlags, dir string, checks lb.Checks, log *slog.Logger) (lbDriver, error) {
+// reloadTLSOnHUP has the proxy read its TLS files again on each SIGHUP
+// from hup until ctx ends: they are checked as at start first, and files
+// that do not pass change nothing (the proxy keeps the ones it has; an
+// error is logged), like tandem's servers and agents.
+func reloadTLSOnHUP(ctx context.Context, hup <-chan os.Signal, f *lbFlags, drv lbDriver, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		t, err := f.loadTLS()
+		if err != nil {
+			log.Error("SIGHUP: the TLS files do not pass; the proxy keeps the ones it has", "err", err)
+			continue
+		}
+		if t == (lb.TLS{}) {
+			log.Info("SIGHUP: no TLS files to reload")
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = drv.ReloadTLS(rctx)
+		cancel()
+		if err != nil {
+			log.Error("SIGHUP: the proxy could not reload its TLS files; it keeps the ones it has", "err", err)
+			continue
+		}
+		log.Info("SIGHUP: the proxy reloaded its TLS files")
+	}
+}
+
+func newLBDriver(f *lbFlags, dir string, checks lb.Checks, tlsFiles lb.TLS, log *slog.Logger) (lbDriver, error) {
 	switch f.proxy {
 	case "haproxy":
 		cfg := haproxy.DefaultConfig(dir)
-		cfg.Checks, cfg.Log, cfg.StopTimeout = checks, log, f.stopTimeout
+		cfg.Checks, cfg.Log, cfg.StopTimeout, cfg.TLS = checks, log, f.stopTimeout, tlsFiles
 		if f.binary != "" {
 			cfg.Binary = f.binary
 		}
@@ -308,7 +485,7 @@ func newLBDriver(f *lbFlags, dir string, checks lb.Checks, log *slog.Logger) (lb
 		return haproxy.New(cfg)
 	default:
 		cfg := nginx.DefaultConfig()
-		cfg.Dir, cfg.Checks, cfg.Log, cfg.StopTimeout = dir, checks, log, f.stopTimeout
+		cfg.Dir, cfg.Checks, cfg.Log, cfg.StopTimeout, cfg.TLS = dir, checks, log, f.stopTimeout, tlsFiles
 		if f.binary != "" {
 			cfg.Binary = f.binary
 		}

@@ -29,6 +29,10 @@ type Server struct {
 	Name string `json:"name"` // stable and unique in its backend: rm1, n2
 	Addr string `json:"addr"` // host:port
 	Up   bool   `json:"up"`   // should receive new requests now
+	// TLS: the server serves TLS (it advertises an https:// URL, or tandem
+	// lb was told all do): the proxy connects with TLS and verifies it
+	// (TLS.BackendCA), never in plain text.
+	TLS bool `json:"tls,omitempty"`
 }
 
 // Backend is one listening address of the proxy and the servers behind it.
@@ -38,10 +42,12 @@ type Backend struct {
 	// Health is the HTTP path the proxy's own checks GET (2xx = up), the
 	// safety net when tandem lb is gone: /isActive for tandem's servers.
 	// "" means a TCP connect check.
-	Health  string   `json:"health,omitempty"`
-	Mode    string   `json:"mode"`             // ModeActive or ModeAll
-	Sticky  bool     `json:"sticky,omitempty"` // keep a client on one server while it lives (cookie)
-	Servers []Server `json:"servers"`
+	Health string `json:"health,omitempty"`
+	Mode   string `json:"mode"` // ModeActive or ModeAll
+	// ListenTLS makes the proxy serve TLS on Listen with TLS.Cert.
+	ListenTLS bool     `json:"listen_tls,omitempty"`
+	Sticky    bool     `json:"sticky,omitempty"` // keep a client on one server while it lives (cookie)
+	Servers   []Server `json:"servers"`
 }
 
 // Desired is everything the proxy should do.
@@ -103,6 +109,31 @@ type Checks struct {
 	Fall  int           `json:"fall"`  // failures to mark a server down (default 3)
 	Rise  int           `json:"rise"`  // successes to mark it up (default 2)
 }
+
+// TLS holds the files a proxy's TLS uses, read by the proxy itself
+// (absolute paths). A Driver refuses a desired state with a server that
+// has TLS set when BackendCA is empty, and one with a backend that has
+// ListenTLS set when Cert is.
+type TLS struct {
+	// BackendCA verifies the certificates of servers with TLS set: the
+	// cluster's CA file (ca.pem, several CAs allowed while one replaces
+	// another).
+	BackendCA string
+	// BackendCert and BackendKey, if set, are the client certificate the
+	// proxy presents to those servers (a server or cli certificate of the
+	// cluster; tandem servers verify it if given and need none).
+	BackendCert, BackendKey string
+	// ServerName is the name every server's certificate must carry. Each
+	// driver documents what it checks and its default.
+	ServerName string
+	// Cert and Key are the certificate and key the proxy serves on a
+	// backend's Listen when the backend has ListenTLS.
+	Cert, Key string
+}
+
+// MinTLSVersion is the one TLS version the proxy speaks, on both sides:
+// TLS 1.3, as tandem's own processes.
+const MinTLSVersion = "TLSv1.3"
 
 // Applied says how a Driver applied a desired state.
 type Applied struct {

@@ -23,6 +23,12 @@ import (
 // API is the backend of tandem's own servers.
 type API struct {
 	Listen string // where the proxy takes API traffic, e.g. :8080 ("" for none)
+	// TLS makes the proxy call every server over TLS, even one that
+	// advertises an http:// URL; otherwise a server is called over TLS
+	// when its URL is https://.
+	TLS bool
+	// ListenTLS makes the proxy serve TLS on Listen.
+	ListenTLS bool
 }
 
 // Service is a supervised service put behind the proxy: its owner's node
@@ -174,7 +180,7 @@ func (s *Source) Desired() Desired {
 // up (the owner of the leader key), with several every server that owns a
 // shard.
 func (s *Source) apiBackend() Backend {
-	b := Backend{Name: "tandem", Listen: s.api.Listen, Health: "/isActive", Mode: ModeActive}
+	b := Backend{Name: "tandem", Listen: s.api.Listen, Health: "/isActive", Mode: ModeActive, ListenTLS: s.api.ListenTLS}
 	owners := map[string]bool{}
 	sharded := false
 	for _, kv := range s.cache.List(s.keys.Prefix()) {
@@ -203,7 +209,8 @@ func (s *Source) apiBackend() Backend {
 		if err != nil {
 			continue
 		}
-		b.Servers = append(b.Servers, Server{Name: info.ID, Addr: addr, Up: owners[info.ID]})
+		tls := s.api.TLS || strings.HasPrefix(strings.ToLower(info.URL), "https://")
+		b.Servers = append(b.Servers, Server{Name: info.ID, Addr: addr, Up: owners[info.ID], TLS: tls})
 	}
 	sort.Slice(b.Servers, func(i, j int) bool { return b.Servers[i].Name < b.Servers[j].Name })
 	return b

@@ -157,3 +157,43 @@ func TestParseService(t *testing.T) {
 		t.Error("NewSource with one listen address twice: no error")
 	}
 }
+
+// TestSourceTLS: a server is called over TLS when it advertises an
+// https:// URL, or always with API.TLS; API.ListenTLS makes the proxy serve
+// TLS. Services stay as they are.
+func TestSourceTLS(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	l := keys.New("c1")
+	put(t, cli, l.Server("rm1"), tandem.ServerInfo{ID: "rm1", URL: "https://127.0.0.1:7070"})
+	put(t, cli, l.Server("rm2"), tandem.ServerInfo{ID: "rm2", URL: "http://127.0.0.1:7071"})
+	put(t, cli, l.Server("rm3"), tandem.ServerInfo{ID: "rm3", URL: "HTTPS://rm3.example.com"})
+	for _, tt := range []struct {
+		api     API
+		wantTLS []bool
+	}{
+		{API{Listen: "127.0.0.1:18080"}, []bool{true, false, true}},
+		{API{Listen: "127.0.0.1:18080", TLS: true, ListenTLS: true}, []bool{true, true, true}},
+	} {
+		src, err := NewSource(cli, "c1", tt.api, []Service{{Name: "web", Listen: ":18081", Port: 8000}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		go src.Run(ctx)
+		d := waitDesired(t, src, "three servers", func(d Desired) bool { return len(d.Backends[0].Servers) == 3 })
+		cancel()
+		b := d.Backends[0]
+		for i, s := range b.Servers {
+			if s.TLS != tt.wantTLS[i] {
+				t.Errorf("%+v: server %s: TLS %v, want %v", tt.api, s.Name, s.TLS, tt.wantTLS[i])
+			}
+		}
+		if b.Servers[2].Addr != "rm3.example.com:443" {
+			t.Errorf("server rm3: addr %q, want rm3.example.com:443", b.Servers[2].Addr)
+		}
+		if b.ListenTLS != tt.api.ListenTLS || d.Backends[1].ListenTLS {
+			t.Errorf("%+v: ListenTLS of tandem %v and of web %v; want %v and false", tt.api, b.ListenTLS, d.Backends[1].ListenTLS, tt.api.ListenTLS)
+		}
+	}
+}

@@ -113,11 +113,22 @@
 // ModeActive and ModeAll backends are rendered alike, with `balance
 // roundrobin`: in ModeActive only one server is up, and `first` would
 // only add a dependence on server order and maxconn.
+//
+// # TLS
+//
+// A server with TLS set gets `ssl verify required ca-file <BackendCA>
+// verifyhost <ServerName> ssl-min-ver TLSv1.3 check-ssl [crt <client>]`,
+// written or added at run time alike; its checks go over TLS too. A
+// backend with ListenTLS binds with `ssl crt <frontend> ssl-min-ver
+// TLSv1.3`. HAProxy's crt takes a certificate and its key in one file,
+// which the driver writes into Dir (0600) at Start and ReloadTLS; a
+// server that turns TLS on or off is a reload. See Config.TLS.
 package haproxy
 
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -213,6 +224,15 @@ type Config struct {
 	// (haproxy#2298, fixed upstream in later releases). The default outlasts
 	// every retry: (retries + 1) × (timeout connect + 1 s).
 	DeleteGrace time.Duration
+	// TLS are the files of TLS to servers with TLS set and on backends
+	// with ListenTLS (both modes). HAProxy's crt wants a certificate and
+	// its key in one file, so the driver writes BackendCert and
+	// BackendKey, and Cert and Key, to Dir/tls-client.pem and
+	// Dir/tls-frontend.pem (mode 0600) at Start and ReloadTLS.
+	// TLS.ServerName is checked against each server certificate's DNS
+	// names and common name (verifyhost; never its IP addresses); empty,
+	// the chain alone is checked.
+	TLS lb.TLS
 	// Log receives decisions and the proxy's own output; nil discards.
 	Log *slog.Logger
 }
@@ -298,6 +318,21 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%w: config: path %q: no spaces, quotes or control characters", ErrInvalid, p)
 		}
 	}
+	t := c.TLS
+	if (t.BackendCert == "") != (t.BackendKey == "") || (t.Cert == "") != (t.Key == "") {
+		return fmt.Errorf("%w: config: TLS: a certificate needs its key, and a key its certificate", ErrInvalid)
+	}
+	if t.BackendCert != "" && t.BackendCA == "" {
+		return fmt.Errorf("%w: config: TLS: a client certificate for the servers needs their CA (BackendCA)", ErrInvalid)
+	}
+	for _, p := range []string{t.BackendCA, t.BackendCert, t.BackendKey, t.Cert, t.Key} {
+		if p != "" && (!filepath.IsAbs(p) || plainWord(p) != nil) {
+			return fmt.Errorf("%w: config: TLS file %q: want an absolute path without spaces, quotes or control characters", ErrInvalid, p)
+		}
+	}
+	if t.ServerName != "" && !name.MatchString(t.ServerName) {
+		return fmt.Errorf("%w: config: TLS server name %q: want a host name", ErrInvalid, t.ServerName)
+	}
 	for _, s := range []string{c.AdminSocket, c.MasterSocket} {
 		if len(s) >= 104 { // sun_path, less HAProxy's temporary suffix
 			return fmt.Errorf("%w: config: socket path %q longer than a unix socket allows", ErrInvalid, s)
@@ -336,6 +371,7 @@ type Driver struct {
 // parking is a removed server waiting for its connections to go.
 type parking struct {
 	since time.Time
+	tls   bool // the server's TLS, which a return must keep
 	shut  bool // its sessions were shut after DrainTimeout
 }
 
@@ -394,11 +430,107 @@ func (d *Driver) Render(ds lb.Desired) ([]byte, error) {
 	if err := validate(ds); err != nil {
 		return nil, err
 	}
+	if err := d.checkTLS(ds); err != nil {
+		return nil, err
+	}
 	return render(normalized(ds), d.cfg.Checks, d.paths()), nil
 }
 
 func (d *Driver) paths() paths {
-	return paths{adminSocket: d.cfg.AdminSocket, stateFile: d.statePath}
+	p := paths{adminSocket: d.cfg.AdminSocket, stateFile: d.statePath,
+		backendCA: d.cfg.TLS.BackendCA, serverName: d.cfg.TLS.ServerName}
+	if d.cfg.TLS.BackendCert != "" {
+		p.clientPEM = filepath.Join(d.cfg.Dir, "tls-client.pem")
+	}
+	if d.cfg.TLS.Cert != "" {
+		p.frontendPEM = filepath.Join(d.cfg.Dir, "tls-frontend.pem")
+	}
+	return p
+}
+
+// checkTLS refuses a desired state that needs TLS files the driver was not
+// given: a server with TLS and no CA to verify it, a listener with TLS and
+// no certificate to serve.
+func (d *Driver) checkTLS(ds lb.Desired) error {
+	for _, b := range ds.Backends {
+		if b.ListenTLS && d.cfg.TLS.Cert == "" {
+			return fmt.Errorf("%w: backend %q serves TLS on %s, but no certificate was given (--tls-cert, --tls-key)", ErrInvalid, b.Name, b.Listen)
+		}
+		for _, s := range b.Servers {
+			if s.TLS && d.cfg.TLS.BackendCA == "" {
+				return fmt.Errorf("%w: server %s/%s serves TLS (https), but no CA was given to verify it (--backend-ca)", ErrInvalid, b.Name, s.Name)
+			}
+		}
+	}
+	return nil
+}
+
+// writeTLSFiles writes the combined certificate-and-key files HAProxy's
+// crt reads, from Config.TLS's files as they are now: the certificate must
+// be the key's.
+func (d *Driver) writeTLSFiles() error {
+	p := d.paths()
+	for _, f := range []struct{ cert, key, out string }{
+		{d.cfg.TLS.BackendCert, d.cfg.TLS.BackendKey, p.clientPEM},
+		{d.cfg.TLS.Cert, d.cfg.TLS.Key, p.frontendPEM},
+	} {
+		if f.out == "" {
+			continue
+		}
+		certPEM, err := os.ReadFile(f.cert)
+		if err != nil {
+			return fmt.Errorf("%w: TLS: %v", ErrInvalid, err)
+		}
+		keyPEM, err := os.ReadFile(f.key)
+		if err != nil {
+			return fmt.Errorf("%w: TLS: %v", ErrInvalid, err)
+		}
+		if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+			return fmt.Errorf("%w: TLS: %s and %s: %v", ErrInvalid, f.cert, f.key, err)
+		}
+		combined := append(bytes.TrimRight(certPEM, "\n"), '\n')
+		combined = append(combined, keyPEM...)
+		if err := writeAtomicMode(f.out, combined, 0o600); err != nil {
+			return fmt.Errorf("haproxy: TLS: %w", err)
+		}
+	}
+	return nil
+}
+
+// ReloadTLS reads the TLS files of Config.TLS again and reloads the proxy
+// (validated, graceful, as any reload) so that new connections use them;
+// established ones keep theirs. Files that are unreadable, or a
+// certificate that is not its key's, change nothing and return an error
+// wrapping ErrInvalid. It is how tandem lb handles SIGHUP.
+func (d *Driver) ReloadTLS(ctx context.Context) error {
+	ctx, cancel := d.op(ctx)
+	defer cancel()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.usable(); err != nil {
+		return err
+	}
+	// HAProxy reads the combined files only when it loads a configuration,
+	// so rewriting them under the running proxy is safe.
+	if err := d.writeTLSFiles(); err != nil {
+		return err
+	}
+	if d.cur == nil {
+		return nil // the next Apply reloads anyway
+	}
+	cur := *d.cur
+	text := render(cur, d.cfg.Checks, d.paths())
+	tmp, err := d.checkConfig(ctx, text)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	if err := d.reload(ctx, tmp, cur, text, "TLS files reloaded"); err != nil {
+		return err
+	}
+	d.cur = &cur
+	_, err = d.applyStates(ctx, cur)
+	return err
 }
 
 // Done is closed when the proxy the last Start started exits (managed
@@ -454,8 +586,14 @@ func (d *Driver) Start(ctx context.Context, ds lb.Desired) error {
 	if err := validate(ds); err != nil {
 		return err
 	}
+	if err := d.checkTLS(ds); err != nil {
+		return err
+	}
 	next := normalized(ds)
 	if err := d.ensureStateFile(); err != nil {
+		return err
+	}
+	if err := d.writeTLSFiles(); err != nil {
 		return err
 	}
 	var err error
@@ -642,6 +780,13 @@ func (d *Driver) Apply(ctx context.Context, ds lb.Desired) (lb.Applied, error) {
 					d.log.Warn("haproxy up/down before the shape change failed", keyError, err)
 				}
 			}
+		}
+		// After the up and down of the servers the proxy has: a server
+		// that turned to https without a CA to verify it must not hold
+		// up a failover.
+		if err := d.checkTLS(next); err != nil {
+			applied.Took = time.Since(start)
+			return applied, err
 		}
 		n, reloaded, err := d.applyShape(ctx, p, next, text)
 		applied.Runtime += n

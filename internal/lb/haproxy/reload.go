@@ -216,7 +216,11 @@ func quote(alerts []string) string {
 }
 
 // writeTemp writes data to a new file beside path.
-func writeTemp(path string, data []byte) (string, error) {
+func writeTemp(path string, data []byte) (string, error) { return writeTempMode(path, data, 0o644) }
+
+// writeTempMode is writeTemp with the file's mode; the file is never
+// readable by others before it gets mode (CreateTemp makes it 0600).
+func writeTempMode(path string, data []byte, mode os.FileMode) (string, error) {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return "", err
@@ -229,7 +233,7 @@ func writeTemp(path string, data []byte) (string, error) {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Chmod(f.Name(), 0o644)
+		err = os.Chmod(f.Name(), mode)
 	}
 	if err != nil {
 		os.Remove(f.Name())
@@ -240,8 +244,11 @@ func writeTemp(path string, data []byte) (string, error) {
 
 // writeAtomic replaces path with data: a reader sees the old file or the
 // new one, never part of one.
-func writeAtomic(path string, data []byte) error {
-	tmp, err := writeTemp(path, data)
+func writeAtomic(path string, data []byte) error { return writeAtomicMode(path, data, 0o644) }
+
+// writeAtomicMode is writeAtomic with the file's mode.
+func writeAtomicMode(path string, data []byte, mode os.FileMode) error {
+	tmp, err := writeTempMode(path, data, mode)
 	if err != nil {
 		return err
 	}

@@ -119,8 +119,33 @@ func normalized(d lb.Desired) lb.Desired {
 // default-server to dynamic servers, so neither kind relies on it.
 // pool-purge-delay (5s by default) is short so that the idle connections
 // of a removed server, which `del server` waits for, close within moments.
-func serverOpts(c lb.Checks) string {
-	return fmt.Sprintf("check inter %s fall %d rise %d pool-purge-delay %s", ms(c.Inter), c.Fall, c.Rise, ms(purgeDelay))
+// A server with TLS gets p's TLS options (tlsOpts).
+func serverOpts(c lb.Checks, tls bool, p paths) string {
+	opts := fmt.Sprintf("check inter %s fall %d rise %d pool-purge-delay %s", ms(c.Inter), c.Fall, c.Rise, ms(purgeDelay))
+	if tls {
+		opts += " " + p.tlsOpts()
+	}
+	return opts
+}
+
+// tlsOpts are the options of a server with TLS: TLS 1.3, the certificate
+// verified against the CA and, with serverName, checked for that name
+// (HAProxy 2.6 compares it with the certificate's DNS names and common
+// name, never with its IP addresses, so an IP address there would refuse
+// every server; tandem's server certificates all carry the common name
+// tandem-<cluster>), the health checks over TLS too (check-ssl), and the
+// client certificate if there is one. No SNI is sent: verifyhost applies
+// only without one, and tandem's servers have one certificate each.
+func (p paths) tlsOpts() string {
+	opts := "ssl verify required ca-file " + p.backendCA
+	if p.serverName != "" {
+		opts += " verifyhost " + p.serverName
+	}
+	opts += " ssl-min-ver " + lb.MinTLSVersion + " check-ssl"
+	if p.clientPEM != "" {
+		opts += " crt " + p.clientPEM
+	}
+	return opts
 }
 
 // purgeDelay is each server's pool-purge-delay.
@@ -138,6 +163,12 @@ func ms(d time.Duration) string {
 type paths struct {
 	adminSocket string
 	stateFile   string
+	// TLS (Config.TLS): the CA that verifies servers with TLS, the name
+	// their certificates must carry, and the combined certificate-and-key
+	// files the driver writes for HAProxy's crt (the client certificate
+	// presented to servers, the one served on ListenTLS frontends).
+	backendCA, serverName  string
+	clientPEM, frontendPEM string
 }
 
 // render writes the configuration for d's shape (Up plays no part: every
@@ -179,7 +210,14 @@ func renderWith(d lb.Desired, c lb.Checks, p paths, start bool) []byte {
 	for _, be := range d.Backends {
 		w("")
 		w("frontend %s", be.Name)
-		w("    bind %s", be.Listen)
+		if be.ListenTLS {
+			w("    bind %s ssl crt %s ssl-min-ver %s alpn http/1.1", be.Listen, p.frontendPEM, lb.MinTLSVersion)
+			// Servers see how the client came (the proxy's own TLS ends
+			// here; the connection to the server is TLS of its own).
+			w("    http-request set-header X-Forwarded-Proto https")
+		} else {
+			w("    bind %s", be.Listen)
+		}
 		w("    default_backend %s", be.Name)
 		w("")
 		w("backend %s", be.Name)
@@ -192,7 +230,7 @@ func renderWith(d lb.Desired, c lb.Checks, p paths, start bool) []byte {
 			w("    cookie %s insert indirect nocache", cookieName)
 		}
 		for _, s := range be.Servers {
-			line := fmt.Sprintf("    server %s %s %s", s.Name, s.Addr, serverOpts(c))
+			line := fmt.Sprintf("    server %s %s %s", s.Name, s.Addr, serverOpts(c, s.TLS, p))
 			if be.Sticky {
 				line += " cookie " + s.Name
 			}
@@ -215,6 +253,7 @@ type plan struct {
 
 type ref struct {
 	backend, server, addr string
+	tls                   bool
 }
 
 func (r ref) String() string { return r.backend + "/" + r.server }
@@ -246,6 +285,8 @@ func diff(cur, next lb.Desired) plan {
 			p.reload = fmt.Sprintf("backend %s: health check changed", nb.Name)
 		case cb.Sticky != nb.Sticky:
 			p.reload = fmt.Sprintf("backend %s: sticky changed", nb.Name)
+		case cb.ListenTLS != nb.ListenTLS:
+			p.reload = fmt.Sprintf("backend %s: TLS on its listener changed", nb.Name)
 		}
 		if p.reload != "" {
 			return p
@@ -257,9 +298,13 @@ func diff(cur, next lb.Desired) plan {
 		nextS := map[string]bool{}
 		for _, s := range nb.Servers {
 			nextS[s.Name] = true
-			r := ref{nb.Name, s.Name, s.Addr}
+			r := ref{nb.Name, s.Name, s.Addr, s.TLS}
 			old, ok := curS[s.Name]
 			switch {
+			case ok && old.TLS != s.TLS:
+				// Rare (a server turning TLS on): not worth `set server
+				// ssl`, whose check settings would need care too.
+				p.reload = fmt.Sprintf("server %s: TLS turned on or off", r)
 			case ok && sameAddr(old.Addr, s.Addr):
 			case !literal(s.Addr):
 				// The runtime API takes addresses, not names to resolve.
@@ -281,7 +326,7 @@ func diff(cur, next lb.Desired) plan {
 		}
 		for _, s := range cb.Servers {
 			if !nextS[s.Name] {
-				p.del = append(p.del, ref{nb.Name, s.Name, s.Addr})
+				p.del = append(p.del, ref{nb.Name, s.Name, s.Addr, s.TLS})
 			}
 		}
 	}

@@ -103,6 +103,8 @@ func TestDiff(t *testing.T) {
 		return lb.Desired{Backends: []lb.Backend{{Name: "b", Listen: ":80", Health: "/h", Mode: lb.ModeAll, Sticky: sticky, Servers: servers}}}
 	}
 	s := func(name, addr string) lb.Server { return lb.Server{Name: name, Addr: addr} }
+	tlsS := func(name, addr string) lb.Server { return lb.Server{Name: name, Addr: addr, TLS: true} }
+	listenTLS := func(d lb.Desired) lb.Desired { d.Backends[0].ListenTLS = true; return d }
 	tests := []struct {
 		name       string
 		cur, next  lb.Desired
@@ -119,6 +121,9 @@ func TestDiff(t *testing.T) {
 		{"host name", be(false, s("a", "10.0.0.1:80")), be(false, s("a", "10.0.0.1:80"), s("c", "app.internal:80")), true, nil, nil, nil},
 		{"sticky changed", be(false, s("a", "10.0.0.1:80")), be(true, s("a", "10.0.0.1:80")), true, nil, nil, nil},
 		{"backend added", be(false), lb.Desired{Backends: append(be(false).Backends, lb.Backend{Name: "c", Listen: ":81", Mode: lb.ModeAll})}, true, nil, nil, nil},
+		{"add with TLS", be(false, s("a", "10.0.0.1:80")), be(false, s("a", "10.0.0.1:80"), tlsS("c", "10.0.0.3:80")), false, []string{"b/c"}, nil, nil},
+		{"TLS turned on", be(false, s("a", "10.0.0.1:80")), be(false, tlsS("a", "10.0.0.1:80")), true, nil, nil, nil},
+		{"TLS on the listener", be(false, s("a", "10.0.0.1:80")), listenTLS(be(false, s("a", "10.0.0.1:80"))), true, nil, nil, nil},
 	}
 	names := func(rs []ref) []string {
 		var out []string

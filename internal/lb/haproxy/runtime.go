@@ -73,13 +73,17 @@ func (d *Driver) changeServers(ctx context.Context, p plan, next lb.Desired) (in
 	var unpark []ref
 	for _, r := range p.add {
 		d.log.Info("haproxy adding server", keyBackend, r.backend, keyMember, r.server, "addr", r.addr)
-		if d.parked[r.key()] != nil {
+		if pk := d.parked[r.key()]; pk != nil {
+			if pk.tls != r.tls {
+				// Its TLS options cannot change at run time here.
+				return 0, fmt.Errorf("server %s comes back with TLS turned on or off while the proxy still holds it", r)
+			}
 			// Still there, in maintenance: it only needs its address.
 			unpark = append(unpark, r)
 			cmds = append(cmds, setAddr(r))
 			continue
 		}
-		cmds = append(cmds, "add server "+r.String()+" "+r.addr+" "+serverOpts(d.cfg.Checks), "enable health "+r.String())
+		cmds = append(cmds, "add server "+r.String()+" "+r.addr+" "+serverOpts(d.cfg.Checks, r.tls, d.paths()), "enable health "+r.String())
 	}
 	for _, r := range p.addr {
 		d.log.Info("haproxy moving server", keyBackend, r.backend, keyMember, r.server, "addr", r.addr)
@@ -116,7 +120,7 @@ func (d *Driver) changeServers(ctx context.Context, p plan, next lb.Desired) (in
 	}
 	now := time.Now()
 	for _, r := range p.del {
-		d.parked[r.key()] = &parking{since: now}
+		d.parked[r.key()] = &parking{since: now, tls: r.tls}
 	}
 	n, err = d.reapLocked(ctx)
 	sent += n

@@ -46,6 +46,8 @@ type backendMeta struct {
 	Health string `json:"health,omitempty"`
 	Mode   string `json:"mode"`
 	Sticky bool   `json:"sticky,omitempty"`
+	// ListenTLS: NGINX serves TLS on Listen.
+	ListenTLS bool `json:"listen_tls,omitempty"`
 	// NoneUp: no server was up, so every server is rendered as a normal
 	// one (something answers, and the 307 safety net finds the active);
 	// Actual reports them as not up, as they were applied.
@@ -54,6 +56,7 @@ type backendMeta struct {
 
 type serverMeta struct {
 	Name string `json:"name"`
+	TLS  bool   `json:"tls,omitempty"`
 }
 
 // settings are the parts of a rendered file that come from the driver's
@@ -68,6 +71,7 @@ type settings struct {
 	maxFails        int
 	failTimeout     time.Duration
 	keepalive       int // idle connections each worker keeps to each upstream
+	tls             lb.TLS
 }
 
 var (
@@ -217,10 +221,13 @@ func render(d lb.Desired, gen int64, s settings) string {
 }
 
 func renderBackend(p func(int, string, ...any), in int, b lb.Backend, gen int64, s settings) {
-	meta := backendMeta{Name: b.Name, Listen: b.Listen, Health: b.Health, Mode: b.Mode, Sticky: b.Sticky}
-	anyUp := false
+	meta := backendMeta{Name: b.Name, Listen: b.Listen, Health: b.Health, Mode: b.Mode, Sticky: b.Sticky, ListenTLS: b.ListenTLS}
+	anyUp, backendTLS := false, false
 	for _, srv := range b.Servers {
 		anyUp = anyUp || srv.Up
+		// One scheme per upstream (proxy_pass): https as soon as one
+		// server is, so that nothing goes to a TLS server in plain text.
+		backendTLS = backendTLS || srv.TLS
 	}
 	meta.NoneUp = !anyUp && len(b.Servers) > 0
 	mj, _ := json.Marshal(meta)
@@ -247,7 +254,7 @@ func renderBackend(p func(int, string, ...any), in int, b lb.Backend, gen int64,
 			default:
 				flag = " down"
 			}
-			sj, _ := json.Marshal(serverMeta{Name: srv.Name})
+			sj, _ := json.Marshal(serverMeta{Name: srv.Name, TLS: srv.TLS})
 			p(in+1, "server %s max_fails=%d fail_timeout=%s%s; %s%s", srv.Addr, s.maxFails, wholeSecs(s.failTimeout), flag, markServer, sj)
 		}
 		// After the balancing method, as NGINX requires.
@@ -255,7 +262,14 @@ func renderBackend(p func(int, string, ...any), in int, b lb.Backend, gen int64,
 		p(in, "}")
 	}
 	p(in, "server {")
-	p(in+1, "listen %s default_server;", nginxListen(b.Listen))
+	if b.ListenTLS {
+		p(in+1, "listen %s default_server ssl;", nginxListen(b.Listen))
+		p(in+1, "ssl_certificate %s;", quote(s.tls.Cert))
+		p(in+1, "ssl_certificate_key %s;", quote(s.tls.Key))
+		p(in+1, "ssl_protocols %s;", lb.MinTLSVersion)
+	} else {
+		p(in+1, "listen %s default_server;", nginxListen(b.Listen))
+	}
 	p(in+1, "location = %s {", GenerationPath)
 	p(in+2, "default_type text/plain;")
 	p(in+2, `return 200 "%d\n";`, gen)
@@ -277,8 +291,27 @@ func renderBackend(p func(int, string, ...any), in int, b lb.Backend, gen int64,
 	// No non_idempotent: a POST that may have reached a server is never
 	// sent to another one.
 	p(in+1, "proxy_next_upstream error timeout http_502 http_503;")
+	scheme := "http"
+	if backendTLS {
+		scheme = "https"
+		// Server level: the named location's proxy_pass to a Location
+		// inherits them. TLS 1.3, the certificate verified against the
+		// CA and checked for ServerName (one name for every server:
+		// NGINX open source cannot vary it per server); no SNI.
+		p(in+1, "proxy_ssl_protocols %s;", lb.MinTLSVersion)
+		p(in+1, "proxy_ssl_trusted_certificate %s;", quote(s.tls.BackendCA))
+		p(in+1, "proxy_ssl_verify on;")
+		p(in+1, "proxy_ssl_verify_depth 2;")
+		p(in+1, "proxy_ssl_name %s;", quote(serverName(s.tls)))
+		p(in+1, "proxy_ssl_server_name off;")
+		p(in+1, "proxy_ssl_session_reuse on;")
+		if s.tls.BackendCert != "" {
+			p(in+1, "proxy_ssl_certificate %s;", quote(s.tls.BackendCert))
+			p(in+1, "proxy_ssl_certificate_key %s;", quote(s.tls.BackendKey))
+		}
+	}
 	p(in+1, "location / {")
-	p(in+2, "proxy_pass http://%s;", upstream)
+	p(in+2, "proxy_pass %s://%s;", scheme, upstream)
 	p(in+2, "proxy_intercept_errors on;")
 	p(in+2, "error_page 307 = %s%s;", followPrefix, b.Name)
 	p(in+1, "}")
@@ -287,7 +320,7 @@ func renderBackend(p func(int, string, ...any), in int, b lb.Backend, gen int64,
 	// servers is followed; any other goes to the client as a 307.
 	p(in+1, "location %s%s {", followPrefix, b.Name)
 	p(in+2, "set %s $upstream_http_location;", locationVar)
-	p(in+2, `if (%s !~ "%s") {`, locationVar, followRE(b.Servers))
+	p(in+2, `if (%s !~ "%s") {`, locationVar, followRE(scheme, b.Servers))
 	p(in+3, "return 307 %s;", locationVar)
 	p(in+2, "}")
 	p(in+2, "proxy_pass %s;", locationVar)
@@ -295,14 +328,34 @@ func renderBackend(p func(int, string, ...any), in int, b lb.Backend, gen int64,
 	p(in, "}")
 }
 
-// followRE matches a Location at one of servers: http://ADDR followed by
-// the end, a path or a query.
-func followRE(servers []lb.Server) string {
+// followRE matches a Location at one of servers: SCHEME://ADDR followed
+// by the end, a path or a query. The scheme is the backend's: a standby
+// of a TLS cluster points at https://, and a Location of the other scheme
+// goes to the client.
+func followRE(scheme string, servers []lb.Server) string {
 	alts := make([]string, len(servers))
 	for i, s := range servers {
 		alts[i] = regexp.QuoteMeta(s.Addr)
 	}
-	return `^http://(` + strings.Join(alts, "|") + `)(/|\?|$)`
+	return `^` + scheme + `://(` + strings.Join(alts, "|") + `)(/|\?|$)`
+}
+
+// DefaultServerName is the name NGINX checks in servers' certificates
+// when TLS.ServerName is empty: every certificate `tandem tls cert create`
+// makes for a server carries it. NGINX open source checks one name for all
+// the servers of an upstream (not each one's address), and only a
+// certificate's DNS names and IP addresses (its common name only when it
+// has no DNS name, and tandem's all have localhost), so it cannot tell a
+// server's certificate from an agent's of the same cluster:
+// give the servers a DNS name in common (--dns) and check that, where it
+// matters.
+const DefaultServerName = "localhost"
+
+func serverName(t lb.TLS) string {
+	if t.ServerName != "" {
+		return t.ServerName
+	}
+	return DefaultServerName
 }
 
 // quote makes s one NGINX token.
@@ -363,7 +416,7 @@ func parse(text string) (parsed, error) {
 			if err := json.Unmarshal([]byte(strings.TrimPrefix(l, markBackend)), &m); err != nil {
 				return out, fmt.Errorf("line %d: bad backend comment: %v", line, err)
 			}
-			out.d.Backends = append(out.d.Backends, lb.Backend{Name: m.Name, Listen: m.Listen, Health: m.Health, Mode: m.Mode, Sticky: m.Sticky})
+			out.d.Backends = append(out.d.Backends, lb.Backend{Name: m.Name, Listen: m.Listen, Health: m.Health, Mode: m.Mode, Sticky: m.Sticky, ListenTLS: m.ListenTLS})
 			cur = &out.d.Backends[len(out.d.Backends)-1]
 			noneUp = m.NoneUp
 		case strings.HasPrefix(l, "server ") && strings.Contains(l, markServer):
@@ -385,7 +438,7 @@ func parse(text string) (parsed, error) {
 					up = false
 				}
 			}
-			cur.Servers = append(cur.Servers, lb.Server{Name: m.Name, Addr: f[1], Up: up})
+			cur.Servers = append(cur.Servers, lb.Server{Name: m.Name, Addr: f[1], Up: up, TLS: m.TLS})
 		}
 	}
 	if err := sc.Err(); err != nil {

@@ -130,7 +130,8 @@ func TestRender(t *testing.T) {
 // TestFollowRE: only a Location at one of the backend's servers is
 // followed (Go's regexp reads this pattern as PCRE does).
 func TestFollowRE(t *testing.T) {
-	re := regexp.MustCompile(followRE([]lb.Server{{Addr: "127.0.0.1:9001"}, {Addr: "[::1]:9002"}}))
+	servers := []lb.Server{{Addr: "127.0.0.1:9001"}, {Addr: "[::1]:9002"}}
+	re := regexp.MustCompile(followRE("http", servers))
 	for loc, want := range map[string]bool{
 		"http://127.0.0.1:9001/v1/jobs?x=1": true,
 		"http://127.0.0.1:9001":             true,
@@ -144,6 +145,19 @@ func TestFollowRE(t *testing.T) {
 	} {
 		if got := re.MatchString(loc); got != want {
 			t.Errorf("%q: got %v, want %v", loc, got, want)
+		}
+	}
+	// A TLS backend follows https only: a standby of a TLS cluster points
+	// at https, and an http Location would take the request out of TLS.
+	re = regexp.MustCompile(followRE("https", servers))
+	for loc, want := range map[string]bool{
+		"https://127.0.0.1:9001/v1/jobs": true,
+		"https://[::1]:9002":             true,
+		"http://127.0.0.1:9001/v1/jobs":  false,
+		"https://127.0.0.1:9001.evil/":   false,
+	} {
+		if got := re.MatchString(loc); got != want {
+			t.Errorf("https backend, %q: got %v, want %v", loc, got, want)
 		}
 	}
 }

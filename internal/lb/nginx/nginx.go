@@ -103,10 +103,21 @@
 // External.PidFile or with External.Reload; never starts or stops NGINX.
 // The new file is in place while nginx -t runs and is put back if it
 // fails: a restart of NGINX in those milliseconds would read it.
+//
+// # TLS
+//
+// An upstream with a server with TLS set is https (one scheme per
+// proxy_pass): proxy_ssl_verify against TLS.BackendCA, TLS 1.3, one name
+// checked for every server (TLS.ServerName, else DefaultServerName), no
+// SNI, the client certificate if given; the 307 safety net then follows
+// https:// Locations only. A backend with ListenTLS listens with ssl and
+// TLS.Cert; GenerationPath is probed over TLS there. NGINX reads the files
+// when it loads a configuration: ReloadTLS is a reload.
 package nginx
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -190,7 +201,13 @@ type Config struct {
 	// StopTimeout is how long Close lets NGINX finish in-flight requests
 	// (SIGQUIT) before it kills it (default 10s).
 	StopTimeout time.Duration
-	Log         *slog.Logger
+	// TLS are the files of TLS to servers with TLS set (an upstream with
+	// one is https) and on backends with ListenTLS, which NGINX reads at
+	// each reload (ReloadTLS). TLS.ServerName is the one name checked in
+	// every server's certificate, against its DNS names and IP addresses;
+	// empty means DefaultServerName.
+	TLS lb.TLS
+	Log *slog.Logger
 }
 
 // External describes an NGINX run by someone else, for example systemd.
@@ -293,6 +310,21 @@ func (c Config) Validate() error {
 	if c.Checks.Inter < time.Millisecond || c.Checks.Fall < 1 {
 		return fmt.Errorf("nginx: checks %+v: want Inter of at least 1ms and Fall of at least 1", c.Checks)
 	}
+	t := c.TLS
+	if (t.BackendCert == "") != (t.BackendKey == "") || (t.Cert == "") != (t.Key == "") {
+		return errors.New("nginx: TLS: a certificate needs its key, and a key its certificate")
+	}
+	if t.BackendCert != "" && t.BackendCA == "" {
+		return errors.New("nginx: TLS: a client certificate for the servers needs their CA (BackendCA)")
+	}
+	for _, p := range []string{t.BackendCA, t.BackendCert, t.BackendKey, t.Cert, t.Key} {
+		if p != "" && (!filepath.IsAbs(p) || strings.ContainsAny(p, "\n\r\x00")) {
+			return fmt.Errorf("nginx: TLS file %q: want an absolute path without control characters", p)
+		}
+	}
+	if t.ServerName != "" && !hostRE.MatchString(t.ServerName) {
+		return fmt.Errorf("nginx: TLS server name %q: want a host name or address", t.ServerName)
+	}
 	if c.Workers < 0 || c.Keepalive < 1 || c.ConnectTimeout <= 0 || c.ShutdownTimeout <= 0 || c.ReloadTimeout <= 0 || c.StopTimeout <= 0 {
 		return errors.New("nginx: Workers must not be negative, Keepalive and every timeout must be positive")
 	}
@@ -310,7 +342,25 @@ func (c Config) settings() settings {
 		maxFails:        c.Checks.Fall,
 		failTimeout:     c.Checks.Inter * time.Duration(c.Checks.Fall),
 		keepalive:       c.Keepalive,
+		tls:             c.TLS,
 	}
+}
+
+// checkTLS refuses a desired state that needs TLS files the driver was not
+// given: a server with TLS and no CA to verify it, a listener with TLS and
+// no certificate to serve.
+func (c Config) checkTLS(want lb.Desired) error {
+	for _, b := range want.Backends {
+		if b.ListenTLS && c.TLS.Cert == "" {
+			return fmt.Errorf("%w: backend %s serves TLS on %s, but no certificate was given (--tls-cert, --tls-key)", ErrBadDesired, b.Name, b.Listen)
+		}
+		for _, s := range b.Servers {
+			if s.TLS && c.TLS.BackendCA == "" {
+				return fmt.Errorf("%w: server %s/%s serves TLS (https), but no CA was given to verify it (--backend-ca)", ErrBadDesired, b.Name, s.Name)
+			}
+		}
+	}
+	return nil
 }
 
 // Driver drives one NGINX. Its methods are safe for concurrent use and run
@@ -351,7 +401,14 @@ func New(cfg Config) (*Driver, error) {
 		cfg: cfg,
 		log: cfg.Log.With("proxy", "nginx"),
 		probe: &http.Client{
-			Transport:     &http.Transport{DisableKeepAlives: true, Proxy: nil},
+			Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil,
+				// For listeners with TLS: the probe asks our own NGINX,
+				// on the address it listens on, for a generation number
+				// (public, see GenerationPath), and needs no proof of
+				// who answers; the certificate may name none of the
+				// addresses probed (a wildcard listener is probed on
+				// loopback).
+				TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, //nolint:gosec // see above
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
 	}, nil
@@ -395,6 +452,9 @@ func (d *Driver) Start(ctx context.Context, want lb.Desired) error {
 	d.bin = bin
 	want = normalized(want)
 	if err := check(want); err != nil {
+		return err
+	}
+	if err := d.cfg.checkTLS(want); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.ReloadTimeout)
@@ -497,7 +557,7 @@ func (d *Driver) waitServing(ctx context.Context, m *master, gen int64, backends
 // serves checks that every backend's address answers generation gen.
 func (d *Driver) serves(ctx context.Context, gen int64, backends []lb.Backend) error {
 	for _, b := range backends {
-		g, err := generation(ctx, d.probe, b.Listen)
+		g, err := generation(ctx, d.probe, b)
 		if err != nil {
 			return fmt.Errorf("backend %s on %s: %w", b.Name, b.Listen, err)
 		}
@@ -580,6 +640,9 @@ func (d *Driver) Apply(ctx context.Context, want lb.Desired) (lb.Applied, error)
 	}
 	want = normalized(want)
 	if err := check(want); err != nil {
+		return lb.Applied{Took: time.Since(start)}, err
+	}
+	if err := d.cfg.checkTLS(want); err != nil {
 		return lb.Applied{Took: time.Since(start)}, err
 	}
 	if !d.dirty && sameRouting(want, d.cur.d) {
@@ -836,6 +899,26 @@ func (d *Driver) reloadCommand() []string {
 	return nil
 }
 
+// ReloadTLS has NGINX read the files of Config.TLS again: a validated,
+// graceful reload of the running configuration, after which new
+// connections use them (NGINX reads certificates only when it loads a
+// configuration). Files NGINX cannot load change nothing: the error wraps
+// ErrInvalid and NGINX keeps the ones it has. It is how tandem lb handles
+// SIGHUP.
+func (d *Driver) ReloadTLS(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.usable(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.ReloadTimeout)
+	defer cancel()
+	// A new generation of the same configuration: nginx -t loads the
+	// files, the reload swaps them in.
+	d.dirty = true
+	return d.apply(ctx, d.cur.d)
+}
+
 // Actual returns what NGINX routes to: the last configuration applied, as
 // NGINX open source cannot report its live state, less every backend
 // whose address does not answer that configuration's generation (NGINX
@@ -855,7 +938,7 @@ func (d *Driver) Actual(ctx context.Context) (lb.Desired, error) {
 	}
 	out := lb.Desired{Rev: p.d.Rev}
 	for _, b := range p.d.Backends {
-		g, err := generation(ctx, d.probe, b.Listen)
+		g, err := generation(ctx, d.probe, b)
 		if ctx.Err() != nil {
 			return lb.Desired{}, ctx.Err()
 		}

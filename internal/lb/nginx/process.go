@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tandemhq/tandem/internal/lb"
 )
 
 // The kernel sends Pdeathsig when the *thread* that forked the child
@@ -280,12 +282,16 @@ func pause(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// generation asks the NGINX listening on listen which generation the
-// worker that answers runs.
-func generation(ctx context.Context, c *http.Client, listen string) (int64, error) {
+// generation asks the NGINX listening on b's address (over TLS when b has
+// ListenTLS) which generation the worker that answers runs.
+func generation(ctx context.Context, c *http.Client, be lb.Backend) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+probeAddr(listen)+GenerationPath, nil)
+	listen, scheme := be.Listen, "http://"
+	if be.ListenTLS {
+		scheme = "https://"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+probeAddr(listen)+GenerationPath, nil)
 	if err != nil {
 		return 0, err
 	}
