@@ -16,14 +16,10 @@ import (
 
 // This file is the guard of an HTTP API: the rules of docs/SECURITY.md
 // ("Roles on routes", "Tokens and policies", the audit log) as one piece
-// any of tandem's HTTP APIs can put in front of its routes. The supervisors'
-// API uses it (internal/supervise/http.go). The servers' API
-// (internal/api/auth.go, tls.go) applies the same rules with the same
-// messages in its own code, from before this file; it can move onto Guard
-// without a change of behaviour: Name "server <id>", TokenHint
-// ServerTokenHint, Target from the path values "id" and "accessor", Stamp
-// from the server's HA status, WriteError its own; and its HandshakeLog
-// (audited refused handshakes) is Guard.HandshakeLog.
+// every one of tandem's HTTP APIs puts in front of its routes: the servers'
+// (internal/api: Name "server <id>", TokenHint ServerTokenHint, Target from
+// the path values "id" and "accessor", Stamp from the server's HA status)
+// and the supervisors' (internal/supervise/http.go).
 
 // Authenticator checks a bearer token's secret. Authenticate returns an
 // error matching ErrNoToken for an unknown or deleted token, wrapping
@@ -74,12 +70,12 @@ const ServerTokenHint = " (the CLI takes --token or $TANDEM_TOKEN)"
 // alice (read) lacks operator: ..."). Certificates never stand in for
 // tokens: certificates say who is at the other end, tokens carry policy.
 //
-// The audit log gets one line for every denial, and one for every mutating
-// request (not GET, HEAD or OPTIONS) once it is answered, except the
-// allowed requests of CapAgent routes (the agents' heartbeat); with
-// HandshakeLog as the server's ErrorLog, one for every refused TLS
-// handshake too. Secrets never reach it: only a token's name, policy and
-// accessor.
+// The audit log gets one line for every denial, the guard's and its
+// handlers' (Caller.Denied, Require), and one for every mutating request
+// (not GET, HEAD or OPTIONS) once it is answered, except the allowed
+// requests of CapAgent routes (the agents' heartbeat); with HandshakeLog as
+// the server's ErrorLog, one for every refused TLS handshake too. Secrets
+// never reach it: only a token's name, policy and accessor.
 type Guard struct {
 	// Name names the process in messages: "server rm1", "supervisor n1".
 	Name string
@@ -121,7 +117,7 @@ type Caller struct {
 	// Target is what the request acts on, as the audit log shows it.
 	Target string
 	// Denied, set by a handler that refuses the request, makes its audit
-	// line a denial with this reason.
+	// line a denial with this reason, whatever the route and method.
 	Denied string
 }
 
@@ -164,25 +160,54 @@ func (g *Guard) Handler(route string, need Capability, h http.Handler) http.Hand
 			}
 		}
 		if err != nil {
-			rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+			rec := NewStatusRecorder(w)
 			g.writeError(rec, r, err)
-			g.audit(r, route, need, c, Deny, rec.code, tandem.ErrorMessage(err))
+			g.audit(r, route, need, c, Deny, rec.Status(), tandem.ErrorMessage(err))
 			return
 		}
-		if !Mutating(r.Method) || need == CapAgent || g.Audit == nil {
-			// The agents' sync is their heartbeat, several times a second
-			// per agent: only its denials are audited.
+		if g.Audit == nil {
 			h.ServeHTTP(w, r)
 			return
 		}
-		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		rec := NewStatusRecorder(w)
 		h.ServeHTTP(rec, r)
-		if c.Denied != "" {
-			g.audit(r, route, need, c, Deny, rec.code, c.Denied)
-			return
+		switch {
+		case c.Denied != "":
+			g.audit(r, route, need, c, Deny, rec.Status(), c.Denied)
+		case Mutating(r.Method) && need != CapAgent:
+			// The agents' sync is their heartbeat, several times a second
+			// per agent: only its denials are audited.
+			g.audit(r, route, need, c, Allow, rec.Status(), "")
 		}
-		g.audit(r, route, need, c, Allow, rec.code, "")
 	})
+}
+
+// Require refuses r, with Enforce, unless its caller's token allows need:
+// for what a handler learns only from the request's body, which what names
+// ("a job that names its user"). The refusal, an EFORBIDDEN error, is also
+// the reason of the request's audit line (Caller.Denied); the handler
+// answers it. Without Enforce it allows everything.
+func (g *Guard) Require(r *http.Request, need Capability, what string) error {
+	if !g.Enforce {
+		return nil
+	}
+	c := CallerOf(r)
+	if c.Token != nil && c.Token.Policy.Allows(need) {
+		return nil
+	}
+	who := "this request"
+	if c.Token != nil {
+		who = c.Token.Describe()
+	}
+	err := lacks(who, need, what)
+	c.Denied = tandem.ErrorMessage(err)
+	return err
+}
+
+// lacks is the refusal of who, whose token's policy is weaker than need,
+// for what.
+func lacks(who string, need Capability, what string) error {
+	return tandem.Errorf(tandem.EFORBIDDEN, "%s lacks %s: %s needs a token whose policy is %s or stronger", who, need, what, need)
 }
 
 // checkCert applies the certificate rules (with Cluster set), recording
@@ -211,8 +236,7 @@ func (g *Guard) checkToken(r *http.Request, need Capability, c *Caller) error {
 		c.Token = &tok
 	}
 	if err == nil && !tok.Policy.Allows(need) {
-		err = tandem.Errorf(tandem.EFORBIDDEN, "%s lacks %s: %s %s needs a token whose policy is %s or stronger",
-			tok.Describe(), need, r.Method, r.URL.Path, need)
+		err = lacks(tok.Describe(), need, r.Method+" "+r.URL.Path)
 	}
 	return err
 }
@@ -304,13 +328,13 @@ const HandshakeRoute = "tls-handshake"
 // HandshakeLog returns the logger for an http.Server's ErrorLog, where
 // net/http reports each failed TLS handshake as "http: TLS handshake error
 // from ADDR: REASON". A refusal (a client certificate of another CA or
-// cluster, expired or not yet valid, of a role the listener does not take;
-// a TLS version or protocol the server does not speak) becomes a deny line
-// of the audit log, route HandshakeRoute, with the client's address and the
-// reason: no request was read, so no route, token or certificate is known.
-// A client that merely hung up or stayed silent (EOF, a reset, a timeout:
-// load balancers' TCP checks) is no denial and is not audited. Every line
-// also goes to log at debug.
+// cluster, expired or not yet valid, of a role the listener does not take,
+// missing where one is required; a TLS version or protocol the server does
+// not speak) becomes a deny line of the audit log, route HandshakeRoute,
+// with the client's address and the reason: no request was read, so no
+// route, token or certificate is known. A client that merely hung up or
+// stayed silent (EOF, a reset, a timeout: load balancers' TCP checks) is no
+// denial and is not audited. Every line also goes to log at debug.
 func (g *Guard) HandshakeLog(log *slog.Logger) *stdlog.Logger {
 	return stdlog.New(&handshakeAudit{g: g, next: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}, "", 0)
 }
@@ -363,21 +387,33 @@ func (g *Guard) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	_ = json.NewEncoder(w).Encode(tandem.ErrorBody{Error: &tandem.Error{Code: code, Message: tandem.ErrorMessage(err)}})
 }
 
-// statusRecorder remembers the status a handler answered, for the audit log.
-type statusRecorder struct {
+// StatusRecorder is an http.ResponseWriter that remembers the status its
+// handler answered: the Guard's, for the audit log, and an API's, for its
+// metrics.
+type StatusRecorder struct {
 	http.ResponseWriter
 	code int
 }
 
-func (s *statusRecorder) WriteHeader(code int) {
+// NewStatusRecorder returns a StatusRecorder writing to w.
+func NewStatusRecorder(w http.ResponseWriter) *StatusRecorder {
+	return &StatusRecorder{ResponseWriter: w, code: http.StatusOK}
+}
+
+// Status returns the status answered: 200 unless WriteHeader said another.
+func (s *StatusRecorder) Status() int { return s.code }
+
+// WriteHeader records code and writes it.
+func (s *StatusRecorder) WriteHeader(code int) {
 	s.code = code
 	s.ResponseWriter.WriteHeader(code)
 }
 
 // Unwrap lets http.ResponseController reach the real writer.
-func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+func (s *StatusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
-func (s *statusRecorder) Flush() {
+// Flush flushes the real writer, if it can.
+func (s *StatusRecorder) Flush() {
 	if f, ok := s.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}

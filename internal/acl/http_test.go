@@ -80,6 +80,14 @@ func TestGuard(t *testing.T) {
 	mux.Handle("GET /read", g.Handler("/read", acl.CapRead, ok))
 	mux.Handle("POST /move/{svc}", g.Handler("/move/{svc}", acl.CapOperator, ok))
 	mux.Handle("POST /sync", g.Handler("/sync", acl.CapAgent, ok))
+	mux.Handle("POST /run", g.Handler("/run", acl.CapRead, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := g.Require(r, acl.CapOperator, "running as root"); err != nil {
+			w.WriteHeader(tandem.HTTPStatus(tandem.ErrorCode(err)))
+			_ = json.NewEncoder(w).Encode(tandem.ErrorBody{Error: &tandem.Error{Code: tandem.ErrorCode(err), Message: tandem.ErrorMessage(err)}})
+			return
+		}
+		fmt.Fprint(w, "ok")
+	})))
 
 	for _, tt := range []struct {
 		name, method, path, auth string
@@ -102,11 +110,16 @@ func TestGuard(t *testing.T) {
 			"token alice (read) lacks operator: POST /move/web needs a token whose policy is operator or stronger", false, "deny 403 alice cli/alice"},
 		{"operator moves", "POST", "/move/web", "Bearer tdm_op", nil, 200, "ok web", false, "allow 200 bob -"},
 		{"the handler refuses", "POST", "/move/web?refuse=1", "Bearer tdm_op", nil, 403, "", false, "deny 403 bob -"},
+		{"the handler refuses a read", "GET", "/read?refuse=1", "Bearer tdm_read", nil, 403, "", false, "deny 403 alice -"},
+		{"read requires operator", "POST", "/run", "Bearer tdm_read", cli, 403,
+			"token alice (read) lacks operator: running as root needs a token whose policy is operator or stronger", false, "deny 403 alice cli/alice"},
+		{"operator requires operator", "POST", "/run", "Bearer tdm_op", nil, 200, "ok", false, "allow 200 bob -"},
 		{"agent certificate with an operator token", "POST", "/move/web", "Bearer tdm_op", agent, 403,
 			"agent certificates (w1) may only sync; POST /move/web is not an agent route", false, "deny 403 - agent/w1"},
 		{"sync without a certificate", "POST", "/sync", "", nil, 401, "POST /sync needs an agent certificate of cluster prod", false, "deny 401 - -"},
 		{"sync with a server certificate", "POST", "/sync", "", server, 403, "needs an agent certificate, not a server certificate (rm2)", false, "deny 403 - server/rm2"},
 		{"sync with an agent certificate", "POST", "/sync", "", agent, 200, "ok", false, ""},
+		{"the handler refuses a sync", "POST", "/sync?refuse=1", "", agent, 403, "", false, "deny 403 - agent/w1"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			audit.Reset()
@@ -160,17 +173,23 @@ func TestGuard(t *testing.T) {
 	}
 }
 
-// TestGuardOff: without Enforce and Cluster every route is open, and the
-// audit log still gets the mutating requests; with Enforce but no
-// Authenticator a token cannot be checked (503).
+// TestGuardOff: without Enforce and Cluster every route is open, Require
+// allows everything, and the audit log still gets the mutating requests;
+// with Enforce but no Authenticator a token cannot be checked (503).
 func TestGuardOff(t *testing.T) {
 	var audit strings.Builder
 	g := &acl.Guard{Name: "supervisor n1", Audit: acl.NewAuditLog(&audit)}
-	h := g.Handler("/move", acl.CapOperator, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	var required error
+	h := g.Handler("/move", acl.CapOperator, http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		required = g.Require(r, acl.CapManagement, "moving")
+	}))
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("POST", "/move", nil))
 	if rec.Code != 200 || !strings.Contains(audit.String(), `"decision":"allow"`) {
 		t.Errorf("got %d and audit %q, want 200 and an allow line", rec.Code, audit.String())
+	}
+	if required != nil {
+		t.Errorf("got Require %v without Enforce, want nil", required)
 	}
 	g = &acl.Guard{Name: "supervisor n1", Enforce: true}
 	rec = httptest.NewRecorder()

@@ -11,9 +11,9 @@
 // of the view it reflects (X-Tandem-Revision).
 //
 // With WithSecurity, every route needs the capability Capabilities gives it
-// and a bearer token whose policy allows it (auth.go), checked on the server
-// the request reaches, before any redirect; mutating requests and denials
-// go to the audit log.
+// and a bearer token whose policy allows it (acl.Guard, auth.go), checked on
+// the server the request reaches, before any redirect; mutating requests
+// and denials go to the audit log.
 package api
 
 import (
@@ -102,6 +102,7 @@ type API struct {
 	requests  *prometheus.CounterVec
 	sec       Security
 	tls       TLS
+	guard     *acl.Guard   // authenticates, authorizes and audits every route
 	logClient *http.Client // fetches attempt logs from agents (logs.go)
 }
 
@@ -122,6 +123,7 @@ func New(srv Service, log *slog.Logger, opts ...Option) *API {
 	if a.logClient == nil {
 		a.logClient = newLogClient(nil)
 	}
+	a.guard = a.newGuard()
 	a.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tandem_http_requests_total", Help: "HTTP requests served, by route and status code.",
 	}, []string{"route", "code"})
@@ -178,17 +180,20 @@ func (a *API) route(pattern string, m methods) {
 	}
 	sort.Strings(allowed)
 	allow := strings.Join(allowed, ", ")
-	// Every method is guarded by its capability (auth.go), once, here.
-	guarded := make(methods, len(m))
+	// Every method is guarded by its capability (auth.go), once, here. The
+	// guard runs before any redirect, so a standby refuses a request the
+	// caller may not make itself, and the server a redirect leads to checks
+	// the token again.
+	guarded := make(map[string]http.Handler, len(m))
 	for method, h := range m {
 		if _, ok := Capabilities[pattern][method]; !ok {
 			panic(fmt.Sprintf("api: route %s %s has no entry in Capabilities", method, pattern))
 		}
-		guarded[method] = a.guard(pattern, a.need(pattern, method), h)
+		guarded[method] = a.guard.Handler(pattern, a.need(pattern, method), h)
 	}
 	a.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-		defer func() { a.requests.WithLabelValues(pattern, strconv.Itoa(rec.code)).Inc() }()
+		rec := acl.NewStatusRecorder(w)
+		defer func() { a.requests.WithLabelValues(pattern, strconv.Itoa(rec.Status())).Inc() }()
 		h, ok := guarded[r.Method]
 		if !ok && r.Method == http.MethodHead {
 			h, ok = guarded[http.MethodGet]
@@ -198,27 +203,8 @@ func (a *API) route(pattern string, m methods) {
 			a.writeError(rec, r, tandem.Errorf(tandem.EMETHOD, "%s is not allowed on %s; allowed: %s", r.Method, r.URL.Path, allow))
 			return
 		}
-		h(rec, r)
+		h.ServeHTTP(rec, r)
 	})
-}
-
-type statusRecorder struct {
-	http.ResponseWriter
-	code int
-}
-
-func (s *statusRecorder) WriteHeader(code int) {
-	s.code = code
-	s.ResponseWriter.WriteHeader(code)
-}
-
-// Unwrap lets http.ResponseController reach the real writer.
-func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
-
-func (s *statusRecorder) Flush() {
-	if f, ok := s.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
 }
 
 // sharded reports whether the cluster runs several shards (active-active).
@@ -524,9 +510,7 @@ func (a *API) sync(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := a.checkSyncAgent(r, req.Agent.ID); err != nil {
-		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-		a.writeError(rec, r, err)
-		a.audit(r, "/v1/agent/sync", acl.CapAgent, info(r), acl.Deny, rec.code, tandem.ErrorMessage(err))
+		a.writeError(w, r, err)
 		return
 	}
 	resp, err := a.srv.Sync(r.Context(), &req)

@@ -1,16 +1,15 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/acl"
-	"github.com/tandemhq/tandem/internal/pki"
 )
 
 // ACL is what the API needs to authenticate callers and manage tokens;
@@ -94,172 +93,42 @@ func (a *API) need(pattern, method string) acl.Capability {
 	return Capabilities[pattern][method]
 }
 
-// needsToken reports whether a capability needs a token.
-func needsToken(c acl.Capability) bool { return c != acl.CapOpen && c != acl.CapAgent }
-
-// reqInfo is what the guard learns of a request, for the handlers (the
-// caller's token) and the audit log (the target the handler acted on).
-type reqInfo struct {
-	token  *acl.Token
-	cert   *pki.Identity // the client certificate's, with TLS on
-	target string
-	denied string // why the handler refused what the route alone allowed
-}
-
-type reqInfoKey struct{}
-
-func info(r *http.Request) *reqInfo {
-	if ri, ok := r.Context().Value(reqInfoKey{}).(*reqInfo); ok {
-		return ri
+// newGuard returns the guard of the API's routes (acl.Guard): the
+// certificate checks with TLS on, the tokens with Enforce, and the audit log,
+// whose lines name this server and its HA state.
+func (a *API) newGuard() *acl.Guard {
+	g := &acl.Guard{
+		Name:      "server " + a.id,
+		TokenHint: acl.ServerTokenHint,
+		Enforce:   a.sec.Enforce,
+		Cluster:   a.tls.Cluster,
+		Audit:     a.sec.Audit,
+		Now:       a.sec.Now,
+		Stamp: func(e *acl.AuditEntry) {
+			st := a.srv.Status()
+			e.Server, e.HAState, e.Epoch = a.id, string(st.State), st.Epoch
+		},
+		Target:     func(r *http.Request) string { return cmp.Or(r.PathValue("id"), r.PathValue("accessor")) },
+		WriteError: a.writeError,
 	}
-	return &reqInfo{}
+	if a.sec.ACL != nil {
+		g.Tokens = a.sec.ACL
+	}
+	return g
 }
 
 // setTarget records what the request acted on, for the audit log.
-func setTarget(r *http.Request, target string) { info(r).target = target }
-
-// guard authenticates and authorizes a request to pattern (when enforcing)
-// before h serves it, and writes the audit log: a line for every denial,
-// and for every mutating request once it is answered. It runs before any
-// redirect, so a standby refuses a request the caller may not make itself,
-// and the server a redirect leads to checks the token again.
-func (a *API) guard(pattern string, need acl.Capability, h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		ri := &reqInfo{target: firstNonEmpty(r.PathValue("id"), r.PathValue("accessor"))}
-		r = r.WithContext(context.WithValue(r.Context(), reqInfoKey{}, ri))
-		// Certificates first (tls.go): a role that may not call the route
-		// is refused whatever token it brings.
-		cert, err := a.peer(r)
-		if err == nil {
-			ri.cert = cert
-			err = a.checkRole(r, need, cert)
-		}
-		if err != nil {
-			rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-			a.writeError(rec, r, err)
-			a.audit(r, pattern, need, ri, acl.Deny, rec.code, tandem.ErrorMessage(err))
-			return
-		}
-		if a.sec.Enforce && needsToken(need) {
-			tok, err := a.authenticate(r)
-			if err == nil && !tok.Policy.Allows(need) {
-				err = tandem.Errorf(tandem.EFORBIDDEN, "%s lacks %s: %s %s needs a token whose policy is %s or stronger",
-					tok.Describe(), need, r.Method, r.URL.Path, need)
-			}
-			if tok.Accessor != "" {
-				ri.token = &tok
-			}
-			if err != nil {
-				rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-				if tandem.ErrorCode(err) == tandem.EUNAUTHENTICATED {
-					rec.Header().Set("WWW-Authenticate", `Bearer realm="tandem"`)
-				}
-				a.writeError(rec, r, err)
-				a.audit(r, pattern, need, ri, acl.Deny, rec.code, tandem.ErrorMessage(err))
-				return
-			}
-		}
-		if !mutating(r.Method) || need == acl.CapAgent || a.sec.Audit == nil {
-			// The agents' sync is their heartbeat, several times a second
-			// per agent: only its denials are audited (guard, sync).
-			h(w, r)
-			return
-		}
-		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-		h(rec, r)
-		if ri.denied != "" {
-			a.audit(r, pattern, need, ri, acl.Deny, rec.code, ri.denied)
-			return
-		}
-		a.audit(r, pattern, need, ri, acl.Allow, rec.code, "")
-	}
-}
+func setTarget(r *http.Request, target string) { acl.CallerOf(r).Target = target }
 
 // mayRunAs refuses, with ACLs enforced, a job that names the user its
 // attempts run as unless the caller's token is operator or stronger: an
 // agent decides which users it allows at all, and only operators choose
 // among them.
 func (a *API) mayRunAs(r *http.Request, spec tandem.JobSpec) error {
-	if !a.sec.Enforce || spec.User == "" {
+	if spec.User == "" {
 		return nil
 	}
-	ri := info(r)
-	if ri.token != nil && ri.token.Policy.Allows(acl.CapOperator) {
-		return nil
-	}
-	who := "this request"
-	if ri.token != nil {
-		who = ri.token.Describe()
-	}
-	err := tandem.Errorf(tandem.EFORBIDDEN, "%s lacks %s: a job that names its user (%q) needs a token whose policy is %s or stronger",
-		who, acl.CapOperator, spec.User, acl.CapOperator)
-	ri.denied = tandem.ErrorMessage(err)
-	return err
-}
-
-func mutating(method string) bool {
-	return method != http.MethodGet && method != http.MethodHead && method != http.MethodOptions
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
-}
-
-// authenticate returns the token of r's "Authorization: Bearer" header. Its
-// errors are *tandem.Error values whose messages never include the secret.
-// A token that expired is returned with the error, so the audit log names it.
-func (a *API) authenticate(r *http.Request) (acl.Token, error) {
-	h := r.Header.Get("Authorization")
-	if h == "" {
-		return acl.Token{}, tandem.Errorf(tandem.EUNAUTHENTICATED,
-			"server %s requires a token: send \"Authorization: Bearer <token>\" (the CLI takes --token or $TANDEM_TOKEN)", a.id)
-	}
-	scheme, secret, ok := strings.Cut(h, " ")
-	secret = strings.TrimSpace(secret)
-	if !ok || !strings.EqualFold(scheme, "Bearer") || secret == "" {
-		return acl.Token{}, tandem.Errorf(tandem.EUNAUTHENTICATED, "the Authorization header must be \"Bearer <token>\"")
-	}
-	if a.sec.ACL == nil {
-		return acl.Token{}, tandem.Errorf(tandem.EUNAVAILABLE, "server %s cannot check tokens", a.id)
-	}
-	tok, err := a.sec.ACL.Authenticate(r.Context(), secret)
-	switch {
-	case err == nil:
-		return tok, nil
-	case errors.Is(err, acl.ErrNoToken):
-		return acl.Token{}, tandem.Errorf(tandem.EUNAUTHENTICATED, "unknown or revoked token")
-	case errors.Is(err, acl.ErrExpired):
-		return tok, tandem.Errorf(tandem.EUNAUTHENTICATED, "%s", strings.TrimSuffix(err.Error(), ": "+acl.ErrExpired.Error()))
-	case tandem.ErrorCode(err) != tandem.EINTERNAL:
-		return acl.Token{}, err
-	default:
-		return acl.Token{}, tandem.Errorf(tandem.EUNAVAILABLE, "server %s cannot check the token right now (etcd: %v); retry", a.id, err)
-	}
-}
-
-// audit writes one line of the audit log.
-func (a *API) audit(r *http.Request, pattern string, need acl.Capability, ri *reqInfo, decision string, status int, reason string) {
-	if a.sec.Audit == nil {
-		return
-	}
-	st := a.srv.Status()
-	e := acl.AuditEntry{
-		Time: a.sec.Now().UTC(), Server: a.id, HAState: string(st.State), Epoch: st.Epoch,
-		Remote: r.RemoteAddr, Method: r.Method, Route: pattern, Path: r.URL.Path, Target: ri.target, Need: string(need),
-		Decision: decision, Status: status, Reason: reason,
-	}
-	if ri.token != nil {
-		e.Identity.TokenName, e.Identity.TokenPolicy, e.Identity.TokenAccessor = ri.token.Name, string(ri.token.Policy), ri.token.Accessor
-	}
-	if ri.cert != nil {
-		e.Identity.CertRole, e.Identity.CertID = string(ri.cert.Role), ri.cert.ID
-	}
-	a.sec.Audit.Write(e)
+	return a.guard.Require(r, acl.CapOperator, fmt.Sprintf("a job that names its user (%q)", spec.User))
 }
 
 // aclOn answers, and returns false, when this server does not serve tokens.
@@ -330,7 +199,7 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request) {
 	}
 	setTarget(r, "token "+req.Name)
 	by := ""
-	if t := info(r).token; t != nil {
+	if t := acl.CallerOf(r).Token; t != nil {
 		by = t.Accessor
 	}
 	nt, err := a.sec.ACL.CreateToken(r.Context(), req, by)
@@ -353,7 +222,7 @@ func (a *API) deleteToken(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) tokenSelf(w http.ResponseWriter, r *http.Request) {
-	t := info(r).token
+	t := acl.CallerOf(r).Token
 	if t == nil {
 		a.writeError(w, r, tandem.Errorf(tandem.EUNAUTHENTICATED, "no token was sent"))
 		return
