@@ -93,7 +93,7 @@ func secureCluster(t *testing.T, cfg *local.Config) {
 	why := ""
 	switch {
 	case cfg.LB != "":
-		why = "tandem lb is not secured by local clusters yet"
+		why = "the tandem lb tests' own clients do not present the cluster's certificates and token yet"
 	case cfg.EtcdTLS != "":
 		why = "the test locks etcd down itself"
 	case slices.Contains(cfg.ExtraArgs, "--acl"):

@@ -97,7 +97,8 @@ type Config struct {
 	// down for the cluster with this directory's CA), and tokens enforced
 	// (--acl), Start bootstrapping a management token (Cluster.Token, kept
 	// in TokenFile). Supervisors serve their API over TLS and take
-	// tokens too; tandem lb is refused.
+	// tokens too; tandem lb's proxy serves TLS and calls the servers over
+	// TLS.
 	Secure string
 }
 

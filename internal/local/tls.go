@@ -41,12 +41,11 @@ const tlsValidity = 30 * 24 * time.Hour
 // switches every server and agent URL to https, and makes the cluster's own
 // health checks present a server certificate (server-local.pem), as agents
 // require. It also makes a cli certificate for the CLI (TLSFiles.Env).
-// Supervisors serve their API over TLS too; tandem lb is not covered: it
-// refuses a cluster with one.
+// Supervisors serve their API over TLS too, and tandem lb's proxy serves
+// TLS (LBURL is https) and calls the servers over TLS, with a server
+// certificate "lb"; tandem lb's own status endpoint stays plain http on
+// loopback.
 func (c *Cluster) EnableTLS(dir string) (*TLSFiles, error) {
-	if c.LB != nil {
-		return nil, errors.New("TLS between processes: not with tandem lb yet")
-	}
 	ca, err := pki.LoadCA(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		ca, err = pki.CreateCA(dir, c.cfg.Cluster, tlsValidity)
@@ -104,6 +103,15 @@ func (c *Cluster) EnableTLS(dir string) (*TLSFiles, error) {
 		setArg(p.args, "--advertise", p.URL)
 		p.args = insertBefore(p.args, "--", "--tls-cert", is.CertFile, "--tls-key", is.KeyFile, "--tls-ca", caFile)
 		p.hc = hc
+	}
+	if c.LB != nil {
+		is, err := issue(pki.RoleServer, "lb")
+		if err != nil {
+			return nil, err
+		}
+		c.LB.args = append(c.LB.args, "--backend-ca", caFile, "--backend-cert", is.CertFile, "--backend-key", is.KeyFile,
+			"--tls-cert", is.CertFile, "--tls-key", is.KeyFile)
+		c.LBURL = httpsURL(c.LBURL)
 	}
 	cli, err := issue(pki.RoleCLI, "local")
 	if err != nil {
