@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -184,6 +185,11 @@ answer is printed as "<url>  unreachable".`,
 				}
 				for _, s := range unknown {
 					fmt.Fprintf(cmd.OutOrStdout(), "%s  %s\n", s.URL, s.State)
+				}
+				for _, s := range states {
+					if s.State == stateUnreachable && s.Registered {
+						fmt.Fprintf(cmd.ErrOrStderr(), "tandem: %s: %s\n", cmp.Or(s.ID, s.URL), s.Error)
+					}
 				}
 			}
 			if !slices.ContainsFunc(states, func(s serviceState) bool { return s.State != stateUnreachable }) {

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"net/http"
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/endpoint"
@@ -74,6 +75,9 @@ func (t *Transport) Direct(ctx context.Context, serverURL string, c *Call, out a
 			return ctxError(ctx, c.Op, nil)
 		}
 		return &NoAnswerError{Server: e.Base, Err: res.cause, Reading: true}
+	}
+	if resp.StatusCode == http.StatusUnauthorized && t.token != "" && t.ServerIndex(resp.Request.URL) < 0 {
+		return withheldToken(res.err, resp.Request.URL, "the server")
 	}
 	return res.err
 }

@@ -495,16 +495,16 @@ func nextServer(idx, n int, hung map[int]bool) int {
 	return (idx + 1) % n
 }
 
-// withheldToken explains a 401 from a server a redirect led to outside the
-// configured servers: the token was withheld there (the credential rule),
-// and listing that server is the way to let it go there.
-func withheldToken(err error, u *url.URL) error {
+// withheldToken explains a 401 from a server outside the configured servers
+// (what says how the call got there): the token was withheld there (the
+// credential rule), and listing that server is the way to let it go there.
+func withheldToken(err error, u *url.URL, what string) error {
 	var te *tandem.Error
 	if !errors.As(err, &te) {
 		return err
 	}
 	host := u.Scheme + "://" + u.Host
-	return &tandem.Error{Code: te.Code, Message: fmt.Sprintf("%s (a redirect led to %s, which is not among the configured servers, so the token was not sent there: add it to the server list, e.g. $TANDEM_SERVERS)", te.Message, host)}
+	return &tandem.Error{Code: te.Code, Message: fmt.Sprintf("%s (%s %s is not among the configured servers, so the token was not sent there: add it to the server list, e.g. $TANDEM_SERVERS)", te.Message, what, host)}
 }
 
 // result is the outcome of one attempt.
@@ -559,7 +559,7 @@ func (t *Transport) attempt(ctx context.Context, base string, c *Call, out any) 
 		}
 		res.answeredBy = t.ServerIndex(u)
 		if res.answeredBy < 0 && resp.StatusCode == http.StatusUnauthorized && t.token != "" {
-			res.err = withheldToken(res.err, u)
+			res.err = withheldToken(res.err, u, "a redirect led to")
 		}
 		return res
 	}
