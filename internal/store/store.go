@@ -84,6 +84,7 @@ type Store struct {
 	idemMu         sync.Mutex
 	idemLease      clientv3.LeaseID
 	idemLeaseUntil time.Time
+	idemLeaseKeys  int // keys given idemLease so far
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -970,16 +971,26 @@ func (s *Store) idempotencyLease(ctx context.Context) (clientv3.LeaseID, error) 
 	s.idemMu.Lock()
 	defer s.idemMu.Unlock()
 	now := time.Now()
-	if s.idemLease != 0 && now.Before(s.idemLeaseUntil) {
+	if s.idemLease != 0 && now.Before(s.idemLeaseUntil) && s.idemLeaseKeys < idemLeaseMaxKeys {
+		s.idemLeaseKeys++
 		return s.idemLease, nil
 	}
 	resp, err := s.cli.Grant(ctx, int64((IdempotencyTTL + time.Hour).Seconds()))
 	if err != nil {
 		return 0, fmt.Errorf("grant idempotency lease: %w", err)
 	}
-	s.idemLease, s.idemLeaseUntil = resp.ID, now.Add(time.Hour)
+	s.idemLease, s.idemLeaseUntil, s.idemLeaseKeys = resp.ID, now.Add(time.Hour), 1
 	return resp.ID, nil
 }
+
+// idemLeaseMaxKeys bounds the idempotency keys one lease carries. With etcd
+// authentication on, etcd checks the writer's permission on every key
+// already attached to a lease each time it attaches another, in its single
+// apply loop: an hour's keys on one lease made each secured submission
+// slower than the last (docs/BENCHMARKS.md, "Cost of security"). A new
+// lease every idemLeaseMaxKeys keys keeps that check short, for one more
+// lease grant per that many submissions.
+const idemLeaseMaxKeys = 128
 
 // AppendEvent records a failover event, fenced by f, the term it explains.
 func (s *Store) AppendEvent(ctx context.Context, f election.Fence, ev tandem.FailoverEvent) error {

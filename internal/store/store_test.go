@@ -418,3 +418,40 @@ func TestFreshViewHoldsEveryCommittedWrite(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// Idempotency keys are spread over leases of at most 128 keys each: with
+// etcd authentication on, etcd checks every key already on a lease each
+// time it attaches one more, so one lease for an hour's keys made every
+// secured submission slower than the last.
+func TestIdempotencyLeasesStaySmall(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	s := newStore(t, cli)
+	ctx := context.Background()
+	f, won := acquire(t, cli, "a", grant(t, cli))
+	if !won {
+		t.Fatal("a did not win an empty election")
+	}
+	const n = 300
+	for i := range n {
+		if _, _, err := s.CreateJob(ctx, f, job(fmt.Sprintf("j%03d", i)), fmt.Sprintf("k%03d", i), "h"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := cli.Get(ctx, layout.IdemPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	perLease := map[int64]int{}
+	for _, kv := range resp.Kvs {
+		perLease[kv.Lease]++
+	}
+	if len(resp.Kvs) != n || len(perLease) != 3 || perLease[0] != 0 {
+		t.Fatalf("%d idempotency keys on leases %v; want %d keys on 3 leases of at most 128", len(resp.Kvs), perLease, n)
+	}
+	for l, k := range perLease {
+		if k > 128 {
+			t.Fatalf("lease %x carries %d keys, more than 128", l, k)
+		}
+	}
+}
