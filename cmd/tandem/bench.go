@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/tandemhq/tandem/internal/bench"
 )
@@ -48,6 +49,29 @@ type benchSubmitFlags struct {
 	dataDir     string
 	jsonPath    string
 	binary      string
+	security    securityFlags
+}
+
+// securityFlags are the flags of bench submit and bench failover that
+// choose how secured the measured cluster is.
+type securityFlags struct {
+	secure  bool // --secure
+	compare bool // --compare-security
+}
+
+func (s *securityFlags) add(fl *pflag.FlagSet) {
+	fl.BoolVar(&s.secure, "secure", false, "run the cluster secured, as docs/SECURITY.md describes: TLS between servers and agents, etcd locked down "+
+		"(client certificates, etcd authentication confined to the cluster's prefix), tokens enforced; the bench's own clients, "+
+		"etcd watchers and HTTP calls use the cluster's CA, cli and etcd certificates and a management token (kept under <data-dir>/secure)")
+	fl.BoolVar(&s.compare, "compare-security", false, "run the benchmark twice, each on a new cluster: insecure, then as --secure; print their figures side by side "+
+		"with the secure run's as a multiple of the insecure one's; --json holds both (insecure and secure), --data-dir gets insecure/ and secure/")
+}
+
+func (s *securityFlags) validate() error {
+	if s.secure && s.compare {
+		return usagef("--secure and --compare-security: pick one (--compare-security runs secure and insecure)")
+	}
+	return nil
 }
 
 func newBenchSubmitCmd() *cobra.Command {
@@ -69,6 +93,12 @@ func newBenchSubmitCmd() *cobra.Command {
   - the CPU time (user+sys, from /proc/<pid>/stat) every server, etcd
     member and agent process, and the bench's own clients, used per
     acknowledged submission during the throughput run.
+
+--secure measures a secured cluster (TLS, etcd locked down, tokens);
+--compare-security measures an insecure and then a secured one and prints
+submit throughput, submit latency and submit-to-running side by side. The
+raw etcd transactions go under the cluster's prefix (/tandem/default/bench/)
+in both, the only keys a secured cluster's etcd user may write.
 
 Clients start at different servers (client i at server i, round-robin):
 with --shards above 1 every server takes submissions; with one shard the
@@ -99,6 +129,7 @@ side; it uses external etcd unless --etcd says otherwise.`,
 	fl.StringVar(&f.jsonPath, "json", "", `also write the result as JSON to this file ("-" for stdout)`)
 	fl.StringVar(&f.binary, "binary", "", "run the cluster (servers, agents, etcd) with this tandem binary instead of this one, e.g. an older build to compare")
 	_ = fl.MarkHidden("binary")
+	f.security.add(fl)
 	return cmd
 }
 
@@ -120,6 +151,11 @@ func (f *benchSubmitFlags) validate() error {
 		return usagef("--etcd-members %d: must be from 1 to 9", f.etcdMembers)
 	case f.agents < 1 || f.agents > 99:
 		return usagef("--agents %d: must be from 1 to 99 (the submit-to-running run needs an agent)", f.agents)
+	case f.matrix && f.security.compare:
+		return usagef("--matrix and --compare-security: pick one (--matrix --secure runs the matrix secured)")
+	}
+	if err := f.security.validate(); err != nil {
+		return err
 	}
 	if err := validateBasePort(f.basePort); err != nil {
 		return err
@@ -158,11 +194,14 @@ func runBenchSubmit(ctx context.Context, out io.Writer, f *benchSubmitFlags, cha
 	cfg := bench.SubmitConfig{
 		Binary: bin, Servers: f.servers, Shards: f.shards, Etcd: f.etcd, EtcdMembers: f.etcdMembers, Agents: f.agents,
 		Clients: f.clients, Duration: f.duration, Jobs: f.jobs, DataDir: f.dataDir, BasePort: f.basePort,
-		LeaseTTL: f.leaseTTL, Out: out,
+		LeaseTTL: f.leaseTTL, Secure: f.security.secure, Out: out,
 	}
 	var res any
 	var err error
-	if f.matrix {
+	switch {
+	case f.security.compare:
+		res, err = bench.RunSubmitSecurity(ctx, cfg)
+	case f.matrix:
 		// The matrix compares CPU by process, so etcd runs apart unless the
 		// user said otherwise; N is 64 unless given.
 		if !changed("etcd") {
@@ -176,7 +215,7 @@ func runBenchSubmit(ctx context.Context, out io.Writer, f *benchSubmitFlags, cha
 			return usagef("--shards %d: the matrix needs at least 2 shards for its active-active topologies", n)
 		}
 		res, err = bench.RunSubmitMatrix(ctx, cfg, bench.SubmitMatrix(n))
-	} else {
+	default:
 		res, err = bench.RunSubmit(ctx, cfg)
 	}
 	if err != nil {
@@ -201,6 +240,7 @@ type benchFailoverFlags struct {
 	dataDir    string
 	jsonPath   string
 	serverArgs []string
+	security   securityFlags
 }
 
 var benchEtcdModes = []string{"embedded", "external"}
@@ -214,7 +254,12 @@ func newBenchFailoverCmd() *cobra.Command {
 into the active one at a time, --quiet apart: kill (SIGKILL), stop
 (SIGSTOP), partition (cut off from etcd and peers) or switchover (graceful
 hand-off). Reports each failover's phases and what the clients saw, and
-checks that no acknowledged job was lost and no attempt launched twice.`,
+checks that no acknowledged job was lost and no attempt launched twice.
+
+--secure measures a secured cluster (TLS, etcd locked down, tokens);
+--compare-security measures an insecure and then a secured one, the same
+faults in each, and prints their phases side by side (the client-visible
+unavailability first).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBenchFailover(cmd.Context(), cmd.OutOrStdout(), f)
@@ -231,6 +276,7 @@ checks that no acknowledged job was lost and no attempt launched twice.`,
 	fl.StringVar(&f.dataDir, "data-dir", "", "keep the cluster's data and logs here (default: a temporary directory, removed at the end)")
 	fl.StringVar(&f.jsonPath, "json", "", `also write the result as JSON to this file ("-" for stdout)`)
 	fl.StringArrayVar(&f.serverArgs, "server-arg", nil, "extra flag for every server, e.g. --server-arg=--etcd-leader-away=false (repeatable)")
+	f.security.add(fl)
 	return cmd
 }
 
@@ -256,6 +302,9 @@ func (f *benchFailoverFlags) validate() error {
 	case f.quiet < 0:
 		return usagef("--quiet %s: must not be negative", f.quiet)
 	}
+	if err := f.security.validate(); err != nil {
+		return err
+	}
 	if err := validateBasePort(f.basePort); err != nil {
 		return err
 	}
@@ -268,11 +317,20 @@ func runBenchFailover(ctx context.Context, out io.Writer, f *benchFailoverFlags)
 	}
 	// A lost acknowledged job, a second launch or an old active that came
 	// back unfenced is a broken promise (I2, I4, I1), not a slow figure.
-	return runBench(ctx, "failover", f.jsonPath, func(ctx context.Context, bin string) (*bench.FailoverResult, error) {
-		return bench.RunFailover(ctx, bench.FailoverConfig{
+	cfg := func(bin string) bench.FailoverConfig {
+		return bench.FailoverConfig{
 			Binary: bin, Fault: f.fault, Trials: f.trials, LeaseTTL: f.leaseTTL, Etcd: f.etcd, Clients: f.clients,
 			Quiet: f.quiet, DataDir: f.dataDir, BasePort: f.basePort, Out: out, ServerArgs: f.serverArgs,
+			Secure: f.security.secure,
+		}
+	}
+	if f.security.compare {
+		return runBench(ctx, "failover", f.jsonPath, func(ctx context.Context, bin string) (*bench.FailoverSecurity, error) {
+			return bench.RunFailoverSecurity(ctx, cfg(bin))
 		})
+	}
+	return runBench(ctx, "failover", f.jsonPath, func(ctx context.Context, bin string) (*bench.FailoverResult, error) {
+		return bench.RunFailover(ctx, cfg(bin))
 	})
 }
 

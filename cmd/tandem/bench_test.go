@@ -22,6 +22,13 @@ func TestBenchFlagsRefused(t *testing.T) {
 		{[]string{"bench", "submit", "--etcd", "remote"}, `--etcd "remote"`},
 		{[]string{"bench", "submit", "--etcd-members", "10"}, "--etcd-members 10"},
 		{[]string{"bench", "submit", "--matrix", "--shards", "1"}, "at least 2 shards"},
+		{[]string{"bench", "submit", "--secure", "--compare-security"}, "--secure and --compare-security"},
+		{[]string{"bench", "submit", "--matrix", "--compare-security"}, "--matrix and --compare-security"},
+		{[]string{"bench", "submit", "--secure=maybe"}, "--secure"},
+		{[]string{"bench", "submit", "--compare-security", "--jobs", "0"}, "--jobs 0"},
+		{[]string{"bench", "failover", "--secure", "--compare-security"}, "--secure and --compare-security"},
+		{[]string{"bench", "failover", "--compare-security=x"}, "--compare-security"},
+		{[]string{"bench", "failover", "--compare-security", "--fault", "reboot"}, `--fault "reboot"`},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -33,5 +40,41 @@ func TestBenchFlagsRefused(t *testing.T) {
 				t.Errorf("got stderr %q, want it to mention %q", stderr, tt.want)
 			}
 		})
+	}
+}
+
+// --secure and --compare-security are offered, and explained, by both
+// benchmarks that measure the cost of security.
+func TestBenchSecurityFlagsDocumented(t *testing.T) {
+	for _, sub := range []string{"submit", "failover"} {
+		t.Run(sub, func(t *testing.T) {
+			out, stderr, code := runCLI(t, "bench", sub, "--help")
+			if code != 0 {
+				t.Fatalf("got exit code %d, want 0 (stderr %q)", code, stderr)
+			}
+			for _, want := range []string{"--secure ", "--compare-security", "side by side", "docs/SECURITY.md"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("bench %s --help lacks %q:\n%s", sub, want, out)
+				}
+			}
+		})
+	}
+}
+
+func TestBenchSecurityFlagsValidate(t *testing.T) {
+	tests := []struct {
+		secure, compare bool
+		ok              bool
+	}{
+		{false, false, true},
+		{true, false, true},
+		{false, true, true},
+		{true, true, false},
+	}
+	for _, tt := range tests {
+		err := (&securityFlags{secure: tt.secure, compare: tt.compare}).validate()
+		if (err == nil) != tt.ok {
+			t.Errorf("secure %v, compare %v: got %v, want ok %v", tt.secure, tt.compare, err, tt.ok)
+		}
 	}
 }

@@ -73,9 +73,10 @@ func baselinePut(ctx context.Context, cli *clientv3.Client, fenceKey string, rev
 // FencedTxnLatency makes n sequential fenced transactions, each putting a
 // valueSize-byte value at <prefix>k/<i> guarded by the create revision of
 // <prefix>fence (created first), and returns each one's latency. Everything
-// under prefix is deleted at the end, also on error. prefix should lie
-// outside every tandem cluster's keys (/tandem/<cluster>/), so no server
-// watches the baseline's writes.
+// under prefix is deleted at the end, also on error. prefix must be one
+// cli may write: with etcd locked down, a cluster's etcd user may write
+// only under its cluster's prefix (/tandem/<cluster>/), whose servers then
+// see the baseline's writes through their watch, and ignore them.
 func FencedTxnLatency(ctx context.Context, cli *clientv3.Client, prefix string, n, valueSize int) (lat []time.Duration, err error) {
 	if n < 1 || valueSize < 0 {
 		return nil, fmt.Errorf("fenced txn latency: n must be positive and the value size not negative (n %d, size %d)", n, valueSize)

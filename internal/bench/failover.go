@@ -13,7 +13,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/client"
@@ -46,6 +45,11 @@ type FailoverConfig struct {
 	// ServerArgs are extra flags for every server (to measure, say, what
 	// --etcd-leader-away=false costs).
 	ServerArgs []string
+	// Secure runs the cluster with everything docs/SECURITY.md describes
+	// (local.Config.Secure, in DataDir/secure): TLS between servers and
+	// agents, etcd locked down, tokens enforced; the bench's clients, admin client
+	// and etcd client use the cluster's certificates and management token.
+	Secure bool
 }
 
 func (c *FailoverConfig) validate() error {
@@ -95,8 +99,11 @@ type Trial struct {
 
 // FailoverResult is what RunFailover measured; it is also the JSON output.
 type FailoverResult struct {
-	Fault           string    `json:"fault"`
-	Trials          int       `json:"trials"`
+	Fault  string `json:"fault"`
+	Trials int    `json:"trials"`
+	// Secure says the cluster ran with TLS, etcd locked down and tokens
+	// (FailoverConfig.Secure).
+	Secure          bool      `json:"secure"`
 	LeaseTTLS       float64   `json:"lease_ttl_s"`
 	Etcd            string    `json:"etcd"`
 	Clients         int       `json:"clients"`
@@ -215,8 +222,11 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 	// Proxies only where the fault needs them: behind a proxy, a killed
 	// server's port answers instead of refusing, which would hide the
 	// crash from the standbys' probes.
-	lc := local.Config{Binary: cfg.Binary, Servers: 3, Agents: 2, BasePort: cfg.BasePort, DataDir: dir,
+	lc := local.Config{Binary: cfg.Binary, Servers: 3, Agents: 2, BasePort: cfg.BasePort, DataDir: dir, Cluster: benchCluster,
 		LeaseTTL: cfg.LeaseTTL, Proxied: cfg.Fault == FaultPartition, LogLevel: "info"}
+	if cfg.Secure {
+		lc.Secure = filepath.Join(dir, secureDir)
+	}
 	if cfg.LeaseTTL < 2*time.Second {
 		// etcd's smallest lease TTL is 1.5 election timeouts: tune raft so 1 s is allowed.
 		tune := []string{"--etcd-heartbeat", "50ms", "--etcd-election-timeout", "500ms"}
@@ -234,7 +244,8 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(cfg.Out, "starting 3 servers (%s etcd) and 2 agents on loopback, lease TTL %s, data in %s\n", cfg.Etcd, cfg.LeaseTTL, dir)
+	fmt.Fprintf(cfg.Out, "starting 3 servers (%s etcd) and 2 agents on loopback, %s, lease TTL %s, data in %s\n",
+		cfg.Etcd, securityLabel(cfg.Secure), cfg.LeaseTTL, dir)
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	err = c.Start(sctx)
 	cancel()
@@ -245,15 +256,15 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 	if _, err := c.WaitActive(ctx); err != nil {
 		return nil, err
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.EtcdEndpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := clusterEtcd(c, c.EtcdEndpoints()...)
 	if err != nil {
 		return nil, err
 	}
 	defer cli.Close()
 
-	res := &FailoverResult{Fault: cfg.Fault, Trials: cfg.Trials, LeaseTTLS: cfg.LeaseTTL.Seconds(), Etcd: cfg.Etcd,
+	res := &FailoverResult{Fault: cfg.Fault, Trials: cfg.Trials, Secure: cfg.Secure, LeaseTTLS: cfg.LeaseTTL.Seconds(), Etcd: cfg.Etcd,
 		Clients: cfg.Clients, StartedAt: time.Now().UTC()}
-	base, err := FencedTxnLatency(ctx, cli, "/tandem-bench/failover/", 200, 512)
+	base, err := FencedTxnLatency(ctx, cli, benchPrefix("failover"), 200, 512)
 	if err != nil {
 		return nil, fmt.Errorf("etcd baseline: %w", err)
 	}
@@ -266,7 +277,7 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 	lctx, stopLoad := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	for i := 0; i < cfg.Clients; i++ {
-		cl, err := client.New(client.Config{Servers: c.URLs()})
+		cl, err := clusterClient(c, c.URLs())
 		if err != nil {
 			stopLoad()
 			return nil, err
@@ -275,7 +286,7 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 		go func() { defer wg.Done(); ld.run(lctx, cl, spec, i) }()
 	}
 	defer func() { stopLoad(); wg.Wait() }()
-	admin, err := client.New(client.Config{Servers: c.URLs()})
+	admin, err := clusterClient(c, c.URLs())
 	if err != nil {
 		return nil, err
 	}
@@ -544,7 +555,7 @@ func countLaunches(path string) (launches, duplicates int, err error) {
 
 // Print writes the result table.
 func (r *FailoverResult) Print(w io.Writer) {
-	fmt.Fprintf(w, "\n%s x %d, lease TTL %gs, %s etcd; fenced etcd txn p50 %.2f ms\n", r.Fault, r.Trials, r.LeaseTTLS, r.Etcd, r.EtcdTxnP50S*1000)
+	fmt.Fprintf(w, "\n%s x %d, lease TTL %gs, %s etcd, %s; fenced etcd txn p50 %.2f ms\n", r.Fault, r.Trials, r.LeaseTTLS, r.Etcd, securityLabel(r.Secure), r.EtcdTxnP50S*1000)
 	Table(w, "PHASE (ms)\tP50\tP90\tP99\tMAX",
 		"unavailability (client)\t"+r.UnavailabilityS.Row(),
 		"detection\t"+r.DetectionS.Row(),

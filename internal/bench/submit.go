@@ -12,7 +12,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/client"
@@ -41,13 +40,22 @@ type SubmitConfig struct {
 	DataDir     string        // where the cluster keeps data and logs ("" for a temporary directory, removed at the end)
 	BasePort    int           // server i listens on BasePort+i, an embedded etcd member on BasePort+100+i (default 17070)
 	LeaseTTL    time.Duration // the servers' lease TTL (0: the server's default)
-	Out         io.Writer     // progress and the result table (nil: discarded)
+	// Secure runs the cluster with everything docs/SECURITY.md describes
+	// (local.Config.Secure, in DataDir/secure): TLS between servers and
+	// agents, etcd locked down with client certificates and
+	// authentication, tokens enforced. Every client of the bench then uses the cluster's CA, its
+	// cli certificate and management token, and etcd certificate.
+	Secure bool
+	Out    io.Writer // progress and the result table (nil: discarded)
 }
 
 // SubmitResult is what RunSubmit measured; it is also the JSON output.
 type SubmitResult struct {
 	// Topology names the cluster: servers, shards and etcd.
-	Topology    string  `json:"topology"`
+	Topology string `json:"topology"`
+	// Secure says the cluster ran with TLS, etcd locked down and tokens
+	// (SubmitConfig.Secure).
+	Secure      bool    `json:"secure"`
 	Servers     int     `json:"servers"`
 	Shards      int     `json:"shards"`
 	Etcd        string  `json:"etcd"`
@@ -94,6 +102,10 @@ type SubmitResult struct {
 	CPU           *CPUReport `json:"cpu,omitempty"`
 	CPUWithSettle *CPUReport `json:"cpu_with_settle,omitempty"`
 	RawCPU        *CPUReport `json:"raw_cpu,omitempty"`
+	// IdleCPU is the CPU the processes used in idleWindow before the
+	// scheduling run, with no load at all: what the cluster costs just by
+	// running (probes, agents' syncs, leases, etcd's heartbeats).
+	IdleCPU *CPUReport `json:"idle_cpu,omitempty"`
 	// LoadAvg is the machine's 1-minute load average just before the
 	// cluster started: other work on the same cores skews every figure.
 	LoadAvg float64 `json:"load_avg_1m"`
@@ -106,6 +118,9 @@ var benchConstraint = map[string]string{"bench": "none"}
 
 // seqTxns is how many sequential fenced transactions give EtcdTxnP50S.
 const seqTxns = 200
+
+// idleWindow is how long RunSubmit measures the CPU of the idle cluster.
+const idleWindow = 3 * time.Second
 
 const submitMode = "jobs kept pending (constraint bench=none matches no agent)"
 
@@ -164,6 +179,7 @@ func (c *SubmitConfig) withDefaults() (SubmitConfig, error) {
 // cfg.Shards shards, and cfg.Agents agent processes), waits until every
 // shard is on its target server, and measures, in this order:
 //
+//   - the CPU the idle cluster uses in idleWindow, with no load at all;
 //   - the scheduling run: on the idle cluster, cfg.Jobs sequential
 //     submissions of `true`, each timed from the start of SubmitJob until the
 //     job's attempt has started (seen through an etcd watch), each waited on
@@ -196,7 +212,10 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 		return nil, err
 	}
 	lcfg := local.Config{Binary: cfg.Binary, Servers: cfg.Servers, Agents: cfg.Agents,
-		BasePort: cfg.BasePort, DataDir: dir, LeaseTTL: cfg.LeaseTTL}
+		BasePort: cfg.BasePort, DataDir: dir, Cluster: benchCluster, LeaseTTL: cfg.LeaseTTL}
+	if cfg.Secure {
+		lcfg.Secure = filepath.Join(dir, secureDir)
+	}
 	if cfg.Shards > 1 {
 		lcfg.Shards = cfg.Shards
 	}
@@ -227,8 +246,8 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 		return nil, err
 	}
 
-	layout := keys.New("default")
-	cli, err := submitEtcdClient(lc.EtcdEndpoints()...)
+	layout := keys.New(benchCluster)
+	cli, err := clusterEtcd(lc, lc.EtcdEndpoints()...)
 	if err != nil {
 		return nil, err
 	}
@@ -240,16 +259,32 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 	}
 	procs := clusterProcesses(lc)
 
-	res = &SubmitResult{Topology: topo, Servers: cfg.Servers, Shards: cfg.Shards, Etcd: cfg.Etcd, Agents: cfg.Agents,
+	res = &SubmitResult{Topology: topo, Secure: cfg.Secure, Servers: cfg.Servers, Shards: cfg.Shards, Etcd: cfg.Etcd, Agents: cfg.Agents,
 		Clients: cfg.Clients, DurationS: cfg.Duration.Seconds(), SubmitMode: submitMode, LoadAvg: load0}
 	if cfg.Etcd == "external" {
 		res.EtcdMembers = cfg.EtcdMembers
 	}
 
+	idle0, err := sampleCPU(procs)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(idleWindow):
+	}
+	idle1, err := sampleCPU(procs)
+	if err != nil {
+		return nil, err
+	}
+	idle := cpuBetween(procs, idle0, idle1, 0)
+	res.IdleCPU = &idle
+
 	// The scheduling run first, while the cluster holds no pending backlog
 	// for the scheduler to walk through.
 	fmt.Fprintf(out, "scheduling run: %d sequential submissions of `true` on the idle cluster\n", cfg.Jobs)
-	s2r, err := schedulingRun(ctx, lc.URLs(), cli, layout, cfg.Jobs)
+	s2r, err := schedulingRun(ctx, lc, cli, layout, cfg.Jobs)
 	if err != nil {
 		return nil, fmt.Errorf("scheduling run: %w", err)
 	}
@@ -264,7 +299,7 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 	if err != nil {
 		return nil, err
 	}
-	tp, err := submitThroughput(ctx, lc.URLs(), cfg.Clients, cfg.Duration)
+	tp, err := submitThroughput(ctx, lc, cfg.Clients, cfg.Duration)
 	if err != nil {
 		return nil, fmt.Errorf("throughput run: %w", err)
 	}
@@ -324,12 +359,12 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 		}
 		endpoints, via = endpoints[active:active+1], lc.Servers[active].ID+"'s member"
 	}
-	raw, err := submitEtcdClient(endpoints...)
+	raw, err := clusterEtcd(lc, endpoints...)
 	if err != nil {
 		return nil, err
 	}
 	defer raw.Close()
-	prefix := fmt.Sprintf("/tandem-bench/%d/", os.Getpid())
+	prefix := benchPrefix(fmt.Sprintf("submit-%d", os.Getpid()))
 	fmt.Fprintf(out, "raw etcd: fenced transactions of %d bytes from %d clients for %s via %s\n",
 		res.ValueBytes, cfg.Clients, cfg.Duration, via)
 	rcpu0, err := sampleCPU(procs)
@@ -363,7 +398,8 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 	return res, nil
 }
 
-// topology names the cluster of cfg, e.g. "3 servers, 64 shards, external etcd (3)".
+// topology names the cluster of cfg, e.g. "3 servers, 64 shards, external
+// etcd (3)", with ", secure" for a secured one.
 func (c *SubmitConfig) topology() string {
 	s := fmt.Sprintf("%d server", c.Servers)
 	if c.Servers > 1 {
@@ -375,9 +411,14 @@ func (c *SubmitConfig) topology() string {
 		s += ", 1 shard"
 	}
 	if c.Etcd == "external" {
-		return s + fmt.Sprintf(", external etcd (%d)", c.EtcdMembers)
+		s += fmt.Sprintf(", external etcd (%d)", c.EtcdMembers)
+	} else {
+		s += ", embedded etcd"
 	}
-	return s + ", embedded etcd"
+	if c.Secure {
+		s += ", secure"
+	}
+	return s
 }
 
 // clusterProcesses lists the processes of lc whose CPU a run measures, and
@@ -440,6 +481,11 @@ func (r *SubmitResult) Print(w io.Writer) {
 		Table(w, "CPU (user+sys)\tSUBMIT RUN S\tCORES\tMS/JOB\tWITH SETTLE MS/JOB\tRAW RUN CORES\tRAW MS/TXN", rows...)
 		fmt.Fprintf(w, "machine: %.2f of %d cores busy during the submit run, %.2f of them other work than this run's; load average %.2f before the run\n",
 			r.CPU.MachineCores, r.CPU.NumCPU, r.CPU.OtherCores, r.LoadAvg)
+		if r.IdleCPU != nil {
+			fmt.Fprintf(w, "idle cluster (%.0fs, no load): %.3f cores (servers %.3f, agents %.3f)\n",
+				r.IdleCPU.WindowS, r.IdleCPU.ByRole["all"].Cores-r.IdleCPU.ByRole["bench"].Cores,
+				r.IdleCPU.ByRole["server"].Cores, r.IdleCPU.ByRole["agent"].Cores)
+		}
 		if r.RawCPU != nil {
 			fmt.Fprintf(w, "machine: %.2f cores busy during the raw etcd run, %.2f of them other work\n", r.RawCPU.MachineCores, r.RawCPU.OtherCores)
 		}
@@ -483,14 +529,6 @@ func (r *CPUReport) role(role string) *ProcessCPU {
 	return nil
 }
 
-func submitEtcdClient(endpoints ...string) (*clientv3.Client, error) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		return nil, fmt.Errorf("connect to etcd at %v: %w", endpoints, err)
-	}
-	return cli, nil
-}
-
 // submitRun is what submitThroughput saw.
 type submitRun struct {
 	lat      []time.Duration // of acknowledged submissions
@@ -504,7 +542,7 @@ type submitRun struct {
 // client over every server (client g starting at server g, round-robin), submitting jobs that stay pending back to back
 // until d has passed. A submission under way at the end is waited for and
 // counted, and the rate is taken over the time until the last one returned.
-func submitThroughput(ctx context.Context, urls []string, clients int, d time.Duration) (submitRun, error) {
+func submitThroughput(ctx context.Context, lc *local.Cluster, clients int, d time.Duration) (submitRun, error) {
 	var (
 		mu  sync.Mutex
 		res submitRun
@@ -516,7 +554,7 @@ func submitThroughput(ctx context.Context, urls []string, clients int, d time.Du
 		// Each client starts at another server: with several shards every
 		// server takes submissions, and with one a standby redirects the
 		// client to the active, which it then sticks to.
-		cl, err := client.New(client.Config{Servers: rotate(urls, g), UserAgent: "tandem-bench"})
+		cl, err := clusterClient(lc, rotate(lc.URLs(), g))
 		if err != nil {
 			return res, err
 		}
@@ -568,8 +606,8 @@ func submitThroughput(ctx context.Context, urls []string, clients int, d time.Du
 // started. Before each submission the previous job has ended, so every
 // measurement starts on an idle cluster. A few warm-up jobs, not counted,
 // make sure the agents are connected.
-func schedulingRun(ctx context.Context, urls []string, cli *clientv3.Client, layout keys.Layout, n int) ([]time.Duration, error) {
-	cl, err := client.New(client.Config{Servers: urls, UserAgent: "tandem-bench"})
+func schedulingRun(ctx context.Context, lc *local.Cluster, cli *clientv3.Client, layout keys.Layout, n int) ([]time.Duration, error) {
+	cl, err := clusterClient(lc, lc.URLs())
 	if err != nil {
 		return nil, err
 	}
