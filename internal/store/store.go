@@ -810,8 +810,23 @@ func (s *Store) EnsureConfig(ctx context.Context, shards int) (int, error) {
 	want := max(shards, 1)
 	val, _ := json.Marshal(Config{Shards: want})
 	key := s.keys.Config()
-	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(val))).Else(clientv3.OpGet(key)).Commit()
+	var resp *clientv3.TxnResponse
+	var err error
+	for {
+		// The transaction can be repeated: it creates the key only if absent.
+		resp, err = s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, string(val))).Else(clientv3.OpGet(key)).Commit()
+		if err == nil || ctx.Err() != nil || !retryable(err) {
+			break
+		}
+		// A busy or electing etcd (request timed out, no leader): a server
+		// starting under load waits it out rather than exiting.
+		s.log.Warn("reading the cluster's settings failed; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 	if err != nil {
 		return 0, fmt.Errorf("read the cluster's settings: %w", err)
 	}
@@ -828,6 +843,19 @@ func (s *Store) EnsureConfig(ctx context.Context, shards int) (int, error) {
 			ErrShardsMismatch, c.Shards, c.Shards)
 	}
 	return c.Shards, nil
+}
+
+// retryable reports whether an etcd request's error may go away by itself:
+// a timeout, a missing or changing leader, an unreachable member. A refusal
+// (permission denied, authentication failed, a bad request) does not.
+func retryable(err error) bool {
+	for _, e := range []error{rpctypes.ErrPermissionDenied, rpctypes.ErrAuthFailed, rpctypes.ErrInvalidAuthToken,
+		rpctypes.ErrUserEmpty, rpctypes.ErrAuthNotEnabled, rpctypes.ErrGRPCPermissionDenied} {
+		if errors.Is(err, e) {
+			return false
+		}
+	}
+	return !errors.Is(err, context.Canceled)
 }
 
 // JobCounts returns how many jobs are in each state.

@@ -1,0 +1,30 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+)
+
+// A busy or electing etcd is waited out at start-up; a refusal is not.
+func TestRetryable(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{rpctypes.ErrTimeout, true},
+		{rpctypes.ErrNoLeader, true},
+		{rpctypes.ErrLeaderChanged, true},
+		{fmt.Errorf("wrapped: %w", rpctypes.ErrTimeoutDueToLeaderFail), true},
+		{rpctypes.ErrPermissionDenied, false},
+		{fmt.Errorf("wrapped: %w", rpctypes.ErrPermissionDenied), false},
+		{rpctypes.ErrAuthFailed, false},
+		{context.Canceled, false},
+	} {
+		if got := retryable(tc.err); got != tc.want {
+			t.Errorf("retryable(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
