@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -321,8 +323,18 @@ func TestAdminCLI(t *testing.T) {
 // SIGTERM stops every one of them.
 func TestDevStartsAndStopsEverything(t *testing.T) {
 	base := freeBasePort(t, 3)
-	cmd := exec.Command(binary, "dev", "--base-port", fmt.Sprint(base))
+	dataDir := t.TempDir()
+	cmd := exec.Command(binary, "dev", "--base-port", fmt.Sprint(base), "--data-dir", dataDir)
 	var out syncBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			logs, _ := filepath.Glob(filepath.Join(dataDir, "*", "*.log"))
+			for _, l := range logs {
+				b, _ := os.ReadFile(l)
+				t.Logf("---- %s ----\n%s", l, tail(string(b), 30))
+			}
+		}
+	})
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -284,6 +284,15 @@ func (s *Server) Shards() int { return int(s.nshards.Load()) }
 // ends rather than block.
 func (s *Server) newSession(ctx context.Context, startup bool) error {
 	sess, err := election.NewSession(ctx, s.cfg.Etcd, s.cfg.ttlSeconds())
+	for startup && err != nil && ctx.Err() == nil && store.Retryable(err) {
+		// A busy or electing etcd at start-up is waited out until ctx ends.
+		s.log.Warn("creating the etcd session failed; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+			sess, err = election.NewSession(ctx, s.cfg.Etcd, s.cfg.ttlSeconds())
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("create etcd session: %w", err)
 	}
@@ -295,7 +304,8 @@ func (s *Server) newSession(ctx context.Context, startup bool) error {
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, store.ErrDuplicateServer) || !startup || time.Now().After(deadline) {
+		transient := startup && !errors.Is(err, store.ErrDuplicateServer) && ctx.Err() == nil && store.Retryable(err)
+		if !transient && (!errors.Is(err, store.ErrDuplicateServer) || !startup || time.Now().After(deadline)) {
 			s.closeSession(sess)
 			if errors.Is(err, store.ErrDuplicateServer) {
 				return fmt.Errorf("%w; give each server a unique --id", err)

@@ -23,8 +23,8 @@ func TestRetryable(t *testing.T) {
 		{rpctypes.ErrAuthFailed, false},
 		{context.Canceled, false},
 	} {
-		if got := retryable(tc.err); got != tc.want {
-			t.Errorf("retryable(%v) = %v, want %v", tc.err, got, tc.want)
+		if got := Retryable(tc.err); got != tc.want {
+			t.Errorf("Retryable(%v) = %v, want %v", tc.err, got, tc.want)
 		}
 	}
 }

@@ -118,8 +118,22 @@ func New(cli *clientv3.Client, layout keys.Layout, log *slog.Logger) *Store {
 // Start loads the cluster's keys and starts following changes. It returns
 // once the initial load is done; the watch runs until Close.
 func (s *Store) Start(ctx context.Context) error {
-	if err := s.load(ctx); err != nil {
-		return err
+	// A busy or electing etcd (a cluster starting on a loaded machine) is
+	// waited out until ctx ends; load can be repeated.
+	for {
+		err := s.load(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil || !Retryable(err) {
+			return err
+		}
+		s.log.Warn("loading the cluster's keys failed; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 	wctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
@@ -816,7 +830,7 @@ func (s *Store) EnsureConfig(ctx context.Context, shards int) (int, error) {
 		// The transaction can be repeated: it creates the key only if absent.
 		resp, err = s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, string(val))).Else(clientv3.OpGet(key)).Commit()
-		if err == nil || ctx.Err() != nil || !retryable(err) {
+		if err == nil || ctx.Err() != nil || !Retryable(err) {
 			break
 		}
 		// A busy or electing etcd (request timed out, no leader): a server
@@ -845,10 +859,10 @@ func (s *Store) EnsureConfig(ctx context.Context, shards int) (int, error) {
 	return c.Shards, nil
 }
 
-// retryable reports whether an etcd request's error may go away by itself:
+// Retryable reports whether an etcd request's error may go away by itself:
 // a timeout, a missing or changing leader, an unreachable member. A refusal
 // (permission denied, authentication failed, a bad request) does not.
-func retryable(err error) bool {
+func Retryable(err error) bool {
 	for _, e := range []error{rpctypes.ErrPermissionDenied, rpctypes.ErrAuthFailed, rpctypes.ErrInvalidAuthToken,
 		rpctypes.ErrUserEmpty, rpctypes.ErrAuthNotEnabled, rpctypes.ErrGRPCPermissionDenied} {
 		if errors.Is(err, e) {
