@@ -149,6 +149,11 @@ type Job struct {
 	NotBefore *time.Time `json:"not_before,omitempty"`
 	// KillRequested is set by `tandem job kill`; the job ends killed.
 	KillRequested bool `json:"kill_requested,omitempty"`
+	// ScheduleID and NominalTime link a job a schedule started to the
+	// schedule and the nominal time it runs for (its run record is
+	// fires/<schedule>/<nominal time>).
+	ScheduleID  string    `json:"schedule_id,omitempty"`
+	NominalTime time.Time `json:"nominal_time,omitzero"`
 }
 
 // LastAttempt returns the job's latest attempt, or nil.

@@ -145,6 +145,7 @@ func runNemesis(t *testing.T, m nemesisMode, seed uint64, duration time.Duration
 		n.out = filepath.Join(out, m.name)
 	}
 	n.startCluster()
+	n.startSchedules()
 	defer func() {
 		// A run that stopped half-way (t.Fatal) leaves its evidence too.
 		if t.Failed() && n.savedIn == "" {
@@ -180,6 +181,7 @@ func runNemesis(t *testing.T, m nemesisMode, seed uint64, duration time.Duration
 	n.healAll()
 	stopLoad()
 	load.Wait()
+	n.pauseSchedules()
 	n.ranFor = time.Since(began)
 	t.Logf("nemesis done after %s: %d faults %v; load stopped", n.ranFor.Round(time.Millisecond), n.applied(), n.faultsByKind)
 
@@ -219,6 +221,9 @@ type nemesis struct {
 	faults       []faultRecord
 	faultsByKind map[string]int
 	paused       map[*local.Proc]bool // SIGSTOPped right now
+
+	schedules []string    // the schedules running alongside (nemesis_schedules_test.go)
+	sched     schedTotals // and what the check found of them
 
 	// What was collected after quiescence.
 	final    map[string]*tandem.Job // the final listing through the API

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/client"
 )
@@ -41,14 +42,9 @@ func newJobCmd(g *globals) *cobra.Command {
 
 func newJobSubmitCmd(g *globals) *cobra.Command {
 	var (
-		name, key, submitter, workdir, file string
-		runAs                               string
-		labels, env, constraints            []string
-		timeout, retryBackoff               time.Duration
-		maxAttempts                         int
-		cpu                                 float64
-		memory                              int64
-		submitFormat                        *outputFormat
+		jf           jobSpecFlags
+		key          string
+		submitFormat *outputFormat
 	)
 	cmd := &cobra.Command{
 		Use:   "submit [flags] -- CMD [ARGS...]",
@@ -80,81 +76,9 @@ failing over never creates the job twice. Rerunning the command with the same
   tandem job submit --cpu 2 --memory 4096 --timeout 1h --max-attempts 3 --constraint zone=a -- ./train.sh
   tandem job submit --file etl.json --env DAY=2030-01-02`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			flags := cmd.Flags()
-			var spec tandem.JobSpec
-			if file != "" {
-				var err error
-				if spec, err = readSpecFile(cmd.InOrStdin(), file); err != nil {
-					return err
-				}
-			}
-			if len(args) > 0 {
-				spec.Command = args
-			}
-			if len(spec.Command) == 0 {
-				if file != "" {
-					return usagef("job submit: no command given: %s has none, and none follows the flags", file)
-				}
-				return usagef("job submit: no command given: use tandem job submit [flags] -- CMD [ARGS...]")
-			}
-			if flags.Changed("name") {
-				spec.Name = name
-			}
-			var err error
-			if spec.Labels, err = mergePairs(spec.Labels, "--label", labels); err != nil {
+			spec, err := jf.spec(cmd, args, "job submit")
+			if err != nil {
 				return err
-			}
-			if spec.Env, err = mergePairs(spec.Env, "--env", env); err != nil {
-				return err
-			}
-			if spec.Constraints, err = mergePairs(spec.Constraints, "--constraint", constraints); err != nil {
-				return err
-			}
-			switch {
-			case flags.Changed("submitter"):
-				spec.Submitter = submitter
-			case spec.Submitter == "":
-				spec.Submitter = currentUser()
-			}
-			if flags.Changed("workdir") {
-				spec.WorkDir = workdir
-			}
-			if flags.Changed("user") {
-				spec.User = runAs
-			}
-			if flags.Changed("timeout") {
-				if timeout < 0 {
-					return usagef("--timeout is %v: it must not be negative (0: no limit)", timeout)
-				}
-				spec.Timeout = tandem.Duration(timeout)
-			}
-			if flags.Changed("max-attempts") {
-				if maxAttempts < 1 || maxAttempts > tandem.MaxMaxAttempts {
-					return usagef("--max-attempts is %d: it must be from 1 to %d", maxAttempts, tandem.MaxMaxAttempts)
-				}
-				spec.MaxAttempts = maxAttempts
-			}
-			if flags.Changed("retry-backoff") {
-				if retryBackoff < 0 {
-					return usagef("--retry-backoff is %v: it must not be negative", retryBackoff)
-				}
-				spec.RetryBackoff = tandem.Duration(retryBackoff)
-			}
-			if flags.Changed("cpu") {
-				if !(cpu > 0) || math.IsInf(cpu, 0) {
-					return usagef("--cpu is %v: give the CPU cores the job needs, such as 0.5 or 2", cpu)
-				}
-				spec.Resources.CPU = cpu
-			}
-			if flags.Changed("memory") {
-				if memory <= 0 {
-					return usagef("--memory is %d: give the MiB of memory the job needs, such as 512", memory)
-				}
-				spec.Resources.MemoryMB = memory
-			}
-			if err := spec.Validate(); err != nil {
-				// The server would answer the same; say it before asking.
-				return usagef("job submit: %s", tandem.ErrorMessage(err))
 			}
 			ctx, cancel, c, err := g.setup(cmd)
 			if err != nil {
@@ -175,23 +99,126 @@ failing over never creates the job twice. Rerunning the command with the same
 	// The job's own flags must not be taken for tandem's.
 	f := cmd.Flags()
 	f.SetInterspersed(false)
-	f.StringVar(&name, "name", "", "job name")
 	f.StringVar(&key, "idempotency-key", "", "idempotency key (default: a random one)")
-	f.StringArrayVar(&labels, "label", nil, "label KEY=VALUE (repeatable)")
-	f.StringArrayVar(&env, "env", nil, "environment variable KEY=VALUE for the job (repeatable)")
-	f.StringVar(&submitter, "submitter", "", "who submits the job (default $USER)")
-	f.StringVar(&workdir, "workdir", "", "the job's working directory on the agent (default: a fresh one)")
-	f.StringVar(&runAs, "user", "", "run the job's attempts as this user, which the agent must allow (default: the agent's --run-as user)")
-	// This --timeout shadows the global one: on submit it is the job's.
-	f.DurationVar(&timeout, "timeout", 0, "kill an attempt that runs longer than this, e.g. 30s or 1h (default: no limit)")
-	f.IntVar(&maxAttempts, "max-attempts", tandem.DefaultMaxAttempts, "attempts in all, retries included")
-	f.DurationVar(&retryBackoff, "retry-backoff", tandem.DefaultRetryBackoff.Std(), "wait before the second attempt, doubling for each later one")
-	f.Float64Var(&cpu, "cpu", tandem.DefaultCPU, "CPU cores one attempt needs, e.g. 0.5")
-	f.Int64Var(&memory, "memory", tandem.DefaultMemoryMB, "memory one attempt needs, in MiB")
-	f.StringArrayVar(&constraints, "constraint", nil, "run only on agents with label KEY=VALUE (repeatable)")
-	f.StringVar(&file, "file", "", "read the job spec from this JSON file (- for stdin); flags override its fields")
+	jf.register(f, true)
 	submitFormat = addOutputFlag(cmd)
 	return cmd
+}
+
+// jobSpecFlags are the flags that describe a job, for job submit and for
+// the job a schedule starts (schedule create).
+type jobSpecFlags struct {
+	name, submitter, workdir, file, runAs string
+	labels, env, constraints              []string
+	timeout, retryBackoff                 time.Duration
+	maxAttempts                           int
+	cpu                                   float64
+	memory                                int64
+	withName                              bool // --name is the job's
+}
+
+// register adds the flags to f; withName adds --name (schedule create has
+// its own: a scheduled job is named after its schedule and nominal time).
+func (jf *jobSpecFlags) register(f *pflag.FlagSet, withName bool) {
+	jf.withName = withName
+	if withName {
+		f.StringVar(&jf.name, "name", "", "job name")
+	}
+	f.StringArrayVar(&jf.labels, "label", nil, "label KEY=VALUE (repeatable)")
+	f.StringArrayVar(&jf.env, "env", nil, "environment variable KEY=VALUE for the job (repeatable)")
+	f.StringVar(&jf.submitter, "submitter", "", "who submits the job (default $USER)")
+	f.StringVar(&jf.workdir, "workdir", "", "the job's working directory on the agent (default: a fresh one)")
+	f.StringVar(&jf.runAs, "user", "", "run the job's attempts as this user, which the agent must allow (default: the agent's --run-as user)")
+	// This --timeout shadows the global one: here it is the job's.
+	f.DurationVar(&jf.timeout, "timeout", 0, "kill an attempt that runs longer than this, e.g. 30s or 1h (default: no limit)")
+	f.IntVar(&jf.maxAttempts, "max-attempts", tandem.DefaultMaxAttempts, "attempts in all, retries included")
+	f.DurationVar(&jf.retryBackoff, "retry-backoff", tandem.DefaultRetryBackoff.Std(), "wait before the second attempt, doubling for each later one")
+	f.Float64Var(&jf.cpu, "cpu", tandem.DefaultCPU, "CPU cores one attempt needs, e.g. 0.5")
+	f.Int64Var(&jf.memory, "memory", tandem.DefaultMemoryMB, "memory one attempt needs, in MiB")
+	f.StringArrayVar(&jf.constraints, "constraint", nil, "run only on agents with label KEY=VALUE (repeatable)")
+	f.StringVar(&jf.file, "file", "", "read the job spec from this JSON file (- for stdin); flags override its fields")
+}
+
+// spec builds the job from --file, the flags given and the command in
+// args, and validates it; verb names the command in errors.
+func (jf *jobSpecFlags) spec(cmd *cobra.Command, args []string, verb string) (tandem.JobSpec, error) {
+	flags := cmd.Flags()
+	var spec tandem.JobSpec
+	if jf.file != "" {
+		var err error
+		if spec, err = readSpecFile(cmd.InOrStdin(), jf.file); err != nil {
+			return spec, err
+		}
+	}
+	if len(args) > 0 {
+		spec.Command = args
+	}
+	if len(spec.Command) == 0 {
+		if jf.file != "" {
+			return spec, usagef("%s: no command given: %s has none, and none follows the flags", verb, jf.file)
+		}
+		return spec, usagef("%s: no command given: use tandem %s [flags] -- CMD [ARGS...]", verb, verb)
+	}
+	if jf.withName && flags.Changed("name") {
+		spec.Name = jf.name
+	}
+	var err error
+	if spec.Labels, err = mergePairs(spec.Labels, "--label", jf.labels); err != nil {
+		return spec, err
+	}
+	if spec.Env, err = mergePairs(spec.Env, "--env", jf.env); err != nil {
+		return spec, err
+	}
+	if spec.Constraints, err = mergePairs(spec.Constraints, "--constraint", jf.constraints); err != nil {
+		return spec, err
+	}
+	switch {
+	case flags.Changed("submitter"):
+		spec.Submitter = jf.submitter
+	case spec.Submitter == "":
+		spec.Submitter = currentUser()
+	}
+	if flags.Changed("workdir") {
+		spec.WorkDir = jf.workdir
+	}
+	if flags.Changed("user") {
+		spec.User = jf.runAs
+	}
+	if flags.Changed("timeout") {
+		if jf.timeout < 0 {
+			return spec, usagef("--timeout is %v: it must not be negative (0: no limit)", jf.timeout)
+		}
+		spec.Timeout = tandem.Duration(jf.timeout)
+	}
+	if flags.Changed("max-attempts") {
+		if jf.maxAttempts < 1 || jf.maxAttempts > tandem.MaxMaxAttempts {
+			return spec, usagef("--max-attempts is %d: it must be from 1 to %d", jf.maxAttempts, tandem.MaxMaxAttempts)
+		}
+		spec.MaxAttempts = jf.maxAttempts
+	}
+	if flags.Changed("retry-backoff") {
+		if jf.retryBackoff < 0 {
+			return spec, usagef("--retry-backoff is %v: it must not be negative", jf.retryBackoff)
+		}
+		spec.RetryBackoff = tandem.Duration(jf.retryBackoff)
+	}
+	if flags.Changed("cpu") {
+		if !(jf.cpu > 0) || math.IsInf(jf.cpu, 0) {
+			return spec, usagef("--cpu is %v: give the CPU cores the job needs, such as 0.5 or 2", jf.cpu)
+		}
+		spec.Resources.CPU = jf.cpu
+	}
+	if flags.Changed("memory") {
+		if jf.memory <= 0 {
+			return spec, usagef("--memory is %d: give the MiB of memory the job needs, such as 512", jf.memory)
+		}
+		spec.Resources.MemoryMB = jf.memory
+	}
+	if err := spec.Validate(); err != nil {
+		// The server would answer the same; say it before asking.
+		return spec, usagef("%s: %s", verb, tandem.ErrorMessage(err))
+	}
+	return spec, nil
 }
 
 // readSpecFile reads a JSON job spec strictly: malformed JSON, unknown

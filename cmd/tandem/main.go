@@ -81,6 +81,7 @@ func newRootCmd() *cobra.Command {
 		newEtcdCmd(),
 		newBenchCmd(),
 		newJobCmd(g),
+		newScheduleCmd(g),
 		newAdminCmd(g),
 		newSuperviseCmd(),
 		newDemoServiceCmd(),

@@ -47,6 +47,7 @@ type serverFlags struct {
 	shards, maxMoves                  int
 	settle, freeGrace                 time.Duration
 	failpoint                         string
+	scheduleGrace, clockSkew          time.Duration
 	acl, aclMetrics                   bool
 	auditLog                          string
 	tls                               procTLS
@@ -106,6 +107,9 @@ servers form a complete HA cluster with nothing else installed:
 	fl.DurationVar(&f.freeGrace, "free-grace", def.FreeGrace, "active-active: how long a free shard waits for its target before any server may take it")
 	fl.StringVar(&f.failpoint, "failpoint", "", "for tests: crash at a chosen point ("+server.FailpointExitAfterAssign+")")
 	_ = fl.MarkHidden("failpoint")
+	fl.DurationVar(&f.scheduleGrace, "schedule-grace", def.ScheduleGrace, "a schedule's nominal time less than this late always fires, whatever its catch-up policy (must exceed a failover, so be longer than --lease-ttl)")
+	fl.DurationVar(&f.clockSkew, "clock-skew", 0, "for tests: add this to the clock the schedule controller reads (e.g. 5s: a clock 5s ahead)")
+	_ = fl.MarkHidden("clock-skew")
 	fl.BoolVar(&f.acl, "acl", false, "require a bearer token with the right policy on every API route but /isActive, /healthz, /metrics and the agents' sync (docs/SECURITY.md); all servers of a cluster should agree")
 	fl.BoolVar(&f.aclMetrics, "acl-metrics", false, "with --acl, /metrics needs a read token too")
 	f.tls.register(fl, "server")
@@ -210,6 +214,9 @@ func openAuditLog(path string) (*acl.AuditLog, func(), error) {
 	return acl.NewAuditLog(fh), func() { _ = fh.Close() }, nil
 }
 
+// A server serves the schedule routes (the API finds them on it).
+var _ api.Schedules = (*server.Server)(nil)
+
 func runServer(ctx context.Context, f *serverFlags) error {
 	if err := f.validate(); err != nil {
 		return err
@@ -289,6 +296,10 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	cfg.Etcd, cfg.Logger = cli, log
 	cfg.DeposeDead, cfg.ProbeInterval = f.deposeDead, f.probeInterval
 	cfg.AgentTimeout, cfg.Failpoint = f.agentTimeout, f.failpoint
+	cfg.ScheduleGrace = f.scheduleGrace
+	if skew := f.clockSkew; skew != 0 {
+		cfg.Clock = func() time.Time { return time.Now().Add(skew) }
+	}
 	cfg.Shards, cfg.Settle, cfg.MaxMoves, cfg.FreeGrace = f.shards, f.settle, f.maxMoves, f.freeGrace
 	var apiOpts []api.Option
 	if certs != nil {

@@ -156,6 +156,7 @@ func New(srv Service, log *slog.Logger, opts ...Option) *API {
 	a.route("/v1/acl/tokens", methods{http.MethodGet: a.aclReader(a.listTokens), http.MethodPost: a.aclWriter(a.createToken)})
 	a.route("/v1/acl/tokens/{accessor}", methods{http.MethodDelete: a.aclWriter(a.deleteToken)})
 	a.route("/v1/acl/token/self", methods{http.MethodGet: a.aclReader(a.tokenSelf)})
+	a.scheduleRoutes()
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		a.writeError(w, r, tandem.Errorf(tandem.ENOTFOUND, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -309,7 +310,11 @@ func (a *API) submitter(h http.HandlerFunc) http.HandlerFunc {
 // jobWriter serves a write to one job (r's {id}): on the active with one
 // shard; with several, on the owner of the job's shard, to which any other
 // server sends the client.
-func (a *API) jobWriter(h http.HandlerFunc) http.HandlerFunc {
+func (a *API) jobWriter(h http.HandlerFunc) http.HandlerFunc { return a.ownerWriter("job", h) }
+
+// ownerWriter serves a write to one thing of a shard (r's {id}: a job, a
+// schedule, which noun names), as jobWriter does.
+func (a *API) ownerWriter(noun string, h http.HandlerFunc) http.HandlerFunc {
 	one := a.activeOnly(h)
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !a.sharded() {
@@ -322,9 +327,9 @@ func (a *API) jobWriter(h http.HandlerFunc) http.HandlerFunc {
 		case ok && to.ID == a.id:
 			h(w, r)
 		case ok:
-			a.redirect(w, r, to, fmt.Sprintf("job %s belongs to a shard owned by %s", id, to.ID))
+			a.redirect(w, r, to, fmt.Sprintf("%s %s belongs to a shard owned by %s", noun, id, to.ID))
 		default:
-			a.writeError(w, r, tandem.Errorf(tandem.ENOACTIVE, "the shard of job %s has no owner right now; retry shortly", id))
+			a.writeError(w, r, tandem.Errorf(tandem.ENOACTIVE, "the shard of %s %s has no owner right now; retry shortly", noun, id))
 		}
 	}
 }

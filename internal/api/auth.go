@@ -83,6 +83,16 @@ var Capabilities = map[string]map[string]acl.Capability{
 	"/v1/acl/tokens":            {http.MethodGet: acl.CapManagement, http.MethodPost: acl.CapManagement},
 	"/v1/acl/tokens/{accessor}": {http.MethodDelete: acl.CapManagement},
 	"/v1/acl/token/self":        {http.MethodGet: acl.CapRead},
+	// Schedules (schedules.go): a schedule starts jobs, so making, changing
+	// and running one needs what submitting a job needs.
+	"/v1/schedules":               {http.MethodGet: acl.CapRead, http.MethodPost: acl.CapSubmit},
+	"/v1/schedules/{id}":          {http.MethodGet: acl.CapRead, http.MethodPatch: acl.CapSubmit, http.MethodDelete: acl.CapSubmit},
+	"/v1/schedules/{id}/pause":    {http.MethodPost: acl.CapSubmit},
+	"/v1/schedules/{id}/resume":   {http.MethodPost: acl.CapSubmit},
+	"/v1/schedules/{id}/trigger":  {http.MethodPost: acl.CapSubmit},
+	"/v1/schedules/{id}/backfill": {http.MethodPost: acl.CapSubmit},
+	"/v1/schedules/{id}/runs":     {http.MethodGet: acl.CapRead},
+	"/v1/schedules/{id}/next":     {http.MethodGet: acl.CapRead},
 }
 
 // need returns the capability of a route's method on this server.

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 var clusterName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
@@ -242,3 +243,68 @@ func (l Layout) ACLAccessor(accessor string) string { return l.prefix + "acl/acc
 // ACLBootstrap is created, once, by the bootstrap that makes the first
 // management token; its presence refuses every later bootstrap.
 func (l Layout) ACLBootstrap() string { return l.prefix + "acl/bootstrap" }
+
+// Schedules (DESIGN.md section 13) keep their records under schedules/ and
+// their run records under fires/:
+//
+//	schedules/<id>               the schedule: spec, cursor, buffered times
+//	fires/<id>/<nominal time>    one record per nominal time (or merged skip range)
+//	fires/<id>/<time>~manual     a manual run (tandem schedule trigger)
+//	fires/<id>/<time>~backfill   a backfilled run of a past nominal time
+//
+// A time in a key is UTC with a fixed width (RunTime), so a schedule's runs
+// sort by time.
+
+// SchedulesPrefix is the prefix of schedule records.
+func (l Layout) SchedulesPrefix() string { return l.prefix + "schedules/" }
+
+// Schedule is one schedule's record.
+func (l Layout) Schedule(id string) string { return l.SchedulesPrefix() + id }
+
+// FiresPrefix is the prefix of every schedule's run records.
+func (l Layout) FiresPrefix() string { return l.prefix + "fires/" }
+
+// Fires is the prefix of schedule id's run records.
+func (l Layout) Fires(id string) string { return l.FiresPrefix() + id + "/" }
+
+// Run kinds: the suffix of a run key after its time.
+const (
+	RunScheduled = ""
+	RunManual    = "~manual"
+	RunBackfill  = "~backfill"
+)
+
+// Fire is the run record of schedule id at nominal time t, of kind (one of
+// RunScheduled, RunManual, RunBackfill).
+func (l Layout) Fire(id string, t time.Time, kind string) string {
+	return l.Fires(id) + RunTime(t) + kind
+}
+
+// runTimeLayout is RFC 3339 in UTC with all nine fractional digits: fixed
+// width for years 0000-9999, so keys sort as times do.
+const runTimeLayout = "2006-01-02T15:04:05.000000000Z"
+
+// RunTime formats t for a run key.
+func RunTime(t time.Time) string { return t.UTC().Format(runTimeLayout) }
+
+// ParseFire splits a key under FiresPrefix into its schedule ID, time and
+// kind; ok is false for any other key.
+func (l Layout) ParseFire(key string) (id string, t time.Time, kind string, ok bool) {
+	rest, found := strings.CutPrefix(key, l.FiresPrefix())
+	if !found {
+		return "", time.Time{}, "", false
+	}
+	id, rest, found = strings.Cut(rest, "/")
+	if !found || id == "" || len(rest) < len(runTimeLayout) {
+		return "", time.Time{}, "", false
+	}
+	t, err := time.Parse(runTimeLayout, rest[:len(runTimeLayout)])
+	if err != nil {
+		return "", time.Time{}, "", false
+	}
+	switch kind = rest[len(runTimeLayout):]; kind {
+	case RunScheduled, RunManual, RunBackfill:
+		return id, t, kind, true
+	}
+	return "", time.Time{}, "", false
+}

@@ -17,6 +17,11 @@ type metrics struct {
 	fencedWrites prometheus.Counter
 	submissions  *prometheus.CounterVec
 	agentsLost   prometheus.Counter
+	// scheduleFires counts nominal times by outcome and reason (a merged
+	// skip counts every time it covers); fireLateness is commit minus
+	// nominal time of the fires of schedules' own times.
+	scheduleFires *prometheus.CounterVec
+	fireLateness  prometheus.Histogram
 }
 
 func newMetrics(s *Server) *metrics {
@@ -40,6 +45,14 @@ func newMetrics(s *Server) *metrics {
 			Name: "tandem_job_submissions_total", Help: "Job submissions handled by this server, by result.",
 		}, []string{"result"}),
 	}
+	m.scheduleFires = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tandem_schedule_fires_total", Help: "Nominal times of schedules decided by this server, by outcome (fired, skipped) and reason.",
+	}, []string{"outcome", "reason"})
+	m.fireLateness = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "tandem_schedule_fire_lateness_seconds",
+		Help:    "Commit time minus nominal time of each fire of a schedule's own nominal time (jitter included), by this server's clock.",
+		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 900, 3600},
+	})
 	m.agentsLost = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "tandem_agents_lost_total", Help: "Agents this server declared lost while active.",
 	})
@@ -55,7 +68,11 @@ func newMetrics(s *Server) *metrics {
 	shards := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tandem_shards", Help: "The cluster's number of shards (1: active/standby).",
 	}, func() float64 { return float64(s.Shards()) })
-	m.reg.MustRegister(m.agentsLost, m.failovers, m.phases, m.stepDowns, m.fencedWrites, m.submissions,
+	clockCorrection := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tandem_schedule_clock_correction_seconds",
+		Help: "How far the schedule controller holds this server's clock back because it runs ahead of the other servers' clocks.",
+	}, func() float64 { return s.clocks.correction(s.cfg.ScheduleGrace).Seconds() })
+	m.reg.MustRegister(clockCorrection, m.agentsLost, m.scheduleFires, m.fireLateness, m.failovers, m.phases, m.stepDowns, m.fencedWrites, m.submissions,
 		epoch, rev, owned, shards, stateCollector{s}, jobsCollector{s}, agentsCollector{s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

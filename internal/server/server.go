@@ -36,6 +36,7 @@ import (
 	"github.com/tandemhq/tandem/internal/election"
 	"github.com/tandemhq/tandem/internal/ha"
 	"github.com/tandemhq/tandem/internal/keys"
+	"github.com/tandemhq/tandem/internal/schedule"
 	"github.com/tandemhq/tandem/internal/store"
 	"github.com/tandemhq/tandem/internal/transport"
 )
@@ -76,6 +77,19 @@ type Config struct {
 	FreeGrace time.Duration
 	// Failpoint, for tests only, makes the server crash at a chosen point.
 	Failpoint string
+	// ScheduleGrace: a schedule's nominal time less than this late always
+	// fires, whatever the catch-up policy (a failover is never a misfire).
+	// It must exceed a failover (detection, election, transition), so it
+	// must be longer than LeaseTTL. Default schedule.DefaultGrace (1m).
+	ScheduleGrace time.Duration
+	// Clock is this server's wall clock as the schedule controller reads
+	// it (nil: the local clock): nothing fires before its due time by it,
+	// nor by the other servers' clocks as far as the controller knows them
+	// (see peerClocks). Tests skew it (tandem server --clock-skew).
+	Clock func() time.Time
+	// FireHook, for tests only, is called by the schedule controller at
+	// each point between planning a fire and committing it (FirePoint).
+	FireHook func(FireEvent)
 	// PeerTLS, when set, is how this server calls other servers over
 	// https (its probes and the wait for a hand-off's taker): the CA to
 	// verify them against and this server's certificate to present
@@ -98,6 +112,7 @@ func DefaultConfig() Config {
 		Settle:        time.Second,
 		MaxMoves:      8,
 		FreeGrace:     time.Second,
+		ScheduleGrace: schedule.DefaultGrace,
 	}
 }
 
@@ -136,6 +151,9 @@ func (c *Config) Validate() error {
 	if c.FreeGrace < 0 || c.FreeGrace > 5*time.Minute {
 		return fmt.Errorf("free grace %s must be from 0 to 5m", c.FreeGrace)
 	}
+	if c.ScheduleGrace < 0 || c.ScheduleGrace > 0 && c.ScheduleGrace <= c.LeaseTTL {
+		return fmt.Errorf("schedule grace %s must exceed a failover, so be longer than the lease TTL %s", c.ScheduleGrace, c.LeaseTTL)
+	}
 	if c.Failpoint != "" && c.Failpoint != FailpointExitAfterAssign {
 		return fmt.Errorf("unknown failpoint %q", c.Failpoint)
 	}
@@ -164,6 +182,10 @@ type Server struct {
 	metrics *metrics
 	ids     idGen
 	started time.Time
+	// timetables caches the compiled timetables of schedules; clocks
+	// estimates how far this server's clock is ahead of its peers'.
+	timetables timetables
+	clocks     peerClocks
 	// peerHC asks other servers whether they are active (waitServing).
 	peerHC *http.Client
 
@@ -230,6 +252,7 @@ func New(cfg Config) (*Server, error) {
 	s.core.OnTerm("history", s.recordTerm)
 	s.core.WhileOwning("scheduler", s.schedule)
 	s.core.WhileOwning("agent-watch", s.watchAgents)
+	s.core.WhileOwning("schedules", s.runSchedules)
 	return s, nil
 }
 

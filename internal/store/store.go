@@ -76,6 +76,7 @@ type Store struct {
 	placed    map[string]int64              // agent -> mod revision of its placement record
 	config    *Config
 	events    []tandem.FailoverEvent
+	sched     schedView     // schedules, their run records and live runs (schedules.go)
 	changed   chan struct{} // closed and replaced whenever the view changes
 	watchErr  error
 
@@ -92,7 +93,7 @@ type Store struct {
 
 // New returns a Store for the cluster laid out by layout. Call Start before use.
 func New(cli *clientv3.Client, layout keys.Layout, log *slog.Logger) *Store {
-	return &Store{
+	s := &Store{
 		cli:       cli,
 		keys:      layout,
 		log:       log,
@@ -113,6 +114,8 @@ func New(cli *clientv3.Client, layout keys.Layout, log *slog.Logger) *Store {
 		changed:   make(chan struct{}),
 		done:      make(chan struct{}),
 	}
+	s.sched.reset()
+	return s
 }
 
 // Start loads the cluster's keys and starts following changes. It returns
@@ -194,6 +197,7 @@ func (s *Store) load(ctx context.Context) error {
 	s.placed = make(map[string]int64)
 	s.config = nil
 	s.events = nil
+	s.sched.reset()
 	for _, kv := range kvs {
 		s.applyPut(kv, true)
 	}
@@ -303,6 +307,9 @@ func (s *Store) applyPut(kv *mvccpb.KeyValue, loading bool) {
 		}
 		return
 	}
+	if s.applySchedulePut(kv) {
+		return
+	}
 	switch {
 	case key == s.keys.Config():
 		var c Config
@@ -367,6 +374,9 @@ func (s *Store) applyDelete(kv *mvccpb.KeyValue) {
 		}
 		return
 	}
+	if s.applyScheduleDelete(kv) {
+		return
+	}
 	switch {
 	case strings.HasPrefix(key, s.keys.PlacementsPrefix()):
 		delete(s.placed, strings.TrimPrefix(key, s.keys.PlacementsPrefix()))
@@ -418,6 +428,7 @@ func (s *Store) index(j *tandem.Job) {
 		}
 		m[j.ID] = struct{}{}
 	}
+	s.indexScheduleJob(j)
 }
 
 // unindex removes j from the indexes.
@@ -428,6 +439,7 @@ func (s *Store) unindex(j *tandem.Job) {
 	if a := j.LastAttempt(); a != nil {
 		delete(s.live[a.Agent], j.ID)
 	}
+	s.unindexScheduleJob(j)
 }
 
 func (s *Store) insertOrder(id string) {

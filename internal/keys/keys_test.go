@@ -1,0 +1,29 @@
+package keys
+
+import (
+	"testing"
+	"time"
+)
+
+// Run keys sort as their times do and parse back to what made them.
+func TestFireKeys(t *testing.T) {
+	l := New("c")
+	t1 := time.Date(2026, 3, 8, 2, 30, 0, 5, time.FixedZone("x", -5*3600))
+	t2 := t1.Add(time.Nanosecond)
+	for _, kind := range []string{RunScheduled, RunManual, RunBackfill} {
+		key := l.Fire("s1", t1, kind)
+		id, at, k, ok := l.ParseFire(key)
+		if !ok || id != "s1" || !at.Equal(t1) || k != kind {
+			t.Errorf("ParseFire(%q) = %q %s %q %v", key, id, at, k, ok)
+		}
+	}
+	if a, b := l.Fire("s1", t1, RunScheduled), l.Fire("s1", t2, RunScheduled); a >= b {
+		t.Errorf("%q does not sort before %q", a, b)
+	}
+	for _, bad := range []string{"/tandem/c/fires/s1/", "/tandem/c/fires/s1/2026-03-08", "/tandem/c/fires//2026-03-08T07:30:00.000000005Z",
+		"/tandem/c/fires/s1/2026-03-08T07:30:00.000000005Z~other", "/tandem/c/jobs/x"} {
+		if _, _, _, ok := l.ParseFire(bad); ok {
+			t.Errorf("ParseFire(%q) accepted it", bad)
+		}
+	}
+}
