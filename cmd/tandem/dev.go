@@ -190,6 +190,11 @@ func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir s
 	if c.DemoURL != "" {
 		fmt.Fprintf(out, "\ndemo service (made HA by tandem supervise): %s, run by %s\n", c.DemoURL, orDash(demoNode))
 	}
+	login := ""
+	if c.Token != "" {
+		login = " (log in with the TANDEM_TOKEN below)"
+	}
+	fmt.Fprintf(out, "\nweb UI: %s/ui/%s; every server serves it\n", c.Servers[0].URL, login)
 	if c.LBURL != "" {
 		fmt.Fprintf(out, "lb %s  (%s in front of the servers, kept in step by tandem lb: TANDEM_SERVERS=%s works through it)\n", c.LBURL, f.lb, c.LBURL)
 	}

@@ -37,7 +37,9 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/acl"
+	"github.com/tandemhq/tandem/internal/store"
 	"github.com/tandemhq/tandem/internal/transport"
+	"github.com/tandemhq/tandem/internal/ui"
 )
 
 // MaxBodyBytes bounds every request body.
@@ -157,10 +159,37 @@ func New(srv Service, log *slog.Logger, opts ...Option) *API {
 	a.route("/v1/acl/tokens/{accessor}", methods{http.MethodDelete: a.aclWriter(a.deleteToken)})
 	a.route("/v1/acl/token/self", methods{http.MethodGet: a.aclReader(a.tokenSelf)})
 	a.scheduleRoutes()
+	a.mountUI()
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		// A browser asking for / gets the web UI; API clients the JSON 404.
+		if r.URL.Path == "/" && ui.Mountable(r) {
+			http.Redirect(w, r, "/ui/", http.StatusFound)
+			return
+		}
 		a.writeError(w, r, tandem.Errorf(tandem.ENOTFOUND, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
 	return a
+}
+
+// mountUI serves the web UI (internal/ui) under /ui/, on every server, from
+// this server's own view. Its pages check the session's token themselves
+// (with the same Authenticator as the guard); every write it makes is a
+// request to this API, so the guard checks and audits it (docs/UI.md).
+func (a *API) mountUI() {
+	cfg := ui.Config{Service: a.srv, API: a, Enforce: a.sec.Enforce, AgentClient: a.logClient,
+		ServerClient: ui.ServerClient(a.tls.AgentClient, a.tls.Cluster), Log: a.log, Now: a.sec.Now}
+	if a.sec.ACL != nil {
+		cfg.Tokens = a.sec.ACL
+	}
+	h, err := ui.New(cfg)
+	if err != nil {
+		panic(fmt.Sprintf("api: web UI: %v", err)) // embedded templates that do not parse: a bug, caught by tests
+	}
+	a.mux.Handle("/ui/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := acl.NewStatusRecorder(w)
+		defer func() { a.requests.WithLabelValues("/ui/", strconv.Itoa(rec.Status())).Inc() }()
+		h.ServeHTTP(rec, r)
+	}))
 }
 
 // ServeHTTP implements http.Handler.
@@ -471,13 +500,15 @@ func (a *API) listJobs(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	state := tandem.JobState(q.Get("state"))
-	if state != "" && !state.Valid() {
-		a.writeError(w, r, tandem.Errorf(tandem.EINVALID, "unknown job state %q; known states: %v", state, tandem.JobStates))
+	// Filters (state, q, label, submitter, agent) narrow the page; the
+	// cursor stays the ID of the last job returned.
+	filter, err := store.JobFilterFromQuery(q)
+	if err != nil {
+		a.writeError(w, r, err)
 		return
 	}
 	a.setRevision(w, 0)
-	jobs, next := a.srv.Jobs(q.Get("after"), limit, state)
+	jobs, next := store.FilterJobs(a.srv.Jobs, q.Get("after"), limit, filter)
 	a.writeJSON(w, http.StatusOK, tandem.JobList{Jobs: jobs, Next: next})
 }
 
