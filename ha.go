@@ -100,18 +100,33 @@ const (
 	CauseDrain        = "drain"          // the owner was drained (tandem admin drain) and handed the shard off
 )
 
+// How a crashed owner was detected, recorded in FailoverEvent.Detection
+// when the cause is CauseCrashed.
+const (
+	// DetectConnectionLost: a server holding a watch stream to the owner
+	// (GET /v1/ha/watch) saw it close without a goodbye, and one refused
+	// connection to the owner's port confirmed the process was gone.
+	DetectConnectionLost = "connection-lost"
+	// DetectProbesRefused: the owner's port refused several probes in a
+	// row (the fallback, when no stream was open).
+	DetectProbesRefused = "probes-refused"
+)
+
 // FailoverEvent records one change of active, or of a shard's owner in an
 // active-active cluster (DESIGN.md I6). Durations are in
 // seconds and are nil where the new active could not know them.
 type FailoverEvent struct {
 	// Shard is the shard whose owner changed (always 0 with one shard).
-	Shard       int       `json:"shard"`
-	Epoch       int64     `json:"epoch"`
-	ActiveID    string    `json:"active_id"`
-	ActiveURL   string    `json:"active_url"`
-	PrevID      string    `json:"prev_id,omitempty"`
-	PrevEpoch   int64     `json:"prev_epoch,omitempty"`
-	Cause       string    `json:"cause"`
+	Shard     int    `json:"shard"`
+	Epoch     int64  `json:"epoch"`
+	ActiveID  string `json:"active_id"`
+	ActiveURL string `json:"active_url"`
+	PrevID    string `json:"prev_id,omitempty"`
+	PrevEpoch int64  `json:"prev_epoch,omitempty"`
+	Cause     string `json:"cause"`
+	// Detection says how a crashed owner was found out (Detect*), when
+	// the cause is CauseCrashed.
+	Detection   string    `json:"detection,omitempty"`
 	Time        time.Time `json:"time"`
 	DetectionS  *float64  `json:"detection_s,omitempty"`
 	ElectionS   *float64  `json:"election_s,omitempty"`

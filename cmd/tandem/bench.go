@@ -256,6 +256,10 @@ into the active one at a time, --quiet apart: kill (SIGKILL), stop
 hand-off). Reports each failover's phases and what the clients saw, and
 checks that no acknowledged job was lost and no attempt launched twice.
 
+agent-kill kills (SIGKILL) the agent running a long job instead, and
+measures until the job's retried attempt runs on the other agent: the
+attempt recorded lost, the retry recorded, the retry started.
+
 --secure measures a secured cluster (TLS, etcd locked down, tokens);
 --compare-security measures an insecure and then a secured one, the same
 faults in each, and prints their phases side by side (the client-visible
@@ -266,7 +270,7 @@ unavailability first).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.fault, "fault", "kill", "fault to inject: kill, stop, partition or switchover")
+	fl.StringVar(&f.fault, "fault", "kill", "fault to inject: kill, stop, partition, switchover or agent-kill")
 	fl.IntVar(&f.trials, "trials", 5, "faults to inject, one at a time")
 	fl.DurationVar(&f.leaseTTL, "lease-ttl", 2*time.Second, "lease TTL of every server (whole seconds)")
 	fl.StringVar(&f.etcd, "etcd", "embedded", "embedded (a member in every server) or external (a separate etcd process)")
@@ -292,7 +296,7 @@ func oneOf(v string, allowed []string) bool {
 func (f *benchFailoverFlags) validate() error {
 	switch {
 	case !oneOf(f.fault, bench.Faults):
-		return usagef("--fault %q: want one of kill, stop, partition, switchover", f.fault)
+		return usagef("--fault %q: want one of kill, stop, partition, switchover, agent-kill", f.fault)
 	case !oneOf(f.etcd, benchEtcdModes):
 		return usagef("--etcd %q: want embedded or external", f.etcd)
 	case f.trials < 1:

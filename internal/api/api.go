@@ -87,6 +87,11 @@ type Service interface {
 	Agents() []tandem.AgentStatus
 	Agent(id string) (tandem.AgentInfo, bool)
 	Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.SyncResponse, error)
+	// Watch serves GET /v1/ha/watch: it calls beat with a heartbeat
+	// byte now and then until ctx ends (the caller went away) or the server
+	// stops, when its last beat is the goodbye byte, and returns. A beat
+	// that fails ends it.
+	Watch(ctx context.Context, beat func([]byte) error) error
 	// Revision is the revision the view has reached; WaitRevision blocks
 	// until it reaches rev; Fresh until it holds every write etcd had
 	// committed when it was called.
@@ -140,6 +145,7 @@ func New(srv Service, log *slog.Logger, opts ...Option) *API {
 	a.route("/v1/ha/transition", methods{http.MethodPost: a.transition})
 	a.route("/v1/ha/failover", methods{http.MethodPost: a.failover})
 	a.route("/v1/ha/drain", methods{http.MethodPost: a.drain})
+	a.route("/v1/ha/watch", methods{http.MethodGet: a.watch})
 	a.route("/v1/cluster/servers", methods{http.MethodGet: a.servers})
 	a.route("/v1/cluster/shards", methods{http.MethodGet: a.shards})
 	a.route("/v1/agent/sync", methods{http.MethodPost: a.sync})
@@ -538,6 +544,28 @@ func (a *API) agents(w http.ResponseWriter, r *http.Request) {
 	a.writeJSON(w, http.StatusOK, struct {
 		Agents []tandem.AgentStatus `json:"agents"`
 	}{Agents: a.srv.Agents()})
+}
+
+// watch holds its answer open, a heartbeat byte at a time, so that another
+// server holding it learns of this process's death the instant the kernel
+// closes the connection (internal/server/watch.go).
+func (a *API) watch(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	started := false
+	err := a.srv.Watch(r.Context(), func(b []byte) error {
+		if !started {
+			started = true
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Header().Set("Cache-Control", "no-store")
+		}
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		return rc.Flush()
+	})
+	if err != nil && !started {
+		a.writeError(w, r, err)
+	}
 }
 
 func (a *API) sync(w http.ResponseWriter, r *http.Request) {

@@ -106,6 +106,10 @@ func (f *fake) Jobs(string, int, tandem.JobState) ([]*tandem.Job, string) { retu
 func (f *fake) Sync(context.Context, *tandem.SyncRequest) (*tandem.SyncResponse, error) {
 	return &tandem.SyncResponse{ServerID: f.id}, nil
 }
+
+// Watch beats once and ends the stream, so a test calling every route
+// gets an answer.
+func (f *fake) Watch(_ context.Context, beat func([]byte) error) error { return beat([]byte{'.'}) }
 func (f *fake) Revision() int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -57,8 +57,11 @@ func WithSecurity(s Security) Option { return func(a *API) { a.sec = s } }
 // map is the complete list. Reads need read; submissions and kills submit;
 // HA changes operator; token management management. /isActive and /healthz
 // stay open for load balancers, /metrics is open unless --acl-metrics makes
-// it read, and the bootstrap is open (it works once). The agents' sync is
-// marked agent: it will need an agent certificate (mutual TLS, issue 10
+// it read, and the bootstrap is open (it works once). /v1/ha/watch, the
+// servers' crash-detection stream, is open too: it says no more than
+// /isActive (that the process is alive), and a server's peers must reach it
+// with no token (with TLS on, a certificate of the cluster is still needed;
+// the servers present theirs). The agents' sync is marked agent: it will need an agent certificate (mutual TLS, issue 10
 // point 1), not a token: with TLS on (WithTLS) an agent certificate whose ID
 // is the syncing agent's, and open without TLS.
 var Capabilities = map[string]map[string]acl.Capability{
@@ -71,6 +74,7 @@ var Capabilities = map[string]map[string]acl.Capability{
 	"/v1/ha/transition":         {http.MethodPost: acl.CapOperator},
 	"/v1/ha/failover":           {http.MethodPost: acl.CapOperator},
 	"/v1/ha/drain":              {http.MethodPost: acl.CapOperator},
+	"/v1/ha/watch":              {http.MethodGet: acl.CapOpen},
 	"/v1/cluster/servers":       {http.MethodGet: acl.CapRead},
 	"/v1/cluster/shards":        {http.MethodGet: acl.CapRead},
 	"/v1/cluster/agents":        {http.MethodGet: acl.CapRead},

@@ -25,10 +25,13 @@ const (
 	FaultStop       = "stop"       // SIGSTOP of the active for 3 x the lease TTL, then SIGCONT
 	FaultPartition  = "partition"  // cut the active off from etcd and its peers, then heal
 	FaultSwitchover = "switchover" // tandem admin failover to a standby
+	// FaultAgentKill is kill -9 of the agent running a long job: measured
+	// until the job's retried attempt runs on the other agent.
+	FaultAgentKill = "agent-kill"
 )
 
 // Faults lists the faults RunFailover knows.
-var Faults = []string{FaultKill, FaultStop, FaultPartition, FaultSwitchover}
+var Faults = []string{FaultKill, FaultStop, FaultPartition, FaultSwitchover, FaultAgentKill}
 
 // FailoverConfig configures RunFailover.
 type FailoverConfig struct {
@@ -219,6 +222,7 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 		defer os.RemoveAll(d)
 		dir = d
 	}
+	cfg.DataDir = dir // the trials find the launch ledger there
 	// Proxies only where the fault needs them: behind a proxy, a killed
 	// server's port answers instead of refusing, which would hide the
 	// crash from the standbys' probes.
@@ -298,14 +302,23 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 			return nil, ctx.Err()
 		case <-time.After(cfg.Quiet):
 		}
-		tr, err := trial(ctx, cfg, c, cli, admin, ld, n)
+		run := trial
+		if cfg.Fault == FaultAgentKill {
+			run = agentTrial
+		}
+		tr, err := run(ctx, cfg, c, cli, admin, ld, n)
 		if err != nil {
 			return nil, fmt.Errorf("trial %d: %w", n, err)
 		}
 		res.Details = append(res.Details, *tr)
-		fmt.Fprintf(cfg.Out, "trial %d: %s -> %s (epoch %d -> %d, %s): unavailable %.0f ms; detection %s, election %s, transition %s%s\n",
-			n, tr.From, tr.To, tr.OldEpoch, tr.NewEpoch, tr.Cause, tr.UnavailabilityS*1000,
-			msOf(tr.DetectionS), msOf(tr.ElectionS), msOf(tr.TransitionS), trialNotes(tr))
+		if cfg.Fault == FaultAgentKill {
+			fmt.Fprintf(cfg.Out, "trial %d: agent %s -> %s (%s): retry running after %.0f ms; attempt lost %s, rescheduled %s, launched %s\n",
+				n, tr.From, tr.To, tr.Cause, tr.UnavailabilityS*1000, msOf(tr.DetectionS), msOf(tr.ElectionS), msOf(tr.TransitionS))
+		} else {
+			fmt.Fprintf(cfg.Out, "trial %d: %s -> %s (epoch %d -> %d, %s): unavailable %.0f ms; detection %s, election %s, transition %s%s\n",
+				n, tr.From, tr.To, tr.OldEpoch, tr.NewEpoch, tr.Cause, tr.UnavailabilityS*1000,
+				msOf(tr.DetectionS), msOf(tr.ElectionS), msOf(tr.TransitionS), trialNotes(tr))
+		}
 	}
 	stopLoad()
 	wg.Wait()
@@ -556,6 +569,16 @@ func countLaunches(path string) (launches, duplicates int, err error) {
 // Print writes the result table.
 func (r *FailoverResult) Print(w io.Writer) {
 	fmt.Fprintf(w, "\n%s x %d, lease TTL %gs, %s etcd, %s; fenced etcd txn p50 %.2f ms\n", r.Fault, r.Trials, r.LeaseTTLS, r.Etcd, securityLabel(r.Secure), r.EtcdTxnP50S*1000)
+	if r.Fault == FaultAgentKill {
+		Table(w, "PHASE (ms)\tP50\tP90\tP99\tMAX",
+			"retry running (kill to elsewhere)\t"+r.UnavailabilityS.Row(),
+			"detection (attempt lost)\t"+r.DetectionS.Row(),
+			"reschedule (retry recorded)\t"+r.ElectionS.Row(),
+			"launch (retry started)\t"+r.TransitionS.Row())
+		fmt.Fprintf(w, "acknowledged %d, lost %d, unfinished %d, launches %d, duplicate launches %d\n",
+			r.Acknowledged, r.Lost, r.Unfinished, r.Launches, r.Duplicates)
+		return
+	}
 	Table(w, "PHASE (ms)\tP50\tP90\tP99\tMAX",
 		"unavailability (client)\t"+r.UnavailabilityS.Row(),
 		"detection\t"+r.DetectionS.Row(),
@@ -604,3 +627,102 @@ func trialNotes(t *Trial) string {
 }
 
 func secsDur(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// agentTrial kills -9 the agent running a long job and measures until the
+// job's retried attempt runs on the other agent: detection (the kill to the
+// first attempt recorded lost), reschedule (to the retry recorded),
+// launch (to the retry's process started, as its agent reported) and the
+// whole (UnavailabilityS). The killed agent is then started again.
+func agentTrial(ctx context.Context, cfg FailoverConfig, c *local.Cluster, _ *clientv3.Client, admin *client.Client, _ *load, n int) (*Trial, error) {
+	ledger := filepath.Join(cfg.DataDir, "launches")
+	spec := tandem.JobSpec{Name: fmt.Sprintf("bench-agent-kill-%d", n),
+		Command:     []string{"sh", "-c", `echo "$TANDEM_ATTEMPT_ID" >> ` + ledger + `; exec sleep 600`},
+		MaxAttempts: 3, RetryBackoff: tandem.Duration(time.Millisecond)}
+	j, err := admin.SubmitJob(ctx, spec, client.SubmitOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("submit the long job: %w", err)
+	}
+	defer func() {
+		kctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_, _ = admin.KillJob(kctx, j.ID)
+		cancel()
+	}()
+	// Under load the long job may queue behind many short ones.
+	first, err := waitJob(ctx, admin, j.ID, 3*time.Minute, func(j *tandem.Job) bool {
+		a := j.LastAttempt()
+		return a != nil && a.State == tandem.AttemptRunning
+	})
+	if err != nil {
+		return nil, err
+	}
+	victim := -1
+	for i, a := range c.Agents {
+		if a.ID == first.LastAttempt().Agent {
+			victim = i
+		}
+	}
+	if victim < 0 {
+		return nil, fmt.Errorf("the long job runs on unknown agent %s", first.LastAttempt().Agent)
+	}
+	tr := &Trial{N: n, From: c.Agents[victim].ID}
+	t0 := time.Now()
+	if err := c.Agents[victim].Kill(); err != nil {
+		return nil, fmt.Errorf("kill agent %s: %w", tr.From, err)
+	}
+	retried, err := waitJob(ctx, admin, j.ID, 60*time.Second, func(j *tandem.Job) bool {
+		return len(j.Attempts) >= 2 && j.Attempts[len(j.Attempts)-1].State == tandem.AttemptRunning
+	})
+	if err != nil {
+		return nil, err
+	}
+	seen := time.Now()
+	lost, next := retried.Attempts[len(retried.Attempts)-2], retried.Attempts[len(retried.Attempts)-1]
+	tr.To, tr.Cause = next.Agent, lost.Reason
+	running := seen
+	if next.StartedAt != nil {
+		running = *next.StartedAt
+	}
+	tr.UnavailabilityS = running.Sub(t0).Seconds()
+	if lost.EndedAt != nil {
+		tr.DetectionS = secs(lost.EndedAt.Sub(t0))
+		tr.ElectionS = secs(next.ScheduledAt.Sub(*lost.EndedAt))
+	}
+	if next.StartedAt != nil {
+		tr.TransitionS = secs(next.StartedAt.Sub(next.ScheduledAt))
+	}
+	if err := c.Agents[victim].Start(); err != nil {
+		return nil, err
+	}
+	hctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	if err := c.Agents[victim].WaitHealthy(hctx); err != nil {
+		return nil, err
+	}
+	return tr, nil
+}
+
+// waitJob polls job id until done holds or within ends.
+func waitJob(ctx context.Context, admin *client.Client, id string, within time.Duration, done func(*tandem.Job) bool) (*tandem.Job, error) {
+	deadline := time.Now().Add(within)
+	for {
+		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		j, err := admin.GetJob(gctx, id)
+		cancel()
+		if err == nil && done(j) {
+			return j, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("job %s: gave up after %s (last error: %v)", id, within, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func secs(d time.Duration) *float64 {
+	v := max(d, 0).Seconds()
+	return &v
+}

@@ -89,11 +89,14 @@ type Handoff struct {
 // Resignation is the value of a resign key: why an owner gave up on purpose,
 // or was deposed as dead.
 type Resignation struct {
-	From   string    `json:"from"`
-	Epoch  int64     `json:"epoch"`
-	Reason string    `json:"reason"` // a tandem.Cause* value
-	To     string    `json:"to,omitempty"`
-	At     time.Time `json:"at"`
+	From   string `json:"from"`
+	Epoch  int64  `json:"epoch"`
+	Reason string `json:"reason"` // a tandem.Cause* value
+	// Detection says how a dead owner was found out (a tandem.Detect*
+	// value), for a deposition.
+	Detection string    `json:"detection,omitempty"`
+	To        string    `json:"to,omitempty"`
+	At        time.Time `json:"at"`
 }
 
 // Candidate wins, gives up and hands off ownerships on behalf of one server.
@@ -314,6 +317,9 @@ func (c *Candidate) HandOffWith(ctx context.Context, to Target, reason string, m
 type Deposed struct {
 	Keys  keys.Ownership
 	Owner Owner
+	// Detection says how the death was found out (a tandem.Detect* value,
+	// recorded in the resignation; may be empty).
+	Detection string
 }
 
 // Depose removes every ownership in owned, all held by one server known to
@@ -332,7 +338,7 @@ func Depose(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID, s
 	}
 	ops := make([]clientv3.Op, 0, len(owned))
 	for _, d := range owned {
-		rec, _ := json.Marshal(Resignation{From: d.Owner.ID, Epoch: d.Owner.Epoch, Reason: tandem.CauseCrashed, At: seenAt.UTC()})
+		rec, _ := json.Marshal(Resignation{From: d.Owner.ID, Epoch: d.Owner.Epoch, Reason: tandem.CauseCrashed, Detection: d.Detection, At: seenAt.UTC()})
 		ops = append(ops, clientv3.OpTxn(
 			[]clientv3.Cmp{d.Owner.Fence().IsOwner()},
 			[]clientv3.Op{clientv3.OpDelete(d.Keys.Owner), clientv3.OpPut(d.Keys.Resign, string(rec))}, nil))

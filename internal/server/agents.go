@@ -32,6 +32,7 @@ type agentEntry struct {
 	lastContact time.Time
 	lost        bool
 	seq         map[string]uint64 // last sync processed from this agent process, per session
+	contacted   chan struct{}     // closed at the next contact (crash.go)
 }
 
 // contact records a sync from an agent. It reports whether the agent had
@@ -58,6 +59,10 @@ func (t *agentTable) contact(info tandem.AgentInfo, session string, seq uint64, 
 	wasLost = e.lost
 	e.info, e.lastContact, e.lost = info, now, false
 	e.seq[session] = seq
+	if e.contacted != nil {
+		close(e.contacted)
+		e.contacted = nil
+	}
 	return wasLost, false
 }
 
@@ -159,6 +164,14 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	if wasLost {
 		s.log.Info("a lost agent is back; its replaced attempts will be killed", "agent", agent)
 	}
+	defer func() {
+		if ctx.Err() != nil {
+			// The agent went away mid-sync: it cut the poll short to say
+			// something new, or the network cut it, or its process died.
+			// crash.go tells them apart.
+			s.pollCut(req.Agent, now)
+		}
+	}()
 	// I1 at the resource, seen from here: an agent that has seen a newer
 	// epoch of a shard than this server's term of it was told by a newer
 	// owner; this server's term is over.
@@ -310,19 +323,25 @@ func (s *Server) watchAgents(ctx context.Context) {
 		}
 		s.agents.expect(s.store.AgentsWithLive(), time.Now())
 		for _, id := range s.agents.silent(time.Now().Add(-s.cfg.AgentTimeout)) {
-			jobs := s.store.LiveOn(id)
-			s.log.Warn("agent declared lost", "agent", id, "silent_for", s.cfg.AgentTimeout.String(), "live_attempts", len(jobs))
-			s.metrics.agentsLost.Inc()
-			for _, j := range jobs {
-				t := s.termOf(j.ID)
-				if t == nil {
-					continue // its shard's owner decides for itself
-				}
-				reason := fmt.Sprintf("agent %s silent for more than %s", id, s.cfg.AgentTimeout)
-				if err := s.loseAttempt(ctx, t, id, j.ID, reason); err != nil && !errors.Is(err, errNotOwner) {
-					s.log.Warn("could not mark an attempt lost", "agent", id, "job", j.ID, "shard", t.Shard, "epoch", t.Epoch(), "err", err)
-				}
-			}
+			s.log.Warn("agent declared lost", "agent", id, "silent_for", s.cfg.AgentTimeout.String(), "live_attempts", len(s.store.LiveOn(id)))
+			s.loseAgent(ctx, id, fmt.Sprintf("agent %s silent for more than %s", id, s.cfg.AgentTimeout))
+		}
+	}
+}
+
+// loseAgent ends the live attempts of the agent id, just declared lost, in
+// the shards this server owns, as lost (fenced writes, I1), to be retried
+// elsewhere if attempts remain. The agent, if it comes back, is told to
+// kill what was replaced (I4).
+func (s *Server) loseAgent(ctx context.Context, id, reason string) {
+	s.metrics.agentsLost.Inc()
+	for _, j := range s.store.LiveOn(id) {
+		t := s.termOf(j.ID)
+		if t == nil {
+			continue // its shard's owner decides for itself
+		}
+		if err := s.loseAttempt(ctx, t, id, j.ID, reason); err != nil && !errors.Is(err, errNotOwner) {
+			s.log.Warn("could not mark an attempt lost", "agent", id, "job", j.ID, "shard", t.Shard, "epoch", t.Epoch(), "err", err)
 		}
 	}
 }

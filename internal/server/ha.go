@@ -263,7 +263,7 @@ func (s *Server) failoverEvent(shard int, epoch int64, wonAt, servingAt time.Tim
 		if resign != nil && resign.Epoch == gone.Prev.Epoch {
 			// Resigned, handed off, or deposed as dead: the record says when
 			// (for a dead owner, when it was last seen alive).
-			ev.Cause = resign.Reason
+			ev.Cause, ev.Detection = resign.Reason, resign.Detection
 			ev.DetectionS = secs(gone.At.Sub(resign.At))
 		} else {
 			ev.Cause = tandem.CauseLeaseExpired

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,6 +33,8 @@ const deadAfter = 3
 type prober struct {
 	mu    sync.Mutex
 	peers map[string]*peerHealth // by server ID
+	// watchers counts the watch streams this server serves (watch.go).
+	watchers atomic.Int64
 }
 
 type peerHealth struct {
@@ -43,6 +46,15 @@ type peerHealth struct {
 }
 
 func (p *prober) run(ctx context.Context, s *Server) {
+	// The watch streams (watch.go) notice a crash at once; the probes below
+	// are their fallback, for owners no stream reaches.
+	s.registerWatchMetrics()
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		s.watchOwners(ctx)
+	}()
+	defer func() { <-watched }()
 	client := transport.NewHTTPClient(transport.HTTPOptions{Timeout: max(2*s.cfg.ProbeInterval, 250*time.Millisecond), NoProxy: true, TLS: s.cfg.PeerTLS})
 	tick := time.NewTicker(s.cfg.ProbeInterval)
 	defer tick.Stop()
@@ -120,7 +132,7 @@ func (p *prober) check(ctx context.Context, s *Server, client *http.Client, id s
 	seen := h.seen
 	p.mu.Unlock()
 	if dead {
-		s.deposeDead(ctx, id, o.Lease, held, seen)
+		s.deposeDead(ctx, id, o.Lease, held, seen, tandem.DetectProbesRefused)
 	}
 }
 
@@ -140,15 +152,17 @@ func probe(ctx context.Context, client *http.Client, url string) (ok, refused bo
 }
 
 // deposeDead frees every shard of the dead server id at once, fenced by each
-// shard's epoch, and revokes its lease.
-func (s *Server) deposeDead(ctx context.Context, id string, lease int64, held []election.Owner, seen time.Time) {
+// shard's epoch, and revokes its lease. detection (a tandem.Detect* value)
+// says how the death was found out; seen is when the server was last known
+// alive.
+func (s *Server) deposeDead(ctx context.Context, id string, lease int64, held []election.Owner, seen time.Time, detection string) {
 	owned := make([]election.Deposed, 0, len(held))
 	for _, o := range held {
 		k, ok := s.shardOfOwnerKey(o.Key)
 		if !ok {
 			continue
 		}
-		owned = append(owned, election.Deposed{Keys: s.keys.Shard(k, s.Shards()), Owner: o})
+		owned = append(owned, election.Deposed{Keys: s.keys.Shard(k, s.Shards()), Owner: o, Detection: detection})
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.LeaseTTL)
 	defer cancel()
@@ -158,7 +172,7 @@ func (s *Server) deposeDead(ctx context.Context, id string, lease int64, held []
 		s.log.Warn("could not depose a dead owner", "owner", id, "shards", len(owned), "err", err)
 	case n > 0:
 		s.log.Warn("deposed a dead owner: its port refuses connections", "owner", id, "shards", n,
-			"last_seen", time.Since(seen).Round(time.Millisecond).String())
+			"detection", detection, "last_seen", time.Since(seen).Round(time.Millisecond).String())
 	}
 }
 

@@ -267,9 +267,13 @@ func TestCrashedServersShardsMove(t *testing.T) {
 				seq = append(seq, tn)
 			}
 		}
+		// With a crash detected in milliseconds, a shard may be taken by
+		// whoever is first and then handed to its new target: after rm2's
+		// tenure come only live servers', the last still current.
 		last := seq[len(seq)-1]
-		if last.Owner == "rm2" || last.Ended != 0 || len(seq) < 2 || seq[len(seq)-2].Owner != "rm2" {
-			t.Fatalf("tenures of shard %d: %+v; want rm2's followed by a live owner's", k, seq)
+		i := lastIndexOf(seq, "rm2")
+		if last.Ended != 0 || i < 0 || i == len(seq)-1 {
+			t.Fatalf("tenures of shard %d: %+v; want rm2's followed by live owners' only", k, seq)
 		}
 	}
 	var causes []string
@@ -481,4 +485,14 @@ func TestConcurrentDrainsLeaveAServer(t *testing.T) {
 			}
 		}
 	}
+}
+
+// lastIndexOf returns the index of owner's last tenure in seq, or -1.
+func lastIndexOf(seq []history.Tenure, owner string) int {
+	for i := len(seq) - 1; i >= 0; i-- {
+		if seq[i].Owner == owner {
+			return i
+		}
+	}
+	return -1
 }
