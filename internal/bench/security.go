@@ -92,28 +92,41 @@ type SubmitSecurity struct {
 // returns what was measured so far when a run fails.
 func RunSubmitSecurity(ctx context.Context, cfg SubmitConfig) (*SubmitSecurity, error) {
 	res := &SubmitSecurity{}
-	for _, secure := range []bool{false, true} {
+	var err error
+	res.Insecure, res.Secure, err = runBoth(ctx, cfg.Out, cfg.DataDir, func(ctx context.Context, secure bool, dir string) (*SubmitResult, error) {
 		c := cfg
-		c.Secure = secure
-		c.DataDir = runDir(cfg.DataDir, securityLabel(secure))
-		if cfg.Out != nil {
-			fmt.Fprintf(cfg.Out, "\n=== %s\n", securityLabel(secure))
-		}
-		r, err := RunSubmit(ctx, c)
-		if err != nil {
-			return res, fmt.Errorf("%s run: %w", securityLabel(secure), err)
-		}
-		if secure {
-			res.Secure = r
-		} else {
-			res.Insecure = r
-		}
+		c.Secure, c.DataDir = secure, dir
+		return RunSubmit(ctx, c)
+	})
+	if err != nil {
+		return res, err
 	}
 	if cfg.Out != nil {
 		fmt.Fprintln(cfg.Out)
 		res.Print(cfg.Out)
 	}
 	return res, nil
+}
+
+// runBoth runs run insecure and then secure, each with its subdirectory of
+// dir (runDir), announcing each on out (if not nil). When the second run
+// fails, the first one's result is returned with the error.
+func runBoth[R any](ctx context.Context, out io.Writer, dir string, run func(ctx context.Context, secure bool, dir string) (R, error)) (insecure, secure R, err error) {
+	for _, sec := range []bool{false, true} {
+		if out != nil {
+			fmt.Fprintf(out, "\n=== %s\n", securityLabel(sec))
+		}
+		r, err := run(ctx, sec, runDir(dir, securityLabel(sec)))
+		if err != nil {
+			return insecure, secure, fmt.Errorf("%s run: %w", securityLabel(sec), err)
+		}
+		if sec {
+			secure = r
+		} else {
+			insecure = r
+		}
+	}
+	return insecure, secure, nil
 }
 
 // Print writes the main figures of both runs side by side, with the
@@ -200,22 +213,14 @@ type FailoverSecurity struct {
 // It returns what was measured so far when a run fails.
 func RunFailoverSecurity(ctx context.Context, cfg FailoverConfig) (*FailoverSecurity, error) {
 	res := &FailoverSecurity{}
-	for _, secure := range []bool{false, true} {
+	var err error
+	res.Insecure, res.Secure, err = runBoth(ctx, cfg.Out, cfg.DataDir, func(ctx context.Context, secure bool, dir string) (*FailoverResult, error) {
 		c := cfg
-		c.Secure = secure
-		c.DataDir = runDir(cfg.DataDir, securityLabel(secure))
-		if cfg.Out != nil {
-			fmt.Fprintf(cfg.Out, "\n=== %s\n", securityLabel(secure))
-		}
-		r, err := RunFailover(ctx, c)
-		if err != nil {
-			return res, fmt.Errorf("%s run: %w", securityLabel(secure), err)
-		}
-		if secure {
-			res.Secure = r
-		} else {
-			res.Insecure = r
-		}
+		c.Secure, c.DataDir = secure, dir
+		return RunFailover(ctx, c)
+	})
+	if err != nil {
+		return res, err
 	}
 	if cfg.Out != nil {
 		fmt.Fprintln(cfg.Out)
