@@ -83,10 +83,12 @@ func newBenchSubmitCmd() *cobra.Command {
 
   - submit-to-running: on the idle cluster, --jobs sequential submissions of
     "true", each from the start of the submission until its attempt has
-    started on an agent;
+    started on an agent, and until it was acknowledged (idle submit latency);
   - submission throughput: --clients concurrent failover clients submitting
     for --duration; the jobs carry a constraint no agent matches, so they stay
-    pending and the run measures submission alone;
+    pending and the run measures submission alone; concurrent submissions
+    share etcd transactions (group commit), and the jobs per etcd revision
+    say how many;
   - the same etcd's rate of raw fenced transactions (one guarded put of a job
     record's size) at the same concurrency for as long, and the ratio;
   - the median latency of one fenced transaction made alone;

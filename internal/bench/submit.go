@@ -81,10 +81,19 @@ type SubmitResult struct {
 	// SubmitToRunningS is, on an idle cluster, the time from starting a
 	// submission to the job's attempt having started on an agent.
 	SubmitToRunningS Summary `json:"submit_to_running_s"`
+	// IdleSubmitLatencyS is, on the same idle cluster, the time a submission
+	// took to be acknowledged (HTTP 201): what group commit must not slow
+	// down when there is nothing to group.
+	IdleSubmitLatencyS Summary `json:"idle_submit_latency_s"`
 	// EtcdRevsPerS is the rate at which etcd's revision moved during the
 	// throughput run: every write of the cluster, the submissions' own and
 	// those the servers made because of them (a pending job's reason).
 	EtcdRevsPerS float64 `json:"etcd_revisions_per_s"`
+	// JobsPerRev is SubmitsPerS over EtcdRevsPerS: about how many jobs
+	// one etcd transaction created during the throughput run (group
+	// commit), counting every other write of the cluster as a transaction
+	// of none.
+	JobsPerRev float64 `json:"jobs_per_etcd_revision"`
 	// SettleS is how long the servers went on writing after the throughput
 	// run ended (the scheduler recording why each new job waits), -1 if
 	// they had not stopped within a minute.
@@ -181,9 +190,10 @@ func (c *SubmitConfig) withDefaults() (SubmitConfig, error) {
 //
 //   - the CPU the idle cluster uses in idleWindow, with no load at all;
 //   - the scheduling run: on the idle cluster, cfg.Jobs sequential
-//     submissions of `true`, each timed from the start of SubmitJob until the
-//     job's attempt has started (seen through an etcd watch), each waited on
-//     until it has ended before the next;
+//     submissions of `true`, each timed from the start of SubmitJob until
+//     it returned (the idle submit latency) and until the job's attempt has
+//     started (seen through an etcd watch), each waited on until it has
+//     ended before the next;
 //   - submission throughput: cfg.Clients goroutines, each with its own
 //     failover client that starts at another server (round-robin), submitting
 //     jobs that stay pending for cfg.Duration, and the CPU time every process
@@ -284,11 +294,12 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 	// The scheduling run first, while the cluster holds no pending backlog
 	// for the scheduler to walk through.
 	fmt.Fprintf(out, "scheduling run: %d sequential submissions of `true` on the idle cluster\n", cfg.Jobs)
-	s2r, err := schedulingRun(ctx, lc, cli, layout, cfg.Jobs)
+	s2r, idleSubmit, err := schedulingRun(ctx, lc, cli, layout, cfg.Jobs)
 	if err != nil {
 		return nil, fmt.Errorf("scheduling run: %w", err)
 	}
 	res.SubmitToRunningS = Summarize(s2r)
+	res.IdleSubmitLatencyS = Summarize(idleSubmit)
 
 	fmt.Fprintf(out, "throughput: %d clients submitting for %s, each starting at another server, %s\n", cfg.Clients, cfg.Duration, submitMode)
 	rev0, err := etcdRevision(ctx, cli, layout)
@@ -312,6 +323,9 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 		return nil, err
 	}
 	res.EtcdRevsPerS = float64(rev1-rev0) / tp.elapsed.Seconds()
+	if rev1 > rev0 {
+		res.JobsPerRev = float64(len(tp.lat)) / float64(rev1-rev0)
+	}
 	res.Acknowledged, res.Failed = len(tp.lat), tp.failed
 	res.SubmitsPerS = float64(len(tp.lat)) / tp.elapsed.Seconds()
 	res.SubmitLatencyS = Summarize(tp.lat)
@@ -465,6 +479,8 @@ func (r *SubmitResult) Print(w io.Writer) {
 		fmt.Sprintf("raw etcd fenced txn (%d clients, %d B)\t%d\t%.0f\t%s", r.Clients, r.ValueBytes, r.EtcdTxnLatencyS.N, r.EtcdTxnsPerS, r.EtcdTxnLatencyS.Row()),
 		fmt.Sprintf("ratio submit/raw\t-\t%.2f\t-\t-\t-\t-", r.Ratio),
 		fmt.Sprintf("etcd revisions during submit run\t-\t%.0f\t-\t-\t-\t-", r.EtcdRevsPerS),
+		fmt.Sprintf("jobs per etcd revision (group commit)\t-\t%.1f\t-\t-\t-\t-", r.JobsPerRev),
+		fmt.Sprintf("submit (idle, sequential)\t%d\t-\t%s", r.IdleSubmitLatencyS.N, r.IdleSubmitLatencyS.Row()),
 		fmt.Sprintf("submit-to-running (idle, sequential)\t%d\t-\t%s", r.SubmitToRunningS.N, r.SubmitToRunningS.Row()),
 		fmt.Sprintf("etcd fenced txn (sequential)\t%d\t-\t%.1f\t-\t-\t-", seqTxns, r.EtcdTxnP50S*1000),
 	)
@@ -603,45 +619,47 @@ func submitThroughput(ctx context.Context, lc *local.Cluster, clients int, d tim
 
 // schedulingRun submits n jobs of `true` one at a time and returns, for
 // each, the time from the start of SubmitJob until the bench saw its attempt
-// started. Before each submission the previous job has ended, so every
-// measurement starts on an idle cluster. A few warm-up jobs, not counted,
-// make sure the agents are connected.
-func schedulingRun(ctx context.Context, lc *local.Cluster, cli *clientv3.Client, layout keys.Layout, n int) ([]time.Duration, error) {
+// started, and until SubmitJob returned. Before each submission the
+// previous job has ended, so every measurement starts on an idle cluster.
+// A few warm-up jobs, not counted, make sure the agents are connected.
+func schedulingRun(ctx context.Context, lc *local.Cluster, cli *clientv3.Client, layout keys.Layout, n int) (toRunning, submit []time.Duration, err error) {
 	cl, err := clusterClient(lc, lc.URLs())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	w, err := watchJobs(wctx, cli, layout)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	const warmup = 3
-	lat := make([]time.Duration, 0, n)
+	toRunning, submit = make([]time.Duration, 0, n), make([]time.Duration, 0, n)
 	for i := 0; i < warmup+n; i++ {
 		spec := tandem.JobSpec{Name: fmt.Sprintf("bench-run-%d", i), Command: []string{"true"}}
 		t0 := time.Now()
 		job, err := cl.SubmitJob(ctx, spec, client.SubmitOptions{})
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
+		acked := time.Since(t0)
 		limit := 10 * time.Second
 		if i < warmup {
 			limit = time.Minute // the agents may still be connecting
 		}
 		started, err := w.wait(ctx, job.ID, limit, func(s jobSeen) bool { return !s.started.IsZero() })
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if i >= warmup {
-			lat = append(lat, started.started.Sub(t0))
+			toRunning = append(toRunning, started.started.Sub(t0))
+			submit = append(submit, acked)
 		}
 		if _, err := w.wait(ctx, job.ID, limit, func(s jobSeen) bool { return s.ended }); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return lat, nil
+	return toRunning, submit, nil
 }
 
 // jobSeen is what the bench has seen of one job through its watch.

@@ -22,9 +22,11 @@ const writeTimeout = 5 * time.Second
 // (ErrNotActive otherwise): it gives the job an ID in one of the shards it
 // owns, so the job is created under that shard's fence and needs no other
 // server. The job is committed to the etcd quorum before Submit returns (I1,
-// I2). With an idempotency key, a retry of the same spec returns the first
-// job and created == false (I3), across servers and failovers, since the
-// key lives in etcd with the job.
+// I2); concurrent submissions share etcd transactions (the store's group
+// commit), so a bad submission is refused here, before it can join one.
+// With an idempotency key, a retry of the same spec returns the first job
+// and created == false (I3), across servers and failovers, since the key
+// lives in etcd with the job.
 func (s *Server) Submit(ctx context.Context, spec tandem.JobSpec, idemKey string) (*tandem.Job, bool, error) {
 	if len(idemKey) > MaxIdempotencyKeyLen {
 		return nil, false, tandem.Errorf(tandem.EINVALID, "Idempotency-Key is %d bytes, more than %d", len(idemKey), MaxIdempotencyKeyLen)

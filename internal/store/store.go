@@ -81,11 +81,15 @@ type Store struct {
 	watchErr  error
 
 	barrier readBarrier // linearizable reads of etcd's revision (see Fresh)
+	batch   batcher     // job creations waiting for the next group commit (batch.go)
 
 	idemMu         sync.Mutex
 	idemLease      clientv3.LeaseID
 	idemLeaseUntil time.Time
-	idemLeaseKeys  int // keys given idemLease so far
+	idemLeaseKeys  int              // keys given idemLease so far
+	idemNext       clientv3.LeaseID // granted ahead, for when idemLease is used up
+	idemNextAt     time.Time        // when idemNext was asked for
+	idemGranting   bool             // a grant ahead is under way
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -145,7 +149,9 @@ func (s *Store) Start(ctx context.Context) error {
 }
 
 // Close stops following changes and waits for the watch goroutine to end.
+// Job creations under way fail; later ones fail at once.
 func (s *Store) Close() {
+	s.batch.close()
 	if s.cancel == nil {
 		return
 	}
@@ -925,116 +931,61 @@ func (s *Store) IdemKey(key string) string {
 	return s.keys.Idem(hex.EncodeToString(sum[:]))
 }
 
-// CreateJob stores job, fenced by f (I1). With a non-empty idemKey the
-// creation and the key are one transaction (I3): if the key was already used
-// for the same spec (same specHash), the job it created is returned with
-// created == false; for another spec, an EIDEMPOTENCY error. ErrFenced means
-// epoch is no longer the leader's and nothing was written. On success the
-// job is committed to the etcd quorum (I2) and visible in the view. The
-// key lives apart from every shard, so one key makes one job whichever
-// server and shard takes the submission (I3).
-func (s *Store) CreateJob(ctx context.Context, f election.Fence, job *tandem.Job, idemKey, specHash string) (*tandem.Job, bool, error) {
-	val, err := json.Marshal(job)
-	if err != nil {
-		return nil, false, fmt.Errorf("encode job %s: %w", job.ID, err)
-	}
-	jobKey := s.keys.Job(job.ID)
-	cmps := []clientv3.Cmp{
-		f.IsOwner(),
-		clientv3.Compare(clientv3.CreateRevision(jobKey), "=", 0),
-	}
-	ops := []clientv3.Op{clientv3.OpPut(jobKey, string(val))}
-	ikey := ""
-	if idemKey != "" {
-		lease, err := s.idempotencyLease(ctx)
-		if err != nil {
-			return nil, false, err
-		}
-		ikey = s.IdemKey(idemKey)
-		rec, _ := json.Marshal(idemRecord{JobID: job.ID, SpecHash: specHash})
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(ikey), "=", 0))
-		ops = append(ops, clientv3.OpPut(ikey, string(rec), clientv3.WithLease(lease)))
-	}
-	elses := []clientv3.Op{clientv3.OpGet(f.Key, clientv3.WithKeysOnly())}
-	if ikey != "" {
-		elses = append(elses, clientv3.OpGet(ikey))
-	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(elses...).Commit()
-	if err != nil {
-		return nil, false, fmt.Errorf("create job %s: %w", job.ID, err)
-	}
-	if resp.Succeeded {
-		// Show the job in the view now rather than waiting for the watch to
-		// bring it: it is committed as written, at this revision.
-		s.applyCreated(job, resp.Header.Revision)
-		return job, true, nil
-	}
-	if !f.Held(resp.Responses[0].GetResponseRange().Kvs) {
-		return nil, false, fmt.Errorf("create job %s: %w", job.ID, tandem.ErrFenced)
-	}
-	if ikey != "" {
-		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
-			var rec idemRecord
-			if err := json.Unmarshal(kvs[0].Value, &rec); err != nil {
-				return nil, false, fmt.Errorf("decode idempotency record: %w", err)
-			}
-			if rec.SpecHash != specHash {
-				return nil, false, tandem.Errorf(tandem.EIDEMPOTENCY,
-					"idempotency key %q was already used for job %s with a different spec; use a new key for a new job", idemKey, rec.JobID)
-			}
-			if err := s.WaitRev(ctx, kvs[0].ModRevision); err != nil {
-				return nil, false, err
-			}
-			prev, err := s.Job(rec.JobID)
-			if err != nil {
-				return nil, false, fmt.Errorf("idempotency key %q names job %s: %w", idemKey, rec.JobID, err)
-			}
-			return prev, false, nil
-		}
-	}
-	return nil, false, fmt.Errorf("create job %s: %w", job.ID, ErrIDTaken)
-}
+// CreateJob is in batch.go: creations are committed in groups.
 
 // ErrIDTaken means a job with the new job's ID exists already.
 var ErrIDTaken = errors.New("store: the job ID is already taken")
 
-// applyCreated puts a job this process just created at rev into the view,
-// unless the watch already brought that write or a later one.
-func (s *Store) applyCreated(job *tandem.Job, rev int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if r, ok := s.jobRev[job.ID]; ok && r >= rev {
-		return
-	}
-	j := cloneJob(job)
-	if old, ok := s.jobs[j.ID]; ok {
-		s.unindex(old)
-	} else {
-		s.insertOrder(j.ID)
-	}
-	s.jobs[j.ID] = j
-	s.jobRev[j.ID] = rev
-	s.index(j)
-	s.notifyLocked()
-}
-
 // idempotencyLease returns a lease for new idempotency keys. Keys written in
 // the same hour share one lease, granted for IdempotencyTTL plus an hour, so
 // each key lives at least IdempotencyTTL and one lease grant serves an hour.
+// The next lease is granted ahead, in the background, once half of the
+// current one's keys are given, so a submission seldom waits for a grant.
 func (s *Store) idempotencyLease(ctx context.Context) (clientv3.LeaseID, error) {
 	s.idemMu.Lock()
 	defer s.idemMu.Unlock()
 	now := time.Now()
-	if s.idemLease != 0 && now.Before(s.idemLeaseUntil) && s.idemLeaseKeys < idemLeaseMaxKeys {
-		s.idemLeaseKeys++
-		return s.idemLease, nil
+	if s.idemLease == 0 || !now.Before(s.idemLeaseUntil) || s.idemLeaseKeys >= idemLeaseMaxKeys {
+		if s.idemNext != 0 && now.Before(s.idemNextAt.Add(time.Hour)) {
+			// The hour counts from the grant: a key attached within it
+			// still lives IdempotencyTTL.
+			s.idemLease, s.idemLeaseUntil, s.idemLeaseKeys = s.idemNext, s.idemNextAt.Add(time.Hour), 0
+		} else {
+			resp, err := s.cli.Grant(ctx, int64((IdempotencyTTL + time.Hour).Seconds()))
+			if err != nil {
+				return 0, fmt.Errorf("grant idempotency lease: %w", err)
+			}
+			s.idemLease, s.idemLeaseUntil, s.idemLeaseKeys = resp.ID, now.Add(time.Hour), 0
+		}
+		s.idemNext = 0
 	}
+	s.idemLeaseKeys++
+	if s.idemLeaseKeys >= idemLeaseMaxKeys/2 && s.idemNext == 0 && !s.idemGranting {
+		if s.batch.track() { // Close waits for it
+			s.idemGranting = true
+			go s.grantAhead()
+		}
+	}
+	return s.idemLease, nil
+}
+
+// grantAhead grants the next idempotency lease; it ends within
+// batchTimeout. A failed grant is left for the submission that needs the
+// lease to retry.
+func (s *Store) grantAhead() {
+	defer s.batch.wg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	defer cancel()
+	at := time.Now()
 	resp, err := s.cli.Grant(ctx, int64((IdempotencyTTL + time.Hour).Seconds()))
+	s.idemMu.Lock()
+	defer s.idemMu.Unlock()
+	s.idemGranting = false
 	if err != nil {
-		return 0, fmt.Errorf("grant idempotency lease: %w", err)
+		s.log.Debug("granting the next idempotency lease ahead failed", "err", err)
+		return
 	}
-	s.idemLease, s.idemLeaseUntil, s.idemLeaseKeys = resp.ID, now.Add(time.Hour), 1
-	return resp.ID, nil
+	s.idemNext, s.idemNextAt = resp.ID, at
 }
 
 // idemLeaseMaxKeys bounds the idempotency keys one lease carries. With etcd
