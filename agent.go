@@ -96,6 +96,8 @@ type Attempt struct {
 	ExitCode    *int       `json:"exit_code,omitempty"`
 	Signal      string     `json:"signal,omitempty"`
 	Reason      string     `json:"reason,omitempty"`
+	// Outputs are what a workflow step's attempt wrote to $TANDEM_OUTPUTS.
+	Outputs map[string]string `json:"outputs,omitempty"`
 }
 
 // AgentInfo is what an agent tells the active about itself on every sync.
@@ -135,6 +137,9 @@ type AttemptReport struct {
 	ExitCode  *int         `json:"exit_code,omitempty"`
 	Signal    string       `json:"signal,omitempty"`
 	Reason    string       `json:"reason,omitempty"`
+	// Outputs are what a workflow step's attempt wrote to $TANDEM_OUTPUTS
+	// (done reports only).
+	Outputs map[string]string `json:"outputs,omitempty"`
 }
 
 // SyncRequest is an agent's long poll to one server: POST /v1/agent/sync.

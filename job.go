@@ -154,6 +154,10 @@ type Job struct {
 	// fires/<schedule>/<nominal time>).
 	ScheduleID  string    `json:"schedule_id,omitempty"`
 	NominalTime time.Time `json:"nominal_time,omitzero"`
+	// WorkflowID and Step link a job a workflow started to its run and step
+	// (one job per attempt of the step).
+	WorkflowID string `json:"workflow_id,omitempty"`
+	Step       string `json:"step,omitempty"`
 }
 
 // LastAttempt returns the job's latest attempt, or nil.

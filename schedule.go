@@ -48,9 +48,11 @@ type ScheduleSpec struct {
 	Paused    bool   `json:"paused,omitempty"`
 	PauseNote string `json:"pause_note,omitempty"`
 
-	// Job is what each fire starts: a job in the schedule's shard, named
+	// Job or Workflow is what each fire starts (exactly one is set): a job
+	// or a workflow run in the schedule's shard, named
 	// "<schedule name or ID>@<nominal time>".
-	Job JobSpec `json:"job"`
+	Job      JobSpec       `json:"job,omitzero"`
+	Workflow *WorkflowSpec `json:"workflow,omitempty"`
 }
 
 // ScheduleHistoryLimits are how many run records of each kind a schedule
@@ -142,6 +144,11 @@ type ScheduleRun struct {
 	// answering server's view (not stored).
 	JobID    string   `json:"job_id,omitempty"`
 	JobState JobState `json:"job_state,omitempty"`
+	// WorkflowID is the workflow run a fire started (for a schedule of a
+	// workflow); WorkflowState its state from the answering server's view
+	// (not stored).
+	WorkflowID    string        `json:"workflow_id,omitempty"`
+	WorkflowState WorkflowState `json:"workflow_state,omitempty"`
 	// Replaced lists the live runs killed to make way for this one
 	// (overlap policy replace).
 	Replaced []string `json:"replaced,omitempty"`

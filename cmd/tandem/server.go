@@ -105,7 +105,7 @@ servers form a complete HA cluster with nothing else installed:
 	fl.DurationVar(&f.settle, "settle", def.Settle, "active-active: how long a server must be up before the target map gives it shards")
 	fl.IntVar(&f.maxMoves, "max-moves", def.MaxMoves, "active-active: how many shards a server hands off at a time when the target map moves them")
 	fl.DurationVar(&f.freeGrace, "free-grace", def.FreeGrace, "active-active: how long a free shard waits for its target before any server may take it")
-	fl.StringVar(&f.failpoint, "failpoint", "", "for tests: crash at a chosen point ("+server.FailpointExitAfterAssign+")")
+	fl.StringVar(&f.failpoint, "failpoint", "", "for tests: crash at a chosen point ("+server.FailpointExitAfterAssign+", "+server.FailpointWorkflowBeforeCommit+":STEP, "+server.FailpointWorkflowAfterCommit+":STEP)")
 	_ = fl.MarkHidden("failpoint")
 	fl.DurationVar(&f.scheduleGrace, "schedule-grace", def.ScheduleGrace, "a schedule's nominal time less than this late always fires, whatever its catch-up policy (must exceed a failover, so be longer than --lease-ttl)")
 	fl.DurationVar(&f.clockSkew, "clock-skew", 0, "for tests: add this to the clock the schedule controller reads (e.g. 5s: a clock 5s ahead)")

@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"unsafe"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/workflow"
 )
 
 // lostReason is the reason of an attempt that was launched by an earlier
@@ -38,6 +40,7 @@ type attempt struct {
 	pid     int // also the process group's ID (Setpgid)
 	started time.Time
 	user    string // who it runs as
+	outputs string // the outputs file of a workflow step ("" for other jobs)
 	log     *slog.Logger
 	timer   *time.Timer // the timeout, if any
 
@@ -199,6 +202,23 @@ func (a *Agent) launch(as tandem.Assignment, log *slog.Logger) (*attempt, *exec.
 	}
 	cmd.Env = append(cmd.Env, "TANDEM_JOB_ID="+as.JobID, "TANDEM_ATTEMPT_ID="+id, "TANDEM_AGENT_ID="+a.cfg.ID,
 		"TANDEM_SHARD="+strconv.Itoa(as.Shard), "TANDEM_EPOCH="+strconv.FormatInt(as.Epoch, 10))
+	outputs := ""
+	if spec.Env[tandem.EnvWorkflowID] != "" {
+		// A workflow step may leave small outputs for the steps after it:
+		// KEY=VALUE lines in a file of its own, read when it ends.
+		outputs = filepath.Join(dir, outputsFile)
+		f, err := os.OpenFile(outputs, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			return fail("cannot start %q: the agent cannot create the outputs file: %v", name, err)
+		}
+		f.Close()
+		if cred != nil {
+			if err := os.Chown(outputs, int(user.uid), int(user.gid)); err != nil {
+				return fail("cannot start %q: the agent cannot give the outputs file to user %s: %v", name, user, err)
+			}
+		}
+		cmd.Env = append(cmd.Env, tandem.EnvOutputs+"="+outputs)
+	}
 	cmd.Stdout, cmd.Stderr = out, out // one *os.File: interleaved, and no copying goroutines
 	// Its own process group, so a kill reaches its children too; and it
 	// dies with the agent process, so a restarted agent never has an
@@ -222,7 +242,7 @@ func (a *Agent) launch(as tandem.Assignment, log *slog.Logger) (*attempt, *exec.
 	}
 	at := &attempt{
 		id: id, job: as.JobID, shard: as.Shard, pid: cmd.Process.Pid, started: time.Now().UTC(),
-		user: user.name, log: log, exited: make(chan struct{}),
+		user: user.name, log: log, exited: make(chan struct{}), outputs: outputs,
 	}
 	// The leader is not reaped yet, so its /proc entry is there. Recording
 	// it lets a restarted agent kill the attempt's leftover children;
@@ -280,6 +300,9 @@ func (a *Agent) wait(at *attempt, cmd *exec.Cmd) {
 	default:
 		r.State, r.Reason = tandem.AttemptFailed, fmt.Sprintf("wait: %v", waitErr)
 	}
+	if at.outputs != "" {
+		readOutputs(at.outputs, &r)
+	}
 	attrs := []any{"state", r.State, "duration", ended.Sub(started).Round(time.Millisecond).String()}
 	if r.ExitCode != nil {
 		attrs = append(attrs, "exit_code", *r.ExitCode)
@@ -292,6 +315,28 @@ func (a *Agent) wait(at *attempt, cmd *exec.Cmd) {
 	}
 	at.log.Info("attempt ended", attrs...)
 	a.finish(r)
+}
+
+// readOutputs adds to r the outputs a workflow step's attempt wrote to
+// path. Outputs that cannot be read or parsed (too large, not KEY=VALUE)
+// are not reported, and fail an attempt that would have succeeded: the
+// steps after it would read wrong values.
+func readOutputs(path string, r *tandem.AttemptReport) {
+	f, err := os.Open(path)
+	if err == nil {
+		defer f.Close()
+		var b []byte
+		b, err = io.ReadAll(io.LimitReader(f, tandem.MaxOutputBytes+1))
+		if err == nil {
+			r.Outputs, err = workflow.ParseOutputs(b)
+		}
+	}
+	if err != nil {
+		r.Outputs = nil
+		if r.State == tandem.AttemptSucceeded {
+			r.State, r.Reason = tandem.AttemptFailed, "outputs ($"+tandem.EnvOutputs+"): "+tandem.ErrorMessage(err)
+		}
+	}
 }
 
 // finish records a finished attempt: its report goes to disk, then into the

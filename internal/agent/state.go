@@ -34,6 +34,7 @@ const (
 	reportsDir  = "reports"
 	attemptsDir = "attempts"
 	logFile     = "output.log"
+	outputsFile = "outputs" // a workflow step's KEY=VALUE outputs
 
 	// tmpPrefix starts the names of files being written; no attempt ID
 	// starts with a '.', so they never pass for one.

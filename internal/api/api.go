@@ -165,6 +165,7 @@ func New(srv Service, log *slog.Logger, opts ...Option) *API {
 	a.route("/v1/acl/tokens/{accessor}", methods{http.MethodDelete: a.aclWriter(a.deleteToken)})
 	a.route("/v1/acl/token/self", methods{http.MethodGet: a.aclReader(a.tokenSelf)})
 	a.scheduleRoutes()
+	a.workflowRoutes()
 	a.mountUI()
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// A browser asking for / gets the web UI; API clients the JSON 404.

@@ -97,6 +97,12 @@ var Capabilities = map[string]map[string]acl.Capability{
 	"/v1/schedules/{id}/backfill": {http.MethodPost: acl.CapSubmit},
 	"/v1/schedules/{id}/runs":     {http.MethodGet: acl.CapRead},
 	"/v1/schedules/{id}/next":     {http.MethodGet: acl.CapRead},
+	// Workflows (workflows.go): a run starts jobs, so running, cancelling
+	// and retrying one needs what submitting a job needs.
+	"/v1/workflows":             {http.MethodGet: acl.CapRead, http.MethodPost: acl.CapSubmit},
+	"/v1/workflows/{id}":        {http.MethodGet: acl.CapRead},
+	"/v1/workflows/{id}/cancel": {http.MethodPost: acl.CapSubmit},
+	"/v1/workflows/{id}/retry":  {http.MethodPost: acl.CapSubmit},
 }
 
 // need returns the capability of a route's method on this server.

@@ -58,7 +58,11 @@ func (h *scheduleHandlers) create(w http.ResponseWriter, r *http.Request) {
 	if !h.a.decode(w, r, &spec) {
 		return
 	}
-	if err := h.a.mayRunAs(r, spec.Job); err != nil {
+	err := h.a.mayRunAs(r, spec.Job)
+	if err == nil && spec.Workflow != nil {
+		err = h.a.mayRunSteps(r, spec.Workflow)
+	}
+	if err != nil {
 		h.a.writeError(w, r, err)
 		return
 	}

@@ -308,3 +308,14 @@ func (l Layout) ParseFire(key string) (id string, t time.Time, kind string, ok b
 	}
 	return "", time.Time{}, "", false
 }
+
+// Workflow runs (docs/WORKFLOWS.md) keep one record each, holding the spec
+// and every step's state; the jobs of their steps are ordinary jobs:
+//
+//	workflows/<id>    the run: spec, params, each step's record
+
+// WorkflowsPrefix is the prefix of workflow run records.
+func (l Layout) WorkflowsPrefix() string { return l.prefix + "workflows/" }
+
+// Workflow is one workflow run's record.
+func (l Layout) Workflow(id string) string { return l.WorkflowsPrefix() + id }

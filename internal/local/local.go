@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -562,7 +563,15 @@ func (c *Cluster) StopServer(i int, grace time.Duration) error {
 }
 
 // Start starts the process (again, if it has exited).
-func (s *Proc) Start() error {
+func (s *Proc) Start() error { return s.start(s.args) }
+
+// StartWith starts the process (again) with extra arguments after its own,
+// for this run only (a test's failpoint).
+func (s *Proc) StartWith(extra ...string) error {
+	return s.start(append(slices.Clone(s.args), extra...))
+}
+
+func (s *Proc) start(args []string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd != nil {
@@ -579,7 +588,7 @@ func (s *Proc) Start() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(s.binary, s.args...)
+	cmd := exec.Command(s.binary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// The server dies with its parent, so a killed `tandem dev` or test
 	// leaves nothing behind.

@@ -10,6 +10,7 @@ import (
 	"github.com/tandemhq/tandem/internal/ha"
 	"github.com/tandemhq/tandem/internal/shard"
 	"github.com/tandemhq/tandem/internal/store"
+	"github.com/tandemhq/tandem/internal/workflow"
 )
 
 // errNotOwner means this server does not own the job's shard (any more).
@@ -150,6 +151,17 @@ func (s *Server) recordDone(ctx context.Context, t *ha.Term, agent string, r tan
 			return false, nil
 		}
 		a.State, a.ExitCode, a.Signal, a.Reason = r.State, r.ExitCode, r.Signal, r.Reason
+		if err := workflow.CheckOutputs(r.Outputs); err != nil {
+			// The agent checks outputs before it reports them; whatever
+			// slips through is refused here and fails the attempt, so the
+			// steps after it never read them.
+			if a.State == tandem.AttemptSucceeded {
+				a.State = tandem.AttemptFailed
+			}
+			a.Reason = "outputs refused: " + tandem.ErrorMessage(err)
+		} else {
+			a.Outputs = r.Outputs
+		}
 		if r.PID != 0 {
 			a.PID = r.PID
 		}

@@ -22,6 +22,8 @@ type metrics struct {
 	// nominal time of the fires of schedules' own times.
 	scheduleFires *prometheus.CounterVec
 	fireLateness  prometheus.Histogram
+	// workflowRuns counts the workflow runs this server ended, by state.
+	workflowRuns *prometheus.CounterVec
 }
 
 func newMetrics(s *Server) *metrics {
@@ -53,6 +55,9 @@ func newMetrics(s *Server) *metrics {
 		Help:    "Commit time minus nominal time of each fire of a schedule's own nominal time (jitter included), by this server's clock.",
 		Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 900, 3600},
 	})
+	m.workflowRuns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tandem_workflow_runs_ended_total", Help: "Workflow runs this server's controller ended, by final state.",
+	}, []string{"state"})
 	m.agentsLost = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "tandem_agents_lost_total", Help: "Agents this server declared lost while active.",
 	})
@@ -72,7 +77,7 @@ func newMetrics(s *Server) *metrics {
 		Name: "tandem_schedule_clock_correction_seconds",
 		Help: "How far the schedule controller holds this server's clock back because it runs ahead of the other servers' clocks.",
 	}, func() float64 { return s.clocks.correction(s.cfg.ScheduleGrace).Seconds() })
-	m.reg.MustRegister(clockCorrection, m.agentsLost, m.scheduleFires, m.fireLateness, m.failovers, m.phases, m.stepDowns, m.fencedWrites, m.submissions,
+	m.reg.MustRegister(clockCorrection, m.agentsLost, m.scheduleFires, m.workflowRuns, workflowsCollector{s}, m.fireLateness, m.failovers, m.phases, m.stepDowns, m.fencedWrites, m.submissions,
 		epoch, rev, owned, shards, stateCollector{s}, jobsCollector{s}, agentsCollector{s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -205,4 +210,18 @@ func (s *Server) OwnerOf(id string) (tandem.ServerRef, bool) {
 		return tandem.ServerRef{}, false
 	}
 	return tandem.ServerRef{ID: o.ID, URL: o.URL}, true
+}
+
+// workflowsCollector reports workflow runs by state from the server's view.
+type workflowsCollector struct{ s *Server }
+
+var workflowsDesc = prometheus.NewDesc("tandem_workflow_runs", "Workflow runs in the cluster by state, from this server's view.", []string{"state"}, nil)
+
+func (c workflowsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- workflowsDesc }
+
+func (c workflowsCollector) Collect(ch chan<- prometheus.Metric) {
+	counts := c.s.store.WorkflowCounts()
+	for _, st := range tandem.WorkflowStates {
+		ch <- prometheus.MustNewConstMetric(workflowsDesc, prometheus.GaugeValue, float64(counts[st]), string(st))
+	}
 }

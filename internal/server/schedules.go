@@ -159,6 +159,15 @@ func validateSchedule(spec tandem.ScheduleSpec) (*schedule.Timetable, error) {
 	if err != nil {
 		return nil, err
 	}
+	if spec.Workflow != nil {
+		if len(spec.Job.Command) > 0 {
+			return nil, tandem.Errorf(tandem.EINVALID, "invalid schedule: give a job or a workflow to start, not both")
+		}
+		if err := ValidateWorkflow(*spec.Workflow); err != nil {
+			return nil, tandem.Errorf(tandem.ErrorCode(err), "invalid schedule: %s", tandem.ErrorMessage(err))
+		}
+		return tt, nil
+	}
 	job := runSpec(spec.Job, "", spec.Name, time.Unix(0, 0), time.Unix(0, 0), time.Unix(0, 0))
 	if err := job.Validate(); err != nil {
 		var te *tandem.Error
@@ -528,6 +537,15 @@ func (s *Server) fireSchedule(ctx context.Context, t *ha.Term, id string) (sched
 			// every job write); if this owner is deposed before the fire
 			// commits, the next owner finds no live run and simply fires.
 			for _, jid := range st.Live {
+				if _, err := s.store.Workflow(jid); err == nil {
+					// A live workflow run is cancelled (its running
+					// steps' jobs are killed by its controller).
+					if _, err := s.CancelWorkflow(ctx, jid); err != nil && tandem.ErrorCode(err) != tandem.ENOTFOUND {
+						return schedMemo{}, fmt.Errorf("replace: cancel run %s: %w", jid, err)
+					}
+					replaced = append(replaced, jid)
+					continue
+				}
 				if _, err := s.Kill(ctx, jid); err != nil && tandem.ErrorCode(err) != tandem.ECONFLICT && tandem.ErrorCode(err) != tandem.ENOTFOUND {
 					return schedMemo{}, fmt.Errorf("replace: kill run %s: %w", jid, err)
 				}
@@ -644,12 +662,9 @@ func (s *Server) buildFire(t *ha.Term, sch *tandem.Schedule, tt *schedule.Timeta
 					next.Buffered = slices.Delete(next.Buffered, i, i+1)
 				}
 			}
-			job, err := s.runJob(t, sch, tt, d.Nominal)
-			if err != nil {
+			if err := s.startRun(t, sch, tt, d.Nominal, fi, &run); err != nil {
 				return nil, err
 			}
-			run.JobID = job.ID
-			fi.Jobs = append(fi.Jobs, job)
 		}
 		fi.Runs = append(fi.Runs, store.RunRecord{Key: s.keys.Fire(sch.ID, d.Nominal, keys.RunScheduled), Run: run})
 	}
@@ -670,13 +685,35 @@ func countTimes(tt *schedule.Timetable, from, through time.Time) int {
 	return n
 }
 
-// runJob makes the job of schedule sch's run for nominal time at, in the
-// schedule's shard, with an ID that shard's owner makes.
-func (s *Server) runJob(t *ha.Term, sch *tandem.Schedule, tt *schedule.Timetable, at time.Time) (*tandem.Job, error) {
+// startRun adds to fi what schedule sch's run for nominal time at starts (a
+// job, or a workflow run for a schedule of a workflow), in the schedule's
+// shard, and names it in run.
+func (s *Server) startRun(t *ha.Term, sch *tandem.Schedule, tt *schedule.Timetable, at time.Time, fi *store.Fire, run *tandem.ScheduleRun) error {
 	from := at
 	if p, ok := tt.Prev(at); ok {
 		from = p
 	}
+	if sch.Workflow != nil {
+		wf, err := s.scheduledWorkflow(t, sch, at, from)
+		if err != nil {
+			return err
+		}
+		run.WorkflowID = wf.ID
+		fi.Workflows = append(fi.Workflows, wf)
+		return nil
+	}
+	job, err := s.runJob(t, sch, at, from)
+	if err != nil {
+		return err
+	}
+	run.JobID = job.ID
+	fi.Jobs = append(fi.Jobs, job)
+	return nil
+}
+
+// runJob makes the job of schedule sch's run for nominal time at, covering
+// (from, at], with an ID the schedule's shard's owner makes.
+func (s *Server) runJob(t *ha.Term, sch *tandem.Schedule, at, from time.Time) (*tandem.Job, error) {
 	now := time.Now().UTC()
 	id, ok := s.ids.next(now, func(id string) bool { return shard.Of(id, s.Shards()) == sch.Shard })
 	if !ok {
@@ -774,7 +811,9 @@ func (s *Server) CreateScheduleIdem(ctx context.Context, spec tandem.ScheduleSpe
 	if _, err := validateSchedule(spec); err != nil {
 		return nil, false, err
 	}
-	spec.Job = spec.Job.WithDefaults()
+	if spec.Workflow == nil {
+		spec.Job = spec.Job.WithDefaults()
+	}
 	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	for try := 0; ; try++ {
@@ -859,7 +898,9 @@ func (s *Server) UpdateSchedule(ctx context.Context, id string, version int64, u
 		if _, err := validateSchedule(spec); err != nil {
 			return false, err
 		}
-		spec.Job = spec.Job.WithDefaults()
+		if spec.Workflow == nil {
+			spec.Job = spec.Job.WithDefaults()
+		}
 		sch.ScheduleSpec = spec
 		sch.Done = false // the controller finds out again (End may have moved)
 		return true, nil
@@ -1134,15 +1175,12 @@ func (s *Server) extraRuns(ctx context.Context, id, kind, reason string, pick fu
 		fi := &store.Fire{Schedule: &next, Rev: sch.Revision}
 		committed := s.now().UTC()
 		for _, at := range times {
-			job, err := s.runJob(t, sch, tt, at)
-			if err != nil {
+			run := tandem.ScheduleRun{ScheduleID: id, NominalTime: at, Count: 1, Outcome: tandem.OutcomeFired, Reason: reason,
+				Due: at, CommittedAt: committed, Epoch: t.Epoch(), FiredBy: s.cfg.ID}
+			if err := s.startRun(t, sch, tt, at, fi, &run); err != nil {
 				return out, err
 			}
-			fi.Jobs = append(fi.Jobs, job)
-			fi.Runs = append(fi.Runs, store.RunRecord{Key: s.keys.Fire(id, at, kind), Run: tandem.ScheduleRun{
-				ScheduleID: id, NominalTime: at, Count: 1, Outcome: tandem.OutcomeFired, Reason: reason, JobID: job.ID,
-				Due: at, CommittedAt: committed, Epoch: t.Epoch(), FiredBy: s.cfg.ID,
-			}})
+			fi.Runs = append(fi.Runs, store.RunRecord{Key: s.keys.Fire(id, at, kind), Run: run})
 		}
 		_, err = s.commitSchedule(ctx, t, fi, try)
 		if errors.Is(err, errRetry) {

@@ -222,7 +222,7 @@ func TestScheduleSpecMatchesInternalSpec(t *testing.T) {
 		var out []string
 		for i := 0; i < typ.NumField(); i++ {
 			f := typ.Field(i)
-			if f.Name != "Job" {
+			if f.Name != "Job" && f.Name != "Workflow" { // what a fire starts
 				out = append(out, f.Name+" "+f.Tag.Get("json"))
 			}
 		}

@@ -90,6 +90,9 @@ type Config struct {
 	// FireHook, for tests only, is called by the schedule controller at
 	// each point between planning a fire and committing it (FirePoint).
 	FireHook func(FireEvent)
+	// WorkflowHook, for tests only, is called by the workflow controller
+	// just before and just after each commit (WorkflowPoint).
+	WorkflowHook func(WorkflowEvent)
 	// PeerTLS, when set, is how this server calls other servers over
 	// https (its probes and the wait for a hand-off's taker): the CA to
 	// verify them against and this server's certificate to present
@@ -154,7 +157,7 @@ func (c *Config) Validate() error {
 	if c.ScheduleGrace < 0 || c.ScheduleGrace > 0 && c.ScheduleGrace <= c.LeaseTTL {
 		return fmt.Errorf("schedule grace %s must exceed a failover, so be longer than the lease TTL %s", c.ScheduleGrace, c.LeaseTTL)
 	}
-	if c.Failpoint != "" && c.Failpoint != FailpointExitAfterAssign {
+	if !validFailpoint(c.Failpoint) {
 		return fmt.Errorf("unknown failpoint %q", c.Failpoint)
 	}
 	if c.Etcd == nil {
@@ -253,6 +256,7 @@ func New(cfg Config) (*Server, error) {
 	s.core.WhileOwning("scheduler", s.schedule)
 	s.core.WhileOwning("agent-watch", s.watchAgents)
 	s.core.WhileOwning("schedules", s.runSchedules)
+	s.core.WhileOwning("workflows", s.runWorkflows)
 	return s, nil
 }
 

@@ -26,7 +26,7 @@ const MaxTxnOps = 128
 type schedView struct {
 	schedules map[string]*schedEntry
 	runs      map[string][]RunRecord         // schedule ID -> its run records, sorted by key (time)
-	live      map[string]map[string]struct{} // schedule ID -> IDs of its jobs not yet terminal
+	live      map[string]map[string]struct{} // schedule ID -> IDs of its runs (jobs, workflow runs) not yet terminal
 }
 
 type schedEntry struct {
@@ -105,22 +105,33 @@ func (s *Store) applyScheduleDelete(kv *mvccpb.KeyValue) bool {
 
 // indexScheduleJob notes j as a live run of its schedule unless it is over.
 func (s *Store) indexScheduleJob(j *tandem.Job) {
-	if j.ScheduleID == "" || j.State.Terminal() {
-		return
+	if j.ScheduleID != "" && !j.State.Terminal() {
+		s.addLiveRun(j.ScheduleID, j.ID)
 	}
-	m := s.sched.live[j.ScheduleID]
-	if m == nil {
-		m = make(map[string]struct{})
-		s.sched.live[j.ScheduleID] = m
-	}
-	m[j.ID] = struct{}{}
 }
 
 func (s *Store) unindexScheduleJob(j *tandem.Job) {
-	if m := s.sched.live[j.ScheduleID]; m != nil {
-		delete(m, j.ID)
+	if j.ScheduleID != "" {
+		s.removeLiveRun(j.ScheduleID, j.ID)
+	}
+}
+
+// addLiveRun notes run (a job or a workflow run) as a live run of schedule
+// id; removeLiveRun forgets it.
+func (s *Store) addLiveRun(id, run string) {
+	m := s.sched.live[id]
+	if m == nil {
+		m = make(map[string]struct{})
+		s.sched.live[id] = m
+	}
+	m[run] = struct{}{}
+}
+
+func (s *Store) removeLiveRun(id, run string) {
+	if m := s.sched.live[id]; m != nil {
+		delete(m, run)
 		if len(m) == 0 {
-			delete(s.sched.live, j.ScheduleID)
+			delete(s.sched.live, id)
 		}
 	}
 }
@@ -213,6 +224,9 @@ func (s *Store) Runs(id string) []tandem.ScheduleRun {
 		if j, ok := s.jobs[run.JobID]; ok && run.JobID != "" {
 			run.JobState = j.State
 		}
+		if e, ok := s.wf.runs[run.WorkflowID]; ok && run.WorkflowID != "" {
+			run.WorkflowState = e.wf.State
+		}
 		out = append(out, run)
 	}
 	return out
@@ -245,59 +259,25 @@ func (s *Store) CreateSchedule(ctx context.Context, f election.Fence, sch *tande
 // same client key names one job and one schedule at most), for
 // IdempotencyTTL at least.
 func (s *Store) CreateScheduleIdem(ctx context.Context, f election.Fence, sch *tandem.Schedule, idemKey, specHash string) (*tandem.Schedule, int64, bool, error) {
-	key := s.keys.Schedule(sch.ID)
 	rec := *sch
 	rec.Revision = 0
 	val, err := json.Marshal(&rec)
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("encode schedule %s: %w", sch.ID, err)
 	}
-	cmps := []clientv3.Cmp{f.IsOwner(), clientv3.Compare(clientv3.CreateRevision(key), "=", 0)}
-	ops := []clientv3.Op{clientv3.OpPut(key, string(val))}
-	elses := []clientv3.Op{clientv3.OpGet(f.Key, clientv3.WithKeysOnly())}
-	ikey := ""
-	if idemKey != "" {
-		lease, err := s.idempotencyLease(ctx)
+	rev, prevID, err := s.createIdem(ctx, f, newRecord{noun: "schedule", id: sch.ID, key: s.keys.Schedule(sch.ID), val: val,
+		idemKey: idemKey, idemPrefix: scheduleIdemPrefix, specHash: specHash})
+	switch {
+	case err != nil:
+		return nil, 0, false, err
+	case prevID != "":
+		prev, err := s.Schedule(prevID)
 		if err != nil {
-			return nil, 0, false, err
+			return nil, 0, false, fmt.Errorf("idempotency key %q names schedule %s: %w", idemKey, prevID, err)
 		}
-		ikey = s.IdemKey(scheduleIdemPrefix + idemKey)
-		r, _ := json.Marshal(idemRecord{JobID: sch.ID, SpecHash: specHash})
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(ikey), "=", 0))
-		ops = append(ops, clientv3.OpPut(ikey, string(r), clientv3.WithLease(lease)))
-		elses = append(elses, clientv3.OpGet(ikey))
+		return prev, prev.Revision, false, nil
 	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(elses...).Commit()
-	if err != nil {
-		return nil, 0, false, fmt.Errorf("create schedule %s: %w", sch.ID, err)
-	}
-	if resp.Succeeded {
-		return sch, resp.Header.Revision, true, s.WaitRev(ctx, resp.Header.Revision)
-	}
-	if !f.Held(resp.Responses[0].GetResponseRange().Kvs) {
-		return nil, 0, false, fmt.Errorf("create schedule %s: %w", sch.ID, tandem.ErrFenced)
-	}
-	if ikey != "" {
-		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
-			var r idemRecord
-			if err := json.Unmarshal(kvs[0].Value, &r); err != nil {
-				return nil, 0, false, fmt.Errorf("decode idempotency record: %w", err)
-			}
-			if r.SpecHash != specHash {
-				return nil, 0, false, tandem.Errorf(tandem.EIDEMPOTENCY,
-					"idempotency key %q was already used for schedule %s with a different spec; use a new key for a new schedule", idemKey, r.JobID)
-			}
-			if err := s.WaitRev(ctx, kvs[0].ModRevision); err != nil {
-				return nil, 0, false, err
-			}
-			prev, err := s.Schedule(r.JobID)
-			if err != nil {
-				return nil, 0, false, fmt.Errorf("idempotency key %q names schedule %s: %w", idemKey, r.JobID, err)
-			}
-			return prev, prev.Revision, false, nil
-		}
-	}
-	return nil, 0, false, fmt.Errorf("create schedule %s: %w", sch.ID, ErrIDTaken)
+	return sch, rev, true, nil
 }
 
 // scheduleIdemPrefix keeps schedules' idempotency keys apart from jobs'.
@@ -344,16 +324,17 @@ type Fire struct {
 	Rev      int64
 	// Runs are new run records: each key must not exist yet.
 	Runs []RunRecord
-	// Jobs are new jobs (created as CreateJob creates them): each ID must
-	// not be taken.
-	Jobs []*tandem.Job
+	// Jobs are new jobs (created as CreateJob creates them), Workflows new
+	// workflow runs: each ID must not be taken.
+	Jobs      []*tandem.Job
+	Workflows []*tandem.Workflow
 	// Prune are run record keys to delete.
 	Prune []string
 }
 
 // Ops returns how many operations and comparisons the transaction needs.
 func (fi *Fire) Ops() (ops, cmps int) {
-	return 1 + len(fi.Runs) + len(fi.Jobs) + len(fi.Prune), 2 + len(fi.Runs) + len(fi.Jobs)
+	return 1 + len(fi.Runs) + len(fi.Jobs) + len(fi.Workflows) + len(fi.Prune), 2 + len(fi.Runs) + len(fi.Jobs) + len(fi.Workflows)
 }
 
 // Fire commits fi in one transaction guarded by f (I1), by the schedule
@@ -397,6 +378,15 @@ func (s *Store) Fire(ctx context.Context, f election.Fence, fi *Fire) (int64, er
 		jk := s.keys.Job(j.ID)
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(jk), "=", 0))
 		ops = append(ops, clientv3.OpPut(jk, string(v)))
+	}
+	for _, wf := range fi.Workflows {
+		v, err := json.Marshal(wf)
+		if err != nil {
+			return 0, fmt.Errorf("encode workflow %s: %w", wf.ID, err)
+		}
+		wk := s.keys.Workflow(wf.ID)
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(wk), "=", 0))
+		ops = append(ops, clientv3.OpPut(wk, string(v)))
 	}
 	for _, k := range fi.Prune {
 		ops = append(ops, clientv3.OpDelete(k))

@@ -77,6 +77,7 @@ type Store struct {
 	config    *Config
 	events    []tandem.FailoverEvent
 	sched     schedView     // schedules, their run records and live runs (schedules.go)
+	wf        wfView        // workflow runs (workflows.go)
 	changed   chan struct{} // closed and replaced whenever the view changes
 	watchErr  error
 
@@ -119,6 +120,7 @@ func New(cli *clientv3.Client, layout keys.Layout, log *slog.Logger) *Store {
 		done:      make(chan struct{}),
 	}
 	s.sched.reset()
+	s.wf.reset()
 	return s
 }
 
@@ -204,10 +206,12 @@ func (s *Store) load(ctx context.Context) error {
 	s.config = nil
 	s.events = nil
 	s.sched.reset()
+	s.wf.reset()
 	for _, kv := range kvs {
 		s.applyPut(kv, true)
 	}
 	sort.Strings(s.order)
+	sort.Strings(s.wf.order)
 	s.rev = rev
 	s.notifyLocked()
 	return nil
@@ -313,7 +317,7 @@ func (s *Store) applyPut(kv *mvccpb.KeyValue, loading bool) {
 		}
 		return
 	}
-	if s.applySchedulePut(kv) {
+	if s.applySchedulePut(kv) || s.applyWorkflowPut(kv, loading) {
 		return
 	}
 	switch {
@@ -380,7 +384,7 @@ func (s *Store) applyDelete(kv *mvccpb.KeyValue) {
 		}
 		return
 	}
-	if s.applyScheduleDelete(kv) {
+	if s.applyScheduleDelete(kv) || s.applyWorkflowDelete(kv) {
 		return
 	}
 	switch {
@@ -435,6 +439,7 @@ func (s *Store) index(j *tandem.Job) {
 		m[j.ID] = struct{}{}
 	}
 	s.indexScheduleJob(j)
+	s.noteWorkflowJob(j)
 }
 
 // unindex removes j from the indexes.

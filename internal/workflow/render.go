@@ -11,7 +11,7 @@ import (
 )
 
 // MaxOutputBytes bounds the outputs file of one step attempt.
-const MaxOutputBytes = 4096
+const MaxOutputBytes = tandem.MaxOutputBytes
 
 // Render returns the job spec to submit for one attempt of a step: job (the
 // step's Job) with every ${params.NAME} and ${steps.STEP.outputs.KEY} in its
@@ -123,6 +123,27 @@ func ParseOutputs(b []byte) (map[string]string, error) {
 		out[key] = string(v)
 	}
 	return out, nil
+}
+
+// CheckOutputs reports whether outputs, as an agent reports them, could
+// have come from ParseOutputs: valid keys, values without NUL or newline,
+// valid UTF-8, and at most MaxOutputBytes once written as KEY=VALUE lines.
+func CheckOutputs(outputs map[string]string) error {
+	size := 0
+	for _, k := range sortedKeys(outputs) {
+		v := outputs[k]
+		switch {
+		case !validKey(k):
+			return invalid("output key %q is invalid: use 1 to %d bytes of %s", truncate(k), MaxKeyLen, keySyntax)
+		case !utf8.ValidString(v) || strings.ContainsAny(v, "\x00\n"):
+			return invalid("the value of output %s is not one line of UTF-8 without NUL", k)
+		}
+		size += len(k) + len(v) + 2
+	}
+	if size > MaxOutputBytes {
+		return invalid("outputs are %d bytes, more than the limit of %d", size, MaxOutputBytes)
+	}
+	return nil
 }
 
 func truncate(s string) string {
