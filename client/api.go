@@ -98,6 +98,11 @@ type ListOptions struct {
 	Limit int             // jobs per page, 1..1000; 0 means the server's default (100)
 	After string          // return jobs after this ID: JobList.Next of the previous page
 	State tandem.JobState // only jobs in this state; empty means all
+	// Schedule and Workflow, when set, select the jobs that schedule
+	// started, or that workflow run started (one job per attempt of a
+	// step).
+	Schedule string
+	Workflow string
 }
 
 // ListJobs returns one page of jobs, oldest first, from the active server.
@@ -114,6 +119,12 @@ func (c *Client) ListJobs(ctx context.Context, opts ListOptions) (*tandem.JobLis
 	}
 	if opts.State != "" {
 		q.Set("state", string(opts.State))
+	}
+	if opts.Schedule != "" {
+		q.Set("schedule", opts.Schedule)
+	}
+	if opts.Workflow != "" {
+		q.Set("workflow", opts.Workflow)
 	}
 	var list tandem.JobList
 	err := c.tr.Do(ctx, &transport.Call{Op: "list jobs", Method: http.MethodGet, Path: "/v1/jobs", Query: q, Active: true}, &list)

@@ -133,6 +133,9 @@ func (n *nemesis) collectEtcd(ctx context.Context, cli *clientv3.Client, layout 
 	if err := n.checkSchedules(ctx, cli, layout, resp.Header.Revision); err != nil {
 		return err
 	}
+	if err := n.checkWorkflows(ctx, cli, layout, resp.Header.Revision); err != nil {
+		return err
+	}
 	if n.audit.CompactedAt != 0 {
 		n.notes = append(n.notes, fmt.Sprintf("etcd compacted its history before revision %d: "+
 			"writes before it, and reads of revisions before it, are not checked against it", n.audit.CompactedAt))
@@ -545,10 +548,10 @@ func (n *nemesis) report() {
 	}
 	t.Logf("nemesis summary (%s): seed %d, ran %s, faults %d %v; acknowledged jobs %d (submits failed %d), "+
 		"reads %d (failed %d; answered by %v), jobs in etcd %d, attempts %d, launches %d, %s, "+
-		"owners paused or cut off came back fenced on %d of %d shards, linearizability %s; %s",
+		"owners paused or cut off came back fenced on %d of %d shards, linearizability %s; %s; %s",
 		n.mode.name, n.seed, n.ranFor.Round(time.Millisecond), n.applied(), n.faultsByKind, len(n.acked), n.failedSubmits,
 		n.reads, n.failedReads, byServer, len(n.records), attempts, len(n.launches), n.ownership(),
-		n.cutOff.fenced, n.cutOff.fenced+n.cutOff.survived, n.lin.Outcome, n.sched)
+		n.cutOff.fenced, n.cutOff.fenced+n.cutOff.survived, n.lin.Outcome, n.sched, n.wf)
 	if n.unknown > 0 {
 		n.notes = append(n.notes, fmt.Sprintf("%d reads were of revisions etcd had compacted: not checked against its history", n.unknown))
 	}

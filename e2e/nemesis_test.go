@@ -32,6 +32,7 @@ const (
 	envNemesisSeed     = "TANDEM_NEMESIS_SEED"     // reproduce a run's schedule of faults
 	envNemesisDuration = "TANDEM_NEMESIS_DURATION" // e.g. 10m: run that long instead of the short mode's faults
 	envNemesisOut      = "TANDEM_NEMESIS_OUT"      // where to save the evidence (always, when set), in a directory per mode
+	envNemesisLogLevel = "TANDEM_NEMESIS_LOG"      // the processes' log level (default info; debug to trace a problem)
 	envNemesisMode     = "TANDEM_NEMESIS_MODE"     // active-standby or active-active: run only that mode
 )
 
@@ -165,6 +166,11 @@ func runNemesis(t *testing.T, m nemesisMode, seed uint64, duration time.Duration
 			n.clientLoop(loadCtx, i)
 		}()
 	}
+	load.Add(1)
+	go func() {
+		defer load.Done()
+		n.workflowLoop(loadCtx)
+	}()
 
 	began := time.Now()
 	for {
@@ -186,6 +192,9 @@ func runNemesis(t *testing.T, m nemesisMode, seed uint64, duration time.Duration
 	t.Logf("nemesis done after %s: %d faults %v; load stopped", n.ranFor.Round(time.Millisecond), n.applied(), n.faultsByKind)
 
 	n.waitQuiescence()
+	// The workflow runs' last steps queue behind the load's backlog, which
+	// the quiescence above has drained.
+	n.waitWorkflows()
 	n.collect()
 	n.check()
 	n.report()
@@ -224,6 +233,8 @@ type nemesis struct {
 
 	schedules []string    // the schedules running alongside (nemesis_schedules_test.go)
 	sched     schedTotals // and what the check found of them
+	workflows []string    // the workflow runs started alongside (nemesis_workflows_test.go)
+	wf        wfTotals    // and what the check found of them
 
 	// What was collected after quiescence.
 	final    map[string]*tandem.Job // the final listing through the API
@@ -300,7 +311,7 @@ func (o observation) via() string {
 func (n *nemesis) startCluster() {
 	t, m := n.t, n.mode
 	cfg := local.Config{Binary: binary, Servers: m.servers, Initial: m.initial, Agents: 3, ExternalEtcd: 3, Proxied: true,
-		BasePort: freeBasePort(t, m.servers), DataDir: t.TempDir(), LeaseTTL: time.Second, LogLevel: "info",
+		BasePort: freeBasePort(t, m.servers), DataDir: t.TempDir(), LeaseTTL: time.Second, LogLevel: cmp.Or(os.Getenv(envNemesisLogLevel), "info"),
 		// etcd's smallest lease TTL is 1.5 election timeouts: tune raft so 1 s is allowed.
 		EtcdArgs:  []string{"--heartbeat", "50ms", "--election-timeout", "500ms"},
 		ExtraArgs: append([]string{"--agent-timeout", "3s"}, m.extraArgs...)}

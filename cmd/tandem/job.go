@@ -9,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"math"
+	"net/url"
 	"os"
 	"os/user"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/client"
+	"github.com/tandemhq/tandem/internal/store"
 )
 
 // How much of a job's command and reason `job list` shows, and of an
@@ -322,6 +324,8 @@ func newJobListCmd(g *globals) *cobra.Command {
 		limit      int
 		state      string
 		after      string
+		schedule   string
+		workflowID string
 		all        bool
 		listFormat *outputFormat
 	)
@@ -330,18 +334,25 @@ func newJobListCmd(g *globals) *cobra.Command {
 		Short: "List jobs, oldest first",
 		Long: `List jobs, oldest first, one page at a time (--limit per page, the server's
 default is 100). Pass the last ID shown as --after for the next page, or give
---all to page through every job.`,
+--all to page through every job. --schedule keeps the jobs a schedule
+started, --workflow those a workflow run started (one per attempt of a
+step).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if limit < 0 {
 				return usagef("--limit is %d: it must not be negative", limit)
+			}
+			// The server's rules for these filters, said before asking.
+			if _, err := store.JobFilterFromQuery(url.Values{"schedule": {schedule}, "workflow": {workflowID}}); err != nil {
+				return usagef("job list: %s", tandem.ErrorMessage(err))
 			}
 			ctx, cancel, c, err := g.setup(cmd)
 			if err != nil {
 				return err
 			}
 			defer cancel()
-			opts := client.ListOptions{Limit: limit, After: after, State: tandem.JobState(state)}
+			opts := client.ListOptions{Limit: limit, After: after, State: tandem.JobState(state),
+				Schedule: strings.TrimSpace(schedule), Workflow: strings.TrimSpace(workflowID)}
 			list, err := c.ListJobs(ctx, opts)
 			if err != nil {
 				return err
@@ -376,6 +387,8 @@ default is 100). Pass the last ID shown as --after for the next page, or give
 	cmd.Flags().IntVar(&limit, "limit", 0, "jobs per page, 1 to 1000 (default: the server's, 100)")
 	cmd.Flags().StringVar(&state, "state", "", "only jobs in this state, e.g. pending")
 	cmd.Flags().StringVar(&after, "after", "", "start after this job ID")
+	cmd.Flags().StringVar(&schedule, "schedule", "", "only jobs this schedule started")
+	cmd.Flags().StringVar(&workflowID, "workflow", "", "only jobs this workflow run started")
 	cmd.Flags().BoolVar(&all, "all", false, "page through all jobs")
 	listFormat = addOutputFlag(cmd)
 	return cmd

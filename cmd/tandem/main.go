@@ -82,6 +82,7 @@ func newRootCmd() *cobra.Command {
 		newBenchCmd(),
 		newJobCmd(g),
 		newScheduleCmd(g),
+		newWorkflowCmd(g),
 		newAdminCmd(g),
 		newSuperviseCmd(),
 		newDemoServiceCmd(),

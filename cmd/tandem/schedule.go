@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -17,11 +18,12 @@ import (
 func newScheduleCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "schedule",
-		Short: "Create and run schedules: jobs fired at cron times or intervals, exactly once each",
-		Long: `A schedule starts a job at each of its nominal times: the times of one or more
-cron expressions in a time zone, or every interval from a fixed anchor. Each
-nominal time ends with exactly one record, fired (with its job) or skipped
-with a reason, across any failover (docs/SCHEDULES.md).`,
+		Short: "Create and run schedules: jobs or workflows fired at cron times or intervals, exactly once each",
+		Long: `A schedule starts a job, or a workflow run, at each of its nominal times: the
+times of one or more cron expressions in a time zone, or every interval from
+a fixed anchor. Each nominal time ends with exactly one record, fired (with
+its run) or skipped with a reason, across any failover (docs/SCHEDULES.md,
+docs/WORKFLOWS.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
@@ -36,6 +38,7 @@ func newScheduleCreateCmd(g *globals) *cobra.Command {
 		jf                         jobSpecFlags
 		name, tz, overlap, catchup string
 		anchor, start, end, key    string
+		workflowFile               string
 		note                       string
 		crons                      []string
 		every, jitter, window      time.Duration
@@ -44,10 +47,11 @@ func newScheduleCreateCmd(g *globals) *cobra.Command {
 		format                     *outputFormat
 	)
 	cmd := &cobra.Command{
-		Use:   "create [--name N] (--cron EXPR | --every DURATION) [--tz ZONE] [--overlap P] [--catchup P] [flags] -- CMD [ARGS...]",
+		Use:   "create [--name N] (--cron EXPR | --every DURATION) [--tz ZONE] [--overlap P] [--catchup P] [flags] (--workflow FILE | -- CMD [ARGS...])",
 		Short: "Create a schedule and print its ID",
 		Long: `Create a schedule that starts a job running CMD with ARGS at each nominal time,
-and print the schedule's ID.
+or, with --workflow FILE, a run of the workflow in FILE (JSON, or YAML for a
+.yaml or .yml file; see tandem workflow run), and print the schedule's ID.
 
 Timing: --cron (repeatable: the union of several expressions; five fields or
 @daily-style descriptors, read in --tz) or --every (an interval in absolute
@@ -63,10 +67,12 @@ cluster was down do. A fire less than the servers' grace late always runs.
 
 The job flags are job submit's (--env, --label, --cpu, --timeout, --file...);
 each run is named "<schedule>@<nominal time>" and gets TANDEM_SCHEDULE_ID,
-TANDEM_NOMINAL_TIME, TANDEM_INTERVAL_START and TANDEM_INTERVAL_END.`,
+TANDEM_NOMINAL_TIME, TANDEM_INTERVAL_START and TANDEM_INTERVAL_END. With
+--workflow the job flags do not apply: each step's job is in the file.`,
 		Example: `  tandem schedule create --name nightly --cron '0 2 * * *' --tz Europe/Paris -- ./etl.sh
   tandem schedule create --every 30s --overlap buffer_one -- ./poll.sh
-  tandem schedule create --cron '*/15 * * * *' --catchup all --catchup-window 2h -- ./sync.sh`,
+  tandem schedule create --cron '*/15 * * * *' --catchup all --catchup-window 2h -- ./sync.sh
+  tandem schedule create --name nightly-etl --cron '0 2 * * *' --workflow etl.json`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			fl := cmd.Flags()
 			spec := tandem.ScheduleSpec{Name: name, Cron: crons, TZ: tz, Overlap: overlap, Catchup: catchup,
@@ -101,11 +107,19 @@ TANDEM_NOMINAL_TIME, TANDEM_INTERVAL_START and TANDEM_INTERVAL_END.`,
 			if note != "" && !paused {
 				return usagef("--pause-note goes with --paused")
 			}
-			job, err := jf.spec(cmd, args, "schedule create")
-			if err != nil {
-				return err
+			if workflowFile != "" {
+				wf, err := scheduleWorkflow(cmd, args, workflowFile)
+				if err != nil {
+					return err
+				}
+				spec.Workflow = wf
+			} else {
+				job, err := jf.spec(cmd, args, "schedule create")
+				if err != nil {
+					return err
+				}
+				spec.Job = job
 			}
-			spec.Job = job
 			if err := server.ValidateSchedule(spec); err != nil {
 				// The server would answer the same; say it before asking.
 				return usagef("schedule create: %s", tandem.ErrorMessage(err))
@@ -145,9 +159,42 @@ TANDEM_NOMINAL_TIME, TANDEM_INTERVAL_START and TANDEM_INTERVAL_END.`,
 	f.BoolVar(&paused, "paused", false, "create the schedule paused")
 	f.StringVar(&note, "pause-note", "", "why it is paused, for the next operator")
 	f.StringVar(&key, "idempotency-key", "", "idempotency key (default: a random one)")
+	f.StringVar(&workflowFile, "workflow", "", "start a run of the workflow in this file (JSON or YAML, - for stdin) instead of a job")
 	jf.register(f, false)
 	format = addOutputFlag(cmd)
 	return cmd
+}
+
+// scheduleJobFlags are the flags of schedule create that describe its job
+// (jobSpecFlags.register without --name).
+var scheduleJobFlags = []string{"label", "env", "submitter", "workdir", "user", "timeout", "max-attempts",
+	"retry-backoff", "cpu", "memory", "constraint", "file"}
+
+// scheduleWorkflow reads the workflow a schedule starts (--workflow FILE),
+// which excludes a command and the job flags.
+func scheduleWorkflow(cmd *cobra.Command, args []string, file string) (*tandem.WorkflowSpec, error) {
+	if len(args) > 0 {
+		return nil, usagef("schedule create: give --workflow FILE or -- CMD [ARGS...], not both")
+	}
+	for _, name := range scheduleJobFlags {
+		if cmd.Flags().Changed(name) {
+			return nil, usagef("schedule create: --%s describes a job; with --workflow, each step's job is in %s", name, file)
+		}
+	}
+	wf, err := readWorkflowFile(cmd.InOrStdin(), file)
+	if err != nil {
+		return nil, err
+	}
+	return &wf, nil // server.ValidateSchedule checks it
+}
+
+// scheduleRuns says what a schedule starts: its job's command, or
+// "workflow NAME".
+func scheduleRuns(s tandem.ScheduleSpec) string {
+	if s.Workflow != nil {
+		return "workflow " + s.Workflow.Name
+	}
+	return fmtCommand(s.Job.Command)
 }
 
 func newScheduleListCmd(g *globals) *cobra.Command {
@@ -161,7 +208,7 @@ func newScheduleListCmd(g *globals) *cobra.Command {
 				t := newTable(w, "ID", "NAME", "WHEN", "TZ", "OVERLAP", "STATE", "CURSOR", "COMMAND")
 				for _, s := range all {
 					t.row(s.ID, orDash(s.Name), scheduleWhen(s.ScheduleSpec), orDash(s.TZ), orDash(s.Overlap),
-						scheduleState(s), fmtTime(s.Cursor), truncate(fmtCommand(s.Job.Command), maxCommandWidth))
+						scheduleState(s), fmtTime(s.Cursor), truncate(scheduleRuns(s.ScheduleSpec), maxCommandWidth))
 				}
 				return t.flush()
 			})
@@ -214,7 +261,11 @@ func newScheduleGetCmd(g *globals) *cobra.Command {
 				}
 				t.row("cursor:", fmtTime(s.Cursor))
 				t.row("shard:", fmt.Sprint(s.Shard))
-				t.row("command:", fmtCommand(s.Job.Command))
+				if s.Workflow != nil {
+					t.row("workflow:", s.Workflow.Name+" ("+strconv.Itoa(len(s.Workflow.Steps))+" steps)")
+				} else {
+					t.row("command:", fmtCommand(s.Job.Command))
+				}
 				t.row("created:", fmtTime(s.CreatedAt))
 				return t.flush()
 			})
@@ -270,14 +321,18 @@ func newScheduleTriggerCmd(g *globals) *cobra.Command {
 	var format *outputFormat
 	cmd := &cobra.Command{
 		Use:   "trigger ID",
-		Short: "Start one extra run of a schedule now and print its job's ID",
+		Short: "Start one extra run of a schedule now and print its job's (or workflow run's) ID",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			trigger := func(c *client.Client, ctx context.Context) (*tandem.ScheduleRun, error) {
 				return c.TriggerSchedule(ctx, args[0])
 			}
 			return show(g, cmd, format, trigger, func(w io.Writer, r *tandem.ScheduleRun) error {
-				_, err := fmt.Fprintln(w, r.JobID)
+				id := r.JobID
+				if r.WorkflowID != "" {
+					id = r.WorkflowID
+				}
+				_, err := fmt.Fprintln(w, id)
 				return err
 			})
 		},
@@ -357,7 +412,8 @@ outcome, reason and job_id.`,
 	return cmd
 }
 
-// printRuns prints run records as a table.
+// printRuns prints run records as a table. The JOB columns of a
+// schedule of a workflow show the workflow run and its state.
 func printRuns(w io.Writer, runs []tandem.ScheduleRun) error {
 	t := newTable(w, "NOMINAL", "THROUGH", "OUTCOME", "REASON", "JOB", "JOB STATE", "LATE")
 	for _, r := range runs {
@@ -365,7 +421,11 @@ func printRuns(w io.Writer, runs []tandem.ScheduleRun) error {
 		if r.Through != nil {
 			through = fmtTime(*r.Through)
 		}
-		t.row(fmtTime(r.NominalTime), through, string(r.Outcome), orDash(r.Reason), orDash(r.JobID), orDash(string(r.JobState)),
+		id, state := r.JobID, string(r.JobState)
+		if r.WorkflowID != "" {
+			id, state = "workflow "+r.WorkflowID, string(r.WorkflowState)
+		}
+		t.row(fmtTime(r.NominalTime), through, string(r.Outcome), orDash(r.Reason), orDash(id), orDash(state),
 			fmtDuration(r.Late, "-"))
 	}
 	return t.flush()

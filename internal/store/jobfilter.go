@@ -22,10 +22,17 @@ type JobFilter struct {
 	// Agent is the ID of an agent that ran (or runs) one of the job's
 	// attempts.
 	Agent string
+	// Schedule is the ID of the schedule that started the job, exactly.
+	Schedule string
+	// Workflow is the ID of the workflow run that started the job (one job
+	// per attempt of a step), exactly.
+	Workflow string
 }
 
 // JobFilterFromQuery reads a filter from URL query parameters: state, q,
-// label, submitter and agent. An unknown state is an EINVALID error.
+// label, submitter, agent, schedule and workflow. An unknown state, a value
+// longer than tandem.MaxNameLen, a label without a key, and a schedule or
+// workflow ID with a character an ID never has are EINVALID errors.
 func JobFilterFromQuery(q url.Values) (JobFilter, error) {
 	f := JobFilter{
 		State:     tandem.JobState(q.Get("state")),
@@ -33,13 +40,21 @@ func JobFilterFromQuery(q url.Values) (JobFilter, error) {
 		Label:     strings.TrimSpace(q.Get("label")),
 		Submitter: strings.TrimSpace(q.Get("submitter")),
 		Agent:     strings.TrimSpace(q.Get("agent")),
+		Schedule:  strings.TrimSpace(q.Get("schedule")),
+		Workflow:  strings.TrimSpace(q.Get("workflow")),
 	}
 	if f.State != "" && !f.State.Valid() {
 		return f, tandem.Errorf(tandem.EINVALID, "unknown job state %q; known states: %v", f.State, tandem.JobStates)
 	}
-	for name, v := range map[string]string{"q": f.Query, "label": f.Label, "submitter": f.Submitter, "agent": f.Agent} {
+	for name, v := range map[string]string{"q": f.Query, "label": f.Label, "submitter": f.Submitter, "agent": f.Agent,
+		"schedule": f.Schedule, "workflow": f.Workflow} {
 		if len(v) > tandem.MaxNameLen {
 			return f, tandem.Errorf(tandem.EINVALID, "%s is longer than %d bytes", name, tandem.MaxNameLen)
+		}
+	}
+	for name, v := range map[string]string{"schedule": f.Schedule, "workflow": f.Workflow} {
+		if !validID(v) {
+			return f, tandem.Errorf(tandem.EINVALID, "%s %q is not a %s ID: IDs are letters, digits, '-' and '_'", name, v, name)
 		}
 	}
 	if strings.HasPrefix(f.Label, "=") {
@@ -52,7 +67,8 @@ func JobFilterFromQuery(q url.Values) (JobFilter, error) {
 // JobFilterFromQuery), leaving out the fields that are not set.
 func (f JobFilter) Values() url.Values {
 	v := url.Values{}
-	for k, s := range map[string]string{"state": string(f.State), "q": f.Query, "label": f.Label, "submitter": f.Submitter, "agent": f.Agent} {
+	for k, s := range map[string]string{"state": string(f.State), "q": f.Query, "label": f.Label, "submitter": f.Submitter, "agent": f.Agent,
+		"schedule": f.Schedule, "workflow": f.Workflow} {
 		if s != "" {
 			v.Set(k, s)
 		}
@@ -63,7 +79,20 @@ func (f JobFilter) Values() url.Values {
 // Narrow reports whether the filter selects on more than the state, which
 // the store's page function does itself.
 func (f JobFilter) Narrow() bool {
-	return f.Query != "" || f.Label != "" || f.Submitter != "" || f.Agent != ""
+	return f.Query != "" || f.Label != "" || f.Submitter != "" || f.Agent != "" || f.Schedule != "" || f.Workflow != ""
+}
+
+// validID reports whether s could be the ID of a schedule or a workflow
+// run (empty: no filter). IDs are made of letters, digits, '-' and '_';
+// anything else is a mistake worth saying, not a filter that matches
+// nothing.
+func validID(s string) bool {
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // Match reports whether job j passes the filter.
@@ -85,6 +114,12 @@ func (f JobFilter) Match(j *tandem.Job) bool {
 		}
 	}
 	if f.Submitter != "" && j.Submitter != f.Submitter {
+		return false
+	}
+	if f.Schedule != "" && j.ScheduleID != f.Schedule {
+		return false
+	}
+	if f.Workflow != "" && j.WorkflowID != f.Workflow {
 		return false
 	}
 	if f.Agent != "" {

@@ -3,6 +3,7 @@ package store
 import (
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/tandemhq/tandem"
@@ -80,6 +81,72 @@ func TestFilterJobs(t *testing.T) {
 		q, _ := url.ParseQuery(bad)
 		if _, err := JobFilterFromQuery(q); tandem.ErrorCode(err) != tandem.EINVALID {
 			t.Errorf("%s: got %v, want invalid_argument", bad, err)
+		}
+	}
+}
+
+func TestFilterJobsByScheduleAndWorkflow(t *testing.T) {
+	all := []*tandem.Job{
+		{ID: "j1", ScheduleID: "s1", State: tandem.JobSucceeded},
+		{ID: "j2", WorkflowID: "w1", Step: "a", State: tandem.JobSucceeded},
+		{ID: "j3", ScheduleID: "s2", State: tandem.JobFailed},
+		{ID: "j4", WorkflowID: "w1", Step: "b", State: tandem.JobFailed},
+		{ID: "j5", WorkflowID: "w10", Step: "a", State: tandem.JobSucceeded},
+		{ID: "j6", ScheduleID: "s1", State: tandem.JobFailed},
+	}
+	page := func(after string, limit int, state tandem.JobState) ([]*tandem.Job, string) {
+		var out []*tandem.Job
+		for _, j := range all {
+			if j.ID <= after || state != "" && j.State != state {
+				continue
+			}
+			if len(out) == limit {
+				return out, out[len(out)-1].ID
+			}
+			out = append(out, j)
+		}
+		return out, ""
+	}
+	for _, tc := range []struct {
+		query string
+		want  []string
+	}{
+		{"schedule=s1", []string{"j1", "j6"}},
+		{"schedule=s1&state=failed", []string{"j6"}},
+		{"workflow=w1", []string{"j2", "j4"}}, // exactly: not w10
+		{"workflow=w10", []string{"j5"}},
+		{"workflow=w1&schedule=s1", nil},
+		{"schedule=s9", nil},
+	} {
+		q, _ := url.ParseQuery(tc.query)
+		f, err := JobFilterFromQuery(q)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.query, err)
+		}
+		if !f.Narrow() {
+			t.Errorf("%s: Narrow is false, want true", tc.query)
+		}
+		got, _ := FilterJobs(page, "", 10, f)
+		var ids []string
+		for _, j := range got {
+			ids = append(ids, j.ID)
+		}
+		if !slices.Equal(ids, tc.want) {
+			t.Errorf("%s: got %v, want %v", tc.query, ids, tc.want)
+		}
+		if f.Values().Encode() != q.Encode() {
+			t.Errorf("%s: Values gives back %s", tc.query, f.Values().Encode())
+		}
+	}
+	for _, tc := range []struct{ query, want string }{
+		{"schedule=s%201", `schedule "s 1" is not a schedule ID`},
+		{"workflow=w/1", `workflow "w/1" is not a workflow ID`},
+		{"workflow=" + strings.Repeat("w", tandem.MaxNameLen+1), "workflow is longer than"},
+	} {
+		q, _ := url.ParseQuery(tc.query)
+		_, err := JobFilterFromQuery(q)
+		if tandem.ErrorCode(err) != tandem.EINVALID || !strings.Contains(tandem.ErrorMessage(err), tc.want) {
+			t.Errorf("%s: got %v, want invalid_argument saying %q", tc.query, err, tc.want)
 		}
 	}
 }
