@@ -30,7 +30,7 @@ the cluster. docs/BENCHMARKS.md says what each figure means.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.AddCommand(newBenchSubmitCmd(), newBenchFailoverCmd(), newBenchShardsCmd(), newBenchSuperviseCmd(),
-		newBenchSuperviseServiceCmd(), newBenchLBCmd())
+		newBenchSuperviseServiceCmd(), newBenchLBCmd(), newBenchSchedulesCmd())
 	return cmd
 }
 
@@ -632,4 +632,144 @@ func interrupted(ctx context.Context, err error) error {
 		return errors.New("bench: interrupted; everything the run started was stopped and removed")
 	}
 	return err
+}
+
+type benchSchedulesFlags struct {
+	schedules int
+	every     time.Duration
+	aligned   bool
+	duration  time.Duration
+	faults    []string
+	trials    int
+	servers   int
+	agents    int
+	leaseTTL  time.Duration
+	jobCPU    float64
+	basePort  int
+	dataDir   string
+	jsonPath  string
+	output    string
+}
+
+func newBenchSchedulesCmd() *cobra.Command {
+	f := &benchSchedulesFlags{}
+	cmd := &cobra.Command{
+		Use:   "schedules",
+		Short: "Schedule fire lateness, and exactly-once fires, in steady state and across failovers",
+		Long: `Start a local cluster (--servers-n servers with an embedded etcd member
+each, --agents agents, every one its own process), create --schedules
+schedules of "true" every --every (overlap allow, catch-up all), each ending
+--duration after the bench starts creating them, and for each --fault inject
+it into the schedules' owner (the active) --trials times, evenly spread:
+
+  none       no fault: steady state only
+  kill9      kill -9 of the owner; restarted once the new owner has fired
+  sigstop    SIGSTOP of the owner; SIGCONT once the new owner has fired
+  partition  the owner cut off from etcd and its peers; healed once the new owner has fired
+
+Several faults (--fault none,kill9,sigstop) run one after another, each on a
+new cluster, and are printed side by side.
+
+Reports, per fault, the lateness of the fires, p50/p99/max, in steady state
+and for the fires of a failover (nominal time no later than the new owner's
+first commit, committed after the fault): commit minus nominal time (when the
+bench's etcd watch, one per member, saw the run record), the run record's own
+committed_at minus nominal time (the server's clock, held back by its clock
+correction), and launch minus nominal time (the fired job's first attempt's
+started_at); and, as the fault suite checks them, the nominal times expected,
+fired, skipped by reason, missed and doubled. With no process killed it also
+reports the CPU every process used per fire. The command fails if a nominal
+time was missed or doubled, or an old owner came back unfenced.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runBenchSchedules(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&f.schedules, "schedules", 40, fmt.Sprintf("schedules to create (1 to %d)", bench.MaxBenchSchedules))
+	fl.DurationVar(&f.every, "every", time.Second, "interval of every schedule (at least 1s)")
+	fl.BoolVar(&f.aligned, "aligned", false, "put every schedule on one grid, so all fall due at once (default: anchors spread evenly over --every)")
+	fl.DurationVar(&f.duration, "duration", time.Minute, "how long the schedules fire (each ends this long after the bench starts creating them)")
+	fl.StringSliceVar(&f.faults, "fault", []string{bench.SchedFaultNone}, "faults to inject: none, kill9, sigstop, partition (repeatable or comma-separated; each runs on a new cluster)")
+	fl.IntVar(&f.trials, "trials", 3, "faults injected per run, evenly spread over --duration (ignored for none)")
+	fl.IntVar(&f.servers, "servers-n", 3, "number of servers (1 to 9; at least 3 with a fault)")
+	fl.IntVar(&f.agents, "agents", 2, "number of agents (1 to 99)")
+	fl.DurationVar(&f.leaseTTL, "lease-ttl", 2*time.Second, "lease TTL of every server (whole seconds)")
+	fl.Float64Var(&f.jobCPU, "job-cpu", 0.01, "CPU each fired job asks for: small, so the agents' room does not limit how many run at once")
+	fl.IntVar(&f.basePort, "base-port", 26070, "first port; the run of the i-th fault uses the 1000 ports from base-port+1000*i")
+	fl.StringVar(&f.dataDir, "data-dir", "", "keep the clusters' data and logs here, one subdirectory per fault (default: a temporary directory, removed at the end)")
+	fl.StringVar(&f.jsonPath, "json", "", `also write the result as JSON to this file ("-" for stdout)`)
+	fl.StringVarP(&f.output, "output", "o", "text", "output: text (progress and tables on stdout) or json (the result as JSON on stdout, progress on stderr)")
+	return cmd
+}
+
+func (f *benchSchedulesFlags) validate() error {
+	for _, x := range f.faults {
+		if !oneOf(x, bench.ScheduleFaults) {
+			return usagef("--fault %q: want none, kill9, sigstop or partition", x)
+		}
+	}
+	faulty := false
+	for _, x := range f.faults {
+		faulty = faulty || x != bench.SchedFaultNone
+	}
+	switch {
+	case len(f.faults) == 0:
+		return usagef("--fault: name at least one of none, kill9, sigstop, partition")
+	case f.output != "text" && f.output != "json":
+		return usagef("-o %q: want text or json", f.output)
+	case f.output == "json" && f.jsonPath == "-":
+		return usagef("-o json already writes the JSON to stdout: drop --json -")
+	case f.schedules < 1 || f.schedules > bench.MaxBenchSchedules:
+		return usagef("--schedules %d: must be from 1 to %d", f.schedules, bench.MaxBenchSchedules)
+	case f.every < time.Second:
+		return usagef("--every %s: must be at least 1s", f.every)
+	case f.duration < 3*time.Second || f.duration < 2*f.every:
+		return usagef("--duration %s: must be at least 3s and at least twice --every (%s)", f.duration, f.every)
+	case f.trials < 1:
+		return usagef("--trials %d: must be at least 1", f.trials)
+	case faulty && f.duration < time.Duration(f.trials+1)*bench.MinSchedulesTrialGap:
+		return usagef("--duration %s: too short for --trials %d; each fault needs %s (at least %s)",
+			f.duration, f.trials, bench.MinSchedulesTrialGap, time.Duration(f.trials+1)*bench.MinSchedulesTrialGap)
+	case f.servers < 1 || f.servers > 9:
+		return usagef("--servers-n %d: must be from 1 to 9", f.servers)
+	case faulty && f.servers < 3:
+		return usagef("--servers-n %d: a fault needs at least 3 servers (each embeds an etcd member, and etcd must keep a quorum)", f.servers)
+	case f.agents < 1 || f.agents > 99:
+		return usagef("--agents %d: must be from 1 to 99", f.agents)
+	case f.jobCPU <= 0 || f.jobCPU > 64:
+		return usagef("--job-cpu %g: must be above 0 and at most 64", f.jobCPU)
+	}
+	if err := validateBasePort(f.basePort); err != nil {
+		return err
+	}
+	if f.basePort+1000*len(f.faults) > 65535 {
+		return usagef("--base-port %d: %d faults need the %d ports from it", f.basePort, len(f.faults), 1000*len(f.faults))
+	}
+	return validateLeaseTTL(f.leaseTTL)
+}
+
+func runBenchSchedules(ctx context.Context, stdout, stderr io.Writer, f *benchSchedulesFlags) error {
+	if err := f.validate(); err != nil {
+		return err
+	}
+	out, jsonPath, alsoFile := stdout, f.jsonPath, ""
+	if f.output == "json" {
+		out, jsonPath, alsoFile = stderr, "-", f.jsonPath
+	}
+	// A missed or doubled nominal time (I7), or an old owner back
+	// unfenced (I1), is a broken promise, not a slow figure.
+	return runBench(ctx, "schedules", jsonPath, func(ctx context.Context, bin string) (*bench.SchedulesReport, error) {
+		rep, err := bench.RunSchedulesFaults(ctx, bench.SchedulesConfig{
+			Binary: bin, Schedules: f.schedules, Every: f.every, Aligned: f.aligned, Duration: f.duration,
+			Trials: f.trials, Servers: f.servers, Agents: f.agents, LeaseTTL: f.leaseTTL, JobCPU: f.jobCPU, BasePort: f.basePort,
+			DataDir: f.dataDir, Out: out,
+		}, f.faults)
+		if err == nil && alsoFile != "" {
+			if werr := bench.WriteJSON(alsoFile, rep); werr != nil {
+				return nil, fmt.Errorf("write %s: %w", alsoFile, werr)
+			}
+		}
+		return rep, err
+	})
 }
