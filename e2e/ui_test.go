@@ -17,6 +17,7 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/client"
+	"github.com/tandemhq/tandem/internal/acl"
 	"github.com/tandemhq/tandem/internal/local"
 )
 
@@ -117,6 +118,9 @@ func (b *tab) wait(what, js string, within time.Duration) {
 
 func (b *tab) screenshot(dir, name string) {
 	b.t.Helper()
+	// A page just reached by a click may not be laid out yet (a
+	// screenshot of it fails with "0 width").
+	b.wait(name+" laid out", `document.readyState === "complete" && document.body && document.body.scrollWidth > 0`, 10*time.Second)
 	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
 	defer cancel()
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
@@ -173,8 +177,15 @@ func TestUI(t *testing.T) {
 
 	// A secured cluster (TLS, tokens) of its own, whatever the mode: the
 	// UI's login and forwarding are the point.
+	// Every server keeps an audit log: a write the UI forwards is audited
+	// on the server that acts, with the browser's address.
+	auditDir := t.TempDir()
+	auditArgs := map[string][]string{}
+	for i := range 3 {
+		auditArgs[local.ServerID(i)] = []string{"--audit-log", filepath.Join(auditDir, local.ServerID(i)+".jsonl")}
+	}
 	cfg := local.Config{Binary: binary, Servers: 3, Agents: 1, BasePort: freeBasePort(t, 3), DataDir: t.TempDir(),
-		LogLevel: "debug", Secure: filepath.Join(t.TempDir(), "tls")}
+		LogLevel: "debug", Secure: filepath.Join(t.TempDir(), "tls"), ServerArgs: auditArgs}
 	c := startLocal(t, cfg)
 	cl, err := c.Client()
 	if err != nil {
@@ -239,7 +250,9 @@ func TestUI(t *testing.T) {
 		b.wait("live updates on", `document.getElementById("live-status").textContent.includes("on, from")`, 20*time.Second)
 		evalJS[bool](b, fmt.Sprintf(`window.__noReload = 1; document.getElementById("sel-%s").click(); true`, alpha.ID))
 		gamma := submit(tandem.JobSpec{Name: "gamma-live", Command: []string{"sleep", "1"}})
-		b.wait("the new job's row", fmt.Sprintf(`document.getElementById("job-%s")`, gamma.ID), 20*time.Second)
+		// The default view is newest first: the new job comes in at the
+		// top of the first page, the page the user is looking at.
+		b.wait("the new job's row, first", fmt.Sprintf(`document.getElementById("jobs-rows").firstElementChild.id === "job-%s"`, gamma.ID), 20*time.Second)
 		// The row changes state as the job runs and ends, replaced in place.
 		b.wait("the new job to end", fmt.Sprintf(`document.getElementById("job-%s").dataset.state === "succeeded"`, gamma.ID), 30*time.Second)
 		if !evalJS[bool](b, fmt.Sprintf(`document.getElementById("sel-%s").checked`, alpha.ID)) {
@@ -297,7 +310,7 @@ func TestUI(t *testing.T) {
 		b.wait("the job running", `document.getElementById("job-summary").textContent.includes("running")`, 30*time.Second)
 		b.wait("the banner to name this standby", fmt.Sprintf(`document.getElementById("banner").textContent.includes("Rendered by server %s (standby)")`, local.ServerID(standby)), 10*time.Second)
 		evalJS[bool](b, `document.querySelector('a[href^="/ui/kill"]').click(); true`)
-		b.wait("the confirmation", `location.pathname === "/ui/kill"`, 10*time.Second)
+		b.wait("the confirmation", `location.pathname === "/ui/kill" && document.querySelector("form.confirm")`, 10*time.Second)
 		b.screenshot(shots, "confirm-kill")
 		b.axe("confirm-kill", string(axeSrc))
 		evalJS[bool](b, `document.querySelector("form.confirm button[type=submit]").click(); true`)
@@ -306,13 +319,88 @@ func TestUI(t *testing.T) {
 		if err != nil || got.State != tandem.JobKilled {
 			t.Fatalf("job after the UI's kill: %v, %v; want killed", got, err)
 		}
+		// The active audited the kill with the browser's address, and
+		// names the standby that forwarded it.
+		e := auditLine(t, filepath.Join(auditDir, local.ServerID(active)+".jsonl"), "/v1/jobs/"+j.ID+"/kill")
+		via := "server " + local.ServerID(standby) + " ("
+		if !strings.HasPrefix(e.Via, via) || e.Remote == "" || strings.Contains(e.Via, "("+e.Remote+")") || e.Identity.TokenName == "" {
+			t.Errorf("audit line of the forwarded kill: remote %q via %q token %q; want the browser's address, via %s…, and the token",
+				e.Remote, e.Via, e.Identity.TokenName, via)
+		}
+	})
+
+	var failedRun string // a failed workflow run, for the read-only check
+	t.Run("schedules and workflows", func(t *testing.T) {
+		b.t = t
+		sch, err := cl.CreateSchedule(ctx, tandem.ScheduleSpec{Name: "hourly-report", Every: tandem.Duration(time.Hour),
+			Job: tandem.JobSpec{Command: []string{"true"}}}, client.SubmitOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.nav(ui + "/ui/schedules")
+		b.wait("the schedule listed", fmt.Sprintf(`document.getElementById("schedule-%s") && document.getElementById("schedule-%s").textContent.includes("every 1h0m0s")`, sch.ID, sch.ID), 20*time.Second)
+		// Trigger it from its page, through the standby: confirmed, then
+		// the run appears live with its job.
+		b.nav(ui + "/ui/schedules/" + sch.ID)
+		b.wait("the schedule's next fire times", `document.querySelectorAll("#schedule-next li").length === 10`, 20*time.Second)
+		evalJS[bool](b, `document.querySelector('a[href$="/trigger"]').click(); true`)
+		b.wait("the confirmation", `location.pathname.endsWith("/trigger") && document.querySelector("form.confirm")`, 10*time.Second)
+		evalJS[bool](b, `document.querySelector("form.confirm button[type=submit]").click(); true`)
+		b.wait("the trigger's message", `document.querySelector(".flash") && document.querySelector(".flash").textContent.includes("Triggered")`, 20*time.Second)
+		b.wait("the manual run with its job, succeeded", `[...document.querySelectorAll("#run-rows tr")].some(r => r.textContent.includes("manual") && r.querySelector('a[href^="/ui/jobs/"]') && r.textContent.includes("succeeded"))`, 30*time.Second)
+		b.screenshot(shots, "schedule")
+		b.axe("schedule", string(axeSrc))
+		b.nav(ui + "/ui/schedules")
+		b.wait("the list's last run", fmt.Sprintf(`document.getElementById("schedule-%s").textContent.includes("fired (manual)")`, sch.ID), 20*time.Second)
+		b.wait("schedules live", `document.getElementById("live-status").textContent.includes("on, from")`, 20*time.Second)
+		b.screenshot(shots, "schedules")
+		b.axe("schedules", string(axeSrc))
+
+		// A workflow whose steps run and fail while the page is open: the
+		// DAG's boxes change state live.
+		job := func(cmd ...string) json.RawMessage {
+			raw, _ := json.Marshal(tandem.JobSpec{Command: cmd})
+			return raw
+		}
+		wf, err := cl.RunWorkflow(ctx, tandem.WorkflowSpec{Name: "ui-pipeline", Steps: []tandem.WorkflowStep{
+			{Name: "extract", Job: job("sleep", "2")},
+			{Name: "transform", Job: job("true"), Needs: []string{"extract"}},
+			{Name: "check", Job: job("false"), Needs: []string{"extract"}},
+			{Name: "load", Job: job("true"), Needs: []string{"transform", "check"}},
+		}}, client.SubmitOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.nav(ui + "/ui/workflows/" + wf.ID)
+		b.wait("the DAG drawn", `document.querySelectorAll("#wf-dag g.node").length === 4`, 20*time.Second)
+		b.wait("workflow page live", `document.getElementById("live-status").textContent.includes("on, from")`, 20*time.Second)
+		evalJS[bool](b, `window.__noReload = 1; true`)
+		step := func(name, state string) string {
+			return fmt.Sprintf(`(document.querySelector('#wf-dag g.node[data-step=%q]') || {}).textContent.includes(%q) && document.getElementById("step-%s").textContent.includes(%q)`, name, state, name, state)
+		}
+		b.wait("every step's final state in the DAG and the table", step("extract", "succeeded")+" && "+step("transform", "succeeded")+" && "+
+			step("check", "failed")+" && "+step("load", "upstream_failed"), 40*time.Second)
+		b.wait("the run failed", `document.getElementById("wf-summary").textContent.includes("failed")`, 20*time.Second)
+		if evalJS[int](b, `window.__noReload || 0`) != 1 {
+			t.Error("the workflow page reloaded: want the DAG updated in place")
+		}
+		if !evalJS[bool](b, `!!document.querySelector('#wf-actions a[href$="/retry"]')`) {
+			t.Error("a failed run: want a Retry… button")
+		}
+		failedRun = wf.ID
+		b.screenshot(shots, "workflow")
+		b.axe("workflow", string(axeSrc))
+		b.nav(ui + "/ui/workflows?state=failed")
+		b.wait("the failed run listed", fmt.Sprintf(`document.getElementById("wf-%s")`, wf.ID), 20*time.Second)
+		b.screenshot(shots, "workflows")
+		b.axe("workflows", string(axeSrc))
 	})
 
 	t.Run("every page passes axe", func(t *testing.T) {
 		b.t = t
 		for _, p := range []struct{ name, path, ready string }{
 			{"overview", "/ui/", `document.getElementById("ov-jobs")`},
-			{"cluster", "/ui/cluster", `document.getElementById("server-rows").children.length >= 2`},
+			{"cluster", "/ui/cluster", `document.getElementById("server-rows").children.length >= 2 && document.getElementById("etcd").textContent.includes("Leader: ")`},
 			{"ha", "/ui/ha", `document.getElementById("ha-rows").children.length >= 2`},
 			{"agents", "/ui/agents", `document.getElementById("agent-agent1")`},
 			{"agent", "/ui/agents/agent1", `document.getElementById("agent-summary")`},
@@ -349,6 +437,15 @@ func TestUI(t *testing.T) {
 			t.Error("want the page to say why there is no button")
 		}
 		b.screenshot(shots, "job-read-only")
+		if failedRun != "" {
+			b.nav(ui + "/ui/workflows/" + failedRun)
+			b.wait("the run's page", `document.getElementById("wf-actions")`, 20*time.Second)
+			if !evalJS[bool](b, `!document.querySelector('#wf-actions a') && document.getElementById("wf-actions").textContent.includes("policy (read)")`) {
+				t.Error("a read token sees workflow buttons, or no reason why not")
+			}
+			b.nav(ui + "/ui/jobs/" + j.ID)
+			b.wait("the job page again", `document.getElementById("job-actions")`, 20*time.Second)
+		}
 		// Forge the POST the button would make, with this session's own CSRF
 		// token: the API's guard still refuses it.
 		status := evalJS[int](b, fmt.Sprintf(`fetch("/ui/kill", {method: "POST", credentials: "same-origin",
@@ -361,4 +458,25 @@ func TestUI(t *testing.T) {
 			t.Errorf("the job after the forged kill: %+v, %v; want it untouched", got, err)
 		}
 	})
+}
+
+// auditLine returns the last line of the audit log at path whose path is
+// urlPath, failing if there is none.
+func auditLine(t *testing.T, path, urlPath string) acl.AuditEntry {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found *acl.AuditEntry
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var e acl.AuditEntry
+		if json.Unmarshal([]byte(line), &e) == nil && e.Path == urlPath {
+			found = &e
+		}
+	}
+	if found == nil {
+		t.Fatalf("%s has no line for %s:\n%s", path, urlPath, b)
+	}
+	return *found
 }

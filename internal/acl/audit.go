@@ -31,15 +31,23 @@ type AuditEntry struct {
 	HAState  string    `json:"ha_state"`
 	Epoch    int64     `json:"epoch"`
 	Identity Identity  `json:"identity"`
-	Remote   string    `json:"remote,omitempty"` // the client's address
-	Method   string    `json:"method"`
-	Route    string    `json:"route"` // the route's pattern, e.g. /v1/jobs/{id}/kill
-	Path     string    `json:"path"`
-	Target   string    `json:"target,omitempty"` // what was acted on: a job ID, a token accessor, a server
-	Need     string    `json:"capability"`       // the capability the route needs
-	Decision string    `json:"decision"`         // allow or deny
-	Status   int       `json:"status"`
-	Reason   string    `json:"reason,omitempty"` // why a request was denied
+	// Remote is the caller's address: the connection's peer, or, for a
+	// request a server of the cluster forwarded for its caller (the web
+	// UI's writes from any server), the address that server took it from
+	// (X-Forwarded-For, trusted only from a verified server certificate of
+	// the cluster; see ForwardedFor).
+	Remote string `json:"remote,omitempty"`
+	// Via, set when Remote came from X-Forwarded-For, names the server that
+	// forwarded the request and its address: "server rm2 (10.0.0.2:41234)".
+	Via      string `json:"via,omitempty"`
+	Method   string `json:"method"`
+	Route    string `json:"route"` // the route's pattern, e.g. /v1/jobs/{id}/kill
+	Path     string `json:"path"`
+	Target   string `json:"target,omitempty"` // what was acted on: a job ID, a token accessor, a server
+	Need     string `json:"capability"`       // the capability the route needs
+	Decision string `json:"decision"`         // allow or deny
+	Status   int    `json:"status"`
+	Reason   string `json:"reason,omitempty"` // why a request was denied
 }
 
 // AuditLog writes one JSON line per entry to a writer. It is safe for

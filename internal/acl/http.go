@@ -303,6 +303,9 @@ func (g *Guard) audit(r *http.Request, route string, need Capability, c *Caller,
 		Time: g.now().UTC(), Remote: r.RemoteAddr, Method: r.Method, Route: route, Path: r.URL.Path, Target: c.Target, Need: string(need),
 		Decision: decision, Status: status, Reason: reason,
 	}
+	if orig, ok := ForwardedFor(r, c.Cert); ok {
+		e.Remote, e.Via = orig, "server "+c.Cert.ID+" ("+r.RemoteAddr+")"
+	}
 	if g.Stamp != nil {
 		g.Stamp(&e)
 	}
@@ -313,6 +316,33 @@ func (g *Guard) audit(r *http.Request, route string, need Capability, c *Caller,
 		e.Identity.CertRole, e.Identity.CertID = string(c.Cert.Role), c.Cert.ID
 	}
 	g.Audit.Write(e)
+}
+
+// maxForwardedFor bounds the address taken from X-Forwarded-For.
+const maxForwardedFor = 256
+
+// ForwardedFor returns the original caller's address of a request that a
+// server of the cluster forwarded on the caller's behalf: the last address
+// of its X-Forwarded-For header, which the forwarding server sets to the
+// address it received the request from (internal/ui's forward). It is
+// trusted only when the connection's verified client certificate, cert, is
+// a server certificate of the cluster (the guard checked cluster and
+// chain): anyone else could write any address there. Without TLS no peer is
+// authenticated, so the header is never trusted, and the audit log keeps
+// the connection's peer.
+func ForwardedFor(r *http.Request, cert *pki.Identity) (string, bool) {
+	if cert == nil || cert.Role != pki.RoleServer {
+		return "", false
+	}
+	xff := strings.Join(r.Header.Values("X-Forwarded-For"), ",")
+	if i := strings.LastIndexByte(xff, ','); i >= 0 {
+		xff = xff[i+1:]
+	}
+	xff = strings.TrimSpace(xff)
+	if xff == "" || len(xff) > maxForwardedFor || strings.ContainsFunc(xff, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+		return "", false
+	}
+	return xff, true
 }
 
 func (g *Guard) now() time.Time {

@@ -170,9 +170,13 @@ type confirmData struct {
 	Action, Question, Button, Back string
 	Items                          []string
 	Hidden                         []hidden
+	// Fields are optional text fields of the form (a pause's note).
+	Fields []field
 }
 
 type hidden struct{ Name, Value string }
+
+type field struct{ Name, Label, Value string }
 
 // killConfirm asks before killing the jobs named by ?id= (one or more).
 func (u *UI) killConfirm(w http.ResponseWriter, r *http.Request) {

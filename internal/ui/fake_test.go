@@ -27,6 +27,14 @@ type fake struct {
 	agents  []tandem.AgentStatus
 	rev     int64
 	revCh   chan struct{}
+	// fake_sched_test.go
+	schedules map[string]*tandem.Schedule
+	runs      map[string][]tandem.ScheduleRun
+	workflows map[string]*tandem.Workflow
+	// etcdLeader is the etcd leader's member ID (0: none); etcdErr, set,
+	// is etcd not answering.
+	etcdLeader uint64
+	etcdErr    error
 }
 
 var t0 = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
@@ -53,10 +61,10 @@ func newFake() *fake {
 	start, end := t0.Add(time.Second), t0.Add(2*time.Second)
 	f.addJob(&tandem.Job{ID: "j1", JobSpec: tandem.JobSpec{Name: "etl-daily", Command: []string{"sh", "-c", "echo hi"},
 		Env: map[string]string{"PASSWORD": "hunter2"}, Labels: map[string]string{"team": "data"}, Submitter: "alice", MaxAttempts: 1},
-		State: tandem.JobRunning, CreatedAt: t0, UpdatedAt: t0, AcceptedBy: "rm1", Epoch: 12,
+		WorkflowID: "w1", Step: "transform", State: tandem.JobRunning, CreatedAt: t0, UpdatedAt: t0, AcceptedBy: "rm1", Epoch: 12,
 		Attempts: []tandem.Attempt{{ID: "j1-1", Number: 1, Agent: "w1", Epoch: 12, State: tandem.AttemptRunning, ScheduledAt: t0, StartedAt: &start}}})
 	f.addJob(&tandem.Job{ID: "j2", JobSpec: tandem.JobSpec{Name: "report", Command: []string{"false"}, Submitter: "bob", MaxAttempts: 1},
-		State: tandem.JobFailed, CreatedAt: t0, UpdatedAt: end, Reason: "exit status 1", AcceptedBy: "rm1",
+		ScheduleID: "s1", NominalTime: t0.Add(-time.Hour), State: tandem.JobFailed, CreatedAt: t0, UpdatedAt: end, Reason: "exit status 1", AcceptedBy: "rm1",
 		Attempts: []tandem.Attempt{{ID: "j2-1", Number: 1, Agent: "w2", Epoch: 12, State: tandem.AttemptFailed, ScheduledAt: t0, StartedAt: &start, EndedAt: &end, ExitCode: &exit1}}})
 	f.addJob(&tandem.Job{ID: "j3", JobSpec: tandem.JobSpec{Name: "etl-weekly", Command: []string{"true"}, Labels: map[string]string{"team": "ops"}, Submitter: "alice"},
 		State: tandem.JobPending, CreatedAt: t0, UpdatedAt: t0, Reason: "no agent has room"})
@@ -65,6 +73,8 @@ func newFake() *fake {
 			State: tandem.AgentReady, Used: tandem.Resources{CPU: 0.1, MemoryMB: 64}, Running: []string{"j1-1"}, LastContact: t0},
 		{AgentInfo: tandem.AgentInfo{ID: "w2", Capacity: tandem.Resources{CPU: 1, MemoryMB: 512}}, State: tandem.AgentLost, Running: []string{}, LastContact: t0.Add(-time.Minute)},
 	}
+	f.addSchedulesAndWorkflows()
+	f.etcdLeader = 0x11
 	return f
 }
 

@@ -14,18 +14,30 @@ import (
 	"github.com/tandemhq/tandem/internal/store"
 )
 
-// pageList is the UI's pages, in nav bar order. Schedules and workflows
-// (issue 12) add theirs here.
+// pageList is the UI's pages, in nav bar order. The schedule and workflow
+// pages are there only when the Service has schedules (Schedules) and
+// workflows (Workflows), as the API's routes are.
 func (u *UI) pageList() []*Page {
-	return []*Page{
+	pages := []*Page{
 		{Pattern: "GET /ui/{$}", Nav: "Overview", NavPath: "/ui/", Template: "overview", Build: u.overview},
 		{Pattern: "GET /ui/jobs", Nav: "Jobs", NavPath: "/ui/jobs", Template: "jobs", Build: u.jobs},
 		{Pattern: "GET /ui/jobs/{id}", Template: "job", Build: u.job},
-		{Pattern: "GET /ui/cluster", Nav: "Cluster", NavPath: "/ui/cluster", Template: "cluster", Build: u.cluster},
-		{Pattern: "GET /ui/ha", Nav: "HA timeline", NavPath: "/ui/ha", Template: "ha", Build: u.ha},
-		{Pattern: "GET /ui/agents", Nav: "Agents", NavPath: "/ui/agents", Template: "agents", Build: u.agents},
-		{Pattern: "GET /ui/agents/{id}", Template: "agent", Build: u.agent},
 	}
+	if _, ok := u.svc.(Schedules); ok {
+		pages = append(pages,
+			&Page{Pattern: "GET /ui/schedules", Nav: "Schedules", NavPath: "/ui/schedules", Template: "schedules", Build: u.schedules},
+			&Page{Pattern: "GET /ui/schedules/{id}", Template: "schedule", Build: u.schedule})
+	}
+	if _, ok := u.svc.(Workflows); ok {
+		pages = append(pages,
+			&Page{Pattern: "GET /ui/workflows", Nav: "Workflows", NavPath: "/ui/workflows", Template: "workflows", Build: u.workflows},
+			&Page{Pattern: "GET /ui/workflows/{id}", Template: "workflow", Build: u.workflow})
+	}
+	return append(pages,
+		&Page{Pattern: "GET /ui/cluster", Nav: "Cluster", NavPath: "/ui/cluster", Template: "cluster", Build: u.cluster},
+		&Page{Pattern: "GET /ui/ha", Nav: "HA timeline", NavPath: "/ui/ha", Template: "ha", Build: u.ha},
+		&Page{Pattern: "GET /ui/agents", Nav: "Agents", NavPath: "/ui/agents", Template: "agents", Build: u.agents},
+		&Page{Pattern: "GET /ui/agents/{id}", Template: "agent", Build: u.agent})
 }
 
 // allJobs walks the whole view in pages.
@@ -105,8 +117,12 @@ const (
 )
 
 type jobsData struct {
-	Filter   store.JobFilter
-	States   []tandem.JobState
+	Filter store.JobFilter
+	States []tandem.JobState
+	// Oldest lists the oldest first (order=oldest, paged by after);
+	// the default is newest first (paged by before), so a new job appears
+	// at the top of the first page, live.
+	Oldest   bool
 	Jobs     []*tandem.Job
 	Next     string
 	After    string
@@ -131,36 +147,106 @@ func (u *UI) jobs(r *http.Request, s *session) (*view, error) {
 		}
 		limit = n
 	}
-	after := q.Get("after")
-	jobs, next := store.FilterJobs(u.svc.Jobs, after, limit, f)
-	d := jobsData{Filter: f, States: tandem.JobStates, Jobs: jobs, Next: next, After: after, Limit: limit}
+	d := jobsData{Filter: f, States: tandem.JobStates, Limit: limit}
+	switch o := q.Get("order"); o {
+	case "", "newest":
+	case "oldest":
+		d.Oldest = true
+	default:
+		return nil, tandem.Errorf(tandem.EINVALID, "order must be newest or oldest, not %q", o)
+	}
 	base := f.Values()
 	if limit != defaultPageSize {
 		base.Set("limit", strconv.Itoa(limit))
 	}
-	if next != "" {
+	cursor := "before"
+	if d.Oldest {
+		base.Set("order", "oldest")
+		cursor = "after"
+		d.After = q.Get("after")
+		d.Jobs, d.Next = store.FilterJobs(u.svc.Jobs, d.After, limit, f)
+	} else {
+		d.After = q.Get("before")
+		d.Jobs, d.Next = u.newestJobs(f, d.After, limit)
+	}
+	if d.Next != "" {
 		nq := cloneValues(base)
-		nq.Set("after", next)
+		nq.Set(cursor, d.Next)
 		d.NextURL = "/ui/jobs?" + nq.Encode()
 	}
-	if after != "" {
+	if d.After != "" {
 		d.FirstURL = "/ui/jobs?" + base.Encode()
 	}
 	for _, a := range u.svc.Agents() {
 		d.Agents = append(d.Agents, a.ID)
 	}
-	d.Count = fmt.Sprintf("%d jobs shown", len(jobs))
-	if len(jobs) == 1 {
+	d.Count = fmt.Sprintf("%d jobs shown", len(d.Jobs))
+	if len(d.Jobs) == 1 {
 		d.Count = "1 job shown"
 	}
+	if d.Oldest {
+		d.Count += ", oldest first"
+	} else {
+		d.Count += ", newest first"
+	}
 	parts := []part{{ID: "jobs-count-text", Template: "jobs-count", Data: d}}
-	for _, j := range jobs {
+	for _, j := range d.Jobs {
 		parts = append(parts, part{ID: "job-" + j.ID, Parent: "jobs-rows", Template: "job-row", Data: j})
 	}
-	if len(jobs) == 0 {
+	if len(d.Jobs) == 0 {
 		parts = append(parts, part{ID: "jobs-empty", Parent: "jobs-rows", Template: "jobs-empty", Data: d})
 	}
 	return &view{Title: "Jobs", Live: r.URL.RequestURI(), Data: d, Parts: parts}, nil
+}
+
+// newestJobs returns the newest limit jobs that pass f and are older than
+// the job before ("" for the newest of all), newest first, and the cursor
+// of the next (older) page ("" at the end).
+func (u *UI) newestJobs(f store.JobFilter, before string, limit int) ([]*tandem.Job, string) {
+	return newest(func(after string) ([]*tandem.Job, string) {
+		jobs, next := u.svc.Jobs(after, scanPage, f.State)
+		return slices.DeleteFunc(jobs, func(j *tandem.Job) bool { return !f.Match(j) }), next
+	}, func(j *tandem.Job) string { return j.ID }, before, limit)
+}
+
+// scanPage is how many items newest asks for at a time.
+const scanPage = 1000
+
+// newest returns the newest limit items older than the item before ("" for
+// the newest of all), newest first, and the cursor of the next (older) page
+// ("" at the end). page lists the items after a cursor oldest first (IDs
+// sort in creation order), as the server's views do, so newest walks them
+// once, keeping the last limit: the price the overview's counts already pay
+// on every render, and the server's own listings stay untouched.
+func newest[T any](page func(after string) ([]T, string), id func(T) string, before string, limit int) ([]T, string) {
+	var keep []T
+	older := false // an item older than those kept exists
+	after := ""
+walk:
+	for {
+		items, next := page(after)
+		for _, it := range items {
+			if before != "" && id(it) >= before {
+				break walk
+			}
+			keep = append(keep, it)
+			if len(keep) > 2*limit {
+				keep, older = append([]T(nil), keep[len(keep)-limit:]...), true
+			}
+		}
+		if next == "" {
+			break
+		}
+		after = next
+	}
+	if len(keep) > limit {
+		keep, older = keep[len(keep)-limit:], true
+	}
+	slices.Reverse(keep)
+	if !older || len(keep) == 0 {
+		return keep, ""
+	}
+	return keep, id(keep[len(keep)-1])
 }
 
 func cloneValues(v url.Values) url.Values {
@@ -278,13 +364,19 @@ type clusterData struct {
 	Sharded  bool
 	Session  *session
 	Version  string
+	// Etcd is what etcd says of its members (nil when the Service cannot
+	// say).
+	Etcd *etcdView
 }
 
 func (u *UI) cluster(r *http.Request, s *session) (*view, error) {
 	st := u.svc.Status()
 	d := clusterData{Servers: u.svc.Servers(), Shards: u.svc.ShardInfos(), Self: st.ID, ActiveID: st.ActiveID,
-		Epoch: st.Epoch, Sharded: st.Shards > 1, Session: s, Version: tandem.Version}
+		Epoch: st.Epoch, Sharded: st.Shards > 1, Session: s, Version: tandem.Version, Etcd: u.etcd(r.Context())}
 	parts := []part{{ID: "cluster-actions", Template: "cluster-actions", Data: d}, {ID: "shards", Template: "shards", Data: d}}
+	if d.Etcd != nil {
+		parts = append(parts, part{ID: "etcd", Template: "etcd", Data: d})
+	}
 	for _, sv := range d.Servers {
 		parts = append(parts, part{ID: "server-" + sv.ID, Parent: "server-rows", Template: "server-row", Data: serverRow{S: sv, D: d}})
 	}

@@ -56,6 +56,17 @@ var funcs = template.FuncMap{
 	},
 	"agentRow": func(a tandem.AgentStatus, now time.Time) agentRow { return agentRow{A: a, Now: now} },
 	"float":    func(n int64) float64 { return float64(n) },
+	"timing":   func(s *tandem.Schedule) string { return timing(&s.ScheduleSpec) },
+	"dur": func(d tandem.Duration) string {
+		if d == 0 {
+			return "0s"
+		}
+		return d.Std().Round(time.Millisecond).String()
+	},
+	"join":   strings.Join,
+	"steps":  stepCounts,
+	"add":    func(a, b int) int { return a + b },
+	"string": func(v any) string { return fmt.Sprint(v) },
 	"usage": func(used, capacity float64, unit string) usage {
 		return usage{Value: used, Max: math.Max(capacity, used), Text: fmt.Sprintf("%s of %s %s", num(used), num(capacity), unit)}
 	},

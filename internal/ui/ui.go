@@ -102,13 +102,15 @@ type UI struct {
 	// cache busting.
 	static  fs.FS
 	version string
+	// etcdCache keeps what etcd said of its members for the cluster page.
+	etcdCache etcdCache
 }
 
 // Page is one page of the UI: a path under /ui/, its title, and how to
-// build it. The nav bar lists every page with a Nav label, in order. A later
-// feature (schedules, workflows) adds its pages in pages(), with a
-// template of the same name in templates/, and gets the layout, the banner,
-// the login and live updates with them.
+// build it. The nav bar lists every page with a Nav label, in order. A
+// feature adds its pages in pageList (as schedules and workflows do, when
+// the Service has them), with a template of the same name in templates/,
+// and gets the layout, the banner, the login and live updates with them.
 type Page struct {
 	// Pattern is the ServeMux pattern ("GET /ui/jobs/{id}").
 	Pattern string
@@ -195,6 +197,14 @@ func (u *UI) routes() {
 	post("POST /ui/jobs/{id}/resubmit", u.needSession(u.resubmit))
 	post("POST /ui/cluster/failover", u.needSession(u.failover))
 	post("POST /ui/cluster/drain", u.needSession(u.drain))
+	if _, ok := u.svc.(Schedules); ok {
+		u.mux.HandleFunc("GET /ui/schedules/{id}/{action}", u.needSession(u.scheduleConfirm))
+		post("POST /ui/schedules/{id}/{action}", u.needSession(u.scheduleWrite))
+	}
+	if _, ok := u.svc.(Workflows); ok {
+		u.mux.HandleFunc("GET /ui/workflows/{id}/{action}", u.needSession(u.workflowConfirm))
+		post("POST /ui/workflows/{id}/{action}", u.needSession(u.workflowWrite))
+	}
 	for _, p := range u.pages {
 		u.mux.HandleFunc(p.Pattern, u.needSession(u.pageHandler(p)))
 	}

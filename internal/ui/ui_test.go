@@ -223,7 +223,9 @@ func TestPages(t *testing.T) {
 	}{
 		{"/ui/", "Overview", []string{"3 jobs in all; 1 live attempts", "1 ready, 1 lost", "rm1", "12", "j2", "exit status 1"}, true},
 		{"/ui/jobs", "Jobs", []string{"3 jobs shown", "etl-daily", "report", "etl-weekly", "team=data"}, true},
-		{"/ui/jobs/j1", "Job j1", []string{"State: running", "sh -c \"echo hi\"", "PASSWORD", "hidden", "attempt 1 on agent w1 (epoch 12)", "1 attempts of 1 allowed", "Kill…", "Resubmit…"}, true},
+		{"/ui/jobs/j1", "Job j1", []string{"State: running", "sh -c \"echo hi\"", "PASSWORD", "hidden", "attempt 1 on agent w1 (epoch 12)", "1 attempts of 1 allowed", "Kill…", "Resubmit…",
+			"step transform of workflow run w1"}, true},
+		{"/ui/jobs/j2", "Job j2", []string{"schedule s1, nominal time 2026-11-30 11:00:00 UTC"}, true},
 		{"/ui/cluster", "Cluster", []string{"rm1", "http://rm1.test", "rm2 (rendered this page)", "standby", "Drain rm1", "Hand the active role from rm1 to"}, true},
 		{"/ui/ha", "HA timeline", []string{"lease-expired", "1.500 s", "0.250 s", "0.125 s", "initial", "unknown", "Failover timeline"}, true},
 		{"/ui/agents", "Agents", []string{"w1", "0.1 of 2 CPU", "64 of 1024 MB", "zone=a", "lost"}, true},
@@ -288,15 +290,21 @@ func TestJobFilters(t *testing.T) {
 		query string
 		want  []string
 	}{
-		{"", []string{"j1", "j2", "j3"}},
+		// Newest first by default: a new job shows at the top of the
+		// first page.
+		{"", []string{"j3", "j2", "j1"}},
+		{"order=oldest", []string{"j1", "j2", "j3"}},
 		{"state=failed", []string{"j2"}},
-		{"q=ETL", []string{"j1", "j3"}},
+		{"q=ETL", []string{"j3", "j1"}},
+		{"q=ETL&order=oldest", []string{"j1", "j3"}},
 		{"q=j2", []string{"j2"}},
 		{"label=team%3Ddata", []string{"j1"}},
-		{"label=team", []string{"j1", "j3"}},
-		{"submitter=alice", []string{"j1", "j3"}},
+		{"label=team", []string{"j3", "j1"}},
+		{"submitter=alice", []string{"j3", "j1"}},
 		{"agent=w2", []string{"j2"}},
 		{"submitter=alice&state=pending", []string{"j3"}},
+		{"schedule=s1", []string{"j2"}},
+		{"workflow=w1", []string{"j1"}},
 		{"q=nothing", nil},
 	} {
 		t.Run(tc.query, func(t *testing.T) {
@@ -310,7 +318,7 @@ func TestJobFilters(t *testing.T) {
 			// The form shows the filter it applied.
 			q, _ := url.ParseQuery(tc.query)
 			for k, v := range q {
-				if k == "state" {
+				if k == "state" || k == "order" {
 					continue
 				}
 				if in := byID(doc, "f-"+k); in == nil || func() string { s, _ := attr(in, "value"); return s }() != v[0] {
@@ -319,23 +327,38 @@ func TestJobFilters(t *testing.T) {
 			}
 		})
 	}
-	resp, _ := h.get(t, c, "/ui/jobs?state=bogus")
-	if resp.StatusCode != http.StatusBadRequest {
-		t.Errorf("bad state: got %d, want 400", resp.StatusCode)
+	for _, bad := range []string{"state=bogus", "order=sideways", "limit=0", "limit=x", "schedule=a%20b"} {
+		resp, doc := h.get(t, c, "/ui/jobs?"+bad)
+		name, _, _ := strings.Cut(bad, "=")
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(text(byID(doc, "main")), name) {
+			t.Errorf("%s: got %d %q, want 400 saying why", bad, resp.StatusCode, text(byID(doc, "main")))
+		}
 	}
-	// Cursor paging keeps the filters.
-	_, doc := h.get(t, c, "/ui/jobs?submitter=alice&limit=1")
-	if got := rowIDs(doc); !slices.Equal(got, []string{"j1"}) {
-		t.Fatalf("page 1: got %v, want [j1]", got)
-	}
-	next := all(doc, func(n *html.Node) bool { r, _ := attr(n, "rel"); return n.Data == "a" && r == "next" })
-	if len(next) != 1 {
-		t.Fatal("no next page link")
-	}
-	href, _ := attr(next[0], "href")
-	_, doc = h.get(t, c, href)
-	if got := rowIDs(doc); !slices.Equal(got, []string{"j3"}) {
-		t.Errorf("page 2 (%s): got %v, want [j3]", href, got)
+	// Cursor paging keeps the filters and the order, both ways.
+	for _, tc := range []struct {
+		query        string
+		page1, page2 []string
+	}{
+		{"submitter=alice&limit=1", []string{"j3"}, []string{"j1"}},
+		{"submitter=alice&limit=1&order=oldest", []string{"j1"}, []string{"j3"}},
+		{"limit=2", []string{"j3", "j2"}, []string{"j1"}},
+	} {
+		_, doc := h.get(t, c, "/ui/jobs?"+tc.query)
+		if got := rowIDs(doc); !slices.Equal(got, tc.page1) {
+			t.Fatalf("%s: page 1: got %v, want %v", tc.query, got, tc.page1)
+		}
+		next := all(doc, func(n *html.Node) bool { r, _ := attr(n, "rel"); return n.Data == "a" && r == "next" })
+		if len(next) != 1 {
+			t.Fatalf("%s: no next page link", tc.query)
+		}
+		href, _ := attr(next[0], "href")
+		_, doc = h.get(t, c, href)
+		if got := rowIDs(doc); !slices.Equal(got, tc.page2) {
+			t.Errorf("%s: page 2 (%s): got %v, want %v", tc.query, href, got, tc.page2)
+		}
+		if n := all(doc, func(n *html.Node) bool { r, _ := attr(n, "rel"); return n.Data == "a" && r == "next" }); len(n) != 0 {
+			t.Errorf("%s: page 2 has a next link: want the end", tc.query)
+		}
 	}
 }
 
@@ -599,7 +622,7 @@ func TestLiveSendsChangedRows(t *testing.T) {
 	if want := []string{"banner-inner", "job-j1", "job-j3", "jobs-count-text"}; ev.Name != "parts" || !slices.Equal(ev.parts(), want) || ev.ID != "100" {
 		t.Fatalf("first event %s id %s: parts %v, want %v at revision 100", ev.Name, ev.ID, ev.parts(), want)
 	}
-	if o := ev.Data.Order["jobs-rows"]; !slices.Equal(o, []string{"job-j1", "job-j3"}) {
+	if o := ev.Data.Order["jobs-rows"]; !slices.Equal(o, []string{"job-j3", "job-j1"}) {
 		t.Errorf("order %v", o)
 	}
 	// One job changes: its row (and the banner's revision) alone.
@@ -608,18 +631,19 @@ func TestLiveSendsChangedRows(t *testing.T) {
 	if want := []string{"banner-inner", "job-j3"}; !slices.Equal(ev.parts(), want) || ev.Data.Order != nil || ev.ID != "101" {
 		t.Fatalf("after j3 runs: parts %v order %v id %s, want %v and no new order at 101", ev.parts(), ev.Data.Order, ev.ID, want)
 	}
-	// A new job that matches: its row, the count, and the new order.
+	// A new job that matches: its row, the count, and the new order, with
+	// the new job first (newest first).
 	h.f.update(func() {
 		h.f.addJob(&tandem.Job{ID: "j4", JobSpec: tandem.JobSpec{Command: []string{"true"}, Labels: map[string]string{"team": "x"}}, State: tandem.JobPending, CreatedAt: t0, UpdatedAt: t0})
 	})
 	ev = s.next(t)
-	if want := []string{"banner-inner", "job-j4", "jobs-count-text"}; !slices.Equal(ev.parts(), want) || !slices.Equal(ev.Data.Order["jobs-rows"], []string{"job-j1", "job-j3", "job-j4"}) {
+	if want := []string{"banner-inner", "job-j4", "jobs-count-text"}; !slices.Equal(ev.parts(), want) || !slices.Equal(ev.Data.Order["jobs-rows"], []string{"job-j4", "job-j3", "job-j1"}) {
 		t.Fatalf("after j4: parts %v order %v, want %v", ev.parts(), ev.Data.Order, want)
 	}
 	// A job the filter drops goes from the order.
 	h.f.update(func() { delete(h.f.jobs["j1"].Labels, "team") })
 	ev = s.next(t)
-	if !slices.Equal(ev.Data.Order["jobs-rows"], []string{"job-j3", "job-j4"}) {
+	if !slices.Equal(ev.Data.Order["jobs-rows"], []string{"job-j4", "job-j3"}) {
 		t.Fatalf("after j1 leaves the filter: order %v", ev.Data.Order)
 	}
 	// A stream for something that is not a page of the UI is refused.

@@ -77,14 +77,16 @@
     });
   }
 
-  // ---- Job list filters: the URL and the list change, the page stays ----
+  // ---- List filters (jobs, workflow runs): the URL and the list change,
+  // the page stays. The form's data-replace names the elements replaced. ----
   function filterForm() { return document.querySelector("form.filters"); }
   async function applyFilters(url, push) {
     try {
       const resp = await fetch(url, { headers: { Accept: "text/html" }, credentials: "same-origin" });
       if (!resp.ok) { window.location.href = url; return; }
       const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
-      ["jobs-count", "jobs-rows"].forEach((id) => {
+      const f = filterForm();
+      ((f && f.dataset.replace) || "jobs-count jobs-rows").split(" ").forEach((id) => {
         const n = doc.getElementById(id), o = $(id);
         if (n && o) o.replaceWith(document.importNode(n, true));
       });
