@@ -10,6 +10,7 @@ import (
 const (
 	EINVALID     = "invalid_argument"     // the request is malformed or a field is wrong
 	ENOTFOUND    = "not_found"            // no such job, server or route
+	EREMOVED     = "removed"              // the job or run finished and was removed by retention (docs/RETENTION.md)
 	ECONFLICT    = "conflict"             // the request conflicts with the cluster's state
 	EIDEMPOTENCY = "idempotency_mismatch" // the idempotency key was used for a different spec
 	ETOOLARGE    = "payload_too_large"    // the body exceeds the limit
@@ -31,6 +32,7 @@ const (
 var statusOf = map[string]int{
 	EINVALID:     http.StatusBadRequest,
 	ENOTFOUND:    http.StatusNotFound,
+	EREMOVED:     http.StatusGone,
 	ECONFLICT:    http.StatusConflict,
 	EIDEMPOTENCY: http.StatusUnprocessableEntity,
 	ETOOLARGE:    http.StatusRequestEntityTooLarge,
@@ -79,6 +81,9 @@ var (
 	ErrNoActive  = &Error{Code: ENOACTIVE, Message: "no active server is known; an election is under way"}
 	ErrFenced    = &Error{Code: EFENCED, Message: "write rejected: this server's epoch was superseded by a newer active"}
 	ErrNotFound  = &Error{Code: ENOTFOUND, Message: "not found"}
+	// ErrRemoved matches a job or workflow run that existed, finished and
+	// was removed by retention: it is gone for good, not missing.
+	ErrRemoved = &Error{Code: EREMOVED, Message: "removed by retention"}
 )
 
 // Errorf returns an *Error with the code and a formatted message.

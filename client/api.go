@@ -74,8 +74,9 @@ func NewIdempotencyKey() string {
 }
 
 // GetJob returns the job with the given ID from the active server. A job that
-// does not exist is a *tandem.Error matching tandem.ErrNotFound. It blocks and
-// fails over as SubmitJob does; it has no side effects.
+// does not exist is a *tandem.Error matching tandem.ErrNotFound; one that
+// finished and was removed by retention matches tandem.ErrRemoved (410). It
+// blocks and fails over as SubmitJob does; it has no side effects.
 func (c *Client) GetJob(ctx context.Context, id string) (*tandem.Job, error) {
 	if id == "" {
 		return nil, tandem.Errorf(tandem.EINVALID, "job ID is empty")

@@ -43,7 +43,8 @@ func (c *Client) RunWorkflow(ctx context.Context, spec tandem.WorkflowSpec, opts
 }
 
 // GetWorkflow returns workflow run id with the state of every step; one
-// that does not exist matches tandem.ErrNotFound. It has no side effects.
+// that does not exist matches tandem.ErrNotFound, one removed by retention
+// tandem.ErrRemoved. It has no side effects.
 func (c *Client) GetWorkflow(ctx context.Context, id string) (*tandem.Workflow, error) {
 	if id == "" {
 		return nil, tandem.Errorf(tandem.EINVALID, "workflow ID is empty")

@@ -314,7 +314,8 @@ func (n *nemesis) startCluster() {
 		BasePort: freeBasePort(t, m.servers), DataDir: t.TempDir(), LeaseTTL: time.Second, LogLevel: cmp.Or(os.Getenv(envNemesisLogLevel), "info"),
 		// etcd's smallest lease TTL is 1.5 election timeouts: tune raft so 1 s is allowed.
 		EtcdArgs:  []string{"--heartbeat", "50ms", "--election-timeout", "500ms"},
-		ExtraArgs: append([]string{"--agent-timeout", "3s"}, m.extraArgs...)}
+		// Compaction off: the checker audits etcd's whole history.
+		ExtraArgs: append([]string{"--agent-timeout", "3s", "--etcd-compact-interval", "0"}, m.extraArgs...)}
 	if m.sharded() {
 		cfg.Shards = m.shards
 	}

@@ -47,6 +47,7 @@ type serverFlags struct {
 	shards, maxMoves                  int
 	settle, freeGrace                 time.Duration
 	failpoint                         string
+	retention                         server.RetentionConfig
 	scheduleGrace, clockSkew          time.Duration
 	acl, aclMetrics                   bool
 	auditLog                          string
@@ -113,6 +114,15 @@ servers form a complete HA cluster with nothing else installed:
 	fl.BoolVar(&f.acl, "acl", false, "require a bearer token with the right policy on every API route but /isActive, /healthz, /metrics and the agents' sync (docs/SECURITY.md); all servers of a cluster should agree")
 	fl.BoolVar(&f.aclMetrics, "acl-metrics", false, "with --acl, /metrics needs a read token too")
 	f.tls.register(fl, "server")
+	rt := &f.retention
+	fl.DurationVar(&rt.Age, "retention-age", def.Retention.Age, "remove a finished job or workflow run (with its step jobs) once it has been finished this long and is beyond --retention-keep (0: keep all history; docs/RETENTION.md)")
+	fl.IntVar(&rt.Keep, "retention-keep", def.Retention.Keep, "keep at least this many of the most recently finished jobs, and as many workflow runs, whatever their age")
+	fl.DurationVar(&rt.Interval, "retention-interval", def.Retention.Interval, "how often the owner of a shard removes what retention allows")
+	fl.DurationVar(&rt.TombstoneTTL, "retention-tombstone-ttl", def.Retention.TombstoneTTL, "how long reading a removed job answers 410 removed (afterwards 404 not found)")
+	fl.StringVar(&rt.ArchiveDir, "archive-dir", "", "append removed records to gzip JSON-lines files in this directory (synced before they are deleted from etcd)")
+	fl.DurationVar(&rt.CompactInterval, "etcd-compact-interval", def.Retention.CompactInterval, "how often the owner of shard 0 compacts etcd's history, keeping one interval of it (0: leave compaction to etcd)")
+	fl.DurationVar(&rt.DefragInterval, "etcd-defrag-interval", def.Retention.DefragInterval, "how often the owner of shard 0 defragments, one at a time, the etcd members whose database is at least half free (0: never)")
+	fl.Int64Var(&rt.DefragMinFree, "etcd-defrag-min-free", def.Retention.DefragMinFree, "defragment a member only when at least this many bytes of its database are free")
 	fl.StringVar(&f.auditLog, "audit-log", "", "append one JSON line per mutating request and per denial to this file (\"-\": stderr)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
@@ -140,6 +150,9 @@ func newLogger(level, format string) (*slog.Logger, error) {
 func (f *serverFlags) validate() error {
 	if f.id == "" {
 		return usagef("--id is required: give each server a unique ID, e.g. --id rm1")
+	}
+	if err := f.retention.Validate(); err != nil {
+		return usagef("%v (--retention-*, --archive-dir, --etcd-compact-interval, --etcd-defrag-*)", err)
 	}
 	host, port, err := net.SplitHostPort(f.listen)
 	if err != nil || port == "" {
@@ -297,6 +310,7 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	cfg.DeposeDead, cfg.ProbeInterval = f.deposeDead, f.probeInterval
 	cfg.AgentTimeout, cfg.Failpoint = f.agentTimeout, f.failpoint
 	cfg.ScheduleGrace = f.scheduleGrace
+	cfg.Retention = f.retention
 	if skew := f.clockSkew; skew != 0 {
 		cfg.Clock = func() time.Time { return time.Now().Add(skew) }
 	}

@@ -98,8 +98,11 @@ type Config struct {
 	// verify them against and this server's certificate to present
 	// (pki.ClientConfig with the server role). Nil: plain http.
 	PeerTLS *tls.Config
-	Etcd    *clientv3.Client
-	Logger  *slog.Logger
+	// Retention bounds the finished history kept, and keeps etcd compacted
+	// and defragmented (retention.go, docs/RETENTION.md).
+	Retention RetentionConfig
+	Etcd      *clientv3.Client
+	Logger    *slog.Logger
 }
 
 // DefaultConfig returns a Config with tandem's defaults; ID, URL and Etcd
@@ -116,6 +119,7 @@ func DefaultConfig() Config {
 		MaxMoves:      8,
 		FreeGrace:     time.Second,
 		ScheduleGrace: schedule.DefaultGrace,
+		Retention:     DefaultRetention(),
 	}
 }
 
@@ -165,6 +169,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ProbeInterval <= 0 {
 		return fmt.Errorf("probe interval %s must be positive", c.ProbeInterval)
+	}
+	if err := c.Retention.Validate(); err != nil {
+		return err
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -225,6 +232,8 @@ type Server struct {
 	regKick chan struct{}
 	// freeSince is when each free shard was first seen free (run goroutine only).
 	freeSince map[int]time.Time
+	// retention is the state of retention and etcd maintenance (retention.go).
+	retention retention
 }
 
 // New returns a Server; Start runs it.
@@ -257,6 +266,7 @@ func New(cfg Config) (*Server, error) {
 	s.core.WhileOwning("agent-watch", s.watchAgents)
 	s.core.WhileOwning("schedules", s.runSchedules)
 	s.core.WhileOwning("workflows", s.runWorkflows)
+	s.initRetention()
 	return s, nil
 }
 

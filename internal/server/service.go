@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/store"
 )
 
 // This file holds what the HTTP API reads through its Service interface,
@@ -13,11 +14,12 @@ import (
 func (s *Server) ID() string { return s.cfg.ID }
 
 // Job returns a job from the view, with why it waits if it is pending, and
-// its record's mod revision; a job not in the view is an ENOTFOUND error.
+// its record's mod revision; a job not in the view is an ENOTFOUND error, or
+// ERemoved if retention removed it (its tombstone is still there).
 func (s *Server) Job(id string) (*tandem.Job, int64, error) {
 	j, rev, err := s.store.JobWithRev(id)
 	if err != nil {
-		return nil, s.store.Rev(), err
+		return nil, s.store.Rev(), s.removedOr(store.KindJob, id, err)
 	}
 	s.Explain(j)
 	return j, rev, nil

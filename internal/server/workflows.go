@@ -608,8 +608,14 @@ func (s *Server) scheduledWorkflow(t *ha.Term, sch *tandem.Schedule, at, from ti
 }
 
 // GetWorkflow returns run id from this server's view (any server answers),
-// or an ENOTFOUND error.
-func (s *Server) GetWorkflow(id string) (*tandem.Workflow, error) { return s.store.Workflow(id) }
+// or an ENOTFOUND error (ERemoved if retention removed it).
+func (s *Server) GetWorkflow(id string) (*tandem.Workflow, error) {
+	wf, err := s.store.Workflow(id)
+	if err != nil {
+		return nil, s.removedOr(store.KindWorkflow, id, err)
+	}
+	return wf, nil
+}
 
 // ListWorkflows returns the runs f selects from this server's view, oldest
 // first, and the cursor of the next page.

@@ -716,8 +716,11 @@ func decodeError(origin string, status int, body []byte) *tandem.Error {
 		return eb.Error
 	}
 	code := tandem.EINTERNAL
-	if retryableStatus(status) {
+	switch {
+	case retryableStatus(status):
 		code = tandem.EUNAVAILABLE
+	case status == http.StatusGone: // a proxy's own 410 still means gone for good
+		code = tandem.EREMOVED
 	}
 	snippet := body
 	if len(snippet) > errSnippetBytes {
