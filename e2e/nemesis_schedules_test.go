@@ -16,8 +16,8 @@ import (
 )
 
 // The fault suite's schedules (issue 11): about forty schedules firing every
-// 1 to 5 s run alongside the jobs, through every fault (four of them start
-// a workflow run at each fire rather than a job). After the run the
+// 1 to 5 s run alongside the jobs, through every fault (two of them start
+// a workflow run every 10 s rather than a job). After the run the
 // checker reads, at the revision of the job records, every schedule and its
 // run records, and counts for each schedule the nominal times from its
 // creation to its cursor (the timetable's, computed as the server does):
@@ -45,10 +45,11 @@ func (n *nemesis) startSchedules() {
 			HistoryLimits: tandem.ScheduleHistoryLimits{Fired: 1_000_000, Skipped: 1_000_000},
 			Job:           tandem.JobSpec{Command: []string{"true"}}}
 		switch {
-		case i%10 == 9:
-			// A few start a workflow (nemesis_workflows_test.go checks the runs).
+		case i%20 == 19:
+			// Two start a workflow (nemesis_workflows_test.go checks the
+			// runs), every 10 s: a run is four jobs in a row.
 			wf := n.diamond()
-			spec.Workflow, spec.Job = &wf, tandem.JobSpec{}
+			spec.Workflow, spec.Job, spec.Every = &wf, tandem.JobSpec{}, tandem.Duration(10*time.Second)
 		case i%3 == 0:
 			spec.Overlap = "skip"
 			spec.Job.Command = []string{"sleep", "1.5"}
