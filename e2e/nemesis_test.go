@@ -313,7 +313,7 @@ func (n *nemesis) startCluster() {
 	cfg := local.Config{Binary: binary, Servers: m.servers, Initial: m.initial, Agents: 3, ExternalEtcd: 3, Proxied: true,
 		BasePort: freeBasePort(t, m.servers), DataDir: t.TempDir(), LeaseTTL: time.Second, LogLevel: cmp.Or(os.Getenv(envNemesisLogLevel), "info"),
 		// etcd's smallest lease TTL is 1.5 election timeouts: tune raft so 1 s is allowed.
-		EtcdArgs:  []string{"--heartbeat", "50ms", "--election-timeout", "500ms"},
+		EtcdArgs: []string{"--heartbeat", "50ms", "--election-timeout", "500ms"},
 		// Compaction off: the checker audits etcd's whole history.
 		ExtraArgs: append([]string{"--agent-timeout", "3s", "--etcd-compact-interval", "0"}, m.extraArgs...)}
 	if m.sharded() {
