@@ -95,7 +95,7 @@ const (
 	CauseHandoff      = "handoff"        // graceful failover (tandem admin failover)
 	CauseManual       = "manual"         // transition-to-standby / transition-to-active by an operator
 	CauseFenced       = "fenced"         // the active found its epoch superseded and stepped down
-	CauseCrashed      = "crash-detected" // a standby found the active's port closed and deposed it
+	CauseCrashed      = "crash-detected" // the others found the active dead or unresponsive and deposed it (see Detection)
 	CauseRebalance    = "rebalance"      // active-active: the target map moved the shard (a server joined or left)
 	CauseDrain        = "drain"          // the owner was drained (tandem admin drain) and handed the shard off
 )
@@ -110,6 +110,10 @@ const (
 	// DetectProbesRefused: the owner's port refused several probes in a
 	// row (the fallback, when no stream was open).
 	DetectProbesRefused = "probes-refused"
+	// DetectAgreement: the owner stopped beating on its watch streams (hung,
+	// paused, cut off), a majority of the other live servers voted so, and
+	// it did not answer the votes through etcd (docs/HA.md, "Agreement").
+	DetectAgreement = "agreement"
 )
 
 // FailoverEvent records one change of active, or of a shard's owner in an

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -262,6 +263,11 @@ agent-kill kills (SIGKILL) the agent running a long job instead, and
 measures until the job's retried attempt runs on the other agent: the
 attempt recorded lost, the retry recorded, the retry started.
 
+standby-cut (one standby cut off from the active only), pause-200ms
+(SIGSTOP of the active for 200 ms) and cpu-hog (one busy process per
+CPU for 5 s) must NOT cause a failover: each trial counts the changes of
+active and the longest stall the clients saw.
+
 --secure measures a secured cluster (TLS, etcd locked down, tokens);
 --compare-security measures an insecure and then a secured one, the same
 faults in each, and prints their phases side by side (the client-visible
@@ -272,7 +278,7 @@ unavailability first).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.fault, "fault", "kill", "fault to inject: kill, stop, partition, switchover or agent-kill")
+	fl.StringVar(&f.fault, "fault", "kill", "fault to inject: "+strings.Join(bench.Faults, ", "))
 	fl.IntVar(&f.trials, "trials", 5, "faults to inject, one at a time")
 	fl.DurationVar(&f.leaseTTL, "lease-ttl", 2*time.Second, "lease TTL of every server (whole seconds)")
 	fl.StringVar(&f.etcd, "etcd", "embedded", "embedded (a member in every server) or external (a separate etcd process)")
@@ -298,7 +304,7 @@ func oneOf(v string, allowed []string) bool {
 func (f *benchFailoverFlags) validate() error {
 	switch {
 	case !oneOf(f.fault, bench.Faults):
-		return usagef("--fault %q: want one of kill, stop, partition, switchover, agent-kill", f.fault)
+		return usagef("--fault %q: want one of %s", f.fault, strings.Join(bench.Faults, ", "))
 	case !oneOf(f.etcd, benchEtcdModes):
 		return usagef("--etcd %q: want embedded or external", f.etcd)
 	case f.trials < 1:

@@ -44,14 +44,17 @@ type serverFlags struct {
 	logLevel, logFormat               string
 	moveEtcdLeader, deposeDead        bool
 	probeInterval, agentTimeout       time.Duration
+	suspectAfter                      time.Duration
+	peerAddrs                         []string // id=host:port, hidden (tests)
+	peerAddr                          map[string]string
 	shards, maxMoves                  int
 	settle, freeGrace                 time.Duration
 	failpoint                         string
-	retention                         server.RetentionConfig
 	scheduleGrace, clockSkew          time.Duration
 	acl, aclMetrics                   bool
 	auditLog                          string
 	tls                               procTLS
+	retention                         server.RetentionConfig
 }
 
 // The API serves a server through the interfaces it declares.
@@ -101,6 +104,9 @@ servers form a complete HA cluster with nothing else installed:
 	fl.BoolVar(&f.moveEtcdLeader, "etcd-leader-away", true, "with --embed-etcd: while active, hand etcd leadership to another member, so a crash of this process does not also cost an etcd election")
 	fl.BoolVar(&f.deposeDead, "depose-dead-active", def.DeposeDead, "standbys depose an active whose port refuses connections instead of waiting for its lease")
 	fl.DurationVar(&f.probeInterval, "probe-interval", def.ProbeInterval, "how often standbys probe the active")
+	fl.DurationVar(&f.suspectAfter, "suspect-after", def.SuspectAfter, "vote that the active stopped answering after its watch stream is silent this long; a majority of the other servers voting, unanswered by the active, deposes it (0: wait for its lease)")
+	fl.StringArrayVar(&f.peerAddrs, "peer-addr", nil, "for tests: reach server ID's watch stream and probes at host:port instead of its advertised URL's (ID=host:port, repeatable)")
+	_ = fl.MarkHidden("peer-addr")
 	fl.DurationVar(&f.agentTimeout, "agent-timeout", def.AgentTimeout, "an agent silent this long is declared lost and its attempts are retried elsewhere")
 	fl.IntVar(&f.shards, "shards", 0, "number of shards, fixed when the cluster is first started: 1 is active/standby, more is active-active (default: the cluster's setting, 1 for a new cluster)")
 	fl.DurationVar(&f.settle, "settle", def.Settle, "active-active: how long a server must be up before the target map gives it shards")
@@ -208,6 +214,17 @@ func (f *serverFlags) validate() error {
 	if f.aclMetrics && !f.acl {
 		return usagef("--acl-metrics protects /metrics with a token: it needs --acl")
 	}
+	if f.suspectAfter != 0 && (f.suspectAfter < 300*time.Millisecond || f.suspectAfter > time.Minute) {
+		return usagef("--suspect-after %s: use 300ms (three beats) to 1m, or 0 to wait for the active's lease", f.suspectAfter)
+	}
+	f.peerAddr = make(map[string]string, len(f.peerAddrs))
+	for _, pa := range f.peerAddrs {
+		id, addr, ok := strings.Cut(pa, "=")
+		if _, port, err := net.SplitHostPort(addr); !ok || id == "" || err != nil || port == "" {
+			return usagef("--peer-addr %q: want ID=host:port, e.g. rm1=127.0.0.1:7071", pa)
+		}
+		f.peerAddr[id] = addr
+	}
 	return nil
 }
 
@@ -308,6 +325,7 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	cfg.LeaseTTL, cfg.AutoFailover = f.leaseTTL, f.autoFailover
 	cfg.Etcd, cfg.Logger = cli, log
 	cfg.DeposeDead, cfg.ProbeInterval = f.deposeDead, f.probeInterval
+	cfg.SuspectAfter, cfg.PeerAddrs = f.suspectAfter, f.peerAddr
 	cfg.AgentTimeout, cfg.Failpoint = f.agentTimeout, f.failpoint
 	cfg.ScheduleGrace = f.scheduleGrace
 	cfg.Retention = f.retention

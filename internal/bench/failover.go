@@ -6,16 +6,22 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/client"
+	"github.com/tandemhq/tandem/internal/faultnet"
+	"github.com/tandemhq/tandem/internal/keys"
 	"github.com/tandemhq/tandem/internal/local"
 )
 
@@ -28,10 +34,36 @@ const (
 	// FaultAgentKill is kill -9 of the agent running a long job: measured
 	// until the job's retried attempt runs on the other agent.
 	FaultAgentKill = "agent-kill"
+
+	// Faults that must NOT cause a failover (issue 13): each is held for a
+	// while, then the trial watches for a change of active.
+
+	// FaultStandbyCut cuts one standby off from the active only (its one
+	// link to the active goes silent; etcd and the other standby still
+	// reach both) for standbyCutFor.
+	FaultStandbyCut = "standby-cut"
+	// FaultPause200 pauses the active (SIGSTOP) for 200 ms.
+	FaultPause200 = "pause-200ms"
+	// FaultCPUHog runs one busy process per CPU for cpuHogFor.
+	FaultCPUHog = "cpu-hog"
 )
 
 // Faults lists the faults RunFailover knows.
-var Faults = []string{FaultKill, FaultStop, FaultPartition, FaultSwitchover, FaultAgentKill}
+var Faults = []string{FaultKill, FaultStop, FaultPartition, FaultSwitchover, FaultAgentKill, FaultStandbyCut, FaultPause200, FaultCPUHog}
+
+// mustNotFailOver reports whether fault must leave the active in place.
+func mustNotFailOver(fault string) bool {
+	return fault == FaultStandbyCut || fault == FaultPause200 || fault == FaultCPUHog
+}
+
+const (
+	standbyCutFor = 3 * time.Second // six suspicion periods, by default
+	pauseShort    = 200 * time.Millisecond
+	cpuHogFor     = 5 * time.Second
+	// noFailoverWatch is how long after a must-not fault ends a trial
+	// still watches for a change of active.
+	noFailoverWatch = 2 * time.Second
+)
 
 // FailoverConfig configures RunFailover.
 type FailoverConfig struct {
@@ -48,6 +80,8 @@ type FailoverConfig struct {
 	// ServerArgs are extra flags for every server (to measure, say, what
 	// --etcd-leader-away=false costs).
 	ServerArgs []string
+	// links, for standby-cut, are every server's own ways to the others.
+	links *peerLinkSet
 	// Secure runs the cluster with everything docs/SECURITY.md describes
 	// (local.Config.Secure, in DataDir/secure): TLS between servers and
 	// agents, etcd locked down, tokens enforced; the bench's clients, admin client
@@ -98,6 +132,16 @@ type Trial struct {
 	// OldActiveFenced, for stop and partition, says whether the old active
 	// reported standby once it was back.
 	OldActiveFenced *bool `json:"old_active_fenced,omitempty"`
+	// Detection is how the old active was found out (a tandem.Detect*
+	// value, with cause crash-detected).
+	Detection string `json:"detection,omitempty"`
+	// Failovers, for a fault that must not cause one, counts the changes
+	// of active from the fault to noFailoverWatch after it ended.
+	Failovers int `json:"failovers"`
+	// Votes, for standby-cut, counts the cut-off standby's votes against
+	// the active (it should vote; one vote is no majority, and the active
+	// answers it).
+	Votes int `json:"votes,omitempty"`
 }
 
 // FailoverResult is what RunFailover measured; it is also the JSON output.
@@ -106,24 +150,30 @@ type FailoverResult struct {
 	Trials int    `json:"trials"`
 	// Secure says the cluster ran with TLS, etcd locked down and tokens
 	// (FailoverConfig.Secure).
-	Secure          bool      `json:"secure"`
-	LeaseTTLS       float64   `json:"lease_ttl_s"`
-	Etcd            string    `json:"etcd"`
-	Clients         int       `json:"clients"`
-	EtcdTxnP50S     float64   `json:"etcd_txn_p50_s"`
-	UnavailabilityS Summary   `json:"unavailability_s"`
-	DetectionS      Summary   `json:"detection_s"`
-	ElectionS       Summary   `json:"election_s"`
-	TransitionS     Summary   `json:"transition_s"`
-	Colocated       int       `json:"etcd_leader_colocated_trials"`
-	NotFenced       int       `json:"old_active_not_fenced"`
-	Acknowledged    int       `json:"acknowledged"`
-	Lost            int       `json:"lost"`
-	Unfinished      int       `json:"unfinished"` // acknowledged jobs not terminal when the run ended
-	Launches        int       `json:"launches"`
-	Duplicates      int       `json:"duplicate_launches"`
-	Details         []Trial   `json:"trial_details"`
-	StartedAt       time.Time `json:"started_at"`
+	Secure          bool    `json:"secure"`
+	LeaseTTLS       float64 `json:"lease_ttl_s"`
+	Etcd            string  `json:"etcd"`
+	Clients         int     `json:"clients"`
+	EtcdTxnP50S     float64 `json:"etcd_txn_p50_s"`
+	UnavailabilityS Summary `json:"unavailability_s"`
+	DetectionS      Summary `json:"detection_s"`
+	ElectionS       Summary `json:"election_s"`
+	TransitionS     Summary `json:"transition_s"`
+	Colocated       int     `json:"etcd_leader_colocated_trials"`
+	NotFenced       int     `json:"old_active_not_fenced"`
+	// Failovers counts the changes of active in the trials of a fault that
+	// must not cause any (standby-cut, pause-200ms, cpu-hog); for those,
+	// UnavailabilityS is the longest stall between acknowledgements.
+	Failovers int `json:"failovers_must_not"`
+	// Detections counts the trials by how the old active was found out.
+	Detections   map[string]int `json:"detections,omitempty"`
+	Acknowledged int            `json:"acknowledged"`
+	Lost         int            `json:"lost"`
+	Unfinished   int            `json:"unfinished"` // acknowledged jobs not terminal when the run ended
+	Launches     int            `json:"launches"`
+	Duplicates   int            `json:"duplicate_launches"`
+	Details      []Trial        `json:"trial_details"`
+	StartedAt    time.Time      `json:"started_at"`
 }
 
 // ack is one acknowledged submission.
@@ -228,6 +278,14 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 	// crash from the standbys' probes.
 	lc := local.Config{Binary: cfg.Binary, Servers: 3, Agents: 2, BasePort: cfg.BasePort, DataDir: dir, Cluster: benchCluster,
 		LeaseTTL: cfg.LeaseTTL, Proxied: cfg.Fault == FaultPartition, LogLevel: "info"}
+	if cfg.Fault == FaultStandbyCut {
+		links, err := peerLinks(&lc)
+		if err != nil {
+			return nil, err
+		}
+		defer links.close()
+		cfg.links = links
+	}
 	if cfg.Secure {
 		lc.Secure = filepath.Join(dir, secureDir)
 	}
@@ -303,20 +361,27 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 		case <-time.After(cfg.Quiet):
 		}
 		run := trial
-		if cfg.Fault == FaultAgentKill {
+		switch {
+		case cfg.Fault == FaultAgentKill:
 			run = agentTrial
+		case mustNotFailOver(cfg.Fault):
+			run = noFailoverTrial
 		}
 		tr, err := run(ctx, cfg, c, cli, admin, ld, n)
 		if err != nil {
 			return nil, fmt.Errorf("trial %d: %w", n, err)
 		}
 		res.Details = append(res.Details, *tr)
-		if cfg.Fault == FaultAgentKill {
+		switch {
+		case mustNotFailOver(cfg.Fault):
+			fmt.Fprintf(cfg.Out, "trial %d: %s on active %s (epoch %d): %d failovers, longest client stall %.0f ms%s\n",
+				n, cfg.Fault, tr.From, tr.OldEpoch, tr.Failovers, tr.UnavailabilityS*1000, voteNote(cfg.Fault, tr))
+		case cfg.Fault == FaultAgentKill:
 			fmt.Fprintf(cfg.Out, "trial %d: agent %s -> %s (%s): retry running after %.0f ms; attempt lost %s, rescheduled %s, launched %s\n",
 				n, tr.From, tr.To, tr.Cause, tr.UnavailabilityS*1000, msOf(tr.DetectionS), msOf(tr.ElectionS), msOf(tr.TransitionS))
-		} else {
+		default:
 			fmt.Fprintf(cfg.Out, "trial %d: %s -> %s (epoch %d -> %d, %s): unavailable %.0f ms; detection %s, election %s, transition %s%s\n",
-				n, tr.From, tr.To, tr.OldEpoch, tr.NewEpoch, tr.Cause, tr.UnavailabilityS*1000,
+				n, tr.From, tr.To, tr.OldEpoch, tr.NewEpoch, causeBy(tr), tr.UnavailabilityS*1000,
 				msOf(tr.DetectionS), msOf(tr.ElectionS), msOf(tr.TransitionS), trialNotes(tr))
 		}
 	}
@@ -365,6 +430,13 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 		}
 		if t.OldActiveFenced != nil && !*t.OldActiveFenced {
 			res.NotFenced++
+		}
+		res.Failovers += t.Failovers
+		if t.Detection != "" || t.Cause != "" && !mustNotFailOver(cfg.Fault) && cfg.Fault != FaultAgentKill {
+			if res.Detections == nil {
+				res.Detections = make(map[string]int)
+			}
+			res.Detections[orCause(t)]++
 		}
 	}
 	res.UnavailabilityS, res.DetectionS = Summarize(unavail), Summarize(det)
@@ -417,7 +489,7 @@ func trial(ctx context.Context, cfg FailoverConfig, c *local.Cluster, cli *clien
 	if err != nil {
 		return nil, err
 	}
-	tr.To, tr.NewEpoch, tr.Cause = ev.ActiveID, ev.Epoch, ev.Cause
+	tr.To, tr.NewEpoch, tr.Cause, tr.Detection = ev.ActiveID, ev.Epoch, ev.Cause, ev.Detection
 	tr.DetectionS, tr.ElectionS, tr.TransitionS = ev.DetectionS, ev.ElectionS, ev.TransitionS
 	switch {
 	case back != nil:
@@ -579,12 +651,28 @@ func (r *FailoverResult) Print(w io.Writer) {
 			r.Acknowledged, r.Lost, r.Unfinished, r.Launches, r.Duplicates)
 		return
 	}
+	if mustNotFailOver(r.Fault) {
+		Table(w, "PHASE (ms)\tP50\tP90\tP99\tMAX",
+			"longest stall (client)\t"+r.UnavailabilityS.Row())
+		fmt.Fprintf(w, "failovers: %d in %d trials (must be 0)\n", r.Failovers, r.Trials)
+		fmt.Fprintf(w, "acknowledged %d, lost %d, unfinished %d, launches %d, duplicate launches %d\n",
+			r.Acknowledged, r.Lost, r.Unfinished, r.Launches, r.Duplicates)
+		return
+	}
 	Table(w, "PHASE (ms)\tP50\tP90\tP99\tMAX",
 		"unavailability (client)\t"+r.UnavailabilityS.Row(),
 		"detection\t"+r.DetectionS.Row(),
 		"election\t"+r.ElectionS.Row(),
 		"transition\t"+r.TransitionS.Row())
 	fmt.Fprintf(w, "etcd leader co-located with the faulted active in %d of %d trials\n", r.Colocated, r.Trials)
+	if len(r.Detections) > 0 {
+		var by []string
+		for d, n := range r.Detections {
+			by = append(by, fmt.Sprintf("%s %d", d, n))
+		}
+		sort.Strings(by)
+		fmt.Fprintf(w, "detected by: %s\n", strings.Join(by, ", "))
+	}
 	if r.Fault == FaultStop || r.Fault == FaultPartition {
 		fmt.Fprintf(w, "old active not fenced after it came back: %d\n", r.NotFenced)
 	}
@@ -593,10 +681,12 @@ func (r *FailoverResult) Print(w io.Writer) {
 }
 
 // Failed reports whether the run broke a promise: an acknowledged job lost,
-// an attempt launched twice, or an old active that did not come back fenced.
+// an attempt launched twice, an old active that did not come back fenced,
+// or a failover where none may happen.
 func (r *FailoverResult) Failed() error {
-	if r.Lost > 0 || r.Duplicates > 0 || r.NotFenced > 0 {
-		return fmt.Errorf("%d acknowledged jobs lost, %d duplicate launches, %d old actives not fenced", r.Lost, r.Duplicates, r.NotFenced)
+	if r.Lost > 0 || r.Duplicates > 0 || r.NotFenced > 0 || r.Failovers > 0 {
+		return fmt.Errorf("%d acknowledged jobs lost, %d duplicate launches, %d old actives not fenced, %d failovers where none may happen",
+			r.Lost, r.Duplicates, r.NotFenced, r.Failovers)
 	}
 	return nil
 }
@@ -725,4 +815,198 @@ func waitJob(ctx context.Context, admin *client.Client, id string, within time.D
 func secs(d time.Duration) *float64 {
 	v := max(d, 0).Seconds()
 	return &v
+}
+
+// peerLinkSet is every server's own way to every other server (standby-cut):
+// links[i][j] is a proxy server i reaches server j's watch stream and probes
+// through (tandem server --peer-addr), so one link can be cut alone.
+type peerLinkSet struct{ links [][]*faultnet.Proxy }
+
+// peerLinks makes the proxies of lc's servers and adds the flags that use
+// them to lc.ServerArgs.
+func peerLinks(lc *local.Config) (*peerLinkSet, error) {
+	set := &peerLinkSet{links: make([][]*faultnet.Proxy, lc.Servers)}
+	if lc.ServerArgs == nil {
+		lc.ServerArgs = make(map[string][]string)
+	}
+	for i := range set.links {
+		set.links[i] = make([]*faultnet.Proxy, lc.Servers)
+		for j := range set.links[i] {
+			if i == j {
+				continue
+			}
+			p, err := faultnet.Listen("127.0.0.1:0", fmt.Sprintf("127.0.0.1:%d", lc.BasePort+j))
+			if err != nil {
+				set.close()
+				return nil, fmt.Errorf("peer link proxy: %w", err)
+			}
+			set.links[i][j] = p
+			id := local.ServerID(i)
+			lc.ServerArgs[id] = append(lc.ServerArgs[id], "--peer-addr", local.ServerID(j)+"="+p.Addr())
+		}
+	}
+	return set, nil
+}
+
+func (s *peerLinkSet) close() {
+	for _, row := range s.links {
+		for _, p := range row {
+			if p != nil {
+				p.Close()
+			}
+		}
+	}
+}
+
+// noFailoverTrial injects a fault that must not cause a failover (standby-cut,
+// pause-200ms, cpu-hog), holds it, and watches noFailoverWatch more: it
+// counts the changes of active, the longest stall between acknowledged
+// submissions, and, for standby-cut, the cut-off standby's votes.
+func noFailoverTrial(ctx context.Context, cfg FailoverConfig, c *local.Cluster, cli *clientv3.Client, admin *client.Client, ld *load, n int) (*Trial, error) {
+	a, err := c.WaitActive(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.Status(ctx, a)
+	if err != nil {
+		return nil, err
+	}
+	tr := &Trial{N: n, From: st.ID, OldEpoch: st.Epoch}
+	l := keys.New(benchCluster)
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	votes := make(chan int, 1)
+	wch := cli.Watch(wctx, l.SuspectsPrefix(), clientv3.WithPrefix())
+	go func() {
+		n := 0
+		for wr := range wch {
+			for _, ev := range wr.Events {
+				if id, _, voter, ok := l.ParseSuspectKey(string(ev.Kv.Key)); ok && ev.Type == mvccpb.PUT && id == st.ID && voter != "" {
+					n++
+				}
+			}
+		}
+		votes <- n
+	}()
+	hold := func(d time.Duration) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+			return nil
+		}
+	}
+	t0 := time.Now()
+	switch cfg.Fault {
+	case FaultStandbyCut:
+		link := cfg.links.links[(a+1)%len(c.Servers)][a]
+		link.Block()
+		err = hold(standbyCutFor)
+		link.Unblock()
+	case FaultPause200:
+		if err = c.Signal(a, syscall.SIGSTOP); err == nil {
+			time.Sleep(pauseShort) // the fault itself: the pause's length
+			err = c.Signal(a, syscall.SIGCONT)
+		}
+	case FaultCPUHog:
+		err = cpuHog(ctx, cpuHogFor)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("inject %s: %w", cfg.Fault, err)
+	}
+	end := time.Now().Add(noFailoverWatch)
+	if err := hold(noFailoverWatch); err != nil {
+		return nil, err
+	}
+	stopWatch()
+	tr.Votes = <-votes
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	events, err := admin.History(hctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("history: %w", err)
+	}
+	for _, e := range events {
+		if e.Epoch > tr.OldEpoch {
+			tr.Failovers++
+			if tr.To == "" {
+				tr.To, tr.NewEpoch, tr.Cause, tr.Detection = e.ActiveID, e.Epoch, e.Cause, e.Detection
+			}
+		}
+	}
+	tr.UnavailabilityS = ld.longestGap(t0, end).Seconds()
+	return tr, nil
+}
+
+// longestGap returns the longest time in [from, to] without an
+// acknowledged submission.
+func (l *load) longestGap(from, to time.Time) time.Duration {
+	l.mu.Lock()
+	var at []time.Time
+	for _, a := range l.acks {
+		if a.at.After(from) && !a.at.After(to) {
+			at = append(at, a.at)
+		}
+	}
+	l.mu.Unlock()
+	sort.Slice(at, func(i, j int) bool { return at[i].Before(at[j]) })
+	prev, gap := from, time.Duration(0)
+	for _, t := range append(at, to) {
+		gap = max(gap, t.Sub(prev))
+		prev = t
+	}
+	return gap
+}
+
+// cpuHog keeps every CPU busy for d: one spinning shell process per CPU
+// (as stress --cpu N does), at the servers' priority, then stopped.
+func cpuHog(ctx context.Context, d time.Duration) error {
+	var hogs []*exec.Cmd
+	defer func() {
+		for _, h := range hogs {
+			_ = h.Process.Kill()
+			_ = h.Wait()
+		}
+	}()
+	for i := 0; i < runtime.NumCPU(); i++ {
+		h := exec.Command("sh", "-c", "while :; do :; done")
+		if err := h.Start(); err != nil {
+			return fmt.Errorf("start a CPU hog: %w", err)
+		}
+		hogs = append(hogs, h)
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+func voteNote(fault string, t *Trial) string {
+	note := ""
+	if fault == FaultStandbyCut {
+		note = fmt.Sprintf("; the cut-off standby voted %d times", t.Votes)
+	}
+	if t.Failovers > 0 {
+		note += fmt.Sprintf("; FAILED OVER to %s (%s %s)", t.To, t.Cause, t.Detection)
+	}
+	return note
+}
+
+// causeBy is a trial's failover cause, with its detection if any.
+func causeBy(t *Trial) string {
+	if t.Detection != "" {
+		return t.Cause + " by " + t.Detection
+	}
+	return t.Cause
+}
+
+// orCause is how a trial's old active was found out: its detection, else
+// the failover's cause.
+func orCause(t Trial) string {
+	if t.Detection != "" {
+		return t.Detection
+	}
+	return t.Cause
 }

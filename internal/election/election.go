@@ -322,17 +322,27 @@ type Deposed struct {
 	Detection string
 }
 
-// Depose removes every ownership in owned, all held by one server known to
-// be dead (its port refuses connections), instead of waiting for its lease
-// to run out. Each deletion is fenced by that ownership's epoch, so it can
-// never remove a newer owner; a wrongly deposed owner is merely fenced (I1):
-// this is a liveness shortcut, not something safety rests on (I5). All of
-// them go in one transaction (up to MaxOpsPerTxn of them), so every
-// ownership of the dead server is freed at one revision. seenAt, the last time the server was seen alive, is
-// recorded as the resignation time, so a new owner can tell how long
-// detection took. Then the server's lease is revoked (best effort), which
-// removes its other keys. It returns how many ownerships it freed.
+// Depose removes every ownership in owned, all held by one server found
+// dead (its port refuses connections) or agreed unresponsive by the others
+// (DeposeIf), instead of waiting for its lease to run out. Each deletion is
+// fenced by that ownership's epoch, so it can never remove a newer owner; a
+// wrongly deposed owner is merely fenced (I1): this is a liveness shortcut,
+// not something safety rests on (I5). All of them go in one transaction (up
+// to MaxOpsPerTxn of them), so every ownership of the server is freed at one
+// revision. seenAt, the last time the server was seen alive, is recorded as
+// the resignation time, so a new owner can tell how long detection took.
+// Then the server's lease is revoked (best effort), which removes its other
+// keys. It returns how many ownerships it freed.
 func Depose(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID, seenAt time.Time, owned ...Deposed) (int, error) {
+	return DeposeIf(ctx, cli, lease, seenAt, nil, owned...)
+}
+
+// DeposeIf is Depose, only if every comparison of also holds as well, in the
+// same transaction (the evidence the deposition rests on is unchanged: the
+// votes of an agreement, say). If they do not, it stops with ErrCondFailed,
+// having freed nothing (or, with more than MaxOpsPerTxn ownerships, only
+// those of the transactions before).
+func DeposeIf(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID, seenAt time.Time, also []clientv3.Cmp, owned ...Deposed) (int, error) {
 	if len(owned) == 0 {
 		return 0, nil
 	}
@@ -343,7 +353,10 @@ func Depose(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID, s
 			[]clientv3.Cmp{d.Owner.Fence().IsOwner()},
 			[]clientv3.Op{clientv3.OpDelete(d.Keys.Owner), clientv3.OpPut(d.Keys.Resign, string(rec))}, nil))
 	}
-	done, err := commitEach(ctx, cli, ops)
+	// More than MaxOpsPerTxn ownerships take several transactions, each
+	// under the same comparisons: should they stop holding half-way, the
+	// rest stays with its owner, which is then evidently alive.
+	done, err := commitEachIf(ctx, cli, also, ops)
 	n := 0
 	for _, ok := range done {
 		if ok {
@@ -353,7 +366,7 @@ func Depose(ctx context.Context, cli *clientv3.Client, lease clientv3.LeaseID, s
 	if err != nil {
 		return n, fmt.Errorf("depose %s: %w", owned[0].Owner.ID, err)
 	}
-	if lease != 0 {
+	if lease != 0 && n > 0 {
 		_, _ = cli.Revoke(ctx, lease) // best effort: the lease expires anyway
 	}
 	return n, nil
@@ -386,12 +399,21 @@ const MaxOpsPerTxn = 100
 // as etcd's limit allows, and reports which nested ones succeeded. On an
 // error, the ones before the failing transaction are reported.
 func commitEach(ctx context.Context, cli *clientv3.Client, ops []clientv3.Op) ([]bool, error) {
+	return commitEachIf(ctx, cli, nil, ops)
+}
+
+// commitEachIf is commitEach with the comparisons also in every
+// transaction; when they fail, it stops there with ErrCondFailed.
+func commitEachIf(ctx context.Context, cli *clientv3.Client, also []clientv3.Cmp, ops []clientv3.Op) ([]bool, error) {
 	done := make([]bool, len(ops))
 	for lo := 0; lo < len(ops); lo += MaxOpsPerTxn {
 		hi := min(lo+MaxOpsPerTxn, len(ops))
-		resp, err := cli.Txn(ctx).Then(ops[lo:hi]...).Commit()
+		resp, err := cli.Txn(ctx).If(also...).Then(ops[lo:hi]...).Commit()
 		if err != nil {
 			return done, err
+		}
+		if !resp.Succeeded {
+			return done, ErrCondFailed
 		}
 		for i, r := range resp.Responses {
 			done[lo+i] = r.GetResponseTxn().GetSucceeded()

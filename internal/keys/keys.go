@@ -319,3 +319,55 @@ func (l Layout) WorkflowsPrefix() string { return l.prefix + "workflows/" }
 
 // Workflow is one workflow run's record.
 func (l Layout) Workflow(id string) string { return l.WorkflowsPrefix() + id }
+
+// Suspicion of an owner that stopped answering (issue 13: a hung or cut-off
+// owner is deposed once the others agree) keeps its keys under suspects/:
+//
+//	suspects/<server>/<lease>/votes/<voter>   a vote that server stopped beating, bound to the voter's lease
+//	suspects/<server>/<lease>/alive           the suspect's answer that it is alive, bound to its own lease
+//
+// <lease> (hex) is the suspect's lease: votes against one incarnation of a
+// server never count against the next.
+
+// SuspectsPrefix is the prefix of every suspicion key.
+func (l Layout) SuspectsPrefix() string { return l.prefix + "suspects/" }
+
+// Suspect is the prefix of the suspicion keys of server under lease.
+func (l Layout) Suspect(server string, lease int64) string {
+	return fmt.Sprintf("%s%s/%x/", l.SuspectsPrefix(), server, lease)
+}
+
+// SuspectVote is voter's vote that server, under lease, stopped beating.
+func (l Layout) SuspectVote(server string, lease int64, voter string) string {
+	return l.Suspect(server, lease) + "votes/" + voter
+}
+
+// SuspectAlive is server's answer, under lease, that it is alive.
+func (l Layout) SuspectAlive(server string, lease int64) string {
+	return l.Suspect(server, lease) + "alive"
+}
+
+// ParseSuspectKey splits a key under SuspectsPrefix into the suspect, its
+// lease and the voter (empty for the suspect's own alive key); ok is false
+// for any other key.
+func (l Layout) ParseSuspectKey(key string) (server string, lease int64, voter string, ok bool) {
+	rest, found := strings.CutPrefix(key, l.SuspectsPrefix())
+	if !found {
+		return "", 0, "", false
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) < 3 || parts[0] == "" {
+		return "", 0, "", false
+	}
+	lease, err := strconv.ParseInt(parts[1], 16, 64)
+	if err != nil || lease == 0 {
+		return "", 0, "", false
+	}
+	switch {
+	case len(parts) == 3 && parts[2] == "alive":
+		return parts[0], lease, "", true
+	case len(parts) == 4 && parts[2] == "votes" && parts[3] != "":
+		return parts[0], lease, parts[3], true
+	}
+	return "", 0, "", false
+}

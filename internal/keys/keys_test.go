@@ -27,3 +27,20 @@ func TestFireKeys(t *testing.T) {
 		}
 	}
 }
+
+// Suspicion keys parse back to what made them; other keys do not parse.
+func TestSuspectKeys(t *testing.T) {
+	l := New("c")
+	if s, lease, v, ok := l.ParseSuspectKey(l.SuspectVote("rm1", 0x7a, "rm2")); !ok || s != "rm1" || lease != 0x7a || v != "rm2" {
+		t.Errorf("vote key parsed as %q %x %q %v, want rm1 7a rm2 true", s, lease, v, ok)
+	}
+	if s, lease, v, ok := l.ParseSuspectKey(l.SuspectAlive("rm1", 0x7a)); !ok || s != "rm1" || lease != 0x7a || v != "" {
+		t.Errorf("alive key parsed as %q %x %q %v, want rm1 7a \"\" true", s, lease, v, ok)
+	}
+	for _, bad := range []string{"/tandem/c/suspects/rm1/7a/", "/tandem/c/suspects/rm1/zz/alive", "/tandem/c/suspects/rm1/0/alive",
+		"/tandem/c/suspects//7a/alive", "/tandem/c/suspects/rm1/7a/votes/", "/tandem/c/suspects/rm1/7a/other", "/tandem/c/jobs/x"} {
+		if _, _, _, ok := l.ParseSuspectKey(bad); ok {
+			t.Errorf("ParseSuspectKey(%q) accepted it", bad)
+		}
+	}
+}

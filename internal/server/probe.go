@@ -35,6 +35,10 @@ type prober struct {
 	peers map[string]*peerHealth // by server ID
 	// watchers counts the watch streams this server serves (watch.go).
 	watchers atomic.Int64
+	// beats holds, for every owner this server watches, when a byte last
+	// came on its watch stream (suspect.go).
+	beatMu sync.Mutex
+	beats  map[peerKey]*beatState
 }
 
 type peerHealth struct {
@@ -48,13 +52,20 @@ type peerHealth struct {
 func (p *prober) run(ctx context.Context, s *Server) {
 	// The watch streams (watch.go) notice a crash at once; the probes below
 	// are their fallback, for owners no stream reaches.
+	// A hung or cut-off owner keeps its connections open but stops
+	// beating on them: the judge (suspect.go) deposes it once the others
+	// agree.
 	s.registerWatchMetrics()
-	watched := make(chan struct{})
+	watched, judged := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(watched)
 		s.watchOwners(ctx)
 	}()
-	defer func() { <-watched }()
+	go func() {
+		defer close(judged)
+		s.judge(ctx)
+	}()
+	defer func() { <-watched; <-judged }()
 	client := transport.NewHTTPClient(transport.HTTPOptions{Timeout: max(2*s.cfg.ProbeInterval, 250*time.Millisecond), NoProxy: true, TLS: s.cfg.PeerTLS})
 	tick := time.NewTicker(s.cfg.ProbeInterval)
 	defer tick.Stop()
@@ -109,6 +120,7 @@ func (p *prober) forget(owning map[string][]election.Owner) {
 // check probes the server id, which owns held, and deposes it if it is dead.
 func (p *prober) check(ctx context.Context, s *Server, client *http.Client, id string, held []election.Owner) {
 	o := held[0]
+	o.URL = s.peerURL(o.ID, o.URL)
 	ok, refused := probe(ctx, client, o.URL)
 	p.mu.Lock()
 	if p.peers == nil {
@@ -132,7 +144,7 @@ func (p *prober) check(ctx context.Context, s *Server, client *http.Client, id s
 	seen := h.seen
 	p.mu.Unlock()
 	if dead {
-		s.deposeDead(ctx, id, o.Lease, held, seen, tandem.DetectProbesRefused)
+		s.depose(ctx, id, o.Lease, held, seen, tandem.DetectProbesRefused, nil)
 	}
 }
 
@@ -151,11 +163,12 @@ func probe(ctx context.Context, client *http.Client, url string) (ok, refused bo
 	return resp.StatusCode == http.StatusOK, false
 }
 
-// deposeDead frees every shard of the dead server id at once, fenced by each
-// shard's epoch, and revokes its lease. detection (a tandem.Detect* value)
-// says how the death was found out; seen is when the server was last known
-// alive.
-func (s *Server) deposeDead(ctx context.Context, id string, lease int64, held []election.Owner, seen time.Time, detection string) {
+// depose frees every shard of the server id, found dead or agreed
+// unresponsive, at once, fenced by each shard's epoch (and by also, the
+// evidence, when given), and revokes its lease. detection (a tandem.Detect*
+// value) says how it was found out; seen is when the server was last known
+// alive. It reports whether it freed anything.
+func (s *Server) depose(ctx context.Context, id string, lease int64, held []election.Owner, seen time.Time, detection string, also []clientv3.Cmp) bool {
 	owned := make([]election.Deposed, 0, len(held))
 	for _, o := range held {
 		k, ok := s.shardOfOwnerKey(o.Key)
@@ -166,14 +179,21 @@ func (s *Server) deposeDead(ctx context.Context, id string, lease int64, held []
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.LeaseTTL)
 	defer cancel()
-	n, err := election.Depose(dctx, s.cfg.Etcd, clientv3.LeaseID(lease), seen, owned...)
+	n, err := election.DeposeIf(dctx, s.cfg.Etcd, clientv3.LeaseID(lease), seen, also, owned...)
 	switch {
+	case errors.Is(err, election.ErrCondFailed):
+		s.log.Info("did not depose an owner: the evidence changed", "owner", id, "detection", detection)
 	case err != nil:
-		s.log.Warn("could not depose a dead owner", "owner", id, "shards", len(owned), "err", err)
+		s.log.Warn("could not depose an owner", "owner", id, "shards", len(owned), "detection", detection, "err", err)
 	case n > 0:
-		s.log.Warn("deposed a dead owner: its port refuses connections", "owner", id, "shards", n,
+		why := "its port refuses connections"
+		if detection == tandem.DetectAgreement {
+			why = "the other servers agree it stopped answering"
+		}
+		s.log.Warn("deposed an owner: "+why, "owner", id, "shards", n,
 			"detection", detection, "last_seen", time.Since(seen).Round(time.Millisecond).String())
 	}
+	return n > 0
 }
 
 // shardOfOwnerKey returns the shard whose owner key is key.

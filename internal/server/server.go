@@ -62,6 +62,16 @@ type Config struct {
 	// DeposeDead lets a server depose an owner whose port refuses
 	// connections (its process is gone) without waiting for its lease.
 	DeposeDead bool
+	// SuspectAfter is how long an owner's watch stream may stay silent
+	// before this server votes that it is unresponsive (hung, paused, cut
+	// off); a majority of the other live servers voting, unanswered by the
+	// owner, deposes it (suspect.go). 0 turns voting off; with DeposeDead
+	// off, so is it.
+	SuspectAfter time.Duration
+	// PeerAddrs, by server ID, reaches that server's watch stream and
+	// probes at another host:port than its advertised URL's (tests cut one
+	// link with it).
+	PeerAddrs map[string]string
 	// AgentTimeout is how long an agent may be silent before an owner
 	// declares it lost and retries its attempts elsewhere.
 	AgentTimeout time.Duration
@@ -114,6 +124,7 @@ func DefaultConfig() Config {
 		AutoFailover:  true,
 		ProbeInterval: 100 * time.Millisecond,
 		DeposeDead:    true,
+		SuspectAfter:  DefaultSuspectAfter,
 		AgentTimeout:  10 * time.Second,
 		Settle:        time.Second,
 		MaxMoves:      8,
@@ -169,6 +180,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ProbeInterval <= 0 {
 		return fmt.Errorf("probe interval %s must be positive", c.ProbeInterval)
+	}
+	if err := validateSuspicion(c.SuspectAfter, c.PeerAddrs); err != nil {
+		return err
 	}
 	if err := c.Retention.Validate(); err != nil {
 		return err

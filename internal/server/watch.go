@@ -31,6 +31,12 @@ import (
 // owner answers, or a timeout) proves nothing; the watcher reconnects and
 // the prober and the lease remain the fallbacks.
 //
+// The beats also say the owner is alive and answering: a server that reads
+// none for a while votes that it is unresponsive (suspect.go, issue 13
+// point 2). They come every beat interval (the probe interval, at most
+// maxBeat) from the goroutine serving the stream, which does nothing else,
+// so a busy owner still beats on time.
+//
 // A stream lasts watchLife (a few seconds), then the owner ends it with a
 // renewal byte and the watcher opens the next at once: a refusal then is a
 // death too.
@@ -54,6 +60,14 @@ const (
 	watchBye   = 'x' // the owner is stopping on purpose and has resigned
 	watchRenew = 'r' // the stream has lasted its life: open another
 )
+
+// maxBeat bounds the beat interval, whatever the probe interval: watchers
+// suspect an owner after SuspectAfter without a beat, which must stay
+// several beats long however the owner is configured.
+const maxBeat = 100 * time.Millisecond
+
+// beatInterval is how often an owner beats on its watch streams.
+func beatInterval(probe time.Duration) time.Duration { return min(probe, maxBeat) }
 
 // watchLife bounds one stream's life: an HTTP server closing (a test's
 // httptest.Server, a Shutdown not preceded by the server's Close) waits for
@@ -87,7 +101,7 @@ func (s *Server) Watch(ctx context.Context, beat func([]byte) error) error {
 	if err := beat([]byte{watchBeat}); err != nil {
 		return err
 	}
-	tick := time.NewTicker(s.cfg.ProbeInterval)
+	tick := time.NewTicker(beatInterval(s.cfg.ProbeInterval))
 	defer tick.Stop()
 	life := time.NewTimer(watchLife(s.cfg.ProbeInterval))
 	defer life.Stop()
@@ -112,12 +126,17 @@ func (s *Server) Watch(ctx context.Context, beat func([]byte) error) error {
 // tandem_watch_streams).
 func (s *Server) WatchStreams() int { return int(s.probe.watchers.Load()) }
 
-// registerWatchMetrics exposes WatchStreams (once per server).
+// registerWatchMetrics exposes WatchStreams and BeatingOwners (once per
+// server).
 func (s *Server) registerWatchMetrics() {
 	g := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tandem_watch_streams",
 		Help: "Crash-detection streams (GET /v1/ha/watch) this server serves to other servers."},
 		func() float64 { return float64(s.WatchStreams()) })
 	_ = s.Registry().Register(g) // already registered by an earlier Start: keep that one
+	b := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tandem_watch_beating",
+		Help: "Owners whose watch streams (GET /v1/ha/watch) beat to this server now."},
+		func() float64 { return float64(s.BeatingOwners()) })
+	_ = s.Registry().Register(b)
 }
 
 // ownerWatch is one watched owner: a server, reached at url, whose keys are
@@ -150,6 +169,7 @@ func (s *Server) watchOwners(ctx context.Context) {
 		want := map[string]election.Owner{}
 		for _, o := range s.store.Owners() {
 			if o.ID != s.cfg.ID {
+				o.URL = s.peerURL(o.ID, o.URL)
 				want[o.ID] = o
 			}
 		}
@@ -195,6 +215,11 @@ func (s *Server) watchOwner(ctx context.Context, stream, confirm *http.Client, w
 		wait time.Duration
 		lost time.Time // when a stream ended without a goodbye, until one is open again
 	)
+	// Every byte read is a beat: how long none came decides suspicion.
+	peer := peerKey{id: w.id, lease: w.lease}
+	beats := s.probe.watching(peer)
+	defer s.probe.unwatch(peer, beats)
+	onByte := func() { s.probe.beat(beats) }
 	for {
 		if wait > 0 {
 			select {
@@ -203,7 +228,7 @@ func (s *Server) watchOwner(ctx context.Context, stream, confirm *http.Client, w
 			case <-time.After(wait):
 			}
 		}
-		res := watchOnce(ctx, stream, w.url)
+		res := watchOnce(ctx, stream, w.url, onByte)
 		if ctx.Err() != nil {
 			return
 		}
@@ -250,7 +275,7 @@ func (s *Server) watchOwner(ctx context.Context, stream, confirm *http.Client, w
 		}
 		s.log.Info("watch stream of an owner closed and its port refuses connections: its process is gone",
 			"owner", w.id, "shards", len(held), "err", res.err)
-		s.deposeDead(ctx, w.id, w.lease, held, lost, tandem.DetectConnectionLost)
+		s.depose(ctx, w.id, w.lease, held, lost, tandem.DetectConnectionLost, nil)
 	}
 }
 
@@ -274,8 +299,9 @@ type watchResult struct {
 	err       error
 }
 
-// watchOnce opens one watch stream to url and reads it until it ends.
-func watchOnce(ctx context.Context, client *http.Client, url string) watchResult {
+// watchOnce opens one watch stream to url and reads it until it ends,
+// calling onByte on every read that brings bytes.
+func watchOnce(ctx context.Context, client *http.Client, url string, onByte func()) watchResult {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/v1/ha/watch", nil)
 	if err != nil {
 		return watchResult{err: err}
@@ -293,6 +319,7 @@ func watchOnce(ctx context.Context, client *http.Client, url string) watchResult
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
+			onByte()
 			res.connected = true
 			res.last = buf[n-1]
 		}
