@@ -814,54 +814,29 @@ func (s *Server) CreateScheduleIdem(ctx context.Context, spec tandem.ScheduleSpe
 	if spec.Workflow == nil {
 		spec.Job = spec.Job.WithDefaults()
 	}
-	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
-	defer cancel()
-	for try := 0; ; try++ {
-		held := s.core.Held()
-		if len(held) == 0 {
-			return nil, false, tandem.ErrNotActive
-		}
-		byShard := make(map[int]*ha.Term, len(held))
-		for _, t := range held {
-			byShard[t.Shard] = t
-		}
-		real := time.Now().UTC()
-		raw, ok := s.ids.next(real, func(id string) bool {
-			return byShard[shard.Of(scheduleIDPrefix+id, s.Shards())] != nil
-		})
-		if !ok {
-			return nil, false, tandem.Errorf(tandem.EUNAVAILABLE, "could not make a schedule ID in the shards this server owns; retry")
-		}
-		id := scheduleIDPrefix + raw
-		t := byShard[shard.Of(id, s.Shards())]
+	var got *tandem.Schedule
+	var created bool
+	err := s.createOwned(ctx, "schedule", scheduleIDPrefix, func(ctx context.Context, t *ha.Term, id string) error {
 		now := s.now().UTC()
 		sch := &tandem.Schedule{ID: id, ScheduleSpec: spec, Shard: t.Shard, Cursor: now, Version: 1,
 			CreatedAt: now, UpdatedAt: now, Epoch: t.Epoch(), CreatedBy: s.cfg.ID, UpdatedEpoch: t.Epoch(), UpdatedBy: s.cfg.ID}
-		got, rev, created, err := s.store.CreateScheduleIdem(wctx, t.Fence, sch, idemKey, spec.Hash())
+		prev, rev, isNew, err := s.store.CreateScheduleIdem(ctx, t.Fence, sch, idemKey, spec.Hash())
 		switch {
-		case errors.Is(err, tandem.ErrFenced):
-			s.fenced(t)
-			if try < 3 && s.core.Count() > 0 {
-				continue
-			}
-			return nil, false, err
-		case errors.Is(err, store.ErrIDTaken) && try < 3:
-			continue // the generator has moved on
 		case err != nil:
-			var te *tandem.Error
-			if !errors.As(err, &te) {
-				// etcd did not answer in time: the schedule may or may not be
-				// committed; a retry with the same key settles it.
-				return nil, false, tandem.Errorf(tandem.EUNAVAILABLE, "could not commit the schedule to etcd (retry with the same Idempotency-Key): %v", err)
-			}
-			return nil, false, err
-		case !created:
-			return got, false, nil
+			return err
+		case !isNew:
+			got = prev
+			return nil
 		}
 		sch.Revision = rev
+		got, created = sch, true
 		s.log.Info("schedule created", "schedule", id, "shard", t.Shard, "epoch", t.Epoch())
-		return sch, true, nil
+		return nil
+	})
+	if err != nil {
+		return nil, false, err
 	}
+	return got, created, nil
 }
 
 // PatchSchedule applies patch, a JSON merge patch of the spec (MergePatch),

@@ -531,49 +531,22 @@ func (s *Server) CreateWorkflowIdem(ctx context.Context, spec tandem.WorkflowSpe
 	if err := ValidateWorkflow(spec); err != nil {
 		return nil, false, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
-	defer cancel()
-	for try := 0; ; try++ {
-		held := s.core.Held()
-		if len(held) == 0 {
-			return nil, false, tandem.ErrNotActive
-		}
-		byShard := make(map[int]*ha.Term, len(held))
-		for _, t := range held {
-			byShard[t.Shard] = t
-		}
-		raw, ok := s.ids.next(time.Now().UTC(), func(id string) bool {
-			return byShard[shard.Of(workflowIDPrefix+id, s.Shards())] != nil
-		})
-		if !ok {
-			return nil, false, tandem.Errorf(tandem.EUNAVAILABLE, "could not make a workflow ID in the shards this server owns; retry")
-		}
-		id := workflowIDPrefix + raw
-		t := byShard[shard.Of(id, s.Shards())]
+	var got *tandem.Workflow
+	var created bool
+	err := s.createOwned(ctx, "workflow", workflowIDPrefix, func(ctx context.Context, t *ha.Term, id string) error {
 		wf := s.newWorkflow(t, id, spec)
 		wf.IdempotencyKey = idemKey
-		got, created, err := s.store.CreateWorkflowIdem(wctx, t.Fence, wf, idemKey, spec.Hash())
-		switch {
-		case errors.Is(err, tandem.ErrFenced):
-			s.fenced(t)
-			if try < 3 && s.core.Count() > 0 {
-				continue
-			}
-			return nil, false, err
-		case errors.Is(err, store.ErrIDTaken) && try < 3:
-			continue // the generator has moved on
-		case err != nil:
-			var te *tandem.Error
-			if !errors.As(err, &te) {
-				return nil, false, tandem.Errorf(tandem.EUNAVAILABLE, "could not commit the workflow to etcd (retry with the same Idempotency-Key): %v", err)
-			}
-			return nil, false, err
-		}
-		if created {
+		var err error
+		got, created, err = s.store.CreateWorkflowIdem(ctx, t.Fence, wf, idemKey, spec.Hash())
+		if err == nil && created {
 			s.log.Info("workflow created", "workflow", id, "name", spec.Name, "steps", len(spec.Steps), "shard", t.Shard, "epoch", t.Epoch())
 		}
-		return got, created, nil
+		return err
+	})
+	if err != nil {
+		return nil, false, err
 	}
+	return got, created, nil
 }
 
 // newWorkflow is the record of a new run id of spec for term t.
