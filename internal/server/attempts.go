@@ -228,5 +228,8 @@ func (s *Server) Kill(ctx context.Context, id string) (*tandem.Job, error) {
 	if errors.Is(err, errNotOwner) {
 		return nil, tandem.ErrNotActive
 	}
-	return j, err
+	if err != nil {
+		return nil, s.removedOr(store.KindJob, id, err) // a job retention removed answers 410
+	}
+	return j, nil
 }

@@ -94,6 +94,10 @@ func TestRetentionRemovesFinishedJobs(t *testing.T) {
 	if !errors.Is(err, tandem.ErrRemoved) || !strings.Contains(err.Error(), done[1]) {
 		t.Fatalf("client GetJob of a removed job: got %v, want ErrRemoved naming it", err)
 	}
+	// Killing it says so too, rather than that it never was.
+	if _, err := cl.KillJob(ctx, done[1]); !errors.Is(err, tandem.ErrRemoved) {
+		t.Fatalf("client KillJob of a removed job: got %v, want ErrRemoved", err)
+	}
 	r := do(t, http.MethodGet, c.nodes[active].url+"/v1/jobs/no-such-job", "", "")
 	if r.status != http.StatusNotFound {
 		t.Fatalf("GET a job that never was: got %d, want 404", r.status)

@@ -650,7 +650,7 @@ func (s *Server) changeWorkflow(ctx context.Context, id string, fn func(*tandem.
 		}
 		wf, err := s.store.Workflow(id)
 		if err != nil {
-			return nil, err
+			return nil, s.removedOr(store.KindWorkflow, id, err)
 		}
 		write, err := fn(wf)
 		if err != nil || !write {
