@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -353,60 +352,31 @@ func (s *Store) Fire(ctx context.Context, f election.Fence, fi *Fire) (int64, er
 	if ops, cmps := fi.Ops(); ops > MaxTxnOps || cmps > MaxTxnOps {
 		return 0, fmt.Errorf("fire schedule %s: %d operations and %d comparisons, more than etcd's limit of %d", id, ops, cmps, MaxTxnOps)
 	}
-	key := s.keys.Schedule(id)
 	rec := *fi.Schedule
 	rec.Revision = 0
-	val, err := json.Marshal(&rec)
+	g, err := newGuardedWrite("fire schedule "+id, s.keys.Schedule(id), fi.Rev, f, &rec)
 	if err != nil {
-		return 0, fmt.Errorf("encode schedule %s: %w", id, err)
-	}
-	cmps := []clientv3.Cmp{f.IsOwner(), clientv3.Compare(clientv3.ModRevision(key), "=", fi.Rev)}
-	ops := []clientv3.Op{clientv3.OpPut(key, string(val))}
-	for _, r := range fi.Runs {
-		v, err := json.Marshal(&r.Run)
-		if err != nil {
-			return 0, fmt.Errorf("encode run %s: %w", r.Key, err)
-		}
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(r.Key), "=", 0))
-		ops = append(ops, clientv3.OpPut(r.Key, string(v)))
-	}
-	for _, j := range fi.Jobs {
-		v, err := json.Marshal(j)
-		if err != nil {
-			return 0, fmt.Errorf("encode job %s: %w", j.ID, err)
-		}
-		jk := s.keys.Job(j.ID)
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(jk), "=", 0))
-		ops = append(ops, clientv3.OpPut(jk, string(v)))
-	}
-	for _, wf := range fi.Workflows {
-		v, err := json.Marshal(wf)
-		if err != nil {
-			return 0, fmt.Errorf("encode workflow %s: %w", wf.ID, err)
-		}
-		wk := s.keys.Workflow(wf.ID)
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(wk), "=", 0))
-		ops = append(ops, clientv3.OpPut(wk, string(v)))
-	}
-	for _, k := range fi.Prune {
-		ops = append(ops, clientv3.OpDelete(k))
-	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).
-		Else(clientv3.OpGet(f.Key, clientv3.WithKeysOnly()), clientv3.OpGet(key, clientv3.WithKeysOnly())).Commit()
-	if err != nil {
-		return 0, fmt.Errorf("fire schedule %s: %w", id, err)
-	}
-	if !resp.Succeeded {
-		err := s.scheduleTxnFailed("fire schedule "+id, f, key, resp)
-		var c *ConflictError
-		if errors.As(err, &c) && c.Rev == fi.Rev {
-			// The record is as read, so a run or job key was taken: a view
-			// at the transaction's revision has whatever took it.
-			c.Key, c.Rev = "a run or job key of schedule "+id, resp.Header.Revision
-		}
 		return 0, err
 	}
-	return resp.Header.Revision, s.WaitRev(ctx, resp.Header.Revision)
+	for _, r := range fi.Runs {
+		if err := g.create(r.Key, &r.Run); err != nil {
+			return 0, err
+		}
+	}
+	for _, j := range fi.Jobs {
+		if err := g.create(s.keys.Job(j.ID), j); err != nil {
+			return 0, err
+		}
+	}
+	for _, wf := range fi.Workflows {
+		if err := g.create(s.keys.Workflow(wf.ID), wf); err != nil {
+			return 0, err
+		}
+	}
+	for _, k := range fi.Prune {
+		g.ops = append(g.ops, clientv3.OpDelete(k))
+	}
+	return s.commitGuarded(ctx, f, g, "a run or job key of schedule "+id)
 }
 
 // PruneRuns deletes run records of schedule id, fenced by f.

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -11,7 +10,6 @@ import (
 	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/election"
@@ -281,36 +279,16 @@ func (s *Store) CommitWorkflow(ctx context.Context, f election.Fence, c *Workflo
 	if 1+len(c.Jobs) > MaxTxnOps {
 		return 0, fmt.Errorf("commit workflow %s: %d jobs, more than etcd's limit of %d operations", id, len(c.Jobs), MaxTxnOps-1)
 	}
-	key := s.keys.Workflow(id)
 	rec := *c.Workflow
 	rec.Revision = 0
-	val, err := json.Marshal(&rec)
+	g, err := newGuardedWrite("commit workflow "+id, s.keys.Workflow(id), c.Rev, f, &rec)
 	if err != nil {
-		return 0, fmt.Errorf("encode workflow %s: %w", id, err)
-	}
-	cmps := []clientv3.Cmp{f.IsOwner(), clientv3.Compare(clientv3.ModRevision(key), "=", c.Rev)}
-	ops := []clientv3.Op{clientv3.OpPut(key, string(val))}
-	for _, j := range c.Jobs {
-		v, err := json.Marshal(j)
-		if err != nil {
-			return 0, fmt.Errorf("encode job %s: %w", j.ID, err)
-		}
-		jk := s.keys.Job(j.ID)
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(jk), "=", 0))
-		ops = append(ops, clientv3.OpPut(jk, string(v)))
-	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).
-		Else(clientv3.OpGet(f.Key, clientv3.WithKeysOnly()), clientv3.OpGet(key, clientv3.WithKeysOnly())).Commit()
-	if err != nil {
-		return 0, fmt.Errorf("commit workflow %s: %w", id, err)
-	}
-	if !resp.Succeeded {
-		err := s.scheduleTxnFailed("commit workflow "+id, f, key, resp)
-		var ce *ConflictError
-		if errors.As(err, &ce) && ce.Rev == c.Rev {
-			ce.Key, ce.Rev = "a job key of workflow "+id, resp.Header.Revision
-		}
 		return 0, err
 	}
-	return resp.Header.Revision, s.WaitRev(ctx, resp.Header.Revision)
+	for _, j := range c.Jobs {
+		if err := g.create(s.keys.Job(j.ID), j); err != nil {
+			return 0, err
+		}
+	}
+	return s.commitGuarded(ctx, f, g, "a job key of workflow "+id)
 }
