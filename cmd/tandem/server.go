@@ -394,14 +394,32 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	return runErr
 }
 
+// etcdLeaderAwayAfter is how long a server is active before it hands etcd
+// leadership away (see keepEtcdLeaderAway).
+const etcdLeaderAwayAfter = 2 * time.Second
+
 // keepEtcdLeaderAway moves etcd leadership off this process's member while
 // this server is active (see embedetcd.Member.MoveLeadershipAway).
+//
+// It waits until the server has been active for etcdLeaderAwayAfter: a
+// leadership transfer makes etcd drop the proposals it receives meanwhile,
+// and right after a failover (when the new active's member often leads
+// etcd, as the one that won the election fastest) those are the new
+// active's first writes and its clients' first submissions.
 func keepEtcdLeaderAway(ctx context.Context, srv *server.Server, m *embedetcd.Member, cli *clientv3.Client, log *slog.Logger) {
+	var activeSince time.Time // zero while not active
 	for {
 		wait := 100 * time.Millisecond
+		active := srv.Shards() == 1 && srv.State() == tandem.StateActive
+		switch {
+		case !active:
+			activeSince = time.Time{}
+		case activeSince.IsZero():
+			activeSince = time.Now()
+		}
 		// With several shards every server owns some: moving leadership
 		// between them would only bounce it around.
-		if srv.Shards() == 1 && srv.State() == tandem.StateActive && m.IsLeader() {
+		if active && time.Since(activeSince) >= etcdLeaderAwayAfter && m.IsLeader() {
 			to, err := m.MoveLeadershipAway(ctx, cli)
 			switch {
 			case err != nil:

@@ -37,6 +37,7 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/acl"
+	"github.com/tandemhq/tandem/internal/endpoint"
 	"github.com/tandemhq/tandem/internal/store"
 	"github.com/tandemhq/tandem/internal/transport"
 	"github.com/tandemhq/tandem/internal/ui"
@@ -65,6 +66,9 @@ type Service interface {
 	// ActiveAnswering reports whether this server's probes find server id
 	// answering.
 	ActiveAnswering(id string) bool
+	// Changed returns a channel closed at the next change of the
+	// server's view (owners, jobs, anything).
+	Changed() <-chan struct{}
 	Healthy(ctx context.Context) error
 	RetryAfter() time.Duration
 	Registry() *prometheus.Registry
@@ -249,12 +253,99 @@ func (a *API) route(pattern string, m methods) {
 // on every request.
 func (a *API) sharded() bool { return a.srv.Shards() > 1 }
 
+// HoldForOwner is how long a server holds a request it cannot serve while it
+// knows no owner to send it to that answers (none is known, or the known one
+// is silent or its process is gone), waiting for one that does. An election
+// after a crash takes tens of milliseconds: holding serves the client the
+// moment a new owner is in place, where a 503 would send it into a backoff
+// that outlasts the election several times over. It stays below the
+// client's attempt timeout (transport.DefaultAttemptTimeout), which would
+// otherwise abandon the held request as hung.
+const HoldForOwner = 400 * time.Millisecond
+
+// holdTick is how often a held request looks again between changes of the
+// view: a probe that finds an owner answering changes no key.
+const holdTick = 5 * time.Millisecond
+
+// awaitOwner returns find's answer once it names a server to serve r (this
+// one, or an owner that answers), or its last answer when HoldForOwner has
+// passed, the client has gone, or this server is stopping.
+func (a *API) awaitOwner(r *http.Request, find func() (tandem.ServerRef, bool)) (tandem.ServerRef, bool) {
+	to, ok := find()
+	if ok || a.srv.State() == tandem.StateStopping {
+		return to, ok
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), HoldForOwner)
+	defer cancel()
+	tick := time.NewTicker(holdTick)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return to, ok
+		case <-a.srv.Changed():
+		case <-tick.C:
+		}
+		if to, ok = find(); ok {
+			return to, ok
+		}
+	}
+}
+
+// answering returns to, and whether it can serve r: it is this server, or
+// this server's probes find it answering and the client did not find its
+// port refusing connections (transport.RefusedHeader).
+func (a *API) answering(r *http.Request, to tandem.ServerRef, known bool) (tandem.ServerRef, bool) {
+	return to, known && (to.ID == a.id || a.srv.ActiveAnswering(to.ID) && !refusedBy(r, to.URL))
+}
+
+// maxRefused bounds the servers a request's RefusedHeader may list.
+const maxRefused = 16
+
+// refusedBy reports whether r's client found the server at u refusing
+// connections earlier in its call (transport.RefusedHeader).
+func refusedBy(r *http.Request, u string) bool {
+	h := r.Header.Get(transport.RefusedHeader)
+	if h == "" || u == "" {
+		return false
+	}
+	e, err := endpoint.Parse(u)
+	if err != nil {
+		return false
+	}
+	for i, k := range strings.Split(h, ",") {
+		if i == maxRefused {
+			break
+		}
+		if strings.TrimSpace(k) == e.Key {
+			return true
+		}
+	}
+	return false
+}
+
+// findActive names the server to serve r, a request for the active: this
+// one while active, else the active it knows.
+func (a *API) findActive(r *http.Request) (tandem.ServerRef, bool) {
+	if a.srv.State() == tandem.StateActive {
+		return tandem.ServerRef{ID: a.id}, true
+	}
+	st := a.srv.Status()
+	return a.answering(r, tandem.ServerRef{ID: st.ActiveID, URL: st.ActiveURL}, st.ActiveURL != "" && st.ActiveID != st.ID)
+}
+
 // activeOnly serves h on the active. A standby answers 307 to the active,
-// same path and query; with no active known, 503 with Retry-After.
+// same path and query; with no active known that answers, it holds the
+// request up to HoldForOwner for one (a failover under way), then answers
+// 503 with Retry-After.
 func (a *API) activeOnly(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if a.srv.State() == tandem.StateActive {
 			h(w, r)
+			return
+		}
+		if to, ok := a.awaitOwner(r, func() (tandem.ServerRef, bool) { return a.findActive(r) }); ok && to.ID == a.id {
+			h(w, r) // this server became the active meanwhile
 			return
 		}
 		st := a.srv.Status()
@@ -271,7 +362,7 @@ func (a *API) activeOnly(h http.HandlerFunc) http.HandlerFunc {
 // server's probes find to silent: sending the client to a server that hangs
 // would make it hang too, so it gets 503 and tries the other servers at once.
 func (a *API) redirect(w http.ResponseWriter, r *http.Request, to tandem.ServerRef, why string) {
-	if !a.srv.ActiveAnswering(to.ID) {
+	if !a.srv.ActiveAnswering(to.ID) || refusedBy(r, to.URL) {
 		a.writeError(w, r, tandem.Errorf(tandem.ENOACTIVE,
 			"%s, which does not answer; a failover may be under way, retry shortly", why))
 		return
@@ -335,7 +426,18 @@ func (a *API) submitter(h http.HandlerFunc) http.HandlerFunc {
 			h(w, r)
 			return
 		}
-		if to, ok := a.srv.AnyOwner(); ok && to.ID != a.id {
+		to, ok := a.awaitOwner(r, func() (tandem.ServerRef, bool) {
+			if a.srv.State() == tandem.StateActive {
+				return tandem.ServerRef{ID: a.id}, true
+			}
+			to, ok := a.srv.AnyOwner()
+			return a.answering(r, to, ok)
+		})
+		switch {
+		case ok && to.ID == a.id:
+			h(w, r) // this server came to own a shard meanwhile
+			return
+		case to.ID != "" && to.ID != a.id:
 			a.redirect(w, r, to, fmt.Sprintf("server %s owns no shard; %s does", a.id, to.ID))
 			return
 		}
@@ -358,7 +460,13 @@ func (a *API) ownerWriter(noun string, h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		id := r.PathValue("id")
-		to, ok := a.srv.OwnerOf(id)
+		to, ok := a.awaitOwner(r, func() (tandem.ServerRef, bool) {
+			to, ok := a.srv.OwnerOf(id)
+			return a.answering(r, to, ok)
+		})
+		if !ok {
+			to, ok = a.srv.OwnerOf(id)
+		}
 		switch {
 		case ok && to.ID == a.id:
 			h(w, r)

@@ -37,6 +37,7 @@ type fake struct {
 	rev     int64
 	head    int64 // etcd's revision, which Fresh waits for
 	revCh   chan struct{}
+	changed chan struct{} // closed at the next elect
 	killed  []string
 	submits int
 	reg     *prometheus.Registry
@@ -45,14 +46,40 @@ type fake struct {
 func newFake(id string, shards int, state tandem.HAState) *fake {
 	return &fake{id: id, shards: shards, state: state, status: tandem.ServerStatus{ID: id, State: state},
 		silent: map[string]bool{}, owners: map[string]tandem.ServerRef{}, jobs: map[string]*tandem.Job{},
-		revCh: make(chan struct{}), reg: prometheus.NewRegistry()}
+		revCh: make(chan struct{}), changed: make(chan struct{}), reg: prometheus.NewRegistry()}
 }
 
-func (f *fake) ID() string                            { return f.id }
-func (f *fake) Shards() int                           { return f.shards }
-func (f *fake) State() tandem.HAState                 { return f.state }
-func (f *fake) Status() tandem.ServerStatus           { return f.status }
-func (f *fake) ActiveAnswering(id string) bool        { return !f.silent[id] }
+func (f *fake) ID() string  { return f.id }
+func (f *fake) Shards() int { return f.shards }
+func (f *fake) State() tandem.HAState {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.state
+}
+func (f *fake) Status() tandem.ServerStatus {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.status
+}
+func (f *fake) ActiveAnswering(id string) bool { return !f.silent[id] }
+func (f *fake) Changed() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.changed
+}
+
+// elect makes active the active this server knows (itself if it is f.id),
+// as the view of a real server changes when an election ends.
+func (f *fake) elect(active tandem.ServerRef) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.status.ActiveID, f.status.ActiveURL = active.ID, active.URL
+	if active.ID == f.id {
+		f.state, f.status.State = tandem.StateActive, tandem.StateActive
+	}
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
 func (f *fake) Healthy(context.Context) error         { return nil }
 func (f *fake) RetryAfter() time.Duration             { return 2 * time.Second }
 func (f *fake) Registry() *prometheus.Registry        { return f.reg }
@@ -266,6 +293,77 @@ func TestRouting(t *testing.T) {
 				t.Fatal("a 503 without Retry-After")
 			}
 		})
+	}
+}
+
+// A standby that knows no active holds a request for the active while an
+// election runs, and sends it on the moment one is in place (or serves it,
+// if it won), instead of answering 503 and sending the client into backoff.
+func TestStandbyHoldsRequestsDuringAnElection(t *testing.T) {
+	rm2 := tandem.ServerRef{ID: "rm2", URL: "http://rm2:7070"}
+	for _, tt := range []struct {
+		name         string
+		winner       tandem.ServerRef
+		wantStatus   int
+		wantLocation string
+	}{
+		{name: "another server wins", winner: rm2, wantStatus: 307, wantLocation: "http://rm2:7070/v1/jobs"},
+		{name: "this server wins", winner: tandem.ServerRef{ID: "rm1", URL: "http://rm1:7070"}, wantStatus: 201, wantLocation: "/v1/jobs/j1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFake("rm1", 1, tandem.StateStandby)
+			h := api.New(f, slog.New(slog.DiscardHandler))
+			got := make(chan answer, 1)
+			go func() {
+				got <- call(t, h, "POST", "/v1/jobs", nil, `{"command":["true"]}`)
+			}()
+			// The request is held: nothing comes back while no active is
+			// known (the hold outlasts this look by far).
+			select {
+			case a := <-got:
+				t.Fatalf("answered %d (%s) with no active known; want the request held", a.status, a.body)
+			case <-time.After(api.HoldForOwner / 4):
+			}
+			f.elect(tt.winner)
+			a := <-got
+			if a.status != tt.wantStatus || a.header.Get("Location") != tt.wantLocation {
+				t.Fatalf("after the election: got %d, Location %q (%s); want %d, %q", a.status, a.header.Get("Location"), a.body, tt.wantStatus, tt.wantLocation)
+			}
+		})
+	}
+	// The hold is bounded: with no election ending, 503 after HoldForOwner.
+	f := newFake("rm1", 1, tandem.StateStandby)
+	start := time.Now()
+	a := call(t, api.New(f, slog.New(slog.DiscardHandler)), "POST", "/v1/jobs", nil, `{"command":["true"]}`)
+	if a.status != 503 || code(a.body) != tandem.ENOACTIVE || time.Since(start) < api.HoldForOwner {
+		t.Fatalf("no active ever: got %d %s after %s; want 503 %s after at least %s", a.status, code(a.body), time.Since(start), tandem.ENOACTIVE, api.HoldForOwner)
+	}
+}
+
+// A client that found the active's port refusing connections says so
+// (transport.RefusedHeader): a standby that still names that server the
+// active (it has not noticed the crash yet) holds the request until another
+// active is in place, instead of sending the client back to a dead port.
+func TestStandbyHoldsRequestsForAnActiveTheClientFoundDead(t *testing.T) {
+	f := newFake("rm1", 1, tandem.StateStandby)
+	f.status.ActiveID, f.status.ActiveURL = "rm2", "http://rm2:7070"
+	h := api.New(f, slog.New(slog.DiscardHandler))
+	got := make(chan answer, 1)
+	go func() {
+		got <- call(t, h, "POST", "/v1/jobs", map[string]string{transport.RefusedHeader: "http://rm2:7070"}, `{"command":["true"]}`)
+	}()
+	select {
+	case a := <-got:
+		t.Fatalf("answered %d (%s) for an active the client found dead; want the request held", a.status, a.body)
+	case <-time.After(api.HoldForOwner / 4):
+	}
+	f.elect(tandem.ServerRef{ID: "rm3", URL: "http://rm3:7070"})
+	if a := <-got; a.status != 307 || a.header.Get("Location") != "http://rm3:7070/v1/jobs" {
+		t.Fatalf("after the election: got %d, Location %q (%s); want 307 to rm3", a.status, a.header.Get("Location"), a.body)
+	}
+	// Without the header, the same standby redirects at once.
+	if a := call(t, h, "POST", "/v1/jobs", nil, `{"command":["true"]}`); a.status != 307 {
+		t.Fatalf("no header: got %d, want 307", a.status)
 	}
 }
 

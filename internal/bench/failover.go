@@ -31,6 +31,11 @@ const (
 	FaultStop       = "stop"       // SIGSTOP of the active for 3 x the lease TTL, then SIGCONT
 	FaultPartition  = "partition"  // cut the active off from etcd and its peers, then heal
 	FaultSwitchover = "switchover" // tandem admin failover to a standby
+	// FaultEtcdLeaderKill is kill -9 of the process holding etcd's raft
+	// leader while the active lives elsewhere: a standby server with
+	// embedded etcd, an etcd process with external etcd. Writes stall
+	// until etcd elects a new leader; the active must stay the active.
+	FaultEtcdLeaderKill = "etcd-leader-kill"
 	// FaultAgentKill is kill -9 of the agent running a long job: measured
 	// until the job's retried attempt runs on the other agent.
 	FaultAgentKill = "agent-kill"
@@ -49,11 +54,11 @@ const (
 )
 
 // Faults lists the faults RunFailover knows.
-var Faults = []string{FaultKill, FaultStop, FaultPartition, FaultSwitchover, FaultAgentKill, FaultStandbyCut, FaultPause200, FaultCPUHog}
+var Faults = []string{FaultKill, FaultStop, FaultPartition, FaultSwitchover, FaultAgentKill, FaultEtcdLeaderKill, FaultStandbyCut, FaultPause200, FaultCPUHog}
 
 // mustNotFailOver reports whether fault must leave the active in place.
 func mustNotFailOver(fault string) bool {
-	return fault == FaultStandbyCut || fault == FaultPause200 || fault == FaultCPUHog
+	return fault == FaultStandbyCut || fault == FaultPause200 || fault == FaultCPUHog || fault == FaultEtcdLeaderKill
 }
 
 const (
@@ -138,6 +143,9 @@ type Trial struct {
 	// Failovers, for a fault that must not cause one, counts the changes
 	// of active from the fault to noFailoverWatch after it ended.
 	Failovers int `json:"failovers"`
+	// EtcdLeader, for etcd-leader-kill, names the etcd member killed;
+	// ElectionS is then the time until another member led etcd.
+	EtcdLeader string `json:"etcd_leader,omitempty"`
 	// Votes, for standby-cut, counts the cut-off standby's votes against
 	// the active (it should vote; one vote is no majority, and the active
 	// answers it).
@@ -156,11 +164,18 @@ type FailoverResult struct {
 	Clients         int     `json:"clients"`
 	EtcdTxnP50S     float64 `json:"etcd_txn_p50_s"`
 	UnavailabilityS Summary `json:"unavailability_s"`
-	DetectionS      Summary `json:"detection_s"`
-	ElectionS       Summary `json:"election_s"`
-	TransitionS     Summary `json:"transition_s"`
-	Colocated       int     `json:"etcd_leader_colocated_trials"`
-	NotFenced       int     `json:"old_active_not_fenced"`
+	// FloorRatio is the unavailability's p50 and p99 over EtcdTxnP50S:
+	// how many fenced etcd transactions a failover costs the clients,
+	// how close to the floor it is.
+	FloorRatio struct {
+		P50 float64 `json:"p50"`
+		P99 float64 `json:"p99"`
+	} `json:"unavailability_over_txn"`
+	DetectionS  Summary `json:"detection_s"`
+	ElectionS   Summary `json:"election_s"`
+	TransitionS Summary `json:"transition_s"`
+	Colocated   int     `json:"etcd_leader_colocated_trials"`
+	NotFenced   int     `json:"old_active_not_fenced"`
 	// Failovers counts the changes of active in the trials of a fault that
 	// must not cause any (standby-cut, pause-200ms, cpu-hog); for those,
 	// UnavailabilityS is the longest stall between acknowledgements.
@@ -364,6 +379,8 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 		switch {
 		case cfg.Fault == FaultAgentKill:
 			run = agentTrial
+		case cfg.Fault == FaultEtcdLeaderKill:
+			run = etcdLeaderTrial
 		case mustNotFailOver(cfg.Fault):
 			run = noFailoverTrial
 		}
@@ -373,6 +390,9 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 		}
 		res.Details = append(res.Details, *tr)
 		switch {
+		case cfg.Fault == FaultEtcdLeaderKill:
+			fmt.Fprintf(cfg.Out, "trial %d: etcd leader %s killed (active %s, epoch %d): new etcd leader after %s, %d failovers, longest client stall %.0f ms\n",
+				n, tr.EtcdLeader, tr.From, tr.OldEpoch, msOf(tr.ElectionS), tr.Failovers, tr.UnavailabilityS*1000)
 		case mustNotFailOver(cfg.Fault):
 			fmt.Fprintf(cfg.Out, "trial %d: %s on active %s (epoch %d): %d failovers, longest client stall %.0f ms%s\n",
 				n, cfg.Fault, tr.From, tr.OldEpoch, tr.Failovers, tr.UnavailabilityS*1000, voteNote(cfg.Fault, tr))
@@ -440,6 +460,9 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 		}
 	}
 	res.UnavailabilityS, res.DetectionS = Summarize(unavail), Summarize(det)
+	if res.EtcdTxnP50S > 0 {
+		res.FloorRatio.P50, res.FloorRatio.P99 = res.UnavailabilityS.P50/res.EtcdTxnP50S, res.UnavailabilityS.P99/res.EtcdTxnP50S
+	}
 	res.ElectionS, res.TransitionS = Summarize(elec), Summarize(trans)
 	res.Print(cfg.Out)
 	return res, nil
@@ -651,6 +674,16 @@ func (r *FailoverResult) Print(w io.Writer) {
 			r.Acknowledged, r.Lost, r.Unfinished, r.Launches, r.Duplicates)
 		return
 	}
+	if r.Fault == FaultEtcdLeaderKill {
+		Table(w, "PHASE (ms)\tP50\tP90\tP99\tMAX",
+			"longest stall (client)\t"+r.UnavailabilityS.Row(),
+			"etcd leader elected (kill to new leader)\t"+r.ElectionS.Row())
+		fmt.Fprintf(w, "stall over one fenced etcd txn: p50 %.0fx, p99 %.0fx\n", r.FloorRatio.P50, r.FloorRatio.P99)
+		fmt.Fprintf(w, "failovers: %d in %d trials (must be 0)\n", r.Failovers, r.Trials)
+		fmt.Fprintf(w, "acknowledged %d, lost %d, unfinished %d, launches %d, duplicate launches %d\n",
+			r.Acknowledged, r.Lost, r.Unfinished, r.Launches, r.Duplicates)
+		return
+	}
 	if mustNotFailOver(r.Fault) {
 		Table(w, "PHASE (ms)\tP50\tP90\tP99\tMAX",
 			"longest stall (client)\t"+r.UnavailabilityS.Row())
@@ -664,6 +697,7 @@ func (r *FailoverResult) Print(w io.Writer) {
 		"detection\t"+r.DetectionS.Row(),
 		"election\t"+r.ElectionS.Row(),
 		"transition\t"+r.TransitionS.Row())
+	fmt.Fprintf(w, "unavailability over one fenced etcd txn: p50 %.0fx, p99 %.0fx\n", r.FloorRatio.P50, r.FloorRatio.P99)
 	fmt.Fprintf(w, "etcd leader co-located with the faulted active in %d of %d trials\n", r.Colocated, r.Trials)
 	if len(r.Detections) > 0 {
 		var by []string
@@ -1009,4 +1043,116 @@ func orCause(t Trial) string {
 		return t.Detection
 	}
 	return t.Cause
+}
+
+// etcdLeaderTrial kills the process holding etcd's raft leader, which must
+// not be the active's (with embedded etcd the active hands leadership away,
+// --etcd-leader-away; the trial waits for that), measures the time until
+// another member leads and the longest stall of the clients, counts
+// changes of active (there must be none), and starts the process again.
+func etcdLeaderTrial(ctx context.Context, cfg FailoverConfig, c *local.Cluster, cli *clientv3.Client, admin *client.Client, ld *load, n int) (*Trial, error) {
+	a, err := c.WaitActive(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.Status(ctx, a)
+	if err != nil {
+		return nil, err
+	}
+	tr := &Trial{N: n, From: st.ID, OldEpoch: st.Epoch}
+	procs := c.Etcd // external: the etcd processes, named e1, e2, ...
+	if cfg.Etcd == "embedded" {
+		procs = c.Servers // embedded: the member is named after its server
+	}
+	var victim int
+	var leaderID uint64
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		name, id := etcdLeader(ctx, cli)
+		victim = -1
+		for i, p := range procs {
+			if p.ID == name {
+				victim = i
+			}
+		}
+		if victim >= 0 && (cfg.Etcd != "embedded" || victim != a) {
+			tr.EtcdLeader, leaderID = name, id
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("etcd's leader (%q) stayed with the active %s or unknown for 10s", name, st.ID)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t0 := time.Now()
+	if err := procs[victim].Kill(); err != nil {
+		return nil, fmt.Errorf("kill etcd leader %s: %w", tr.EtcdLeader, err)
+	}
+	// A new leader: a surviving member names one other than the killed.
+	for {
+		if _, id := etcdLeader(ctx, cli); id != 0 && id != leaderID {
+			el := time.Since(t0).Seconds()
+			tr.ElectionS = &el
+			break
+		}
+		if time.Since(t0) > 30*time.Second {
+			return nil, fmt.Errorf("no new etcd leader 30s after killing %s", tr.EtcdLeader)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	end := time.Now().Add(noFailoverWatch)
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(noFailoverWatch):
+	}
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	events, err := admin.History(hctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("history: %w", err)
+	}
+	for _, e := range events {
+		if e.Epoch > tr.OldEpoch {
+			tr.Failovers++
+			if tr.To == "" {
+				tr.To, tr.NewEpoch, tr.Cause, tr.Detection = e.ActiveID, e.Epoch, e.Cause, e.Detection
+			}
+		}
+	}
+	tr.UnavailabilityS = ld.longestGap(t0, end).Seconds()
+	if err := procs[victim].Start(); err != nil {
+		return nil, fmt.Errorf("restart %s: %w", tr.EtcdLeader, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	err = procs[victim].WaitHealthy(wctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("restart %s: %w", tr.EtcdLeader, err)
+	}
+	return tr, nil
+}
+
+// etcdLeader returns the name and ID of the etcd member that the first
+// answering member through cli names its leader (zero if none answers).
+func etcdLeader(ctx context.Context, cli *clientv3.Client) (string, uint64) {
+	for _, ep := range cli.Endpoints() {
+		sctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		st, err := cli.Status(sctx, ep)
+		if err != nil || st.Leader == 0 {
+			cancel()
+			continue
+		}
+		members, err := cli.MemberList(sctx)
+		cancel()
+		if err != nil {
+			continue
+		}
+		for _, m := range members.Members {
+			if m.ID == st.Leader {
+				return m.Name, m.ID
+			}
+		}
+	}
+	return "", 0
 }

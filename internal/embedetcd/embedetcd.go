@@ -235,6 +235,39 @@ func (m *Member) ID() uint64 { return uint64(m.etcd.Server.MemberID()) }
 // Err returns a channel that reports a fatal error of the member.
 func (m *Member) Err() <-chan error { return m.etcd.Err() }
 
+// hears reports whether the member at endpoint follows this member, the
+// leader, in its term and applies what it replicates: its status, through
+// cli, must show it has applied at least committed (this leader's commit
+// index when the check began) within hearWithin. A member whose client
+// port answers may still be cut off from the leader on the peer port (a
+// partition); handing it leadership would stall every write until the
+// transfer times out. Such a member stops at the entries it had when cut
+// off, and a new active has just committed more (its election).
+func (m *Member) hears(ctx context.Context, cli *clientv3.Client, endpoint string, committed uint64) bool {
+	const hearWithin, every = 500 * time.Millisecond, 20 * time.Millisecond
+	srv := m.etcd.Server
+	deadline := time.Now().Add(hearWithin)
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		st, err := cli.Status(sctx, endpoint)
+		cancel()
+		if err != nil || st.Leader != uint64(srv.MemberID()) || st.RaftTerm != srv.Term() {
+			return false
+		}
+		if st.RaftAppliedIndex >= committed {
+			return true
+		}
+		if time.Now().Add(every).After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(every):
+		}
+	}
+}
+
 // Close stops the member and waits for it to shut down.
 func (m *Member) Close() {
 	m.level.SetLevel(zap.FatalLevel) // closing listeners is not an error worth printing
@@ -249,7 +282,7 @@ func (m *Member) Close() {
 // etcd election first, and etcd's new leader renews every lease to its full
 // TTL, so detection takes roughly election timeout + TTL instead of TTL.
 // Keeping etcd leadership on a standby's member avoids that. A peer counts
-// as live when its client URL answers a status request through cli.
+// as live when it hears this leader (see hears).
 func (m *Member) MoveLeadershipAway(ctx context.Context, cli *clientv3.Client) (string, error) {
 	srv := m.etcd.Server
 	if srv.Leader() != srv.MemberID() {
@@ -259,14 +292,11 @@ func (m *Member) MoveLeadershipAway(ctx context.Context, cli *clientv3.Client) (
 		if peer.ID == srv.MemberID() || peer.IsLearner || len(peer.ClientURLs) == 0 {
 			continue
 		}
-		sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-		_, err := cli.Status(sctx, peer.ClientURLs[0])
-		cancel()
-		if err != nil {
-			continue // not reachable: never hand leadership to a member that may be down
+		if !m.hears(ctx, cli, peer.ClientURLs[0], srv.CommittedIndex()) {
+			continue // never hand leadership to a member that may not hear this one
 		}
 		mctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		err = srv.MoveLeader(mctx, uint64(srv.MemberID()), uint64(peer.ID))
+		err := srv.MoveLeader(mctx, uint64(srv.MemberID()), uint64(peer.ID))
 		cancel()
 		if err != nil {
 			return "", fmt.Errorf("move etcd leadership to %s: %w", peer.Name, err)

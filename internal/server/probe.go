@@ -47,6 +47,10 @@ type peerHealth struct {
 	seen    time.Time
 	refused int
 	failing bool // the last probe got no good answer
+	// gone says the server's process is known to be gone (its watch
+	// stream ended and its port refused): nothing to send clients to,
+	// until a probe finds it answering again.
+	gone bool
 }
 
 func (p *prober) run(ctx context.Context, s *Server) {
@@ -134,7 +138,7 @@ func (p *prober) check(ctx context.Context, s *Server, client *http.Client, id s
 	h.failing = !ok
 	switch {
 	case ok:
-		h.seen, h.refused = time.Now(), 0
+		h.seen, h.refused, h.gone = time.Now(), 0, false
 	case refused:
 		h.refused++
 	default:
@@ -216,7 +220,20 @@ func (p *prober) answering(id string, interval time.Duration) bool {
 	if h == nil || !h.failing {
 		return true
 	}
-	return time.Since(h.seen) < 3*interval
+	return !h.gone && time.Since(h.seen) < 3*interval
+}
+
+// markGone records that the process of server id, under lease, is gone:
+// its watch stream ended and a connection to its port was refused. Until a
+// probe finds it answering again, no client is sent there.
+func (p *prober) markGone(id string, lease int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h := p.peers[id]
+	if h == nil || h.lease != lease {
+		return // not probed yet, or another incarnation: the probes decide
+	}
+	h.failing, h.gone = true, true
 }
 
 // lastSeen returns when server id last answered.

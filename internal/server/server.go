@@ -500,6 +500,9 @@ func (s *Server) ActiveAnswering(id string) bool {
 	return s.probe.answering(id, s.cfg.ProbeInterval)
 }
 
+// Changed returns a channel closed at the next change of this server's view.
+func (s *Server) Changed() <-chan struct{} { return s.store.Changed() }
+
 // RetryAfter is what a client should wait before retrying when no owner is known.
 func (s *Server) RetryAfter() time.Duration { return s.cfg.LeaseTTL }
 

@@ -266,6 +266,7 @@ func (s *Server) watchOwner(ctx context.Context, stream, confirm *http.Client, w
 			continue
 		}
 		wait = watchRetry
+		s.probe.markGone(w.id, w.lease)
 		if !s.cfg.DeposeDead {
 			continue
 		}

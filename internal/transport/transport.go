@@ -67,6 +67,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tandemhq/tandem"
@@ -84,14 +85,29 @@ const (
 	MinRevisionHeader = "X-Tandem-Min-Revision"
 )
 
+// RefusedHeader is the request header in which a Transport lists, comma
+// separated, the servers (endpoint keys, scheme://host:port) that refused a
+// connection earlier in the same call: their processes are gone. A standby
+// that would send the client to one of them holds the request instead until
+// another owner is in place (a crash is being detected), rather than
+// redirecting it to a dead port. It is evidence for routing only: no server
+// deposes anyone on a client's word.
+const RefusedHeader = "X-Tandem-Refused"
+
 // DefaultTimeout bounds each HTTP request of the default HTTP client: a
 // server that accepts a connection and then hangs costs at most this long
 // before the transport moves on to the next one. It also caps an attempt's
 // timeout however often it has doubled.
 const DefaultTimeout = 10 * time.Second
 
-// DefaultAttemptTimeout is the default Config.AttemptTimeout.
-const DefaultAttemptTimeout = time.Second
+// DefaultAttemptTimeout is the default Config.AttemptTimeout. A paused or
+// cut-off active is replaced in about 0.8 s (docs/HA.md, agreement); a
+// client stuck in a request to it moves on after this long, and a standby
+// holds the next attempt until the new active answers (api.HoldForOwner,
+// shorter than this), so the client is served soon after the failover
+// rather than a whole second after the pause. A slow server that is not hung
+// gets longer from the second timed-out attempt on (the bound doubles).
+const DefaultAttemptTimeout = 500 * time.Millisecond
 
 // MaxRedirects is how many 307s or 308s one attempt follows. A standby
 // redirects once, to the active; more than that means the servers disagree
@@ -414,7 +430,8 @@ func (t *Transport) Exchange(ctx context.Context, c *Call, out any) (*http.Respo
 	var failures failureLog
 	idx := t.CurrentIndex()
 	timeouts := 0
-	hung := make(map[int]bool) // servers that let an attempt of this call time out
+	hung := make(map[int]bool)       // servers that let an attempt of this call time out or refused it
+	refused := make(map[string]bool) // endpoint keys that refused a connection in this call
 	for attempt := 1; attempt <= t.backoff.Attempts; attempt++ {
 		c.Tries = attempt
 		if attempt > 1 {
@@ -438,10 +455,18 @@ func (t *Transport) Exchange(ctx context.Context, c *Call, out any) (*http.Respo
 		if !c.Stream && t.attemptTimeout > 0 {
 			actx, cancel = context.WithTimeout(ctx, min(t.attemptTimeout<<max(0, timeouts-1), DefaultTimeout))
 		}
-		res := t.attempt(actx, t.servers[idx].base, c, out)
+		res := t.attempt(actx, t.servers[idx].base, c, out, refused)
 		if actx.Err() != nil && ctx.Err() == nil {
 			timeouts = min(timeouts+1, 4)
 			hung[idx] = true
+		}
+		if res.refused != "" {
+			// Nothing listens there: pass over it for the rest of the call
+			// if it is one of ours, and tell the servers asked next.
+			refused[res.refused] = true
+			if res.refused == t.servers[idx].key {
+				hung[idx] = true
+			}
 		}
 		cancel()
 		if res.retry {
@@ -513,26 +538,46 @@ type result struct {
 	retry      bool  // worth trying another server
 	msg        string
 	cause      error          // the transport error behind a retry, if any
+	refused    string         // the endpoint key that refused the connection, if that was the failure
 	answeredBy int            // index of the configured server that gave the final answer, or -1
 	resp       *http.Response // a stream call's 2xx answer, body unread
 }
 
-// attempt sends c to base and follows up to MaxRedirects redirects.
-func (t *Transport) attempt(ctx context.Context, base string, c *Call, out any) result {
+// attempt sends c to base and follows up to MaxRedirects redirects,
+// telling the servers which ones refused a connection earlier in the call
+// (RefusedHeader).
+func (t *Transport) attempt(ctx context.Context, base string, c *Call, out any, refused map[string]bool) result {
 	target := base + c.Path
 	if len(c.Query) > 0 {
 		target += "?" + c.Query.Encode()
 	}
+	header := c.Header
+	if len(refused) > 0 {
+		keys := make([]string, 0, len(refused))
+		for k := range refused {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		header = c.Header.Clone()
+		if header == nil {
+			header = http.Header{}
+		}
+		header.Set(RefusedHeader, strings.Join(keys, ","))
+	}
 	visited := map[string]bool{}
 	for hops := 0; ; hops++ {
 		visited[target] = true
-		resp, err := t.send(ctx, c.Method, target, c.Body, c.Header, c.Stream)
+		resp, err := t.send(ctx, c.Method, target, c.Body, header, c.Stream)
 		if err != nil {
 			msg := endpoint.Describe(err)
 			if hops > 0 {
 				msg = "redirected to " + target + ": " + msg
 			}
-			return result{retry: true, msg: msg, cause: err}
+			res := result{retry: true, msg: msg, cause: err}
+			if u, perr := url.Parse(target); perr == nil && errors.Is(err, syscall.ECONNREFUSED) {
+				res.refused = endpoint.KeyOf(u)
+			}
+			return res
 		}
 		u := resp.Request.URL
 		if resp.StatusCode == http.StatusTemporaryRedirect || resp.StatusCode == http.StatusPermanentRedirect {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/endpoint"
 )
 
 func TestConfigValidation(t *testing.T) {
@@ -685,6 +686,45 @@ func TestAttemptTimeoutDoublesFromTheSecondTimeout(t *testing.T) {
 		// where it doubled, well above the one before.
 		if got := bounds[i]; got > w || (i > 0 && w > want[i-1] && got <= w*3/4) {
 			t.Errorf("attempt %d: got a bound of %v, want about %v", i+1, got, w)
+		}
+	}
+}
+
+// A server that refuses a connection is gone: the call passes over it and
+// tells the servers it asks next (RefusedHeader), so that a standby which
+// still names it the active holds the request rather than redirecting
+// there again.
+func TestRefusedServersAreToldAndPassedOver(t *testing.T) {
+	rec := &recorder{}
+	dead, dead2 := deadURL(t), deadURL(t)
+	var calls atomic.Int32
+	standby := serve(t, rec, "standby", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			redirectTo(func() string { return dead2 + r.URL.Path }).ServeHTTP(w, r)
+			return
+		}
+		answer("standby").ServeHTTP(w, r)
+	}))
+	tr := newTestTransport(t, rec, nil, dead, standby.URL)
+	var got reply
+	if err := tr.Do(context.Background(), submit(), &got); err != nil || got.Server != "standby" {
+		t.Fatalf("Do: got %+v, %v, want the standby's answer", got, err)
+	}
+	if events, _ := rec.snapshot(); strings.Join(events, ",") != "standby,sleep 20ms,standby" {
+		t.Errorf("got events %q, want standby, a sleep, standby (the refusing server passed over)", events)
+	}
+	key := func(u string) string {
+		p, err := url.Parse(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return endpoint.KeyOf(p)
+	}
+	_, reqs := rec.snapshot()
+	want := []string{key(dead), strings.Join(slices.Sorted(slices.Values([]string{key(dead), key(dead2)})), ",")}
+	for i, q := range reqs {
+		if h := q.header.Get(RefusedHeader); h != want[i] {
+			t.Errorf("request %d to the standby: %s %q, want %q", i+1, RefusedHeader, h, want[i])
 		}
 	}
 }
