@@ -23,6 +23,7 @@ import (
 	"github.com/tandemhq/tandem/internal/acl"
 	"github.com/tandemhq/tandem/internal/api"
 	"github.com/tandemhq/tandem/internal/embedetcd"
+	"github.com/tandemhq/tandem/internal/keys"
 	"github.com/tandemhq/tandem/internal/pki"
 	"github.com/tandemhq/tandem/internal/server"
 )
@@ -372,7 +373,7 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	log.Info("api access", "server", f.id, "acl", f.acl, "acl_metrics", f.aclMetrics, "audit_log", f.auditLog)
 
 	if member != nil && f.moveEtcdLeader {
-		go keepEtcdLeaderAway(ctx, srv, member, cli, log.With("server", f.id))
+		go keepEtcdLeaderAway(ctx, srv, member, cli, keys.New(f.cluster).Leader(), log.With("server", f.id))
 	}
 
 	var runErr error
@@ -406,7 +407,9 @@ const etcdLeaderAwayAfter = 2 * time.Second
 // and right after a failover (when the new active's member often leads
 // etcd, as the one that won the election fastest) those are the new
 // active's first writes and its clients' first submissions.
-func keepEtcdLeaderAway(ctx context.Context, srv *server.Server, m *embedetcd.Member, cli *clientv3.Client, log *slog.Logger) {
+// key is one the server may read: the check that a member hears the leader
+// reads it through that member (embedetcd.Member.MoveLeadershipAway).
+func keepEtcdLeaderAway(ctx context.Context, srv *server.Server, m *embedetcd.Member, cli *clientv3.Client, key string, log *slog.Logger) {
 	var activeSince time.Time // zero while not active
 	for {
 		wait := 100 * time.Millisecond
@@ -420,7 +423,7 @@ func keepEtcdLeaderAway(ctx context.Context, srv *server.Server, m *embedetcd.Me
 		// With several shards every server owns some: moving leadership
 		// between them would only bounce it around.
 		if active && time.Since(activeSince) >= etcdLeaderAwayAfter && m.IsLeader() {
-			to, err := m.MoveLeadershipAway(ctx, cli)
+			to, err := m.MoveLeadershipAway(ctx, cli, key)
 			switch {
 			case err != nil:
 				log.Warn("could not move etcd leadership away from the active", "err", err)

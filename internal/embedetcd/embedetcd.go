@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -235,37 +236,31 @@ func (m *Member) ID() uint64 { return uint64(m.etcd.Server.MemberID()) }
 // Err returns a channel that reports a fatal error of the member.
 func (m *Member) Err() <-chan error { return m.etcd.Err() }
 
-// hears reports whether the member at endpoint follows this member, the
-// leader, in its term and applies what it replicates: its status, through
-// cli, must show it has applied at least committed (this leader's commit
-// index when the check began) within hearWithin. A member whose client
-// port answers may still be cut off from the leader on the peer port (a
-// partition); handing it leadership would stall every write until the
-// transfer times out. Such a member stops at the entries it had when cut
-// off, and a new active has just committed more (its election).
-func (m *Member) hears(ctx context.Context, cli *clientv3.Client, endpoint string, committed uint64) bool {
-	const hearWithin, every = 500 * time.Millisecond, 20 * time.Millisecond
+// hears reports whether the member at endpoint and this member, the
+// leader, hear each other: through cli, the member's status names this
+// member its leader in its term, and a linearizable read of key through
+// that member alone completes within hearWithin (etcd serves it only after
+// the member has asked the leader for its commit index and the leader has
+// answered: a round trip over the peer ports, both ways). A member whose
+// client port answers may still be cut off from the leader on the peer
+// port, in either direction (a partition); handing it leadership would
+// stall every write until the transfer times out.
+func (m *Member) hears(ctx context.Context, cli *clientv3.Client, endpoint, key string) bool {
+	const hearWithin = 500 * time.Millisecond
 	srv := m.etcd.Server
-	deadline := time.Now().Add(hearWithin)
-	for {
-		sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-		st, err := cli.Status(sctx, endpoint)
-		cancel()
-		if err != nil || st.Leader != uint64(srv.MemberID()) || st.RaftTerm != srv.Term() {
-			return false
-		}
-		if st.RaftAppliedIndex >= committed {
-			return true
-		}
-		if time.Now().Add(every).After(deadline) {
-			return false
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(every):
-		}
+	hctx, cancel := context.WithTimeout(ctx, hearWithin)
+	defer cancel()
+	st, err := cli.Status(hctx, endpoint)
+	if err != nil || st.Leader != uint64(srv.MemberID()) || st.RaftTerm != srv.Term() {
+		return false
 	}
+	conn, err := cli.Dial(endpoint)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	_, err = pb.NewKVClient(conn).Range(hctx, &pb.RangeRequest{Key: []byte(key), CountOnly: true})
+	return err == nil
 }
 
 // Close stops the member and waits for it to shut down.
@@ -282,8 +277,9 @@ func (m *Member) Close() {
 // etcd election first, and etcd's new leader renews every lease to its full
 // TTL, so detection takes roughly election timeout + TTL instead of TTL.
 // Keeping etcd leadership on a standby's member avoids that. A peer counts
-// as live when it hears this leader (see hears).
-func (m *Member) MoveLeadershipAway(ctx context.Context, cli *clientv3.Client) (string, error) {
+// as live when it and this leader hear each other (see hears), which a
+// linearizable read of key (one cli may read) through it shows.
+func (m *Member) MoveLeadershipAway(ctx context.Context, cli *clientv3.Client, key string) (string, error) {
 	srv := m.etcd.Server
 	if srv.Leader() != srv.MemberID() {
 		return "", nil
@@ -292,7 +288,7 @@ func (m *Member) MoveLeadershipAway(ctx context.Context, cli *clientv3.Client) (
 		if peer.ID == srv.MemberID() || peer.IsLearner || len(peer.ClientURLs) == 0 {
 			continue
 		}
-		if !m.hears(ctx, cli, peer.ClientURLs[0], srv.CommittedIndex()) {
+		if !m.hears(ctx, cli, peer.ClientURLs[0], key) {
 			continue // never hand leadership to a member that may not hear this one
 		}
 		mctx, cancel := context.WithTimeout(ctx, 2*time.Second)
