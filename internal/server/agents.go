@@ -13,6 +13,7 @@ import (
 	"github.com/tandemhq/tandem/internal/ha"
 	"github.com/tandemhq/tandem/internal/keys"
 	"github.com/tandemhq/tandem/internal/shard"
+	"github.com/tandemhq/tandem/internal/store"
 )
 
 // MaxSyncWait bounds how long a server holds an agent's long poll.
@@ -196,12 +197,25 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	}
 	resp := &tandem.SyncResponse{ServerID: s.cfg.ID, Terms: []tandem.ShardTerm{}, Assign: []tandem.Assignment{},
 		Kill: []tandem.KillOrder{}, Ack: []tandem.Ack{}, Servers: s.serverRefs()}
-	reported := make(map[string]bool)
+	reported := make(map[string]bool, len(req.Running)+len(req.Done))
+	// Most reports of a running attempt repeat what the view already
+	// holds: the attempt is the job's current one, on this agent, running,
+	// and no kill is asked for. recordRunning would read the job, find
+	// nothing to write and no order to give; the view's live jobs of the
+	// agent say so without a copy of each job, or the shard's lock.
+	live := s.store.LiveJobs(agent)
+	known := make(map[string]*store.LiveJob, len(live))
+	for i := range live {
+		known[live[i].Attempt] = &live[i]
+	}
 	for _, r := range req.Running {
 		reported[r.AttemptID] = true
 		t := s.termOf(r.JobID)
 		if t == nil {
 			continue // another server's shard: its owner hears of it in its own session
+		}
+		if lj := known[r.AttemptID]; lj != nil && lj.ID == r.JobID && lj.State == tandem.AttemptRunning && !lj.KillRequested {
+			continue
 		}
 		order, err := s.recordRunning(rctx, t, agent, r)
 		if err != nil && !errors.Is(err, errNotOwner) {
@@ -228,11 +242,10 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	}
 	// Running attempts the agent no longer reports died with an earlier
 	// process of the agent (attempts die with their agent).
-	for _, j := range s.store.LiveOn(agent) {
-		t := s.termOf(j.ID)
-		a := j.LastAttempt()
-		if t != nil && a.State == tandem.AttemptRunning && !reported[a.ID] {
-			err := s.loseAttempt(rctx, t, agent, j.ID, "its agent restarted and no longer runs it")
+	for _, lj := range s.store.LiveJobs(agent) {
+		t := s.termOf(lj.ID)
+		if t != nil && lj.State == tandem.AttemptRunning && !reported[lj.Attempt] {
+			err := s.loseAttempt(rctx, t, agent, lj.ID, "its agent restarted and no longer runs it")
 			if err != nil && !errors.Is(err, errNotOwner) {
 				return nil, err
 			}
@@ -247,7 +260,10 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
-		changed := s.store.Changed()
+		// Only a change of the agent's own live jobs can give it something
+		// new: the view's other changes (every other job's submission, every
+		// other agent's attempts) leave this poll asleep.
+		changed := s.store.AgentChanged(agent)
 		termsChanged := s.core.Changed()
 		held := s.core.Held()
 		resp.Terms = resp.Terms[:0]
@@ -255,17 +271,23 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 			resp.Terms = append(resp.Terms, tandem.ShardTerm{Shard: t.Shard, Epoch: t.Epoch()})
 		}
 		resp.Assign = resp.Assign[:0]
-		for _, j := range s.store.LiveOn(agent) {
-			t := s.termOf(j.ID)
+		for _, lj := range s.store.LiveJobs(agent) {
+			t := s.termOf(lj.ID)
 			if t == nil {
 				continue
 			}
-			a := j.LastAttempt()
-			if a.State == tandem.AttemptScheduled && !reported[a.ID] {
-				resp.Assign = append(resp.Assign, tandem.Assignment{AttemptID: a.ID, JobID: j.ID, Shard: t.Shard, Epoch: t.Epoch(), Spec: j.JobSpec.WithDefaults()})
+			if lj.State == tandem.AttemptScheduled && !reported[lj.Attempt] {
+				// The spec is read only for an attempt to hand out. A job
+				// that changed since LiveJobs read it has closed changed:
+				// the next round looks at it again.
+				if j, err := s.store.Job(lj.ID); err == nil {
+					if a := j.LastAttempt(); a != nil && a.ID == lj.Attempt && a.State == tandem.AttemptScheduled {
+						resp.Assign = append(resp.Assign, tandem.Assignment{AttemptID: a.ID, JobID: j.ID, Shard: t.Shard, Epoch: t.Epoch(), Spec: j.JobSpec.WithDefaults()})
+					}
+				}
 			}
-			if j.KillRequested && a.State == tandem.AttemptRunning && !reported[a.ID] {
-				resp.Kill = append(resp.Kill, tandem.KillOrder{AttemptID: a.ID, Shard: t.Shard, Epoch: t.Epoch(), Reason: "killed by request"})
+			if lj.KillRequested && lj.State == tandem.AttemptRunning && !reported[lj.Attempt] {
+				resp.Kill = append(resp.Kill, tandem.KillOrder{AttemptID: lj.Attempt, Shard: t.Shard, Epoch: t.Epoch(), Reason: "killed by request"})
 			}
 		}
 		if len(resp.Assign) > 0 || len(resp.Kill) > 0 || len(resp.Ack) > 0 || newEpochs(req.Epochs, held) {
@@ -323,7 +345,7 @@ func (s *Server) watchAgents(ctx context.Context) {
 		}
 		s.agents.expect(s.store.AgentsWithLive(), time.Now())
 		for _, id := range s.agents.silent(time.Now().Add(-s.cfg.AgentTimeout)) {
-			s.log.Warn("agent declared lost", "agent", id, "silent_for", s.cfg.AgentTimeout.String(), "live_attempts", len(s.store.LiveOn(id)))
+			s.log.Warn("agent declared lost", "agent", id, "silent_for", s.cfg.AgentTimeout.String(), "live_attempts", len(s.store.LiveJobs(id)))
 			s.loseAgent(ctx, id, fmt.Sprintf("agent %s silent for more than %s", id, s.cfg.AgentTimeout))
 		}
 	}
@@ -335,13 +357,13 @@ func (s *Server) watchAgents(ctx context.Context) {
 // kill what was replaced (I4).
 func (s *Server) loseAgent(ctx context.Context, id, reason string) {
 	s.metrics.agentsLost.Inc()
-	for _, j := range s.store.LiveOn(id) {
-		t := s.termOf(j.ID)
+	for _, lj := range s.store.LiveJobs(id) {
+		t := s.termOf(lj.ID)
 		if t == nil {
 			continue // its shard's owner decides for itself
 		}
-		if err := s.loseAttempt(ctx, t, id, j.ID, reason); err != nil && !errors.Is(err, errNotOwner) {
-			s.log.Warn("could not mark an attempt lost", "agent", id, "job", j.ID, "shard", t.Shard, "epoch", t.Epoch(), "err", err)
+		if err := s.loseAttempt(ctx, t, id, lj.ID, reason); err != nil && !errors.Is(err, errNotOwner) {
+			s.log.Warn("could not mark an attempt lost", "agent", id, "job", lj.ID, "shard", t.Shard, "epoch", t.Epoch(), "err", err)
 		}
 	}
 }
@@ -371,10 +393,9 @@ func (s *Server) Agents() []tandem.AgentStatus {
 		if e.lost || e.lastContact.IsZero() {
 			st.State = tandem.AgentLost
 		}
-		for _, j := range s.store.LiveOn(id) {
-			a := j.LastAttempt()
-			st.Running = append(st.Running, a.ID)
-			st.Used = st.Used.Add(j.JobSpec.WithDefaults().Resources)
+		for _, lj := range s.store.LiveJobs(id) {
+			st.Running = append(st.Running, lj.Attempt)
+			st.Used = st.Used.Add(lj.Resources)
 		}
 		out = append(out, st)
 	}

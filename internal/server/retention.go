@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -296,8 +297,8 @@ func (s *Server) dropTombstoneLease(id clientv3.LeaseID) {
 
 // removedOr answers a read of record id of kind that the view lacks (err,
 // an ENOTFOUND error): ERemoved if retention removed it and its tombstone
-// is still there, else err. It reads etcd, but only for records the view
-// does not hold.
+// is still there, err if etcd says there is none, EUNAVAILABLE if etcd
+// cannot say. It reads etcd, but only for records the view does not hold.
 func (s *Server) removedOr(kind, id string, err error) error {
 	if tandem.ErrorCode(err) != tandem.ENOTFOUND {
 		return err
@@ -305,7 +306,12 @@ func (s *Server) removedOr(kind, id string, err error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), etcdStatusTimeout)
 	defer cancel()
 	r, rerr := s.store.Removed(ctx, kind, id)
-	if rerr != nil || r == nil {
+	switch {
+	case rerr != nil:
+		// Not knowing is not "not found": a record removed by retention
+		// would read as lost. The client tries another server.
+		return tandem.Errorf(tandem.EUNAVAILABLE, "%s %s is not in server %s's view, and etcd could not be asked whether retention removed it: %v; retry, or ask another server", strings.TrimSuffix(kind, "s"), id, s.cfg.ID, rerr)
+	case r == nil:
 		return err
 	}
 	return store.RemovedError(r)

@@ -83,6 +83,15 @@ func (s *Server) scheduleOnce(ctx context.Context, p *planner) time.Duration {
 	if len(held) == 0 {
 		return time.Minute
 	}
+	if s.store.NumPending() == 0 {
+		// Nothing to place: the view's change that woke this pass (an
+		// attempt's report, a job's end, another server's work) is not
+		// worth reading every agent's load for. The next pass with work
+		// looks at every pending job, as after a change of shards: there
+		// are only the new ones.
+		p.started = false
+		return time.Minute
+	}
 	terms := make(map[int]*ha.Term, len(held))
 	for _, t := range held {
 		terms[t.Shard] = t
@@ -195,7 +204,7 @@ func (s *Server) agentLoad(a tandem.AgentInfo) (tandem.Resources, int64) {
 	f := a.Capacity
 	live, rev := s.store.AgentLoad(a.ID)
 	for _, j := range live {
-		f = f.Sub(j.JobSpec.WithDefaults().Resources)
+		f = f.Sub(j.Resources)
 	}
 	return f, rev
 }

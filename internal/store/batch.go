@@ -526,17 +526,20 @@ func (s *Store) applyCreated(jobs []*tandem.Job, rev int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, job := range jobs {
-		if r, ok := s.jobRev[job.ID]; ok && r >= rev {
+		if e, ok := s.jobs[job.ID]; ok && e.rev >= rev {
 			continue
 		}
+		// The view's own copy: the caller keeps job. The watch brings the
+		// same write back later; applyPut knows it by its revision and
+		// does not decode it again.
 		j := cloneJob(job)
+		s.dedup.job(j, false)
 		if old, ok := s.jobs[j.ID]; ok {
-			s.unindex(old)
+			s.unindex(old.job)
 		} else {
 			s.insertOrder(j.ID)
 		}
-		s.jobs[j.ID] = j
-		s.jobRev[j.ID] = rev
+		s.jobs[j.ID] = jobEntry{job: j, rev: rev}
 		s.index(j)
 	}
 	s.notifyLocked()

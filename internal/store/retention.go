@@ -95,7 +95,8 @@ func (s *Store) Expired(now time.Time, r Retention, owned func(shard int) bool, 
 	steps := make(map[string][]*tandem.Job) // run ID -> its step jobs in the view
 	var jobs []Expired
 	youngJobs := 0
-	for _, j := range s.jobs {
+	for _, je := range s.jobs {
+		j := je.job
 		if j.WorkflowID != "" {
 			if _, ok := s.wf.runs[j.WorkflowID]; ok {
 				steps[j.WorkflowID] = append(steps[j.WorkflowID], j)
@@ -109,7 +110,7 @@ func (s *Store) Expired(now time.Time, r Retention, owned func(shard int) bool, 
 			youngJobs++
 			continue
 		}
-		jobs = append(jobs, Expired{Kind: KindJob, ID: j.ID, Shard: j.Shard, Rev: s.jobRev[j.ID],
+		jobs = append(jobs, Expired{Kind: KindJob, ID: j.ID, Shard: j.Shard, Rev: je.rev,
 			State: string(j.State), FinishedAt: j.UpdatedAt})
 	}
 	var runs []Expired
@@ -134,7 +135,7 @@ func (s *Store) Expired(now time.Time, r Retention, owned func(shard int) bool, 
 				ok = false // a stray attempt still to end (or be killed): keep the run
 				break
 			}
-			x.Steps = append(x.Steps, Expired{Kind: KindJob, ID: j.ID, Shard: j.Shard, Rev: s.jobRev[j.ID],
+			x.Steps = append(x.Steps, Expired{Kind: KindJob, ID: j.ID, Shard: j.Shard, Rev: s.jobs[j.ID].rev,
 				State: string(j.State), FinishedAt: j.UpdatedAt})
 		}
 		if ok {
@@ -179,11 +180,11 @@ func (s *Store) Expired(now time.Time, r Retention, owned func(shard int) bool, 
 func (s *Store) copyExpired(x *Expired) bool {
 	switch x.Kind {
 	case KindJob:
-		j, ok := s.jobs[x.ID]
-		if !ok || s.jobRev[x.ID] != x.Rev {
+		je, ok := s.jobs[x.ID]
+		if !ok || je.rev != x.Rev {
 			return false
 		}
-		x.Job = cloneJob(j)
+		x.Job = cloneJob(je.job)
 	case KindWorkflow:
 		e, ok := s.wf.runs[x.ID]
 		if !ok || e.rev != x.Rev {

@@ -220,8 +220,8 @@ func (s *Store) Runs(id string) []tandem.ScheduleRun {
 	out := make([]tandem.ScheduleRun, 0, len(recs))
 	for _, r := range recs {
 		run := r.Run
-		if j, ok := s.jobs[run.JobID]; ok && run.JobID != "" {
-			run.JobState = j.State
+		if je, ok := s.jobs[run.JobID]; ok && run.JobID != "" {
+			run.JobState = je.job.State
 		}
 		if e, ok := s.wf.runs[run.WorkflowID]; ok && run.WorkflowID != "" {
 			run.WorkflowState = e.wf.State

@@ -9,6 +9,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -16,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -59,13 +61,14 @@ type Store struct {
 
 	mu        sync.RWMutex
 	rev       int64 // the view holds every change up to this revision
-	jobs      map[string]*tandem.Job
+	jobs      map[string]jobEntry
 	order     []string // job IDs, sorted
 	byState   map[tandem.JobState]int
-	jobRev    map[string]int64               // each job record's mod revision
 	pending   map[string]struct{}            // IDs of pending jobs
 	fresh     map[string]struct{}            // IDs that became (or stayed) pending since TakeFreshPending
 	live      map[string]map[string]struct{} // agent ID -> IDs of jobs with a live attempt on it
+	agentCh   map[string]chan struct{}       // agent ID -> closed when its live jobs change (AgentChanged)
+	dedup     interner                       // values many jobs hold alike, held once (intern.go)
 	agents    map[string]tandem.AgentInfo
 	servers   map[string]tandem.ServerInfo
 	serverRev map[string]int64              // server ID -> mod revision of its membership record
@@ -102,12 +105,12 @@ func New(cli *clientv3.Client, layout keys.Layout, log *slog.Logger) *Store {
 		cli:       cli,
 		keys:      layout,
 		log:       log,
-		jobs:      make(map[string]*tandem.Job),
+		jobs:      make(map[string]jobEntry),
 		byState:   make(map[tandem.JobState]int),
-		jobRev:    make(map[string]int64),
 		pending:   make(map[string]struct{}),
 		fresh:     make(map[string]struct{}),
 		live:      make(map[string]map[string]struct{}),
+		agentCh:   make(map[string]chan struct{}),
 		agents:    make(map[string]tandem.AgentInfo),
 		servers:   make(map[string]tandem.ServerInfo),
 		serverRev: make(map[string]int64),
@@ -189,13 +192,25 @@ func (s *Store) load(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.jobs = make(map[string]*tandem.Job, len(kvs))
-	s.order = s.order[:0]
+	// Sized for the jobs alone: the other keys (idempotency keys, one per
+	// submission, above all) would double a map sized for every key.
+	njobs := 0
+	for _, kv := range kvs {
+		if bytes.HasPrefix(kv.Key, []byte(s.keys.JobsPrefix())) {
+			njobs++
+		}
+	}
+	s.jobs = make(map[string]jobEntry, njobs)
+	s.order = make([]string, 0, njobs)
 	s.byState = make(map[tandem.JobState]int)
-	s.jobRev = make(map[string]int64)
 	s.pending = make(map[string]struct{})
 	s.fresh = make(map[string]struct{})
 	s.live = make(map[string]map[string]struct{})
+	for _, ch := range s.agentCh { // every agent's live jobs may have changed
+		close(ch)
+	}
+	s.agentCh = make(map[string]chan struct{})
+	s.dedup.reset()
 	s.agents = make(map[string]tandem.AgentInfo)
 	s.servers = make(map[string]tandem.ServerInfo)
 	s.serverRev = make(map[string]int64)
@@ -336,21 +351,27 @@ func (s *Store) applyPut(kv *mvccpb.KeyValue, loading bool) {
 			s.serverRev[si.ID] = kv.ModRevision
 		}
 	case strings.HasPrefix(key, s.keys.JobsPrefix()):
-		var j tandem.Job
-		if !s.decode(kv, &j) {
+		if e, ok := s.jobs[key[len(s.keys.JobsPrefix()):]]; ok && e.rev >= kv.ModRevision {
+			// This process created the job and put it into the view when
+			// its transaction committed (applyCreated): the watch brings
+			// the same write back, with nothing new to decode.
 			return
 		}
+		j := new(tandem.Job)
+		if !s.decode(kv, j) {
+			return
+		}
+		s.dedup.job(j, true)
 		old, ok := s.jobs[j.ID]
 		if ok {
-			s.unindex(old)
+			s.unindex(old.job)
 		} else if !loading {
 			s.insertOrder(j.ID)
 		} else {
 			s.order = append(s.order, j.ID)
 		}
-		s.jobs[j.ID] = &j
-		s.jobRev[j.ID] = kv.ModRevision
-		s.index(&j)
+		s.jobs[j.ID] = jobEntry{job: j, rev: kv.ModRevision}
+		s.index(j)
 	case strings.HasPrefix(key, s.keys.AgentsPrefix()):
 		var a tandem.AgentInfo
 		if s.decode(kv, &a) {
@@ -359,8 +380,11 @@ func (s *Store) applyPut(kv *mvccpb.KeyValue, loading bool) {
 	case strings.HasPrefix(key, s.keys.EventsPrefix()):
 		var e tandem.FailoverEvent
 		if s.decode(kv, &e) {
-			s.events = append(s.events, e)
-			sort.Slice(s.events, func(a, b int) bool { return s.events[a].Epoch < s.events[b].Epoch })
+			// Kept in epoch order. Their keys sort by epoch, so an event
+			// almost always goes last: found by a search, not a sort of
+			// the whole history per event.
+			i := sort.Search(len(s.events), func(k int) bool { return s.events[k].Epoch > e.Epoch })
+			s.events = slices.Insert(s.events, i, e)
 			if len(s.events) > maxEvents {
 				s.events = s.events[len(s.events)-maxEvents:]
 			}
@@ -397,9 +421,8 @@ func (s *Store) applyDelete(kv *mvccpb.KeyValue) {
 	case strings.HasPrefix(key, s.keys.JobsPrefix()):
 		id := strings.TrimPrefix(key, s.keys.JobsPrefix())
 		if old, ok := s.jobs[id]; ok {
-			s.unindex(old)
+			s.unindex(old.job)
 			delete(s.jobs, id)
-			delete(s.jobRev, id)
 			i := sort.SearchStrings(s.order, id)
 			if i < len(s.order) && s.order[i] == id {
 				s.order = append(s.order[:i], s.order[i+1:]...)
@@ -437,6 +460,7 @@ func (s *Store) index(j *tandem.Job) {
 			s.live[a.Agent] = m
 		}
 		m[j.ID] = struct{}{}
+		s.agentChanged(a.Agent)
 	}
 	s.indexScheduleJob(j)
 	s.noteWorkflowJob(j)
@@ -448,7 +472,12 @@ func (s *Store) unindex(j *tandem.Job) {
 	delete(s.pending, j.ID)
 	delete(s.fresh, j.ID)
 	if a := j.LastAttempt(); a != nil {
-		delete(s.live[a.Agent], j.ID)
+		if m := s.live[a.Agent]; m != nil {
+			if _, ok := m[j.ID]; ok {
+				delete(m, j.ID)
+				s.agentChanged(a.Agent)
+			}
+		}
 	}
 	s.unindexScheduleJob(j)
 }
@@ -584,15 +613,16 @@ func (s *Store) Events() []tandem.FailoverEvent {
 	return append([]tandem.FailoverEvent(nil), s.events...)
 }
 
-// Job returns a copy of the job, or an ENOTFOUND error.
+// Job returns a copy of the job (see cloneJob for what the caller may
+// change), or an ENOTFOUND error.
 func (s *Store) Job(id string) (*tandem.Job, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	j, ok := s.jobs[id]
+	e, ok := s.jobs[id]
 	if !ok {
 		return nil, tandem.Errorf(tandem.ENOTFOUND, "job %q not found", id)
 	}
-	return cloneJob(j), nil
+	return cloneJob(e.job), nil
 }
 
 // Jobs returns up to limit jobs with IDs after after (all when after is
@@ -607,7 +637,7 @@ func (s *Store) Jobs(after string, limit int, state tandem.JobState) ([]*tandem.
 	}
 	out := make([]*tandem.Job, 0, min(limit, len(s.order)-i))
 	for ; i < len(s.order); i++ {
-		j := s.jobs[s.order[i]]
+		j := s.jobs[s.order[i]].job
 		if state != "" && j.State != state {
 			continue
 		}
@@ -624,17 +654,32 @@ func (s *Store) Jobs(after string, limit int, state tandem.JobState) ([]*tandem.
 func (s *Store) JobWithRev(id string) (*tandem.Job, int64, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	j, ok := s.jobs[id]
+	e, ok := s.jobs[id]
 	if !ok {
 		return nil, 0, tandem.Errorf(tandem.ENOTFOUND, "job %q not found", id)
 	}
-	return cloneJob(j), s.jobRev[id], nil
+	return cloneJob(e.job), e.rev, nil
 }
 
-// cloneJob copies j deeply enough that the copy's attempts can be changed.
+// jobEntry is a job in the view and its record's mod revision. The job
+// is never changed once in the view: a new version of the record is a new
+// *tandem.Job, so the view's own reads need no copy, and every copy handed
+// out is consistent.
+type jobEntry struct {
+	job *tandem.Job
+	rev int64
+}
+
+// cloneJob copies j deeply enough that the copy's fields and attempts can
+// be changed: the copy is the caller's. What it still shares with the view
+// (and, through the view's interning, with other jobs) is what no caller
+// changes in place: the spec's Command slice and Env, Labels and
+// Constraints maps, each attempt's Outputs map, and the values behind its
+// pointers (NotBefore, StartedAt, EndedAt, ExitCode). Replace those,
+// never write into them.
 func cloneJob(j *tandem.Job) *tandem.Job {
 	c := *j
-	c.Attempts = append([]tandem.Attempt(nil), j.Attempts...)
+	c.Attempts = append([]tandem.Attempt(nil), j.Attempts...) // nil when there are none: no allocation
 	return &c
 }
 
@@ -644,7 +689,7 @@ func (s *Store) PendingJobs() []*tandem.Job {
 	defer s.mu.RUnlock()
 	out := make([]*tandem.Job, 0, len(s.pending))
 	for id := range s.pending {
-		out = append(out, cloneJob(s.jobs[id]))
+		out = append(out, cloneJob(s.jobs[id].job))
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
 	return out
@@ -658,24 +703,87 @@ func (s *Store) TakeFreshPending() []*tandem.Job {
 	defer s.mu.Unlock()
 	out := make([]*tandem.Job, 0, len(s.fresh))
 	for id := range s.fresh {
-		out = append(out, cloneJob(s.jobs[id]))
+		out = append(out, cloneJob(s.jobs[id].job))
 	}
 	clear(s.fresh)
 	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
 	return out
 }
 
-// LiveOn returns the jobs whose latest attempt is live (scheduled or
-// running) on agent, oldest first.
+// LiveOn returns copies of the jobs whose latest attempt is live
+// (scheduled or running) on agent, oldest first. LiveJobs says what most
+// callers need for much less.
 func (s *Store) LiveOn(agent string) []*tandem.Job {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	out := make([]*tandem.Job, 0, len(s.live[agent]))
 	for id := range s.live[agent] {
-		out = append(out, cloneJob(s.jobs[id]))
+		out = append(out, cloneJob(s.jobs[id].job))
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
 	return out
+}
+
+// LiveJob is a job whose latest attempt is live on an agent, as the view
+// holds it: what an agent's sync and the scheduler's count of an agent's
+// load read, without a copy of the job. It holds values only; nothing in
+// it is shared with the view.
+type LiveJob struct {
+	ID            string // the job's
+	Shard         int
+	Attempt       string              // the latest attempt's ID
+	State         tandem.AttemptState // the latest attempt's (scheduled or running)
+	KillRequested bool
+	// Resources is what the attempt holds on the agent: the spec's, with
+	// the defaults filled in.
+	Resources tandem.Resources
+}
+
+// LiveJobs returns the jobs whose latest attempt is live on agent, oldest
+// first: LiveOn's jobs, without copying them.
+func (s *Store) LiveJobs(agent string) []LiveJob {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.liveJobsLocked(agent)
+}
+
+func (s *Store) liveJobsLocked(agent string) []LiveJob {
+	out := make([]LiveJob, 0, len(s.live[agent]))
+	for id := range s.live[agent] {
+		j := s.jobs[id].job
+		a := j.LastAttempt()
+		out = append(out, LiveJob{ID: j.ID, Shard: j.Shard, Attempt: a.ID, State: a.State, KillRequested: j.KillRequested,
+			Resources: j.JobSpec.WithDefaults().Resources})
+	}
+	slices.SortFunc(out, func(a, b LiveJob) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// AgentChanged returns a channel that is closed the next time the jobs
+// live on agent change: one starts or stops being live there, or the
+// record of one that is changes in any way (a kill request, its attempt
+// starting), or the view is reloaded. Changed fires for every change of
+// the view; a long poll that only answers for one agent waits on this
+// instead, so that the view's other changes (every other job's
+// submission, above all) do not wake every agent's poll.
+func (s *Store) AgentChanged(agent string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := s.agentCh[agent]
+	if ch == nil {
+		ch = make(chan struct{})
+		s.agentCh[agent] = ch
+	}
+	return ch
+}
+
+// agentChanged wakes whoever waits on AgentChanged(agent). The view's
+// lock is held for writing.
+func (s *Store) agentChanged(agent string) {
+	if ch := s.agentCh[agent]; ch != nil {
+		close(ch)
+		delete(s.agentCh, agent)
+	}
 }
 
 // AgentsWithLive returns the IDs of agents that have live attempts.
@@ -807,17 +915,12 @@ func (e *PlacementConflictError) Error() string {
 func (e *PlacementConflictError) Is(target error) bool { return target == ErrPlacementConflict }
 
 // AgentLoad returns, from one consistent state of the view, the jobs with a
-// live attempt on agent and the mod revision of its placement record: the
-// base of a Placement.
-func (s *Store) AgentLoad(agent string) ([]*tandem.Job, int64) {
+// live attempt on agent (as LiveJobs) and the mod revision of its placement
+// record: the base of a Placement.
+func (s *Store) AgentLoad(agent string) ([]LiveJob, int64) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make([]*tandem.Job, 0, len(s.live[agent]))
-	for id := range s.live[agent] {
-		out = append(out, cloneJob(s.jobs[id]))
-	}
-	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
-	return out, s.placed[agent]
+	return s.liveJobsLocked(agent), s.placed[agent]
 }
 
 // PutAgent records an agent's registration, fenced by f.
@@ -904,6 +1007,13 @@ func (s *Store) JobCounts() map[tandem.JobState]int {
 		out[k] = v
 	}
 	return out
+}
+
+// NumPending returns how many pending jobs the view holds.
+func (s *Store) NumPending() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.pending)
 }
 
 // NumJobs returns how many jobs the view holds.

@@ -213,8 +213,8 @@ func (s *Store) WorkflowJobs(wf *tandem.Workflow) map[string]*tandem.Job {
 	defer s.mu.RUnlock()
 	out := make(map[string]*tandem.Job)
 	for _, r := range wf.Progress {
-		if j, ok := s.jobs[r.JobID]; ok && r.JobID != "" {
-			out[r.JobID] = cloneJob(j)
+		if je, ok := s.jobs[r.JobID]; ok && r.JobID != "" {
+			out[r.JobID] = cloneJob(je.job)
 		}
 	}
 	return out
