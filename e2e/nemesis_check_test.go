@@ -31,7 +31,8 @@ import (
 // to end, collects etcd's history and the ledger, checks them, and reports.
 
 // waitQuiescence waits until every acknowledged job is terminal and records
-// the final listing's view of each acknowledged job as a read.
+// the final listing's view of each acknowledged job as a read; each the
+// listing lacks (retention removed it, or it is lost) is read on its own.
 func (n *nemesis) waitQuiescence() {
 	cl := newClient(n.t, n.c.URLs())
 	deadline := time.Now().Add(quiescenceWithin)
@@ -52,8 +53,11 @@ func (n *nemesis) waitQuiescence() {
 				// view, so it bounds nothing: recorded with none.
 				via := observation{Server: n.serverID(cl.Current())}
 				for _, id := range n.acked {
-					n.observe(checkerClientID, history.Read, id, jobs[id], call, ret, via)
+					if j, ok := jobs[id]; ok {
+						n.observe(checkerClientID, history.Read, id, j, call, ret, via)
+					}
 				}
+				n.readMissing(cl, jobs)
 				if busy > 0 {
 					n.t.Logf("gave up waiting after %s: %d acknowledged jobs not terminal", quiescenceWithin, busy)
 				}
@@ -129,11 +133,14 @@ func (n *nemesis) collectEtcd(ctx context.Context, cli *clientv3.Client, layout 
 	if n.audit, err = history.AuditEtcd(ctx, cli, layout, n.mode.shards, resp.Header.Revision); err != nil {
 		return fmt.Errorf("etcd history: %w", err)
 	}
+	if err := n.collectRemovals(ctx, cli, layout, resp.Header.Revision); err != nil {
+		return err
+	}
 	// The schedules' records at the same revision as the jobs they started.
 	if err := n.checkSchedules(ctx, cli, layout, resp.Header.Revision); err != nil {
 		return err
 	}
-	if err := n.checkWorkflows(ctx, cli, layout, resp.Header.Revision); err != nil {
+	if err := n.checkWorkflows(); err != nil {
 		return err
 	}
 	if n.audit.CompactedAt != 0 {
@@ -190,7 +197,10 @@ func (n *nemesis) problemf(format string, args ...any) {
 }
 
 func (n *nemesis) check() {
+	n.resolveRemoved()
 	n.checkAcknowledged()
+	n.checkRemovals()
+	n.checkMustNot()
 	n.checkLaunches()
 	n.checkOneAttemptAtATime()
 	n.checkFencing()
@@ -200,13 +210,28 @@ func (n *nemesis) check() {
 	n.checkLinearizable()
 }
 
-// checkAcknowledged: every acknowledged job exists and is terminal (I2).
+// checkAcknowledged: every acknowledged job exists and is terminal, or
+// was removed by retention (I2; checkRemovals checks that it had finished).
 func (n *nemesis) checkAcknowledged() {
 	for _, id := range n.acked {
 		r, ok := n.records[id]
+		if _, removed := n.tombs[kindJob][id]; !ok && removed {
+			n.totals.RemovedAcked++
+			// Retention goes on after the load: the final listing may
+			// still have shown the job, finished, before it went.
+			if _, listed := n.final[id]; !listed && !n.finalRemoved[id] {
+				n.problemf("I2: job %s, acknowledged to client %d and removed by retention, did not read as removed after the run", id, n.ackedBy[id])
+			}
+			continue
+		}
 		switch {
 		case !ok:
-			n.problemf("I2: job %s, acknowledged to client %d, is not in etcd (lost)", id, n.ackedBy[id])
+			n.totals.Lost++
+			how := "is not in etcd, and has no tombstone (lost)"
+			if d, deleted := n.deletedJobs[id]; deleted {
+				how = fmt.Sprintf("was deleted from etcd at revision %d (while %s), and has no tombstone (lost)", d.Rev, d.Record.State)
+			}
+			n.problemf("I2: job %s, acknowledged to client %d, %s", id, n.ackedBy[id], how)
 		case !r.Job.State.Terminal():
 			n.problemf("job %s is %s after %s of quiescence, not terminal: %s", id, r.Job.State, quiescenceWithin, describeAttempts(r.Job))
 		}
@@ -222,6 +247,7 @@ func (n *nemesis) checkLaunches() {
 	first := map[string]launch{}
 	for _, l := range n.launches {
 		if prev, ok := first[l.Attempt]; ok {
+			n.totals.Duplicates++
 			n.problemf("I4: attempt %s was launched twice: on %s (ledger line %d) and on %s (ledger line %d)",
 				l.Attempt, prev.Agent, prev.Line, l.Agent, l.Line)
 			continue
@@ -237,24 +263,26 @@ func (n *nemesis) checkLaunches() {
 	}
 }
 
+// attempt finds attempt id of job, in etcd or in the job's last version
+// before retention removed it.
 func (n *nemesis) attempt(job, id string) (*tandem.Attempt, *tandem.Job) {
-	r, ok := n.records[job]
+	j, ok := n.jobs[job]
 	if !ok {
 		return nil, nil
 	}
-	for k := range r.Job.Attempts {
-		if r.Job.Attempts[k].ID == id {
-			return &r.Job.Attempts[k], r.Job
+	for k := range j.Attempts {
+		if j.Attempts[k].ID == id {
+			return &j.Attempts[k], j
 		}
 	}
-	return nil, r.Job
+	return nil, j
 }
 
 // checkOneAttemptAtATime: no job had two attempts at once (I4), by its
-// record and by the ledger.
+// record (or its last version, if removed) and by the ledger.
 func (n *nemesis) checkOneAttemptAtATime() {
-	for _, id := range slices.Sorted(maps.Keys(n.records)) {
-		j := n.records[id].Job
+	for _, id := range slices.Sorted(maps.Keys(n.jobs)) {
+		j := n.jobs[id]
 		for k := 1; k < len(j.Attempts); k++ {
 			prev, cur := j.Attempts[k-1], j.Attempts[k]
 			switch {
@@ -362,7 +390,8 @@ func (n *nemesis) checkCutOff() {
 
 // showsLess reports whether b, a read, shows less of its job than a, an
 // earlier operation on it, had: not found after a submission or a read that
-// found it; an earlier stage; or a terminal state changed.
+// found it; an earlier stage; a terminal state changed; or anything but
+// removed, in the same state, after removed.
 func showsLess(b, a observation) bool {
 	switch {
 	case a.Kind == history.Submit:
@@ -371,6 +400,10 @@ func showsLess(b, a observation) bool {
 		return false
 	case b.Output.NotFound:
 		return true
+	case a.Output.Removed && !b.Output.Removed:
+		return true
+	case b.Output.Removed:
+		return a.Output.Progress.Stage == history.Terminal && b.Output.Progress.State != a.Output.Progress.State
 	case a.Output.Progress.Stage == history.Terminal:
 		return b.Output.Progress != a.Output.Progress
 	}
@@ -382,6 +415,8 @@ func (o observation) String() string {
 	switch {
 	case o.Kind == history.Read && o.Output.NotFound:
 		what = "read of " + o.Job + " -> not found"
+	case o.Kind == history.Read && o.Output.Removed:
+		what = "read of " + o.Job + " -> removed (finished " + string(o.Output.Progress.State) + ")"
 	case o.Kind == history.Read:
 		what = "read of " + o.Job + " -> " + o.Output.Progress.String()
 	}
@@ -419,7 +454,25 @@ func (n *nemesis) checkSessions() {
 // own writes whichever server answers.
 func (n *nemesis) checkViews() {
 	for _, o := range n.obs {
-		if o.Kind != history.Read || o.Revision == 0 {
+		// A removed read is answered from the tombstone in etcd, not from
+		// the view at the revision it reports: resolveRemoved and
+		// checkRemovals judge it against the tombstone and the record's
+		// last version instead.
+		if o.Kind != history.Read || o.Revision == 0 || o.Output.Removed {
+			continue
+		}
+		if d, ok := n.deletedJobs[o.Job]; ok && o.Output.NotFound && o.Revision >= d.Rev {
+			// The view rightly lacks the record; the answer is wrong.
+			if tb, ok := n.tombs[kindJob][o.Job]; ok && tb.Rev <= o.Revision {
+				n.problemf("retention: client %d's %s, but retention had removed it at revision %d, its tombstone in etcd: the answer should be removed (410), not not found (404)",
+					o.Client, o, d.Rev)
+			}
+			continue
+		}
+		if n.audit.CompactedAt != 0 && o.Revision < n.audit.CompactedAt {
+			// Before the compaction: etcd's history cannot tell (a job
+			// retention removed before it is not even known to it).
+			n.unknown++
 			continue
 		}
 		var p *history.Progress
@@ -537,8 +590,14 @@ func (n *nemesis) ownership() string {
 func (n *nemesis) report() {
 	t := n.t
 	attempts := 0
-	for _, r := range n.records {
-		attempts += len(r.Job.Attempts)
+	for _, j := range n.jobs {
+		attempts += len(j.Attempts)
+	}
+	mustNot := 0
+	for _, f := range n.faults {
+		if f.MustNot {
+			mustNot++
+		}
 	}
 	byServer := map[string]int{}
 	for _, o := range n.obs {
@@ -546,12 +605,16 @@ func (n *nemesis) report() {
 			byServer[o.Server]++
 		}
 	}
-	t.Logf("nemesis summary (%s): seed %d, ran %s, faults %d %v; acknowledged jobs %d (submits failed %d), "+
-		"reads %d (failed %d; answered by %v), jobs in etcd %d, attempts %d, launches %d, %s, "+
-		"owners paused or cut off came back fenced on %d of %d shards, linearizability %s; %s; %s",
+	t.Logf("nemesis summary (%s): seed %d, ran %s, faults %d %v; acknowledged jobs %d (submits failed %d): "+
+		"lost %d, duplicate launches %d, removed by retention %d; "+
+		"reads %d (failed %d; %d answered removed; answered by %v), jobs in etcd %d, removed by retention %d jobs and %d workflow runs, "+
+		"attempts %d, launches %d, %s, owners paused or cut off came back fenced on %d of %d shards, "+
+		"faults that must not fail over %d: without a change of owner %d, with leases run out on a starved host %d; linearizability %s; %s; %s",
 		n.mode.name, n.seed, n.ranFor.Round(time.Millisecond), n.applied(), n.faultsByKind, len(n.acked), n.failedSubmits,
-		n.reads, n.failedReads, byServer, len(n.records), attempts, len(n.launches), n.ownership(),
-		n.cutOff.fenced, n.cutOff.fenced+n.cutOff.survived, n.lin.Outcome, n.sched, n.wf)
+		n.totals.Lost, n.totals.Duplicates, n.totals.RemovedAcked,
+		n.reads, n.failedReads, n.removedReads, byServer, len(n.records), n.totals.RemovedJobs, n.totals.RemovedRuns,
+		attempts, len(n.launches), n.ownership(), n.cutOff.fenced, n.cutOff.fenced+n.cutOff.survived,
+		mustNot, n.totals.mustNotHeld, n.totals.mustNotStarved, n.lin.Outcome, n.sched, n.wf)
 	if n.unknown > 0 {
 		n.notes = append(n.notes, fmt.Sprintf("%d reads were of revisions etcd had compacted: not checked against its history", n.unknown))
 	}
@@ -606,6 +669,7 @@ func (n *nemesis) saveEvidence(dir string) (string, error) {
 		"problems": n.problems, "notes": n.notes, "faults": faults,
 		"acknowledged": acked, "ops": obs, "linearizability": n.lin.Outcome, "illegal_jobs": n.lin.Illegal,
 		"ledger_starts": n.launches, "ledger_ends": n.ends, "jobs": n.records,
+		"removed_jobs": n.deletedJobs, "removed_workflow_runs": n.deletedRuns, "tombstones": n.tombs, "totals": n.totals,
 		"logs": "each process's log is <id>.log here",
 	}
 	if a := n.audit; a != nil {

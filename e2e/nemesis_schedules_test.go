@@ -88,15 +88,13 @@ func (n *nemesis) checkSchedules(ctx context.Context, cli *clientv3.Client, layo
 	if err != nil {
 		return err
 	}
+	// Every job and run, those retention removed included (their last
+	// versions): a fire's job still counts once removed.
 	jobsOf := bench.ScheduledJobs{}
-	for _, r := range n.records {
-		jobsOf.Add(r.Job)
+	for _, j := range n.jobs {
+		jobsOf.Add(j)
 	}
-	runs, err := readWorkflows(ctx, cli, layout, rev)
-	if err != nil {
-		return err
-	}
-	for _, wf := range runs {
+	for _, wf := range n.runs {
 		jobsOf.AddWorkflow(wf)
 	}
 	for _, rec := range recs {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/client"
+	"github.com/tandemhq/tandem/internal/faultnet"
 	"github.com/tandemhq/tandem/internal/history"
 	"github.com/tandemhq/tandem/internal/keys"
 	"github.com/tandemhq/tandem/internal/local"
@@ -34,6 +35,10 @@ const (
 	envNemesisOut      = "TANDEM_NEMESIS_OUT"      // where to save the evidence (always, when set), in a directory per mode
 	envNemesisLogLevel = "TANDEM_NEMESIS_LOG"      // the processes' log level (default info; debug to trace a problem)
 	envNemesisMode     = "TANDEM_NEMESIS_MODE"     // active-standby or active-active: run only that mode
+	// envNemesisStrict=1 fails a run in which an owner's lease expired
+	// during a fault that must not cause a failover, which is otherwise
+	// noted as a starved host (checkMustNot).
+	envNemesisStrict = "TANDEM_NEMESIS_STRICT"
 )
 
 const (
@@ -50,7 +55,16 @@ const (
 	faultPartition  = "partition-server"
 	faultSwitchover = "switchover"
 	faultKillAgent  = "kill-agent"
-	faultKillEtcd   = "kill-etcd"
+	faultKillEtcd   = "kill-etcd" // any member
+	// faultKillEtcdLeader kills etcd's raft leader: an election in etcd
+	// under the servers' leases and transactions.
+	faultKillEtcdLeader = "kill-etcd-leader"
+	// Faults that must NOT cause a failover (issue 13; tandem bench
+	// failover has them too): the checker fails the run if any shard's
+	// owner changed from the fault's start to mustNotWatch after it.
+	faultPauseShort = "pause-short" // SIGSTOP of the active (or an owner) for pauseShort, then SIGCONT
+	faultStandbyCut = "standby-cut" // one server and the active (or an owner) cut off from each other only, for 2 to 3 s
+	faultCPUHog     = "cpu-hog"     // one spinning process per CPU for 2 to 3 s
 	// Active-active only. Churn is drawn as one kind and applied as a
 	// server joining or leaving, whichever the membership allows.
 	faultChurn       = "churn"
@@ -58,6 +72,31 @@ const (
 	faultLeaveServer = "leave-server"
 	faultDrain       = "drain-server"
 )
+
+const (
+	pauseShort = 200 * time.Millisecond
+	// mustNotWatch is how long after a must-not fault ends the nemesis
+	// still counts a change of owner against it (as tandem bench failover
+	// does).
+	mustNotWatch = 2 * time.Second
+	// settleWithin bounds the wait, before a must-not fault, for the
+	// earlier faults' after-effects to end; settleQuiet is how long the
+	// owners must have stayed the same.
+	settleWithin = 20 * time.Second
+	settleQuiet  = time.Second
+)
+
+// nemesisRetention turns retention on, short enough that most finished jobs
+// and workflow runs are removed while the run goes on (issue 14): a job
+// goes once it has been finished 5 s and is beyond the 100 most recently
+// finished (a few seconds of the load and the schedules), looked for every
+// 2 s, so removals run under every fault and clients read removed jobs.
+// Tombstones outlive the run by far: a removed job reads as removed (410)
+// until the checker is done. tandem's compaction stays off (below) and
+// etcd's own comes after 5 minutes: the checker replays etcd's whole
+// history, removals included (a longer run notes what it could not check).
+var nemesisRetention = []string{"--retention-age", "5s", "--retention-keep", "100",
+	"--retention-interval", "2s", "--retention-tombstone-ttl", "1h"}
 
 // nemesisMode is one form of the cluster the suite runs against. Only what
 // differs is here; the load, the checks and most faults are shared.
@@ -75,14 +114,15 @@ type nemesisMode struct {
 
 var nemesisModes = []nemesisMode{
 	{name: "active-standby", servers: 3, shards: 1, minFaults: 20,
-		kinds: []string{faultKillServer, faultStopServer, faultPartition, faultSwitchover, faultKillAgent, faultKillEtcd}},
+		kinds: []string{faultKillServer, faultStopServer, faultPartition, faultSwitchover, faultKillAgent, faultKillEtcd,
+			faultKillEtcdLeader, faultPauseShort, faultStandbyCut, faultCPUHog}},
 	// Five servers of which three start: churn adds and removes servers
 	// (never fewer than two running), drains move shards away under load,
 	// and the server faults aim at shard owners. A short settle time lets a
 	// joining server take shards within the run.
 	{name: "active-active", servers: 5, initial: 3, shards: 16, minFaults: 24,
 		kinds: []string{faultKillServer, faultStopServer, faultPartition, faultChurn, faultChurn, faultChurn,
-			faultDrain, faultKillAgent, faultKillEtcd},
+			faultDrain, faultKillAgent, faultKillEtcd, faultKillEtcdLeader, faultPauseShort, faultStandbyCut, faultCPUHog},
 		extraArgs: []string{"--settle", "300ms"}},
 }
 
@@ -93,11 +133,16 @@ func (m nemesisMode) sharded() bool { return m.shards > 1 }
 // their states through the failover client while a nemesis crashes, pauses
 // and cuts off servers, moves ownership (switchover; or, active-active,
 // servers joining, leaving and draining), and crashes agents and etcd
-// members, one fault at a time. Then everything is healed, and the run is
-// checked: no acknowledged job lost (I2), no attempt launched twice and never
-// two attempts of a job at once (I4), every write fenced by its shard
-// owner's epoch in etcd's history and every launch under an epoch that owned
-// the job's shard (I1), each client's reads consistent with etcd at the
+// members (its raft leader among them), one fault at a time; and it pauses
+// the active briefly, cuts one server off from the active alone and starves
+// the CPUs, faults after which no owner may change (issue 13). Retention is
+// on and short (issue 14), so finished jobs are removed under the faults.
+// Then everything is healed, and the run is checked: every acknowledged job
+// in etcd or removed by retention after it finished, never lost (I2), no
+// owner changed by a fault that must not fail over, no attempt launched
+// twice and never two attempts of a job at once (I4), every write fenced by
+// its shard owner's epoch in etcd's history and every launch under an epoch
+// that owned the job's shard (I1), each client's reads consistent with etcd at the
 // revisions they report and with its own earlier operations, and every
 // job's state as the clients saw it linearizable (porcupine). A failing run
 // saves its whole history, a visualisation and the cluster's logs, and names
@@ -142,6 +187,14 @@ func runNemesis(t *testing.T, m nemesisMode, seed uint64, duration time.Duration
 		seed, envNemesisSeed, seed, envNemesisMode, m.name)
 	n := &nemesis{t: t, mode: m, seed: seed, rng: rand.New(rand.NewPCG(seed, 0x6e656d65736973)),
 		rec: history.NewRecorder(), ledger: filepath.Join(t.TempDir(), "ledger"), faultsByKind: map[string]int{}}
+	// Every kind once first, in an order the seed draws, so that even the
+	// short mode has each; then as the weights of m.kinds say.
+	for _, k := range m.kinds {
+		if !slices.Contains(n.firstPass, k) {
+			n.firstPass = append(n.firstPass, k)
+		}
+	}
+	n.rng.Shuffle(len(n.firstPass), func(i, j int) { n.firstPass[i], n.firstPass[j] = n.firstPass[j], n.firstPass[i] })
 	if out := os.Getenv(envNemesisOut); out != "" {
 		n.out = filepath.Join(out, m.name)
 	}
@@ -217,12 +270,18 @@ type nemesis struct {
 	// members are the servers meant to be running (churn changes them);
 	// only the test goroutine uses it.
 	members map[int]bool
+	// links[i][j] is server i's own way to server j's watch stream and
+	// probes (tandem server --peer-addr), so that standby-cut can cut one
+	// pair of servers off from each other alone.
+	links     [][]*faultnet.Proxy
+	firstPass []string // the kinds of the first faults
 
 	mu            sync.Mutex
 	acked         []string // acknowledged job IDs, in order of acknowledgement
 	ackedBy       map[string]int
 	obs           []observation // every recorded operation, with who answered and at which revision
-	reads         int           // recorded reads (found or not found)
+	reads         int           // recorded reads (found, not found, or removed)
+	removedReads  int           // of which answered 410 removed
 	failedSubmits int
 	failedReads   int
 	lastErrs      []string // a few of the load's errors, for the summary
@@ -242,12 +301,26 @@ type nemesis struct {
 	audit    *history.Audit         // etcd's history: owners, fencing, job versions
 	launches []launch               // the ledger's start records
 	ends     map[string]int64       // the ledger's end records: attempt ID -> unix ns
-	lin      history.Result
-	unknown  int                            // reads the view check could not judge (etcd had compacted their revisions)
-	cutOff   struct{ fenced, survived int } // tenures of owners paused or cut off: ended by the heal, or not
-	problems []string
-	notes    []string
-	savedIn  string // where the evidence went
+	// What retention removed, from etcd's history (collectRemovals): the
+	// last version of every deleted job and workflow run record, every
+	// tombstone, and the union of what etcd holds and what it removed.
+	deletedJobs map[string]deletedRecord[tandem.Job]
+	deletedRuns map[string]deletedRecord[tandem.Workflow]
+	tombs       map[string]map[string]tombstone // kind (kindJob, kindWorkflow) -> ID -> tombstone
+	jobs        map[string]*tandem.Job          // every job ever: in etcd now, or its last version before removal
+	runs        map[string]*tandem.Workflow     // every workflow run ever, likewise
+	// finalRemoved lists the acknowledged jobs that the checker's reads
+	// after the run found removed (410).
+	finalRemoved map[string]bool
+	archive      string // the servers' --archive-dir
+	fromArchive  int    // removed records known from the archive only
+	totals       totals
+	lin          history.Result
+	unknown      int                            // reads the view check could not judge (etcd had compacted their revisions)
+	cutOff       struct{ fenced, survived int } // tenures of owners paused or cut off: ended by the heal, or not
+	problems     []string
+	notes        []string
+	savedIn      string // where the evidence went
 }
 
 type faultRecord struct {
@@ -262,6 +335,18 @@ type faultRecord struct {
 	// those tenures should have ended (its lease ran out).
 	Held     []heldShard `json:"held,omitempty"`
 	HealedAt int64       `json:"healed_at_revision,omitempty"`
+	// A fault that must not cause a failover is judged on etcd's
+	// history from revision WatchFrom (before it began, the cluster
+	// settled) to WatchTo (mustNotWatch after it ended): no owner key of
+	// any shard may go or come in between. Failovers is what the HA
+	// history (GET /v1/ha/history) says of the changes (their causes), and
+	// Load the host's load averages as the fault began and ended.
+	MustNot   bool                   `json:"must_not_fail_over,omitempty"`
+	Lenient   string                 `json:"lenient,omitempty"` // why a change of owner would only be noted (docs/HA.md's trade-offs)
+	WatchFrom int64                  `json:"watch_from_revision,omitempty"`
+	WatchTo   int64                  `json:"watch_to_revision,omitempty"`
+	Failovers []tandem.FailoverEvent `json:"failovers,omitempty"`
+	Load      string                 `json:"load,omitempty"`
 }
 
 type heldShard struct {
@@ -315,10 +400,13 @@ func (n *nemesis) startCluster() {
 		// etcd's smallest lease TTL is 1.5 election timeouts: tune raft so 1 s is allowed.
 		EtcdArgs: []string{"--heartbeat", "50ms", "--election-timeout", "500ms"},
 		// Compaction off: the checker audits etcd's whole history.
-		ExtraArgs: append([]string{"--agent-timeout", "3s", "--etcd-compact-interval", "0"}, m.extraArgs...)}
+		ExtraArgs: slices.Concat([]string{"--agent-timeout", "3s", "--etcd-compact-interval", "0"}, nemesisRetention, m.extraArgs)}
 	if m.sharded() {
 		cfg.Shards = m.shards
 	}
+	n.archive = filepath.Join(cfg.DataDir, "archive")
+	cfg.ExtraArgs = append(cfg.ExtraArgs, "--archive-dir", n.archive)
+	n.peerLinks(&cfg)
 	secureCluster(t, &cfg)
 	c, err := local.New(cfg)
 	if err != nil {
@@ -506,6 +594,9 @@ func (n *nemesis) read(ctx context.Context, cl *client.Client, tap *answerTap, i
 	case errors.Is(err, tandem.ErrNotFound):
 		n.observe(id, history.Read, job, nil, call, ret, ans)
 		n.reads++
+	case errors.Is(err, tandem.ErrRemoved):
+		n.observeRemoved(id, job, call, ret, ans)
+		n.reads++
 	case ctx.Err() == nil:
 		n.failedReads++ // unknown outcome: recorded as nothing
 		n.noteErr(fmt.Sprintf("client %d: read %s: %v", id, job, err))
@@ -528,6 +619,18 @@ func (n *nemesis) observe(client int, kind history.Kind, job string, j *tandem.J
 		}
 	}
 	n.obs = append(n.obs, o)
+}
+
+// observeRemoved records a read that answered that retention had removed
+// the job (410 removed). The state the job finished in is its tombstone's,
+// read from etcd after the run: resolveRemoved then adds the read to the
+// history porcupine checks. The caller holds n.mu (or owns n alone).
+func (n *nemesis) observeRemoved(client int, job string, call, ret time.Time, ans observation) {
+	o := ans
+	o.Client, o.Kind, o.Job, o.Call, o.Return = client, history.Read, job, n.rec.Nanos(call), n.rec.Nanos(ret)
+	o.Output = history.Output{Removed: true, Progress: history.Progress{Stage: history.Terminal}}
+	n.obs = append(n.obs, o)
+	n.removedReads++
 }
 
 func (n *nemesis) noteErr(s string) {
@@ -558,13 +661,17 @@ type plan struct {
 }
 
 func (n *nemesis) nextPlan() plan {
-	return plan{
+	p := plan{
 		kind:     n.mode.kinds[n.rng.IntN(len(n.mode.kinds))],
 		atActive: n.rng.IntN(4) != 0,
 		pick:     n.rng.Float64(),
 		hold:     n.rng.Float64(),
 		gap:      300*time.Millisecond + time.Duration(n.rng.Int64N(int64(1200*time.Millisecond))),
 	}
+	if k := len(n.faults); k < len(n.firstPass) {
+		p.kind = n.firstPass[k]
+	}
+	return p
 }
 
 // holdFor sleeps for the plan's point in [lo, hi].
@@ -692,13 +799,22 @@ func (n *nemesis) fault(pl plan) {
 			pl.holdFor(500*time.Millisecond, 2*time.Second)
 			err = p.Start()
 		}
-	case faultKillEtcd:
-		p := c.Etcd[pl.choose([]int{0, 1, 2})]
+	case faultKillEtcd, faultKillEtcdLeader:
+		i := pl.choose([]int{0, 1, 2})
+		if pl.kind == faultKillEtcdLeader {
+			if i, err = n.etcdLeader(); err != nil {
+				break
+			}
+			f.Role = "etcd leader"
+		}
+		p := c.Etcd[i]
 		f.Target, heal = p.ID, p
 		if err = p.Kill(); err == nil {
 			pl.holdFor(time.Second, 3*time.Second)
 			err = p.Start()
 		}
+	case faultPauseShort, faultStandbyCut, faultCPUHog:
+		heal, err = n.mustNot(pl, &f)
 	}
 	f.End = n.rec.Nanos(time.Now())
 	if err != nil {
@@ -920,10 +1036,18 @@ func (n *nemesis) healAllQuietly() {
 	}
 }
 
-// unfreeze heals every partition and resumes every paused process.
+// unfreeze heals every partition and cut link and resumes every paused
+// process.
 func (n *nemesis) unfreeze() {
 	for i := range n.c.Servers {
 		_ = n.c.Heal(i)
+	}
+	for _, row := range n.links {
+		for _, l := range row {
+			if l != nil {
+				l.Unblock()
+			}
+		}
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -56,6 +56,20 @@ func (f fabricated) write(j tandem.Job) int64 {
 	return f.put(f.layout.Job(j.ID), string(b))
 }
 
+// remove removes job j as retention does: its record deleted and its
+// tombstone, saying final, written in one transaction. It returns the
+// revision.
+func (f fabricated) remove(j tandem.Job, final tandem.JobState) int64 {
+	f.t.Helper()
+	tb, _ := json.Marshal(map[string]any{"kind": kindJob, "id": j.ID, "state": final, "finished_at": unixSec(2), "removed_at": unixSec(9), "reason": "retention"})
+	r, err := f.cli.Txn(context.Background()).Then(clientv3.OpDelete(f.layout.Job(j.ID)),
+		clientv3.OpPut(removedPrefix(f.layout)+kindJob+"/"+j.ID, string(tb))).Commit()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return r.Header.Revision
+}
+
 // collect gives n what the fabricated etcd holds, as a run would.
 func (f fabricated) collect(n *nemesis) {
 	f.t.Helper()
@@ -101,14 +115,42 @@ func TestNemesisChecksCatchViolations(t *testing.T) {
 	okDone := f.write(job("ok", tandem.JobSucceeded, e1, succeededAttempt("ok", 1, "agent1", e1, 1, 2)))
 	busyCreated := f.write(job("busy", tandem.JobRunning, e1, tandem.Attempt{ID: "busy-1", Number: 1, Agent: "agent1", Epoch: e1, State: tandem.AttemptRunning}))
 	twiceCreated := f.write(job("twice", tandem.JobSucceeded, e1, succeededAttempt("twice", 1, "agent1", e1, 1, 5), succeededAttempt("twice", 2, "agent2", e1, 4, 6)))
+	// Retention: "gone" is removed as it should be, after it succeeded;
+	// "early" while it runs; "vanished" is deleted with no tombstone.
+	goneJob := job("gone", tandem.JobSucceeded, e1, succeededAttempt("gone", 1, "agent1", e1, 1, 2))
+	goneCreated := f.write(job("gone", tandem.JobPending, e1))
+	goneDone := f.write(goneJob)
+	goneRemoved := f.remove(goneJob, tandem.JobSucceeded)
+	early := job("early", tandem.JobRunning, e1, tandem.Attempt{ID: "early-1", Number: 1, Agent: "agent1", Epoch: e1, State: tandem.AttemptRunning})
+	f.write(early)
+	earlyRemoved := f.remove(early, tandem.JobSucceeded)
+	f.write(job("vanished", tandem.JobSucceeded, e1, succeededAttempt("vanished", 1, "agent1", e1, 1, 2)))
+	r, err := f.cli.Delete(context.Background(), f.layout.Job("vanished"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vanished := r.Header.Revision
+	// "hidden" is removed as it should be, but a server answers not found.
+	hidden := job("hidden", tandem.JobSucceeded, e1, succeededAttempt("hidden", 1, "agent1", e1, 1, 2))
+	f.write(hidden)
+	hiddenRemoved := f.remove(hidden, tandem.JobSucceeded)
 	e2 := f.own(0, "rm2")
 	// The deposed rm1 writes on.
 	last := f.write(job("stale", tandem.JobSucceeded, e1, succeededAttempt("stale", 1, "agent1", e1, 1, 2)))
 
 	n := &nemesis{t: t, mode: nemesisModes[0], rec: history.NewRecorder(), ackedBy: map[string]int{}}
 	f.collect(n)
-	n.acked = []string{"ok", "lost", "busy", "twice"}
+	n.acked = []string{"ok", "lost", "busy", "twice", "gone", "early", "vanished"}
 	n.final = map[string]*tandem.Job{"ok": n.records["ok"].Job, "busy": n.records["busy"].Job, "twice": n.records["twice"].Job}
+	n.finalRemoved = map[string]bool{"gone": true, "early": true}
+	// A pause that changed the owner, a CPU hog that did not, and one
+	// under which the owner's lease ran out (a starved host: noted).
+	n.faults = []faultRecord{
+		{Kind: faultPauseShort, Target: "rm1", Role: "active", MustNot: true, WatchFrom: vanished, WatchTo: e2},
+		{Kind: faultCPUHog, Target: "2 CPUs", MustNot: true, WatchFrom: okCreated, WatchTo: vanished},
+		{Kind: faultCPUHog, Target: "2 CPUs", MustNot: true, WatchFrom: vanished, WatchTo: e2,
+			Failovers: []tandem.FailoverEvent{{Shard: 0, Epoch: e2, ActiveID: "rm2", PrevID: "rm1", PrevEpoch: e1, Cause: tandem.CauseLeaseExpired}}},
+	}
 	n.launches = []launch{
 		{Attempt: "ok-1", Job: "ok", Agent: "agent1", Epoch: e1, At: unixSec(1).UnixNano(), Line: 1},
 		{Attempt: "ok-1", Job: "ok", Agent: "agent2", Epoch: e1, At: unixSec(1).UnixNano(), Line: 2},
@@ -116,6 +158,9 @@ func TestNemesisChecksCatchViolations(t *testing.T) {
 		{Attempt: "twice-1", Job: "twice", Agent: "agent3", Epoch: e1, At: unixSec(1).UnixNano(), Line: 4},
 		{Attempt: "twice-2", Job: "twice", Agent: "agent2", Epoch: e1, At: unixSec(4).UnixNano(), Line: 5},
 		{Attempt: "stale-1", Job: "stale", Agent: "agent1", Epoch: e1 - 1, At: unixSec(1).UnixNano(), Line: 6},
+		// A removed job's launch is checked against its last version.
+		{Attempt: "gone-1", Job: "gone", Agent: "agent1", Epoch: e1, At: unixSec(1).UnixNano(), Line: 7},
+		{Attempt: "gone-1", Job: "gone", Agent: "agent1", Epoch: e1, At: unixSec(1).UnixNano(), Line: 8},
 	}
 	t0 := n.rec.Start()
 	ms := func(k int) time.Time { return t0.Add(time.Duration(k) * time.Millisecond) }
@@ -136,6 +181,20 @@ func TestNemesisChecksCatchViolations(t *testing.T) {
 	n.observe(3, history.Read, "busy", n.records["ok"].Job, ms(12), ms(13), from("rm1", last, last))
 	n.observe(3, history.Submit, "twice", nil, ms(14), ms(15), from("rm1", twiceCreated, busyCreated))
 	n.observe(3, history.Read, "twice", nil, ms(16), ms(17), from("rm2", twiceCreated-1, 0))
+	// Reads of a removed job: removed, in the state it finished in, after
+	// it was seen succeeded, is linearizable; found again after, is not
+	// (client 1 reads "early" from a stale view), nor is removed with no
+	// tombstone ("lost").
+	n.observe(0, history.Submit, "gone", nil, ms(20), ms(21), from("rm1", goneCreated, 0))
+	n.observe(1, history.Read, "gone", &goneJob, ms(22), ms(23), from("rm1", goneDone, goneDone))
+	n.observeRemoved(2, "gone", ms(24), ms(25), from("rm1", goneRemoved, 0))
+	n.observeRemoved(0, "gone", ms(26), ms(27), from("rm2", goneRemoved, 0))
+	n.observe(0, history.Submit, "early", nil, ms(30), ms(31), observation{})
+	n.observeRemoved(2, "early", ms(32), ms(33), from("rm1", earlyRemoved, 0))
+	n.observe(1, history.Read, "early", &early, ms(34), ms(35), observation{})
+	n.observeRemoved(3, "lost", ms(36), ms(37), observation{})
+	n.observe(1, history.Read, "hidden", &hidden, ms(40), ms(41), observation{})
+	n.observe(2, history.Read, "hidden", nil, ms(42), ms(43), from("rm3", hiddenRemoved, 0))
 	n.check()
 
 	wantProblems(t, n, []string{
@@ -156,7 +215,30 @@ func TestNemesisChecksCatchViolations(t *testing.T) {
 		"session: client 1's read of ok -> pending, 0 attempts from rm3",
 		"session: client 3's read of twice -> not found from rm2",
 		fmt.Sprintf("view: client 3's read of busy -> succeeded, 1 attempts from rm1 at revision %d (asked %d), but etcd held nothing like it", last, last),
+		fmt.Sprintf("retention: job early was removed at revision %d before it finished: it was running", earlyRemoved),
+		fmt.Sprintf("retention: the tombstone of jobs early says it finished succeeded, but it was running when deleted at revision %d", earlyRemoved),
+		fmt.Sprintf("I2: job vanished, acknowledged to client 0, was deleted from etcd at revision %d (while succeeded), and has no tombstone (lost)", vanished),
+		fmt.Sprintf("retention: jobs vanished was deleted at revision %d without a tombstone", vanished),
+		"retention: client 3's read of lost answered removed, but etcd holds no tombstone of it",
+		"linearizability: the history of job early is not linearizable",
+		"I4: attempt gone-1 was launched twice",
+		fmt.Sprintf("retention: client 2's read of hidden -> not found from rm3 at revision %d (asked 0), but retention had removed it at revision %d, its tombstone in etcd: the answer should be removed (410)", hiddenRemoved, hiddenRemoved),
+		fmt.Sprintf("issue 13: pause-short of rm1 (active) must not cause a failover, but from revision %d to %d: rm1 lost shard 0 (epoch %d) at revision %d; rm2 took shard 0 at revision %d", vanished, e2, e1, e2-1, e2),
 	})
+	for _, p := range n.problems {
+		if strings.Contains(p, "job gone") || strings.Contains(p, "of gone") {
+			t.Errorf("a job removed after it finished, and read so, was reported: %s", p)
+		}
+	}
+	if n.totals.RemovedAcked != 2 || n.totals.RemovedJobs != 3 || n.totals.Lost != 2 || n.totals.mustNotHeld != 1 || n.totals.mustNotStarved != 1 {
+		t.Errorf("got removed %d acknowledged of %d, lost %d, must-not faults without a failover %d, with a lease run out %d; want 2 of 3, 2, 1, 1",
+			n.totals.RemovedAcked, n.totals.RemovedJobs, n.totals.Lost, n.totals.mustNotHeld, n.totals.mustNotStarved)
+	}
+	if !slices.ContainsFunc(n.notes, func(s string) bool {
+		return strings.Contains(s, "cpu-hog of 2 CPUs") && strings.Contains(s, "starved host")
+	}) {
+		t.Errorf("no note of the CPU hog under which a lease ran out; got %q", n.notes)
+	}
 	for _, p := range n.problems {
 		if strings.Contains(p, "view:") && !strings.Contains(p, "read of busy -> succeeded") {
 			t.Errorf("a read consistent with etcd's history was reported: %s", p)

@@ -129,17 +129,14 @@ func readWorkflows(ctx context.Context, cli *clientv3.Client, layout keys.Layout
 	return runs, nil
 }
 
-// checkWorkflows is I7 for workflows, on the run records read at revision
-// rev and the job records (n.records) read at the same revision.
-func (n *nemesis) checkWorkflows(ctx context.Context, cli *clientv3.Client, layout keys.Layout, rev int64) error {
+// checkWorkflows is I7 for workflows, on the run records and the job
+// records as etcd held them at the revision of n.records, with the last
+// versions of those retention removed before (n.runs, n.jobs).
+func (n *nemesis) checkWorkflows() error {
 	n.wf = wfTotals{}
-	runs, err := readWorkflows(ctx, cli, layout, rev)
-	if err != nil {
-		return err
-	}
+	runs := n.runs
 	jobs := map[string]map[string][]*tandem.Job{} // run -> step -> jobs
-	for _, r := range n.records {
-		j := r.Job
+	for _, j := range n.jobs {
 		if j.WorkflowID == "" {
 			continue
 		}
@@ -150,7 +147,7 @@ func (n *nemesis) checkWorkflows(ctx context.Context, cli *clientv3.Client, layo
 	}
 	for _, id := range n.workflows {
 		if _, ok := runs[id]; !ok {
-			n.problemf("I2: workflow run %s, acknowledged, is not in etcd", id)
+			n.problemf("I2: workflow run %s, acknowledged, is not in etcd, nor removed by retention", id)
 		}
 	}
 	// Every run: the load's and the schedules'.

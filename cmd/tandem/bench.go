@@ -31,7 +31,7 @@ the cluster. docs/BENCHMARKS.md says what each figure means.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.AddCommand(newBenchSubmitCmd(), newBenchFailoverCmd(), newBenchShardsCmd(), newBenchSuperviseCmd(),
-		newBenchSuperviseServiceCmd(), newBenchLBCmd(), newBenchSchedulesCmd())
+		newBenchSuperviseServiceCmd(), newBenchLBCmd(), newBenchSchedulesCmd(), newBenchScaleCmd())
 	return cmd
 }
 
@@ -264,9 +264,11 @@ measures until the job's retried attempt runs on the other agent: the
 attempt recorded lost, the retry recorded, the retry started.
 
 standby-cut (one standby cut off from the active only), pause-200ms
-(SIGSTOP of the active for 200 ms) and cpu-hog (one busy process per
-CPU for 5 s) must NOT cause a failover: each trial counts the changes of
-active and the longest stall the clients saw.
+(SIGSTOP of the active for 200 ms), cpu-hog (one busy process per CPU
+for 5 s) and etcd-leader-kill (SIGKILL of the process holding etcd's
+raft leader, never the active's) must NOT cause a failover: each trial
+counts the changes of active and the longest stall the clients saw
+(etcd-leader-kill also the time until etcd has a new leader).
 
 --secure measures a secured cluster (TLS, etcd locked down, tokens);
 --compare-security measures an insecure and then a secured one, the same
@@ -777,5 +779,177 @@ func runBenchSchedules(ctx context.Context, stdout, stderr io.Writer, f *benchSc
 			}
 		}
 		return rep, err
+	})
+}
+
+type benchScaleFlags struct {
+	phase          string
+	servers        int
+	etcd           string
+	etcdMembers    int
+	jobs           int
+	clients        int
+	backlog        int
+	jobAgents      int
+	jobsDuration   time.Duration
+	sample         time.Duration
+	transitions    bool
+	agents         int
+	sessions       string
+	pollWait       time.Duration
+	agentsIdle     time.Duration
+	agentsDuration time.Duration
+	rate           float64
+	retentionAge   time.Duration
+	retentionKeep  int
+	retentionEvery time.Duration
+	tombstoneTTL   time.Duration
+	compactEvery   time.Duration
+	defragEvery    time.Duration
+	defragMinFree  int64
+	serverArgs     []string
+	basePort       int
+	dataDir        string
+	jsonPath       string
+}
+
+func newBenchScaleCmd() *cobra.Command {
+	f := &benchScaleFlags{}
+	cmd := &cobra.Command{
+		Use:   "scale",
+		Short: "A million jobs with retention on, and a thousand agents long-polling the active",
+		Long: `Start a local cluster (--servers-n server processes, embedded or external
+etcd, no agent process) with retention short enough to work during the run,
+and measure at scale with simulated agents: goroutines of this process that
+speak the agent's real HTTP protocol (POST /v1/agent/sync, one session per
+server, epochs, done reports kept until acknowledged) but run no process;
+each assignment is reported succeeded in the next sync.
+
+  jobs    --clients failover clients submit --jobs jobs, at most --backlog
+          unfinished at a time, run by --job-agents simulated agents. Every
+          --sample: submissions and finishes a second, the jobs in the
+          active's view and in etcd, tombstones and idempotency keys in
+          etcd, etcd's database size, every server's RSS and Go heap, what
+          retention removed, the active's CPU. Then the middle and last
+          thirds of the samples taken since retention first removed jobs
+          are compared (printed, not asserted). With --transitions, a
+          graceful failover before, half-way and after the load reports
+          each transition time with the state the new active took over.
+  agents  --agents simulated agents long-poll (--poll-wait) the servers
+          (--agent-sessions all: one session per server, as real agents;
+          active: the active's only). The active's CPU (user+sys from
+          /proc) per sync it answered, with no job (--agents-idle) and with
+          --rate jobs a second for --agents-duration; and every job's
+          assignment latency, from its submission's acknowledgement to a
+          simulated agent receiving it (goal: p99 <= 100 ms).
+
+--phase all runs both, on the same cluster. The command fails if an attempt
+was assigned to two agents (I4).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runBenchScale(cmd.Context(), cmd.OutOrStdout(), f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.phase, "phase", bench.ScalePhaseAll, "what to run: jobs, agents or all")
+	fl.IntVar(&f.servers, "servers-n", 3, "number of servers (2 to 9)")
+	fl.StringVar(&f.etcd, "etcd", "embedded", "embedded (a member in every server) or external (separate etcd processes)")
+	fl.IntVar(&f.etcdMembers, "etcd-members", 3, "external etcd members (1 to 9)")
+	fl.IntVar(&f.jobs, "jobs", 1000000, "jobs phase: jobs to submit and run")
+	fl.IntVar(&f.clients, "clients", 32, "jobs phase: concurrent submitting clients")
+	fl.IntVar(&f.backlog, "backlog", 1000, "jobs phase: most jobs submitted and not yet finished at a time")
+	fl.IntVar(&f.jobAgents, "job-agents", 20, "jobs phase: simulated agents that run the jobs")
+	fl.DurationVar(&f.jobsDuration, "jobs-duration", 0, "jobs phase: stop submitting after this long even if fewer than --jobs were submitted (0: no limit)")
+	fl.DurationVar(&f.sample, "sample", 10*time.Second, "jobs phase: time between two samples")
+	fl.BoolVar(&f.transitions, "transitions", true, "jobs phase: graceful failovers before, half-way and after the load, timed")
+	fl.IntVar(&f.agents, "agents", 1000, "agents phase: simulated agents")
+	fl.StringVar(&f.sessions, "agent-sessions", bench.SessionsAll, "agents phase: sessions of each simulated agent: all (one per server, as real agents) or active")
+	fl.DurationVar(&f.pollWait, "poll-wait", 2*time.Second, "how long a server may hold a simulated agent's sync (as tandem agent --poll-wait)")
+	fl.DurationVar(&f.agentsIdle, "agents-idle", 15*time.Second, "agents phase: window measured with every agent connected and no job (0: none)")
+	fl.DurationVar(&f.agentsDuration, "agents-duration", time.Minute, "agents phase: window with jobs submitted at --rate")
+	fl.Float64Var(&f.rate, "rate", 50, "agents phase: jobs submitted a second")
+	fl.DurationVar(&f.retentionAge, "retention-age", 30*time.Second, "every server's --retention-age")
+	fl.IntVar(&f.retentionKeep, "retention-keep", 10000, "every server's --retention-keep")
+	fl.DurationVar(&f.retentionEvery, "retention-interval", 10*time.Second, "every server's --retention-interval")
+	fl.DurationVar(&f.tombstoneTTL, "retention-tombstone-ttl", time.Minute, "every server's --retention-tombstone-ttl")
+	fl.DurationVar(&f.compactEvery, "etcd-compact-interval", 30*time.Second, "every server's --etcd-compact-interval")
+	fl.DurationVar(&f.defragEvery, "etcd-defrag-interval", 2*time.Minute, "every server's --etcd-defrag-interval")
+	fl.Int64Var(&f.defragMinFree, "etcd-defrag-min-free", 16<<20, "every server's --etcd-defrag-min-free")
+	fl.StringArrayVar(&f.serverArgs, "server-arg", nil, "extra flag for every server (repeatable)")
+	fl.IntVar(&f.basePort, "base-port", 29070, "first port of the cluster's port range (it uses the 1000 ports from it)")
+	fl.StringVar(&f.dataDir, "data-dir", "", "keep the cluster's data and logs here (default: a temporary directory, removed at the end)")
+	fl.StringVar(&f.jsonPath, "json", "", `also write the result as JSON to this file ("-" for stdout)`)
+	return cmd
+}
+
+func (f *benchScaleFlags) validate() error {
+	switch {
+	case !oneOf(f.phase, []string{bench.ScalePhaseJobs, bench.ScalePhaseAgents, bench.ScalePhaseAll}):
+		return usagef("--phase %q: want jobs, agents or all", f.phase)
+	case f.servers < 2 || f.servers > 9:
+		return usagef("--servers-n %d: must be from 2 to 9", f.servers)
+	case !oneOf(f.etcd, benchEtcdModes):
+		return usagef("--etcd %q: want embedded or external", f.etcd)
+	case f.etcdMembers < 1 || f.etcdMembers > 9:
+		return usagef("--etcd-members %d: must be from 1 to 9", f.etcdMembers)
+	case f.jobs < 1:
+		return usagef("--jobs %d: must be at least 1", f.jobs)
+	case f.clients < 1:
+		return usagef("--clients %d: must be at least 1", f.clients)
+	case f.backlog < 1:
+		return usagef("--backlog %d: must be at least 1", f.backlog)
+	case f.jobAgents < 1 || f.jobAgents > 5000:
+		return usagef("--job-agents %d: must be from 1 to 5000", f.jobAgents)
+	case f.jobsDuration < 0:
+		return usagef("--jobs-duration %s: must not be negative", f.jobsDuration)
+	case f.sample < 100*time.Millisecond:
+		return usagef("--sample %s: must be at least 100ms", f.sample)
+	case f.agents < 1 || f.agents > 5000:
+		return usagef("--agents %d: must be from 1 to 5000", f.agents)
+	case !oneOf(f.sessions, []string{bench.SessionsAll, bench.SessionsActive}):
+		return usagef("--agent-sessions %q: want all or active", f.sessions)
+	case f.pollWait <= 0 || f.pollWait > time.Minute:
+		return usagef("--poll-wait %s: must be above 0 and at most 1m", f.pollWait)
+	case f.agentsIdle < 0:
+		return usagef("--agents-idle %s: must not be negative", f.agentsIdle)
+	case f.agentsDuration < time.Second:
+		return usagef("--agents-duration %s: must be at least 1s", f.agentsDuration)
+	case !(f.rate > 0 && f.rate <= 100000):
+		return usagef("--rate %g: must be above 0 and at most 100000", f.rate)
+	case f.retentionAge <= 0:
+		return usagef("--retention-age %s: must be above 0 (the jobs phase measures retention at work)", f.retentionAge)
+	case f.retentionKeep < 0:
+		return usagef("--retention-keep %d: must not be negative", f.retentionKeep)
+	case f.retentionEvery <= 0:
+		return usagef("--retention-interval %s: must be above 0", f.retentionEvery)
+	case f.tombstoneTTL < time.Second:
+		return usagef("--retention-tombstone-ttl %s: must be at least 1s", f.tombstoneTTL)
+	case f.compactEvery < time.Second:
+		return usagef("--etcd-compact-interval %s: must be at least 1s", f.compactEvery)
+	case f.defragEvery < 0:
+		return usagef("--etcd-defrag-interval %s: must not be negative (0: never)", f.defragEvery)
+	case f.defragMinFree < 0:
+		return usagef("--etcd-defrag-min-free %d: must not be negative", f.defragMinFree)
+	}
+	return validateBasePort(f.basePort)
+}
+
+func runBenchScale(ctx context.Context, out io.Writer, f *benchScaleFlags) error {
+	if err := f.validate(); err != nil {
+		return err
+	}
+	// An attempt assigned to two agents is a broken promise (I4), not a
+	// slow figure.
+	return runBench(ctx, "scale", f.jsonPath, func(ctx context.Context, bin string) (*bench.ScaleResult, error) {
+		return bench.RunScale(ctx, bench.ScaleConfig{
+			Binary: bin, Phase: f.phase, Servers: f.servers, Etcd: f.etcd, EtcdMembers: f.etcdMembers,
+			Jobs: f.jobs, Clients: f.clients, Backlog: f.backlog, JobAgents: f.jobAgents, JobsDuration: f.jobsDuration,
+			Sample: f.sample, Transitions: f.transitions,
+			Agents: f.agents, AgentSessions: f.sessions, PollWait: f.pollWait, AgentsIdle: f.agentsIdle,
+			AgentsDuration: f.agentsDuration, Rate: f.rate,
+			RetentionAge: f.retentionAge, RetentionKeep: f.retentionKeep, RetentionInterval: f.retentionEvery,
+			TombstoneTTL: f.tombstoneTTL, CompactInterval: f.compactEvery, DefragInterval: f.defragEvery,
+			DefragMinFree: f.defragMinFree, ServerArgs: f.serverArgs, BasePort: f.basePort, DataDir: f.dataDir, Out: out,
+		})
 	})
 }

@@ -108,16 +108,21 @@ type Input struct {
 }
 
 // Output is an operation's result. Submissions have none (only acknowledged
-// ones are recorded); a read either found no such job or shows its progress.
+// ones are recorded); a read either found no such job, or found it removed
+// by retention (Removed, with the state it finished in as Progress.State and
+// Progress.Stage Terminal: what its tombstone says; its attempts are not
+// known), or shows its progress.
 type Output struct {
 	NotFound bool     `json:"not_found,omitempty"`
+	Removed  bool     `json:"removed,omitempty"`
 	Progress Progress `json:"progress"`
 }
 
 // state is the model's state of one job.
 type state struct {
-	exists bool
-	p      Progress
+	exists  bool
+	removed bool
+	p       Progress
 }
 
 func step(st state, in Input, out Output) (bool, state) {
@@ -133,8 +138,13 @@ func step(st state, in Input, out Output) (bool, state) {
 		if out.NotFound {
 			return !st.exists, st
 		}
+		if out.Removed {
+			return readRemoved(st, out.Progress.State)
+		}
 		switch {
-		case !st.exists:
+		case !st.exists, st.removed:
+			// Removal is final: the record is gone, and a read that shows
+			// it after one that found it removed is time going backwards.
 			return false, st
 		case st.p.Stage == Terminal:
 			return out.Progress == st.p, st // final: later reads return exactly it
@@ -144,6 +154,29 @@ func step(st state, in Input, out Output) (bool, state) {
 		return true, state{exists: true, p: out.Progress}
 	}
 	return false, st
+}
+
+// readRemoved is a read that found the job removed by retention after it
+// finished in state final (its tombstone's word). Such a read is a read of
+// the job's final state that reveals nothing else (not its attempts): it is
+// legal if the job exists and either has not been seen terminal yet (it
+// finished, and was removed, since the last operation linearized before
+// it) or was seen terminal in that very state. Removal is final: from then
+// on, every read must find it removed in the same state.
+func readRemoved(st state, final tandem.JobState) (bool, state) {
+	switch {
+	case !st.exists:
+		return false, st // nothing that never existed is removed
+	case st.removed || st.p.Stage == Terminal:
+		if st.p.State != final {
+			return false, st // a terminal state changed
+		}
+	}
+	p := st.p
+	if p.Stage != Terminal {
+		p = Progress{Attempts: p.Attempts, Stage: Terminal, State: final}
+	}
+	return true, state{exists: true, removed: true, p: p}
 }
 
 // Model returns the porcupine model of jobs, partitioned by job: operations
@@ -160,7 +193,7 @@ func Model() porcupine.Model {
 		Hash: func(st any) uint64 {
 			s := st.(state)
 			h := fnv.New64a()
-			fmt.Fprintf(h, "%t/%d/%d/%s", s.exists, s.p.Attempts, s.p.Stage, s.p.State)
+			fmt.Fprintf(h, "%t/%t/%d/%d/%s", s.exists, s.removed, s.p.Attempts, s.p.Stage, s.p.State)
 			return h.Sum64()
 		},
 		DescribeOperation: func(in, out any) string {
@@ -170,13 +203,18 @@ func Model() porcupine.Model {
 				return "submit " + i.Job
 			case o.NotFound:
 				return "read " + i.Job + " -> not found"
+			case o.Removed:
+				return "read " + i.Job + " -> removed (finished " + string(o.Progress.State) + ")"
 			}
 			return "read " + i.Job + " -> " + o.Progress.String()
 		},
 		DescribeState: func(st any) string {
 			s := st.(state)
-			if !s.exists {
+			switch {
+			case !s.exists:
 				return "not created"
+			case s.removed:
+				return "removed after it finished " + string(s.p.State)
 			}
 			return s.p.String()
 		},
@@ -282,6 +320,15 @@ func (r *Recorder) Read(client int, via, job string, j *tandem.Job, call, ret ti
 	}
 	r.add(porcupine.Operation{ClientId: client, Input: Input{Kind: Read, Job: job},
 		Output: out, Call: r.Nanos(call), Return: r.Nanos(ret), Metadata: via})
+}
+
+// ReadRemoved records a read of job that answered that retention had
+// removed it after it finished in state final (HTTP 410 removed; the
+// state is its tombstone's), answered by server via.
+func (r *Recorder) ReadRemoved(client int, via, job string, final tandem.JobState, call, ret time.Time) {
+	r.add(porcupine.Operation{ClientId: client, Input: Input{Kind: Read, Job: job},
+		Output: Output{Removed: true, Progress: Progress{Stage: Terminal, State: final}},
+		Call:   r.Nanos(call), Return: r.Nanos(ret), Metadata: via})
 }
 
 func (r *Recorder) add(op porcupine.Operation) {

@@ -31,6 +31,10 @@ func notFound(client int, call, ret int64, job string) op {
 	return op{client, call, ret, Input{Read, job}, Output{NotFound: true}}
 }
 
+func removed(client int, call, ret int64, job string, final tandem.JobState) op {
+	return op{client, call, ret, Input{Read, job}, Output{Removed: true, Progress: Progress{Stage: Terminal, State: final}}}
+}
+
 func ops(h []op) []porcupine.Operation {
 	var out []porcupine.Operation
 	for _, o := range h {
@@ -99,6 +103,22 @@ func TestCheck(t *testing.T) {
 			read(1, 20, 30, "a", running1),
 			read(2, 40, 50, "a", running1),
 		}, nil},
+		{"removed after it was seen finished, in that state", []op{
+			submit(0, 0, 10, "a"),
+			read(1, 20, 30, "a", succeeded1),
+			removed(2, 40, 50, "a", tandem.JobSucceeded),
+			removed(1, 60, 70, "a", tandem.JobSucceeded),
+		}, nil},
+		{"removed while last seen running: it finished since", []op{
+			submit(0, 0, 10, "a"),
+			read(1, 20, 30, "a", running1),
+			removed(2, 40, 50, "a", tandem.JobFailed),
+		}, nil},
+		{"a read concurrent with the removal may still find the record", []op{
+			submit(0, 0, 10, "a"),
+			removed(1, 20, 60, "a", tandem.JobSucceeded),
+			read(2, 30, 50, "a", succeeded1),
+		}, nil},
 
 		{"running, then pending with no retry: time went backwards", []op{
 			submit(0, 0, 10, "a"),
@@ -133,6 +153,25 @@ func TestCheck(t *testing.T) {
 			submit(0, 0, 10, "a"),
 			read(1, 20, 30, "a", succeeded1),
 			read(2, 40, 50, "a", running2),
+		}, []string{"a"}},
+		{"found again after it was found removed", []op{
+			submit(0, 0, 10, "a"),
+			removed(1, 20, 30, "a", tandem.JobSucceeded),
+			read(2, 40, 50, "a", succeeded1),
+		}, []string{"a"}},
+		{"not found after it was found removed", []op{
+			submit(0, 0, 10, "a"),
+			removed(1, 20, 30, "a", tandem.JobSucceeded),
+			notFound(2, 40, 50, "a"),
+		}, []string{"a"}},
+		{"removed in another state than it finished in", []op{
+			submit(0, 0, 10, "a"),
+			read(1, 20, 30, "a", succeeded1),
+			removed(2, 40, 50, "a", tandem.JobFailed),
+		}, []string{"a"}},
+		{"removed before it was submitted", []op{
+			removed(1, 0, 10, "a", tandem.JobSucceeded),
+			submit(0, 20, 30, "a"),
 		}, []string{"a"}},
 		{"only the bad job is named", []op{
 			submit(0, 0, 10, "a"),
