@@ -209,15 +209,18 @@ func (s *Server) shardOfOwnerKey(key string) (int, bool) {
 	return k, ok && part == "owner" && k < s.Shards()
 }
 
-// answering reports whether the server id seems to answer: not known to
-// fail, or answered within the last few probes. A standby redirects clients
-// only to an owner that answers; to a hung one it says "no active" so
-// clients try the other servers instead of hanging there too.
-func (p *prober) answering(id string, interval time.Duration) bool {
+// answering reports whether the server id, owning under lease, seems to
+// answer: not known to fail under that lease, or answered within the last
+// few probes. A standby redirects clients only to an owner that answers; to
+// a hung one it says "no active" so clients try the other servers instead
+// of hanging there too. What the probes found of an earlier incarnation (a
+// server killed, restarted and now elected again) does not count: a client
+// held for a new owner would otherwise wait for its first probe.
+func (p *prober) answering(id string, lease int64, interval time.Duration) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	h := p.peers[id]
-	if h == nil || !h.failing {
+	if h == nil || h.lease != lease || !h.failing {
 		return true
 	}
 	return !h.gone && time.Since(h.seen) < 3*interval

@@ -497,7 +497,14 @@ func (s *Server) Status() tandem.ServerStatus {
 // ActiveAnswering reports whether this server's probes find the server id
 // answering (see prober.answering).
 func (s *Server) ActiveAnswering(id string) bool {
-	return s.probe.answering(id, s.cfg.ProbeInterval)
+	var lease int64 // of id's ownership now: what the probes found of an earlier one does not count
+	for _, o := range s.store.Owners() {
+		if o.ID == id {
+			lease = o.Lease
+			break
+		}
+	}
+	return s.probe.answering(id, lease, s.cfg.ProbeInterval)
 }
 
 // Changed returns a channel closed at the next change of this server's view.
