@@ -177,10 +177,13 @@ func deadURL(t *testing.T) string {
 }
 
 // newTestClient returns a client whose sleeps are recorded instead of slept
-// and whose jitter always picks the full delay.
+// and whose jitter always picks the full delay. Its attempt timeout is long:
+// with sleeps not taken, a test server slowed past the default (a loaded
+// -race run) would use up every attempt at once; hung servers have their
+// own tests (timeout_test.go).
 func newTestClient(t *testing.T, rec *recorder, b Backoff, servers ...string) *Client {
 	t.Helper()
-	c, err := New(Config{Servers: servers, Backoff: b})
+	c, err := New(Config{Servers: servers, Backoff: b, AttemptTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

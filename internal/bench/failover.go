@@ -1100,6 +1100,15 @@ func etcdLeaderTrial(ctx context.Context, cfg FailoverConfig, c *local.Cluster, 
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	// The clients' stall may outlast etcd's election: watch until the
+	// first submission acknowledged after it, and noFailoverWatch more.
+	leaderAt := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	_, err = ld.firstAfter(wctx, leaderAt, 0)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("after killing etcd leader %s: %w", tr.EtcdLeader, err)
+	}
 	end := time.Now().Add(noFailoverWatch)
 	select {
 	case <-ctx.Done():
@@ -1124,7 +1133,7 @@ func etcdLeaderTrial(ctx context.Context, cfg FailoverConfig, c *local.Cluster, 
 	if err := procs[victim].Start(); err != nil {
 		return nil, fmt.Errorf("restart %s: %w", tr.EtcdLeader, err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	wctx, cancel = context.WithTimeout(ctx, 60*time.Second)
 	err = procs[victim].WaitHealthy(wctx)
 	cancel()
 	if err != nil {

@@ -165,6 +165,10 @@ func newTestTransport(t *testing.T, rec *recorder, edit func(*Config), servers .
 	t.Helper()
 	cfg := Config{
 		Servers: servers,
+		// Long: with sleeps not taken, a test server slowed past the
+		// default attempt timeout (a loaded -race run) would use up every
+		// attempt at once. Tests of hung servers set their own.
+		AttemptTimeout: 10 * time.Second,
 		Sleep: func(ctx context.Context, d time.Duration) error {
 			rec.log("sleep " + d.String())
 			return ctx.Err()
