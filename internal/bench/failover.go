@@ -954,11 +954,21 @@ func noFailoverTrial(ctx context.Context, cfg FailoverConfig, c *local.Cluster, 
 	}
 	stopWatch()
 	tr.Votes = <-votes
+	if err := countFailovers(ctx, admin, tr); err != nil {
+		return nil, err
+	}
+	tr.UnavailabilityS = ld.longestGap(t0, end).Seconds()
+	return tr, nil
+}
+
+// countFailovers records in tr the changes of active since tr.OldEpoch, as
+// the failover history tells them, and the first of them.
+func countFailovers(ctx context.Context, admin *client.Client, tr *Trial) error {
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	events, err := admin.History(hctx)
 	cancel()
 	if err != nil {
-		return nil, fmt.Errorf("history: %w", err)
+		return fmt.Errorf("history: %w", err)
 	}
 	for _, e := range events {
 		if e.Epoch > tr.OldEpoch {
@@ -968,8 +978,7 @@ func noFailoverTrial(ctx context.Context, cfg FailoverConfig, c *local.Cluster, 
 			}
 		}
 	}
-	tr.UnavailabilityS = ld.longestGap(t0, end).Seconds()
-	return tr, nil
+	return nil
 }
 
 // longestGap returns the longest time in [from, to] without an
@@ -1115,19 +1124,8 @@ func etcdLeaderTrial(ctx context.Context, cfg FailoverConfig, c *local.Cluster, 
 		return nil, ctx.Err()
 	case <-time.After(noFailoverWatch):
 	}
-	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	events, err := admin.History(hctx)
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("history: %w", err)
-	}
-	for _, e := range events {
-		if e.Epoch > tr.OldEpoch {
-			tr.Failovers++
-			if tr.To == "" {
-				tr.To, tr.NewEpoch, tr.Cause, tr.Detection = e.ActiveID, e.Epoch, e.Cause, e.Detection
-			}
-		}
+	if err := countFailovers(ctx, admin, tr); err != nil {
+		return nil, err
 	}
 	tr.UnavailabilityS = ld.longestGap(t0, end).Seconds()
 	if err := procs[victim].Start(); err != nil {
