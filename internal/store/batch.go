@@ -36,6 +36,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/election"
@@ -52,8 +54,22 @@ const (
 	// beyond their keys and value (framing, lease, revisions), counted
 	// generously.
 	opOverhead = 64
-	// batchTimeout bounds one batch transaction, whoever waits for it.
+	// batchTimeout bounds one batch transaction, whoever waits for it,
+	// across every time it is sent.
 	batchTimeout = 5 * time.Second
+	// firstAttempt bounds each of the first shortSends sends of a batch
+	// transaction; each later send may take twice as long as the one
+	// before, so a slow etcd is not sent ever more copies. A proposal
+	// forwarded to an etcd leader that has just died is not failed by
+	// etcd until its own request timeout (5 s and more), while a new
+	// leader is elected in about a second: the batch is sent again
+	// rather than waiting all that time (see sendBatch), and the short
+	// sends cover an etcd election with default timing.
+	firstAttempt = 500 * time.Millisecond
+	shortSends   = 3
+	// resendPause is the least time between two sends of a batch, so a
+	// send that fails at once (no leader yet) does not spin.
+	resendPause = 20 * time.Millisecond
 )
 
 // errStoreClosed means CreateJob was called after Close.
@@ -76,6 +92,11 @@ type createReq struct {
 	// dups are later requests of the same batch with the same idempotency
 	// key: they are answered from this one's outcome and write nothing (I3).
 	dups []*createReq
+	// unknown: a transaction carrying this request was sent and its
+	// outcome never came back, so the job may already be in etcd, written
+	// by that very transaction. A later send that finds the job's key
+	// taken then checks whether the record is this request's own.
+	unknown bool
 
 	done chan struct{}
 	res  createResult // written before done is closed
@@ -281,9 +302,7 @@ func (s *Store) flush(ctx context.Context, reqs []*createReq) {
 			reqs = rest
 			continue
 		}
-		tctx, cancel := context.WithTimeout(ctx, batchTimeout)
-		carry, tooBig := s.commitBatch(tctx, batch)
-		cancel()
+		carry, tooBig := s.commitBatch(ctx, batch)
 		if tooBig {
 			// etcd refused the transaction whole: nothing was written, so
 			// the same jobs go again in transactions half the size, until
@@ -363,25 +382,32 @@ func (s *Store) commitBatch(ctx context.Context, batch []*createReq) (carry []*c
 			fences = append(fences, r.fence)
 		}
 	}
-	n := batchOps(batch)
-	cmps := make([]clientv3.Cmp, 0, n)
-	elses := make([]clientv3.Op, 0, n)
-	ops := make([]clientv3.Op, 0, n)
-	for _, f := range fences {
-		cmps = append(cmps, f.IsOwner())
-		elses = append(elses, clientv3.OpGet(f.Key, clientv3.WithKeysOnly()))
-	}
-	for _, r := range batch {
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(r.key), "=", 0))
-		ops = append(ops, clientv3.OpPut(r.key, r.val))
-		elses = append(elses, clientv3.OpGet(r.key, clientv3.WithKeysOnly()))
-		if r.ikey != "" {
-			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(r.ikey), "=", 0))
-			ops = append(ops, clientv3.OpPut(r.ikey, r.rec, clientv3.WithLease(r.lease)))
-			elses = append(elses, clientv3.OpGet(r.ikey))
+	txn := func(ctx context.Context) (*clientv3.TxnResponse, error) {
+		n := batchOps(batch)
+		cmps := make([]clientv3.Cmp, 0, n)
+		elses := make([]clientv3.Op, 0, n)
+		ops := make([]clientv3.Op, 0, n)
+		for _, f := range fences {
+			cmps = append(cmps, f.IsOwner())
+			elses = append(elses, clientv3.OpGet(f.Key, clientv3.WithKeysOnly()))
 		}
+		for _, r := range batch {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(r.key), "=", 0))
+			ops = append(ops, clientv3.OpPut(r.key, r.val))
+			if r.unknown {
+				elses = append(elses, clientv3.OpGet(r.key)) // is it ours?
+			} else {
+				elses = append(elses, clientv3.OpGet(r.key, clientv3.WithKeysOnly()))
+			}
+			if r.ikey != "" {
+				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(r.ikey), "=", 0))
+				ops = append(ops, clientv3.OpPut(r.ikey, r.rec, clientv3.WithLease(r.lease)))
+				elses = append(elses, clientv3.OpGet(r.ikey))
+			}
+		}
+		return s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(elses...).Commit()
 	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(elses...).Commit()
+	resp, err := s.sendBatch(ctx, batch, txn)
 	if err != nil {
 		if len(batch) > 1 && refusedWhole(err) {
 			return flatten(batch), true
@@ -430,6 +456,15 @@ func (s *Store) commitBatch(ctx context.Context, batch []*createReq) (carry []*c
 			k++
 		}
 		switch {
+		case r.unknown && ownRecord(r, jobKVs):
+			// An earlier send of this job committed, its answer lost: the
+			// job is created, whatever happened since (even a lost fence).
+			s.applyCreated([]*tandem.Job{r.job}, jobKVs[0].CreateRevision)
+			r.finish(createResult{job: r.job, created: true})
+			for _, d := range r.dups {
+				d.finish(idemOutcome(d, r.job.ID, r.specHash, 0, r.job))
+			}
+			answered++
 		case lost[r.fence]:
 			// I1: another owner holds the shard; nothing was written.
 			r.fail(tandem.ErrFenced)
@@ -467,6 +502,87 @@ func (s *Store) commitBatch(ctx context.Context, batch []*createReq) (carry []*c
 		return nil, false
 	}
 	return carry, false
+}
+
+// sendBatch sends a batch's transaction (txn) until it has an answer. A
+// send whose answer does not come within its attempt time, or that fails
+// in a way that leaves the outcome unknown while etcd changes leader, is
+// sent again, for up to batchTimeout in all: the requests are marked
+// unknown first, so a later send recognises a job an earlier one wrote
+// (ownRecord). Sending again is safe because the transaction is guarded by
+// every key it creates being absent: of all the sends, at most one
+// commits, and any other finds its keys taken.
+func (s *Store) sendBatch(ctx context.Context, batch []*createReq, txn func(context.Context) (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
+	deadline := time.Now().Add(batchTimeout)
+	attempt := firstAttempt
+	for n := 1; ; n++ {
+		sent := time.Now()
+		actx, cancel := context.WithDeadline(ctx, minTime(sent.Add(attempt), deadline))
+		resp, err := txn(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !resendable(err) || !time.Now().Before(deadline) {
+			return resp, err
+		}
+		for _, r := range batch {
+			r.unknown = true
+		}
+		s.batchResends.Add(1)
+		s.log.Warn("batch transaction unanswered; sending it again", "jobs", len(batch), "after", time.Since(sent).String(), "err", err)
+		if n >= shortSends {
+			attempt = min(2*attempt, batchTimeout)
+		}
+		if wait := resendPause - time.Since(sent); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(wait):
+			}
+		}
+	}
+}
+
+// resendable reports whether err leaves a transaction's outcome unknown in
+// a way that sending it again may settle: no answer in time, or etcd
+// losing or changing its leader, or the member being unreachable.
+func resendable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	for _, e := range []error{rpctypes.ErrTimeout, rpctypes.ErrTimeoutDueToLeaderFail,
+		rpctypes.ErrTimeoutDueToConnectionLost, rpctypes.ErrLeaderChanged, rpctypes.ErrNoLeader,
+		rpctypes.ErrNotLeader, rpctypes.ErrStopped, rpctypes.ErrTimeoutWaitAppliedIndex} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return status.Code(err) == codes.Unavailable
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// ownRecord reports whether r's job key, found taken (jobKVs, read with its
+// value), holds what r itself wrote in an earlier send: the same record, or
+// a later version of the same job (the same ID, accepted by the same server
+// under the same epoch at the same instant; the scheduler may have placed
+// it since). Its idempotency key, if any, went in the same transaction.
+func ownRecord(r *createReq, jobKVs []*mvccpb.KeyValue) bool {
+	return len(jobKVs) > 0 && ownJob(r, jobKVs[0])
+}
+
+func ownJob(r *createReq, kv *mvccpb.KeyValue) bool {
+	if string(kv.Value) == r.val {
+		return true
+	}
+	var j tandem.Job
+	if json.Unmarshal(kv.Value, &j) != nil || r.job.CreatedAt.IsZero() {
+		return false
+	}
+	return j.ID == r.job.ID && j.Epoch == r.job.Epoch && j.AcceptedBy == r.job.AcceptedBy && j.CreatedAt.Equal(r.job.CreatedAt)
 }
 
 // fail answers r and its dups with err, which the job was not (or may not

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/election"
 	"github.com/tandemhq/tandem/internal/etcdtest"
+	"github.com/tandemhq/tandem/internal/faultnet"
 	"github.com/tandemhq/tandem/internal/keys"
 )
 
@@ -493,4 +495,154 @@ func TestBatchFailoverUnderLoad(t *testing.T) {
 		t.Fatalf("stored jobs: got %d, want %d, one per key", len(st), clients*perClient)
 	}
 	t.Logf("%d acknowledged before the failover, of %d", acked.Load(), clients*perClient)
+}
+
+// resentReq prepares the creation of u as a request whose earlier send got
+// no answer (unknown), under fence f, for a job accepted by "a" now.
+func (env *batchEnv) resentReq(t *testing.T, f election.Fence, u sub) *createReq {
+	t.Helper()
+	j := u.job()
+	j.Epoch, j.AcceptedBy, j.CreatedAt = f.Rev, "a", time.Now().UTC()
+	r, err := env.s.newCreateReq(context.Background(), f, j, u.key, u.spec)
+	if err != nil {
+		t.Fatalf("prepare %s: %v", u.id, err)
+	}
+	r.unknown = true
+	return r
+}
+
+// put writes a job record straight to etcd, as an earlier send that
+// committed (or another server) would have.
+func (env *batchEnv) put(t *testing.T, j *tandem.Job) {
+	t.Helper()
+	val, err := json.Marshal(j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.cli.Put(context.Background(), batchLayout.Job(j.ID), string(val)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (env *batchEnv) flushReqs(t *testing.T, reqs ...*createReq) []outcome {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	env.s.flush(ctx, reqs)
+	out := make([]outcome, len(reqs))
+	for i, r := range reqs {
+		out[i].job, out[i].created, out[i].err = env.s.awaitCreate(ctx, r)
+	}
+	return out
+}
+
+// A batch sent again after its answer was lost finds the jobs its earlier
+// send wrote and answers them created (I2: they are committed), even after
+// the scheduler changed them and even once the fence is lost; a job key
+// holding anything else is still someone else's.
+func TestBatchResendRecognisesItsOwnCommit(t *testing.T) {
+	env := newBatchEnv(t)
+	mine := env.resentReq(t, env.f, sub{id: "mine", key: "kmine", spec: "A"})
+	placed := env.resentReq(t, env.f, sub{id: "placed"})
+	other := env.resentReq(t, env.f, sub{id: "other"})
+	fresh := env.resentReq(t, env.f, sub{id: "fresh"})
+	// The earlier send committed mine (with its idempotency key) and
+	// placed; the scheduler has since moved placed on; other's ID holds
+	// another job.
+	if _, err := env.cli.Txn(context.Background()).Then(
+		clientv3.OpPut(mine.key, mine.val), clientv3.OpPut(mine.ikey, mine.rec)).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	moved := *placed.job
+	moved.State, moved.UpdatedEpoch = tandem.JobRunning, env.f.Rev
+	env.put(t, &moved)
+	stranger := *other.job
+	stranger.CreatedAt = stranger.CreatedAt.Add(-time.Hour)
+	env.put(t, &stranger)
+
+	got := env.flushReqs(t, mine, placed, other, fresh)
+	wantCreated(t, "mine", got[0], "mine")
+	wantCreated(t, "placed", got[1], "placed")
+	if !errors.Is(got[2].err, ErrIDTaken) {
+		t.Errorf("other: got %v, want ErrIDTaken", got[2])
+	}
+	wantCreated(t, "fresh", got[3], "fresh")
+	if j, err := env.s.Job("mine"); err != nil || j.ID != "mine" {
+		t.Errorf("mine is not in the view: %v %v", j, err)
+	}
+
+	// The fence lost since the lost answer: the job the earlier send
+	// wrote is still created; one it did not write is fenced.
+	late := env.resentReq(t, env.f, sub{id: "late"})
+	never := env.resentReq(t, env.f, sub{id: "never"})
+	env.put(t, late.job)
+	if _, err := env.cli.Delete(context.Background(), batchLayout.Shard(0, 1).Owner); err != nil {
+		t.Fatal(err)
+	}
+	env.own(t, "b")
+	got = env.flushReqs(t, late, never)
+	wantCreated(t, "late, fence lost", got[0], "late")
+	if !errors.Is(got[1].err, tandem.ErrFenced) {
+		t.Errorf("never, fence lost: got %v, want ErrFenced", got[1])
+	}
+}
+
+// A transaction whose answer does not come back (etcd unreachable: a
+// proxy that forwards nothing, as with a proposal stuck at a dead etcd
+// leader) is sent again once etcd answers, well before batchTimeout, and
+// the job is created exactly once.
+func TestBatchResentWhenUnanswered(t *testing.T) {
+	e := etcdtest.Start(t)
+	px, err := faultnet.Listen("127.0.0.1:0", strings.TrimPrefix(e.Endpoint, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { px.Close() })
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://" + px.Addr()}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	s := New(cli, batchLayout, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := s.Start(ctx); err != nil {
+		t.Fatalf("start store: %v", err)
+	}
+	t.Cleanup(s.Close)
+	env := &batchEnv{cli: cli, s: s}
+	env.lease, env.f = env.own(t, "a")
+
+	// A first job grants the store's idempotency lease, so the one sent
+	// through the stall needs no etcd call but its transaction.
+	if _, _, err := s.CreateJob(ctx, env.f, sub{id: "j0"}.job(), "k0", "A"); err != nil {
+		t.Fatal(err)
+	}
+	px.Block()
+	j := sub{id: "j1", key: "k1", spec: "A"}.job()
+	j.Epoch, j.AcceptedBy, j.CreatedAt = env.f.Rev, "a", time.Now().UTC()
+	type res struct {
+		created bool
+		err     error
+	}
+	done := make(chan res, 1)
+	go func() {
+		_, created, err := s.CreateJob(ctx, env.f, j, "k1", "A")
+		done <- res{created, err}
+	}()
+	waitFor(t, "a send given up", func() bool { return s.batchResends.Load() >= 1 })
+	px.Unblock()
+	r := <-done
+	if r.err != nil || !r.created {
+		t.Fatalf("create through a stalled etcd: created=%v err=%v, want created", r.created, r.err)
+	}
+	direct := e.Client(t)
+	resp, err := direct.Get(ctx, batchLayout.JobsPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Count != 2 {
+		t.Fatalf("jobs stored: %d, want j0 and j1", resp.Count)
+	}
+	t.Logf("sent again %d times", s.batchResends.Load())
 }

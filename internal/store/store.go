@@ -21,6 +21,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -86,6 +87,9 @@ type Store struct {
 
 	barrier readBarrier // linearizable reads of etcd's revision (see Fresh)
 	batch   batcher     // job creations waiting for the next group commit (batch.go)
+	// batchResends counts batch transactions sent again for want of an
+	// answer (sendBatch).
+	batchResends atomic.Int64
 
 	idemMu         sync.Mutex
 	idemLease      clientv3.LeaseID
