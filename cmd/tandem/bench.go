@@ -51,6 +51,11 @@ type benchSubmitFlags struct {
 	jsonPath    string
 	binary      string
 	security    securityFlags
+	// schedule adds the scheduling throughput run (on by default with
+	// --matrix); schedDuration and schedBacklog shape it.
+	schedule      bool
+	schedDuration time.Duration
+	schedBacklog  int
 }
 
 // securityFlags are the flags of bench submit and bench failover that
@@ -92,6 +97,14 @@ func newBenchSubmitCmd() *cobra.Command {
     say how many;
   - the same etcd's rate of raw fenced transactions (one guarded put of a job
     record's size) at the same concurrency for as long, and the ratio;
+  - with --schedule (the default with --matrix), scheduling throughput:
+    --clients failover clients submit jobs of "true" (0.01 CPU each, so
+    the agents' room never limits) that the shards' owners place on the
+    agents and the agents run, at most --sched-backlog not yet ended at a
+    time, for --sched-duration, then until all have ended; it reports the
+    placements per second (jobs seen started during the load), the jobs
+    ended per second, submit-to-running under that load, and the CPU time
+    of every server, etcd and agent process per job, in the table;
   - the median latency of one fenced transaction made alone;
   - the CPU time (user+sys, from /proc/<pid>/stat) every server, etcd
     member and agent process, and the bench's own clients, used per
@@ -110,7 +123,9 @@ processes so its CPU is counted apart from the servers'.
 
 --matrix runs the topologies 1 server/1 shard, 1/N, 2/N and 3/N (N from
 --shards, 64 unless given), each on a new cluster, and prints them side by
-side; it uses external etcd unless --etcd says otherwise.`,
+side, with the CPU per job of every server and etcd process in the submit
+and scheduling runs; it uses external etcd unless --etcd says otherwise,
+and includes the scheduling run unless --schedule=false.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBenchSubmit(cmd.Context(), cmd.OutOrStdout(), f, cmd.Flags().Changed)
@@ -125,6 +140,9 @@ side; it uses external etcd unless --etcd says otherwise.`,
 	fl.StringVar(&f.etcd, "etcd", "embedded", "embedded (a member in every server) or external (separate etcd processes); --matrix defaults to external")
 	fl.IntVar(&f.etcdMembers, "etcd-members", 3, "external etcd members (1 to 9)")
 	fl.BoolVar(&f.matrix, "matrix", false, "run 1 server/1 shard, 1/N, 2/N and 3/N one after another and compare them")
+	fl.BoolVar(&f.schedule, "schedule", false, "add the scheduling throughput run: jobs placed on the agents and run (default true with --matrix)")
+	fl.DurationVar(&f.schedDuration, "sched-duration", 10*time.Second, "scheduling run: how long the clients submit")
+	fl.IntVar(&f.schedBacklog, "sched-backlog", 100, "scheduling run: most jobs submitted and not yet ended at a time (each agent has room for 100 per core)")
 	fl.IntVar(&f.agents, "agents", 2, "number of agents")
 	fl.IntVar(&f.basePort, "base-port", 17070, "first of the 1000 ports the cluster uses: server i listens on base-port+i, an embedded etcd member on base-port+100+i and +200+i, an external one on base-port+700+i and +800+i")
 	fl.DurationVar(&f.leaseTTL, "lease-ttl", 2*time.Second, "lease TTL of every server (whole seconds)")
@@ -156,6 +174,10 @@ func (f *benchSubmitFlags) validate() error {
 		return usagef("--agents %d: must be from 1 to 99 (the submit-to-running run needs an agent)", f.agents)
 	case f.matrix && f.security.compare:
 		return usagef("--matrix and --compare-security: pick one (--matrix --secure runs the matrix secured)")
+	case f.schedDuration <= 0:
+		return usagef("--sched-duration %s: must be greater than zero (--schedule=false turns the scheduling run off)", f.schedDuration)
+	case f.schedBacklog < 1 || f.schedBacklog > 10000:
+		return usagef("--sched-backlog %d: must be from 1 to 10000", f.schedBacklog)
 	}
 	if err := f.security.validate(); err != nil {
 		return err
@@ -164,6 +186,16 @@ func (f *benchSubmitFlags) validate() error {
 		return err
 	}
 	return validateLeaseTTL(f.leaseTTL)
+}
+
+// schedRun reports whether the run includes the scheduling throughput run:
+// when --schedule says so, and by default with --matrix, whose figures the
+// issue asks for per topology.
+func (f *benchSubmitFlags) schedRun(changed func(string) bool) bool {
+	if changed("schedule") || !f.matrix {
+		return f.schedule
+	}
+	return true
 }
 
 func validateBasePort(p int) error {
@@ -198,6 +230,9 @@ func runBenchSubmit(ctx context.Context, out io.Writer, f *benchSubmitFlags, cha
 		Binary: bin, Servers: f.servers, Shards: f.shards, Etcd: f.etcd, EtcdMembers: f.etcdMembers, Agents: f.agents,
 		Clients: f.clients, Duration: f.duration, Jobs: f.jobs, DataDir: f.dataDir, BasePort: f.basePort,
 		LeaseTTL: f.leaseTTL, Secure: f.security.secure, Out: out,
+	}
+	if f.schedRun(changed) {
+		cfg.SchedDuration, cfg.SchedBacklog = f.schedDuration, f.schedBacklog
 	}
 	var res any
 	var err error

@@ -26,6 +26,9 @@ func TestBenchFlagsRefused(t *testing.T) {
 		{[]string{"bench", "submit", "--matrix", "--compare-security"}, "--matrix and --compare-security"},
 		{[]string{"bench", "submit", "--secure=maybe"}, "--secure"},
 		{[]string{"bench", "submit", "--compare-security", "--jobs", "0"}, "--jobs 0"},
+		{[]string{"bench", "submit", "--matrix", "--sched-duration", "0s"}, "--sched-duration 0s"},
+		{[]string{"bench", "submit", "--schedule", "--sched-backlog", "0"}, "--sched-backlog 0"},
+		{[]string{"bench", "submit", "--sched-backlog", "10001"}, "--sched-backlog 10001"},
 		{[]string{"bench", "failover", "--secure", "--compare-security"}, "--secure and --compare-security"},
 		{[]string{"bench", "failover", "--compare-security=x"}, "--compare-security"},
 		{[]string{"bench", "failover", "--compare-security", "--fault", "reboot"}, `--fault "reboot"`},
@@ -75,6 +78,28 @@ func TestBenchSecurityFlagsValidate(t *testing.T) {
 		err := (&securityFlags{secure: tt.secure, compare: tt.compare}).validate()
 		if (err == nil) != tt.ok {
 			t.Errorf("secure %v, compare %v: got %v, want ok %v", tt.secure, tt.compare, err, tt.ok)
+		}
+	}
+}
+
+// The scheduling run is part of the matrix unless --schedule=false, and of a
+// single run only with --schedule.
+func TestBenchSubmitSchedRun(t *testing.T) {
+	tests := []struct {
+		matrix, schedule, changed bool
+		want                      bool
+	}{
+		{matrix: false, want: false},
+		{matrix: false, schedule: true, changed: true, want: true},
+		{matrix: true, want: true},
+		{matrix: true, schedule: true, changed: true, want: true},
+		{matrix: true, schedule: false, changed: true, want: false},
+	}
+	for _, tt := range tests {
+		f := &benchSubmitFlags{matrix: tt.matrix, schedule: tt.schedule}
+		changed := func(name string) bool { return name == "schedule" && tt.changed }
+		if got := f.schedRun(changed); got != tt.want {
+			t.Errorf("matrix %v, --schedule %v (given %v): got %v, want %v", tt.matrix, tt.schedule, tt.changed, got, tt.want)
 		}
 	}
 }

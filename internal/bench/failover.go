@@ -127,10 +127,17 @@ type Trial struct {
 	Cause    string `json:"cause"` // as the new active recorded it
 	// UnavailabilityS is the time from the fault to the first submission
 	// acknowledged by the new active, through the failover client.
-	UnavailabilityS float64  `json:"unavailability_s"`
-	DetectionS      *float64 `json:"detection_s,omitempty"`
-	ElectionS       *float64 `json:"election_s,omitempty"`
-	TransitionS     *float64 `json:"transition_s,omitempty"`
+	UnavailabilityS float64 `json:"unavailability_s"`
+	// GapS, for a failover, is the time between the last submission the
+	// old active acknowledged and the first the new one did: how long no
+	// client got an answer. For a switchover it is the interruption
+	// itself, where UnavailabilityS also counts the time the old active
+	// kept serving while the hand-off was prepared. The load's own gaps
+	// between acknowledgements bound it from below.
+	GapS        *float64 `json:"gap_s,omitempty"`
+	DetectionS  *float64 `json:"detection_s,omitempty"`
+	ElectionS   *float64 `json:"election_s,omitempty"`
+	TransitionS *float64 `json:"transition_s,omitempty"`
 	// EtcdLeaderColocated says whether the etcd raft leader lived in the
 	// faulted server's process (embedded etcd only).
 	EtcdLeaderColocated bool `json:"etcd_leader_colocated"`
@@ -171,6 +178,10 @@ type FailoverResult struct {
 		P50 float64 `json:"p50"`
 		P99 float64 `json:"p99"`
 	} `json:"unavailability_over_txn"`
+	// GapS summarises the trials' GapS; LoadGapS is the longest time
+	// between two acknowledgements in quiet time, the load's own floor.
+	GapS        Summary `json:"gap_s"`
+	LoadGapS    float64 `json:"load_gap_s"`
 	DetectionS  Summary `json:"detection_s"`
 	ElectionS   Summary `json:"election_s"`
 	TransitionS Summary `json:"transition_s"`
@@ -370,11 +381,15 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 
 	fmt.Fprintf(cfg.Out, "injecting %d x %s, %s apart, under load from %d clients\n", cfg.Trials, cfg.Fault, cfg.Quiet, cfg.Clients)
 	for n := 1; n <= cfg.Trials; n++ {
+		quiet := time.Now()
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(cfg.Quiet):
 		}
+		// The load's own floor: the last half of the quiet time, once the
+		// previous trial's backlog has drained.
+		res.LoadGapS = max(res.LoadGapS, ld.longestGap(quiet.Add(cfg.Quiet/2), time.Now()).Seconds())
 		run := trial
 		switch {
 		case cfg.Fault == FaultAgentKill:
@@ -400,8 +415,8 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 			fmt.Fprintf(cfg.Out, "trial %d: agent %s -> %s (%s): retry running after %.0f ms; attempt lost %s, rescheduled %s, launched %s\n",
 				n, tr.From, tr.To, tr.Cause, tr.UnavailabilityS*1000, msOf(tr.DetectionS), msOf(tr.ElectionS), msOf(tr.TransitionS))
 		default:
-			fmt.Fprintf(cfg.Out, "trial %d: %s -> %s (epoch %d -> %d, %s): unavailable %.0f ms; detection %s, election %s, transition %s%s\n",
-				n, tr.From, tr.To, tr.OldEpoch, tr.NewEpoch, causeBy(tr), tr.UnavailabilityS*1000,
+			fmt.Fprintf(cfg.Out, "trial %d: %s -> %s (epoch %d -> %d, %s): unavailable %.0f ms, gap %s; detection %s, election %s, transition %s%s\n",
+				n, tr.From, tr.To, tr.OldEpoch, tr.NewEpoch, causeBy(tr), tr.UnavailabilityS*1000, msOf(tr.GapS),
 				msOf(tr.DetectionS), msOf(tr.ElectionS), msOf(tr.TransitionS), trialNotes(tr))
 		}
 	}
@@ -434,13 +449,13 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 	if err != nil {
 		return nil, err
 	}
-	var unavail, det, elec, trans []time.Duration
+	var unavail, gap, det, elec, trans []time.Duration
 	for _, t := range res.Details {
 		unavail = append(unavail, secsDur(t.UnavailabilityS))
 		for _, x := range []struct {
 			p   *float64
 			out *[]time.Duration
-		}{{t.DetectionS, &det}, {t.ElectionS, &elec}, {t.TransitionS, &trans}} {
+		}{{t.GapS, &gap}, {t.DetectionS, &det}, {t.ElectionS, &elec}, {t.TransitionS, &trans}} {
 			if x.p != nil {
 				*x.out = append(*x.out, secsDur(*x.p))
 			}
@@ -463,7 +478,7 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 	if res.EtcdTxnP50S > 0 {
 		res.FloorRatio.P50, res.FloorRatio.P99 = res.UnavailabilityS.P50/res.EtcdTxnP50S, res.UnavailabilityS.P99/res.EtcdTxnP50S
 	}
-	res.ElectionS, res.TransitionS = Summarize(elec), Summarize(trans)
+	res.ElectionS, res.TransitionS, res.GapS = Summarize(elec), Summarize(trans), Summarize(gap)
 	res.Print(cfg.Out)
 	return res, nil
 }
@@ -508,6 +523,10 @@ func trial(ctx context.Context, cfg FailoverConfig, c *local.Cluster, cli *clien
 		return nil, err
 	}
 	tr.UnavailabilityS = first.at.Sub(t0).Seconds()
+	if last, ok := ld.lastOf(tr.OldEpoch, first.at); ok {
+		g := first.at.Sub(last).Seconds()
+		tr.GapS = &g
+	}
 	ev, err := eventAfter(ctx, admin, tr.OldEpoch)
 	if err != nil {
 		return nil, err
@@ -692,11 +711,17 @@ func (r *FailoverResult) Print(w io.Writer) {
 			r.Acknowledged, r.Lost, r.Unfinished, r.Launches, r.Duplicates)
 		return
 	}
-	Table(w, "PHASE (ms)\tP50\tP90\tP99\tMAX",
-		"unavailability (client)\t"+r.UnavailabilityS.Row(),
+	rows := []string{"unavailability (client)\t" + r.UnavailabilityS.Row()}
+	if r.GapS.N > 0 {
+		rows = append(rows, "gap: old active's last ack to new's first\t"+r.GapS.Row())
+	}
+	Table(w, "PHASE (ms)\tP50\tP90\tP99\tMAX", append(rows,
 		"detection\t"+r.DetectionS.Row(),
 		"election\t"+r.ElectionS.Row(),
-		"transition\t"+r.TransitionS.Row())
+		"transition\t"+r.TransitionS.Row())...)
+	if r.LoadGapS > 0 {
+		fmt.Fprintf(w, "longest gap between acknowledgements in quiet time (the load's floor): %.1f ms\n", r.LoadGapS*1000)
+	}
 	fmt.Fprintf(w, "unavailability over one fenced etcd txn: p50 %.0fx, p99 %.0fx\n", r.FloorRatio.P50, r.FloorRatio.P99)
 	fmt.Fprintf(w, "etcd leader co-located with the faulted active in %d of %d trials\n", r.Colocated, r.Trials)
 	if len(r.Detections) > 0 {
@@ -979,6 +1004,20 @@ func countFailovers(ctx context.Context, admin *client.Client, tr *Trial) error 
 		}
 	}
 	return nil
+}
+
+// lastOf returns the time of the last acknowledgement by epoch before
+// before.
+func (l *load) lastOf(epoch int64, before time.Time) (time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var last time.Time
+	for _, a := range l.acks {
+		if a.epoch == epoch && a.at.Before(before) && a.at.After(last) {
+			last = a.at
+		}
+	}
+	return last, !last.IsZero()
 }
 
 // longestGap returns the longest time in [from, to] without an

@@ -46,7 +46,14 @@ type SubmitConfig struct {
 	// authentication, tokens enforced. Every client of the bench then uses the cluster's CA, its
 	// cli certificate and management token, and etcd certificate.
 	Secure bool
-	Out    io.Writer // progress and the result table (nil: discarded)
+	// SchedDuration, above zero, adds the scheduling throughput run
+	// (SubmitResult.Sched): clients submit jobs that are placed and run on
+	// the agents for that long (0: no such run).
+	SchedDuration time.Duration
+	// SchedBacklog is the most jobs of the scheduling throughput run
+	// submitted and not yet ended at a time (default 100).
+	SchedBacklog int
+	Out          io.Writer // progress and the result table (nil: discarded)
 }
 
 // SubmitResult is what RunSubmit measured; it is also the JSON output.
@@ -118,6 +125,10 @@ type SubmitResult struct {
 	// LoadAvg is the machine's 1-minute load average just before the
 	// cluster started: other work on the same cores skews every figure.
 	LoadAvg float64 `json:"load_avg_1m"`
+	// Sched is the scheduling throughput run, when SubmitConfig.SchedDuration
+	// asked for one: jobs placed on the agents and run, the placements per
+	// second, and the CPU per job of every process.
+	Sched *SchedResult `json:"sched,omitempty"`
 }
 
 // benchConstraint is a constraint no agent of the bench cluster matches:
@@ -165,14 +176,19 @@ func (c *SubmitConfig) withDefaults() (SubmitConfig, error) {
 	if cfg.BasePort == 0 {
 		cfg.BasePort = 17070
 	}
+	if cfg.SchedBacklog == 0 {
+		cfg.SchedBacklog = 100
+	}
 	if cfg.Out == nil {
 		cfg.Out = io.Discard
 	}
 	switch {
 	case cfg.Servers < 1 || cfg.Agents < 1 || cfg.Clients < 1 || cfg.Jobs < 1:
 		return cfg, fmt.Errorf("bench submit: servers, agents, clients and jobs must be positive (%d, %d, %d, %d)", cfg.Servers, cfg.Agents, cfg.Clients, cfg.Jobs)
-	case cfg.Duration < 0 || cfg.LeaseTTL < 0:
-		return cfg, errors.New("bench submit: duration and lease TTL must not be negative")
+	case cfg.Duration < 0 || cfg.LeaseTTL < 0 || cfg.SchedDuration < 0:
+		return cfg, errors.New("bench submit: durations and lease TTL must not be negative")
+	case cfg.SchedBacklog < 1:
+		return cfg, fmt.Errorf("bench submit: the scheduling run's backlog must be positive, not %d", cfg.SchedBacklog)
 	case cfg.Etcd != "embedded" && cfg.Etcd != "external":
 		return cfg, fmt.Errorf("bench submit: etcd must be embedded or external, not %q", cfg.Etcd)
 	case cfg.Shards < 1 || cfg.Shards > keys.MaxShards:
@@ -194,6 +210,11 @@ func (c *SubmitConfig) withDefaults() (SubmitConfig, error) {
 //     it returned (the idle submit latency) and until the job's attempt has
 //     started (seen through an etcd watch), each waited on until it has
 //     ended before the next;
+//   - with cfg.SchedDuration, scheduling throughput: cfg.Clients failover
+//     clients submitting jobs of `true` that the owners place on the agents
+//     and the agents run, at most cfg.SchedBacklog unfinished at a time,
+//     for cfg.SchedDuration, then until every job has ended; the jobs
+//     started per second, and the CPU time every process used per job;
 //   - submission throughput: cfg.Clients goroutines, each with its own
 //     failover client that starts at another server (round-robin), submitting
 //     jobs that stay pending for cfg.Duration, and the CPU time every process
@@ -300,6 +321,23 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 	}
 	res.SubmitToRunningS = Summarize(s2r)
 	res.IdleSubmitLatencyS = Summarize(idleSubmit)
+
+	// Scheduling throughput before submit throughput too: the latter leaves
+	// thousands of jobs pending for good, which the scheduler would look at
+	// again whenever an agent gains room.
+	if cfg.SchedDuration > 0 {
+		fmt.Fprintf(out, "scheduling throughput: %d clients submitting for %s, %s\n", cfg.Clients, cfg.SchedDuration, schedMode(cfg.SchedBacklog))
+		sr, err := schedThroughput(ctx, lc, cli, layout, procs, cfg.Clients, cfg.SchedBacklog, cfg.SchedDuration)
+		if err != nil {
+			return nil, fmt.Errorf("scheduling throughput run: %w", err)
+		}
+		res.Sched = sr
+		fmt.Fprintf(out, "  %d jobs started in %.1fs (%.0f/s), %d of %d ended %.1fs after the start\n",
+			sr.StartedInLoad, sr.LoadS, sr.PlacementsPerS, sr.Ended, sr.Submitted, sr.ElapsedS)
+		if sr.Unfinished > 0 {
+			fmt.Fprintf(out, "  note: %d jobs had not ended: %s\n", sr.Unfinished, sr.DrainErr)
+		}
+	}
 
 	fmt.Fprintf(out, "throughput: %d clients submitting for %s, each starting at another server, %s\n", cfg.Clients, cfg.Duration, submitMode)
 	rev0, err := etcdRevision(ctx, cli, layout)
@@ -505,6 +543,10 @@ func (r *SubmitResult) Print(w io.Writer) {
 		if r.RawCPU != nil {
 			fmt.Fprintf(w, "machine: %.2f cores busy during the raw etcd run, %.2f of them other work\n", r.RawCPU.MachineCores, r.RawCPU.OtherCores)
 		}
+	}
+	if r.Sched != nil {
+		fmt.Fprintln(w)
+		r.Sched.Print(w)
 	}
 }
 
@@ -834,7 +876,9 @@ func RunSubmitMatrix(ctx context.Context, cfg SubmitConfig, topologies []Topolog
 // PrintMatrix writes the main figures of several runs side by side: the
 // submission rate and latency, submit-to-running, the raw etcd rate and the
 // ratio, and the CPU per acknowledged submission by role (servers, etcd,
-// agents, the bench's clients) during the throughput run.
+// agents, the bench's clients) during the throughput run. Runs with a
+// scheduling throughput run add its figures, and every run adds the CPU
+// per job of each server and etcd process (printSchedMatrix).
 func PrintMatrix(w io.Writer, rs []*SubmitResult) {
 	var rows []string
 	for _, r := range rs {
@@ -858,4 +902,5 @@ func PrintMatrix(w io.Writer, rs []*SubmitResult) {
 			cpu("server"), cpu("etcd"), cpu("agent"), cpu("bench"), cpu("all"), cores, other))
 	}
 	Table(w, "SERVERS/SHARDS\tSUBMITS/S\tSUBMIT P50 MS\tP99 MS\tS2R P50 MS\tP99 MS\tRAW TXN/S\tRATIO\tCPU MS/JOB SERVERS\tETCD\tAGENTS\tBENCH\tALL\tCORES BUSY\tOTHER WORK", rows...)
+	printSchedMatrix(w, rs)
 }
