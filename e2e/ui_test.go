@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/client"
 	"github.com/tandemhq/tandem/internal/acl"
+	"github.com/tandemhq/tandem/internal/etcdauth"
 	"github.com/tandemhq/tandem/internal/local"
 )
 
@@ -249,14 +251,28 @@ func TestUI(t *testing.T) {
 		b.nav(ui + "/ui/jobs")
 		b.wait("live updates on", `document.getElementById("live-status").textContent.includes("on, from")`, 20*time.Second)
 		evalJS[bool](b, fmt.Sprintf(`window.__noReload = 1; document.getElementById("sel-%s").click(); true`, alpha.ID))
-		gamma := submit(tandem.JobSpec{Name: "gamma-live", Command: []string{"sleep", "1"}})
+		// The new job runs until the test lets it end (the agent runs on
+		// this machine), so its row changes state after its box is checked,
+		// whatever the timing.
+		release := filepath.Join(t.TempDir(), "release")
+		gamma := submit(tandem.JobSpec{Name: "gamma-live", Command: []string{"sh", "-c", `while [ ! -e "$0" ]; do sleep 0.1; done`, release}})
+		row := fmt.Sprintf(`document.getElementById("job-%s")`, gamma.ID)
 		// The default view is newest first: the new job comes in at the
 		// top of the first page, the page the user is looking at.
 		b.wait("the new job's row, first", fmt.Sprintf(`document.getElementById("jobs-rows").firstElementChild.id === "job-%s"`, gamma.ID), 20*time.Second)
-		// The row changes state as the job runs and ends, replaced in place.
-		b.wait("the new job to end", fmt.Sprintf(`document.getElementById("job-%s").dataset.state === "succeeded"`, gamma.ID), 30*time.Second)
-		if !evalJS[bool](b, fmt.Sprintf(`document.getElementById("sel-%s").checked`, alpha.ID)) {
-			t.Error("the checked row is no longer checked")
+		b.wait("the new job running", row+`.dataset.state === "running"`, 30*time.Second)
+		// Check the new row's own box, and mark the row element: a row
+		// replaced by the stream comes without the mark.
+		evalJS[bool](b, fmt.Sprintf(`%s.dataset.old = "1"; document.getElementById("sel-%s").click(); document.getElementById("sel-%s").checked`, row, gamma.ID, gamma.ID))
+		if err := os.WriteFile(release, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// The row changes state as the job ends, replaced in place.
+		b.wait("the new job's row replaced, succeeded", row+`.dataset.state === "succeeded" && !`+row+`.dataset.old`, 30*time.Second)
+		for _, id := range []string{gamma.ID, alpha.ID} {
+			if !evalJS[bool](b, fmt.Sprintf(`document.getElementById("sel-%s").checked`, id)) {
+				t.Errorf("job %s's checked row is no longer checked", id)
+			}
 		}
 		if evalJS[int](b, `window.__noReload || 0`) != 1 {
 			t.Error("the page reloaded")
@@ -266,16 +282,48 @@ func TestUI(t *testing.T) {
 	})
 
 	var logJob *tandem.Job
-	t.Run("the log follows live across a kill -9 of the active", func(t *testing.T) {
+	t.Run("the log follows live on a standby across a kill -9 of the active", func(t *testing.T) {
 		b.t = t
+		// The page's server must stay a standby through the failover, or
+		// the page would follow the log on the new active. Drained, it does
+		// not campaign (internal/server/ha.go, stepOne), so the third
+		// server wins; it is undrained once the log has ended.
+		third := (active + 2) % 3
+		banner := func(what, state string) {
+			t.Helper()
+			b.wait(what, fmt.Sprintf(`document.getElementById("banner").textContent.includes("Rendered by server %s (%s)")`, local.ServerID(standby), state), 20*time.Second)
+		}
+		drain := func(on bool) error {
+			_, err := cl.Drain(ctx, c.Servers[standby].URL, tandem.DrainRequest{Drain: on, WaitMS: 10_000})
+			return err
+		}
+		if err := drain(true); err != nil {
+			t.Fatalf("drain %s: %v", local.ServerID(standby), err)
+		}
+		drained := true
+		defer func() {
+			if drained {
+				if err := drain(false); err != nil {
+					t.Errorf("undrain %s: %v", local.ServerID(standby), err)
+				}
+			}
+		}()
 		logJob = submit(tandem.JobSpec{Name: "ticker", Command: []string{"sh", "-c", `i=0; while [ $i -lt 40 ]; do echo "tick $i"; i=$((i+1)); sleep 0.5; done`}})
 		b.nav(ui + "/ui/jobs/" + logJob.ID)
+		banner("the banner to say the page's server is a standby", "standby, draining")
 		b.wait("the log to start", `document.getElementById("log").textContent.includes("tick 2\n")`, 30*time.Second)
 		if err := c.Kill(active); err != nil { // SIGKILL
 			t.Fatal(err)
 		}
+		if got := waitActive(t, c, active); got != third {
+			t.Fatalf("new active after the kill: got %s, want %s (the page's server %s is drained)", local.ServerID(got), local.ServerID(third), local.ServerID(standby))
+		}
 		b.wait("the log to go on after the kill", `document.getElementById("log").textContent.includes("tick 25\n")`, 40*time.Second)
 		b.wait("the whole log", `document.getElementById("log").textContent.includes("tick 39\n") && document.getElementById("log-status").textContent.includes("has ended")`, 40*time.Second)
+		// The page followed the whole log on a standby: its banner, live,
+		// still says so, and names the new active.
+		banner("the banner to say the page's server is still a standby", "standby, draining")
+		b.wait("the banner to name the new active", fmt.Sprintf(`document.getElementById("banner").textContent.includes("Active: %s ")`, local.ServerID(third)), 20*time.Second)
 		// Only new bytes were appended: every line once, in order.
 		lines := strings.Split(strings.TrimSpace(evalJS[string](b, `document.getElementById("log").textContent`)), "\n")
 		want := make([]string, 40)
@@ -285,6 +333,11 @@ func TestUI(t *testing.T) {
 		if !slices.Equal(lines, want) {
 			t.Errorf("log lines: got %q, want tick 0 to tick 39 once each", lines)
 		}
+		if err := drain(false); err != nil {
+			t.Fatalf("undrain %s: %v", local.ServerID(standby), err)
+		}
+		drained = false
+		banner("the banner to say the page's server is an undrained standby", "standby")
 		b.wait("the job to show succeeded", `document.getElementById("job-summary").textContent.includes("succeeded")`, 30*time.Second)
 		b.screenshot(shots, "job")
 		b.axe("job", string(axeSrc))
@@ -319,13 +372,21 @@ func TestUI(t *testing.T) {
 		if err != nil || got.State != tandem.JobKilled {
 			t.Fatalf("job after the UI's kill: %v, %v; want killed", got, err)
 		}
-		// The active audited the kill with the browser's address, and
-		// names the standby that forwarded it.
-		e := auditLine(t, filepath.Join(auditDir, local.ServerID(active)+".jsonl"), "/v1/jobs/"+j.ID+"/kill")
+		// The standby audited the kill it redirected with the browser's
+		// address (the connection's peer); the active audited it with that
+		// same address, naming the standby that forwarded it.
+		killPath := "/v1/jobs/" + j.ID + "/kill"
+		s := auditLine(t, filepath.Join(auditDir, local.ServerID(standby)+".jsonl"), killPath)
+		if s.Remote == "" || s.Via != "" || s.Status != http.StatusTemporaryRedirect || s.Identity.TokenName == "" {
+			t.Fatalf("the standby's audit line of the kill: remote %q via %q status %d token %q; want the browser's address, not forwarded, 307, and the token",
+				s.Remote, s.Via, s.Status, s.Identity.TokenName)
+		}
+		e := auditLine(t, filepath.Join(auditDir, local.ServerID(active)+".jsonl"), killPath)
 		via := "server " + local.ServerID(standby) + " ("
-		if !strings.HasPrefix(e.Via, via) || e.Remote == "" || strings.Contains(e.Via, "("+e.Remote+")") || e.Identity.TokenName == "" {
-			t.Errorf("audit line of the forwarded kill: remote %q via %q token %q; want the browser's address, via %s…, and the token",
-				e.Remote, e.Via, e.Identity.TokenName, via)
+		if e.Remote != s.Remote || !strings.HasPrefix(e.Via, via) || strings.Contains(e.Via, "("+e.Remote+")") ||
+			e.Identity.TokenName != s.Identity.TokenName || e.Status != http.StatusOK {
+			t.Errorf("the active's audit line of the forwarded kill: remote %q via %q token %q status %d; want remote %q (the browser's, as the standby saw it), via %s…, token %q, 200",
+				e.Remote, e.Via, e.Identity.TokenName, e.Status, s.Remote, via, s.Identity.TokenName)
 		}
 	})
 
@@ -396,11 +457,37 @@ func TestUI(t *testing.T) {
 		b.axe("workflows", string(axeSrc))
 	})
 
+	t.Run("a log's tail and earlier bytes split no character", func(t *testing.T) {
+		b.t = t
+		// "x", 36 000 two-byte characters, "\n": 72 002 bytes. The last
+		// 64 KiB begin at byte 6 466, the second byte of a character, and
+		// "load earlier" asks for the bytes before it.
+		j := submit(tandem.JobSpec{Name: "utf8-log", Command: []string{"sh", "-c", `printf x; yes é | head -n 36000 | tr -d '\n'; echo`}})
+		if got, err := cl.WaitJob(ctx, j.ID, 200*time.Millisecond); err != nil || got.State != tandem.JobSucceeded {
+			t.Fatalf("the job: %v, %v; want succeeded", got, err)
+		}
+		b.nav(ui + "/ui/jobs/" + j.ID)
+		b.wait("the log's tail", `document.getElementById("log-status").textContent.includes("has ended; 72002 bytes") && !document.getElementById("log-earlier").hidden`, 30*time.Second)
+		tailText := evalJS[string](b, `document.getElementById("log").textContent`)
+		// The tail skips the half character it began with: bytes 6 467 on.
+		if want := strings.Repeat("é", 32767) + "\n"; tailText != want {
+			t.Errorf("the tail: %d bytes, %d U+FFFD, starting %q; want %d bytes of whole characters", len(tailText),
+				strings.Count(tailText, "\uFFFD"), tailText[:min(8, len(tailText))], len(want))
+		}
+		evalJS[bool](b, `document.getElementById("log-earlier").click(); true`)
+		b.wait("the earlier bytes", `document.getElementById("log-earlier").hidden`, 20*time.Second)
+		if got, want := evalJS[string](b, `document.getElementById("log").textContent`), "x"+strings.Repeat("é", 36000)+"\n"; got != want {
+			t.Errorf("the log after load earlier: %d bytes, %d U+FFFD; want the job's %d bytes exactly", len(got), strings.Count(got, "\uFFFD"), len(want))
+		}
+	})
+
 	t.Run("every page passes axe", func(t *testing.T) {
 		b.t = t
+		leader := etcdLeader(t, ctx, c)
 		for _, p := range []struct{ name, path, ready string }{
 			{"overview", "/ui/", `document.getElementById("ov-jobs")`},
-			{"cluster", "/ui/cluster", `document.getElementById("server-rows").children.length >= 2 && document.getElementById("etcd").textContent.includes("Leader: ")`},
+			// The cluster page names the member etcd itself calls leader.
+			{"cluster", "/ui/cluster", fmt.Sprintf(`document.getElementById("server-rows").children.length >= 2 && document.getElementById("etcd").textContent.includes(%q)`, "Leader: "+leader+".")},
 			{"ha", "/ui/ha", `document.getElementById("ha-rows").children.length >= 2`},
 			{"agents", "/ui/agents", `document.getElementById("agent-agent1")`},
 			{"agent", "/ui/agents/agent1", `document.getElementById("agent-summary")`},
@@ -437,6 +524,7 @@ func TestUI(t *testing.T) {
 			t.Error("want the page to say why there is no button")
 		}
 		b.screenshot(shots, "job-read-only")
+		b.axe("job-read-only", string(axeSrc))
 		if failedRun != "" {
 			b.nav(ui + "/ui/workflows/" + failedRun)
 			b.wait("the run's page", `document.getElementById("wf-actions")`, 20*time.Second)
@@ -457,7 +545,50 @@ func TestUI(t *testing.T) {
 		if err != nil || got.State.Terminal() || got.KillRequested {
 			t.Errorf("the job after the forged kill: %+v, %v; want it untouched", got, err)
 		}
+		// An error page keeps the rules too.
+		b.nav(ui + "/ui/jobs/nope")
+		b.wait("the error page", `document.querySelector("h1").textContent === "Not Found" && document.querySelector("p.error[role=alert]").textContent.includes("nope")`, 20*time.Second)
+		b.screenshot(shots, "error")
+		b.axe("error", string(axeSrc))
 	})
+}
+
+// etcdLeader returns the name of the etcd member that etcd, asked through
+// a live member, calls its leader.
+func etcdLeader(t *testing.T, ctx context.Context, c *local.Cluster) string {
+	t.Helper()
+	eps := c.EtcdEndpoints()
+	var live []string
+	for i := range c.Servers {
+		if c.PID(i) != 0 {
+			live = append(live, eps[i]) // a server's embedded member
+		}
+	}
+	cli, err := etcdauth.NewClient(live, c.EtcdFiles())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	var leader uint64
+	for _, ep := range live {
+		if st, err := cli.Status(ctx, ep); err == nil && st.Leader != 0 {
+			leader = st.Leader
+			break
+		}
+	}
+	ml, err := cli.MemberList(ctx)
+	if err != nil || leader == 0 {
+		t.Fatalf("etcd's leader: member %x, member list error %v; want a leader", leader, err)
+	}
+	for _, m := range ml.Members {
+		if m.ID == leader && m.Name != "" {
+			return m.Name
+		}
+	}
+	t.Fatalf("etcd's leader %x is not among its members %v", leader, ml.Members)
+	return ""
 }
 
 // auditLine returns the last line of the audit log at path whose path is

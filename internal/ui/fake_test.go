@@ -186,6 +186,8 @@ var testTokens = tokens{
 // apiCall is a request the UI made to the API.
 type apiCall struct {
 	Method, Path, Auth, Body, Server string
+	// IdemKey is the request's Idempotency-Key header.
+	IdemKey string
 }
 
 // recorder is the API (and other servers' APIs) the UI calls.
@@ -208,7 +210,8 @@ func (rc *recorder) handler(server string) http.Handler {
 			}
 		}
 		rc.mu.Lock()
-		rc.calls = append(rc.calls, apiCall{Method: r.Method, Path: r.URL.RequestURI(), Auth: r.Header.Get("Authorization"), Body: b.String(), Server: server})
+		rc.calls = append(rc.calls, apiCall{Method: r.Method, Path: r.URL.RequestURI(), Auth: r.Header.Get("Authorization"), Body: b.String(), Server: server,
+			IdemKey: r.Header.Get("Idempotency-Key")})
 		answer := rc.answer
 		rc.mu.Unlock()
 		if answer != nil {

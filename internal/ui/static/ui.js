@@ -125,6 +125,20 @@
   function logStatus(t) { const s = $("log-status"); if (s && s.textContent !== t) s.textContent = t; }
   function atBottom(pre) { return pre.scrollHeight - pre.scrollTop - pre.clientHeight < 30; }
 
+  // partialChar returns how many bytes at the head of body, a range of
+  // the log from byte start, end a UTF-8 character begun before start
+  // (continuation bytes, at most 3; none at the log's first byte). The
+  // tail and "load earlier" begin where a byte count fell, perhaps inside
+  // a character; they skip those bytes (the next "load earlier" shows them,
+  // whole), so no range shown begins with half a character.
+  function partialChar(body, start) {
+    if (start === 0) return 0;
+    const b = new Uint8Array(body);
+    let i = 0;
+    while (i < 3 && i < b.length && (b[i] & 0xc0) === 0x80) i++;
+    return i;
+  }
+
   async function logFetch(params) {
     const resp = await fetch(logURL(params), { credentials: "same-origin" });
     const body = await resp.arrayBuffer();
@@ -146,8 +160,11 @@
     try {
       const r = await logFetch({ attempt: log.attempt, tail: TAIL });
       if (gen !== log.gen) return;
-      log.start = r.start; log.end = r.end;
-      pre.textContent = log.decoder.decode(r.body, { stream: true });
+      const skip = partialChar(r.body, r.start);
+      log.start = r.start + skip; log.end = r.end;
+      // One decoder for the tail and every byte followed after it: a
+      // character split between two answers shows whole.
+      pre.textContent = log.decoder.decode(new Uint8Array(r.body, skip), { stream: true });
       pre.scrollTop = pre.scrollHeight;
       $("log-earlier").hidden = log.start === 0;
       logStatus(r.live ? "Following attempt " + log.attempt + " (bytes " + log.start + " to " + log.end + ")." : "Attempt " + log.attempt + " has ended; " + log.end + " bytes.");
@@ -198,10 +215,13 @@
     const from = Math.max(0, log.start - TAIL);
     try {
       const r = await logFetch({ attempt: log.attempt, offset: from, limit: log.start - from });
+      // The range ends at log.start, the head of a whole character; it
+      // begins at one once partialChar's bytes are skipped.
+      const skip = partialChar(r.body, from);
       const h = pre.scrollHeight;
-      pre.prepend(document.createTextNode(new TextDecoder().decode(r.body)));
+      pre.prepend(document.createTextNode(new TextDecoder().decode(new Uint8Array(r.body, skip))));
       pre.scrollTop += pre.scrollHeight - h;
-      log.start = from;
+      log.start = from + skip;
       $("log-earlier").hidden = log.start === 0;
     } catch (e) { logStatus("Could not load earlier bytes: " + e.message); }
   }
