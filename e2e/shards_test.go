@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -291,8 +292,9 @@ func TestShardsKill9OfServer(t *testing.T) {
 
 // A server joining a running active-active cluster gets its share of the
 // shards; the CLI lists shards (-o json) and servers (SHARDS, READY), drains
-// a server to nothing and back, and refuses to drain the last server that
-// could own the shards, saying why.
+// a server to nothing and back, each shard moving with no gap beyond a few
+// transactions, and refuses to drain the last server that could own the
+// shards, saying why. Every record the servers logged names its server.
 func TestShardsJoinAndDrainThroughCLI(t *testing.T) {
 	const n = 16
 	e := startEtcd(t)
@@ -351,7 +353,15 @@ func TestShardsJoinAndDrainThroughCLI(t *testing.T) {
 		t.Fatalf("admin servers: SHARDS sum to %d, want %d", sum, n)
 	}
 
+	// A few jobs (no agent runs them), so the audit has job writes to check.
+	cl := newClient(t, c.URLs())
+	for k := 0; k < 3; k++ {
+		if _, err := cl.SubmitJob(context.Background(), tandem.JobSpec{Name: "audited", Command: []string{"true"}}, client.SubmitOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// Drain rm3: the command returns once it owns nothing.
+	since := etcdRev(t, e)
 	if out, errOut, code := cli("admin", "drain", "rm3"); code != 0 {
 		t.Fatalf("admin drain rm3: exit %d\n%s%s", code, out, errOut)
 	}
@@ -374,6 +384,7 @@ func TestShardsJoinAndDrainThroughCLI(t *testing.T) {
 		}
 		return nil
 	})
+	checkDrainGaps(t, auditShards(t, e, n), "rm3", since, len(ownedIn(settled, "rm3")))
 
 	if out, errOut, code := cli("admin", "drain", "--undo", "rm3"); code != 0 {
 		t.Fatalf("admin drain --undo rm3: exit %d\n%s%s", code, out, errOut)
@@ -401,6 +412,109 @@ func TestShardsJoinAndDrainThroughCLI(t *testing.T) {
 	}
 	waitShardsSettled(t, c, n, "rm3")
 	t.Logf("refused: %s", strings.TrimSpace(errOut))
+	checkServerRecords(t, c)
+}
+
+// etcdRev is etcd's current revision.
+func etcdRev(t *testing.T, e *etcdtest.Etcd) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := etcdClient(t, e).Get(ctx, keys.New("default").Prefix()+"any")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Header.Revision
+}
+
+// checkDrainGaps checks, from etcd's history, that every shard the drained
+// server from gave up at or after revision since moved with no gap beyond a
+// few transactions, and that it gave up moved shards.
+//
+// "A few transactions" means: each shard is free from the transaction that
+// hands it off to the one that takes it, and every shard handed to one
+// server in one hand-off is taken in one transaction, so every shard of that
+// hand-off has the same gap. In between, etcd may order only the rest of the
+// same drain, as nothing else writes meanwhile: the hand-off to the other
+// server and its take (2), one failover record per shard moved, and the
+// drained server's membership record, rewritten when it marks itself
+// draining and when it owns nothing (2). A gap counts the take too, so it is
+// at most 5 + moved revisions; taking the shards one transaction each, each
+// followed by its record, made every shard wait for the ones taken before
+// it (gaps up to 36 revisions in docs/BENCHMARKS.md).
+func checkDrainGaps(t *testing.T, a *history.Audit, from string, since int64, moved int) {
+	t.Helper()
+	maxGap := int64(5 + moved)
+	type handoff struct {
+		ended int64
+		to    string
+	}
+	took := map[handoff]int64{} // the epoch of the take of each hand-off's shards
+	k := 0
+	for _, g := range a.Gaps() {
+		if g.From != from || g.Ended < since {
+			continue
+		}
+		k++
+		t.Logf("shard %d was free for %d revisions, from %s's hand-off at %d to %s's take", g.Shard, g.Revs, from, g.Ended, g.To)
+		if g.Revs < 1 || g.Revs > maxGap {
+			t.Errorf("shard %d was free for %d revisions moving from %s to %s; want 1 to %d", g.Shard, g.Revs, from, g.To, maxGap)
+		}
+		h := handoff{g.Ended, g.To}
+		epoch := g.Ended + g.Revs
+		if e, ok := took[h]; ok && e != epoch {
+			t.Errorf("shards handed from %s to %s at revision %d were taken at revisions %d and %d; want one transaction", from, g.To, g.Ended, e, epoch)
+		}
+		took[h] = epoch
+	}
+	if k != moved {
+		t.Fatalf("gaps from %s: %d, want one per shard it owned (%d)", from, k, moved)
+	}
+}
+
+// checkServerRecords checks that every record each running server of c has
+// logged (text format) names that server, once. Over https, it first makes
+// each one log through its HTTP server's error log too: a plain http
+// request is no TLS handshake, which net/http reports there (at debug).
+func checkServerRecords(t *testing.T, c *local.Cluster) {
+	t.Helper()
+	for i, s := range c.Servers {
+		if c.PID(i) == 0 {
+			continue
+		}
+		addr := strings.TrimPrefix(strings.TrimPrefix(s.URL, "http://"), "https://")
+		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = io.WriteString(conn, "GET /healthz HTTP/1.0\r\n\r\n")
+		_, _ = io.ReadAll(conn)
+		conn.Close()
+		eventually(t, s.ID+"'s records, its HTTP server's error log among them, each naming it", 10*time.Second, func() error {
+			b, err := os.ReadFile(s.LogPath)
+			if err != nil {
+				return err
+			}
+			records, httpErrs := 0, 0
+			for _, line := range strings.Split(string(b), "\n") {
+				if !strings.HasPrefix(line, "time=") {
+					continue // not a record of the server's handler
+				}
+				records++
+				if strings.Count(line, " server=") != 1 || !strings.Contains(line+" ", " server="+s.ID+" ") {
+					t.Fatalf("%s logged a record that does not name it exactly once (server=%s): %s", s.ID, s.ID, line)
+				}
+				if strings.Contains(line, `msg="http: `) {
+					httpErrs++
+				}
+			}
+			if records < 10 || httpErrs == 0 && strings.HasPrefix(s.URL, "https://") {
+				return fmt.Errorf("%d records, %d from the HTTP server's error log", records, httpErrs)
+			}
+			return nil
+		})
+	}
 }
 
 // The number of shards is fixed when a cluster is first started: a server

@@ -260,10 +260,15 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	if err := f.etcdTLS.validate(f.cluster, etcdURLs); err != nil {
 		return err
 	}
-	log, err := newLogger(f.logLevel, f.logFormat)
+	base, err := newLogger(f.logLevel, f.logFormat)
 	if err != nil {
 		return err
 	}
+	// Every record of a server names it (server=). server.New and api.New
+	// add the attribute to what they are given, so they get base; all else
+	// here (the certificate store, the HTTP server's error log, the embedded
+	// etcd's shutdown) logs through log.
+	log := base.With("server", f.id)
 	audit, closeAudit, err := openAuditLog(f.auditLog)
 	if err != nil {
 		return err
@@ -296,7 +301,7 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	var member *embedetcd.Member
 	var memberErr <-chan error
 	if f.embed {
-		log.Info("starting embedded etcd member", "server", f.id, "name", f.etcdName,
+		log.Info("starting embedded etcd member", "name", f.etcdName,
 			"client_url", f.etcdClientURL, "peer_url", f.etcdPeerURL, "initial_cluster", f.initialCluster)
 		member, err = embedetcd.Start(embedetcd.Config{
 			Name: f.etcdName, Dir: filepath.Join(f.dataDir, "etcd"), ClientURL: f.etcdClientURL, PeerURL: f.etcdPeerURL,
@@ -317,14 +322,14 @@ func runServer(ctx context.Context, f *serverFlags) error {
 		return err
 	}
 	defer cli.Close()
-	if err := lockDownEtcd(ctx, &f.etcdTLS, cli, f.cluster, member != nil, log.With("server", f.id)); err != nil {
+	if err := lockDownEtcd(ctx, &f.etcdTLS, cli, f.cluster, member != nil, log); err != nil {
 		return err
 	}
 
 	cfg := server.DefaultConfig()
 	cfg.ID, cfg.Cluster, cfg.URL = f.id, f.cluster, f.advertiseURL
 	cfg.LeaseTTL, cfg.AutoFailover = f.leaseTTL, f.autoFailover
-	cfg.Etcd, cfg.Logger = cli, log
+	cfg.Etcd, cfg.Logger = cli, base
 	cfg.DeposeDead, cfg.ProbeInterval = f.deposeDead, f.probeInterval
 	cfg.SuspectAfter, cfg.PeerAddrs = f.suspectAfter, f.peerAddr
 	cfg.AgentTimeout, cfg.Failpoint = f.agentTimeout, f.failpoint
@@ -350,7 +355,7 @@ func runServer(ctx context.Context, f *serverFlags) error {
 		defer watchTLS(ctx, certs, srv.Registry())()
 	}
 	apiOpts = append(apiOpts, api.WithSecurity(api.Security{ACL: srv, Enforce: f.acl, ProtectMetrics: f.aclMetrics, Audit: audit}))
-	handler := api.New(srv, log, apiOpts...)
+	handler := api.New(srv, base, apiOpts...)
 	httpSrv := &http.Server{Handler: handler, ReadHeaderTimeout: api.ReadHeaderTimeout,
 		// Refused TLS handshakes among them, at debug (load balancers'
 		// TCP checks would fill the log otherwise), and refusals to the
@@ -370,16 +375,16 @@ func runServer(ctx context.Context, f *serverFlags) error {
 		return fmt.Errorf("start server %s: %w (is etcd reachable at %s?)", f.id, err, f.etcdEndpoints)
 	}
 
-	log.Info("api access", "server", f.id, "acl", f.acl, "acl_metrics", f.aclMetrics, "audit_log", f.auditLog)
+	log.Info("api access", "acl", f.acl, "acl_metrics", f.aclMetrics, "audit_log", f.auditLog)
 
 	if member != nil && f.moveEtcdLeader {
-		go keepEtcdLeaderAway(ctx, srv, member, cli, keys.New(f.cluster).Leader(), log.With("server", f.id))
+		go keepEtcdLeaderAway(ctx, srv, member, cli, keys.New(f.cluster).Leader(), log)
 	}
 
 	var runErr error
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down", "server", f.id)
+		log.Info("shutting down")
 	case err := <-httpErr:
 		runErr = fmt.Errorf("http server: %w", err)
 	case err := <-memberErr:
@@ -390,7 +395,7 @@ func runServer(ctx context.Context, f *serverFlags) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := httpSrv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		log.Warn("http shutdown", "server", f.id, "err", err)
+		log.Warn("http shutdown", "err", err)
 	}
 	return runErr
 }

@@ -144,14 +144,7 @@ func (c *Candidate) Acquire(ctx context.Context, o keys.Ownership, lease clientv
 	if err != nil {
 		return Fence{}, nil, err
 	}
-	ifs := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(o.Owner), "=", 0)}
-	thens := []clientv3.Op{clientv3.OpPut(o.Owner, string(val), clientv3.WithLease(lease))}
-	if handoff != nil && handoff.To == c.id {
-		ifs = append(ifs, clientv3.Compare(clientv3.ModRevision(o.Handoff), "=", handoff.ModRev))
-		thens = append(thens, clientv3.OpDelete(o.Handoff))
-	} else {
-		ifs = append(ifs, clientv3.Compare(clientv3.CreateRevision(o.Handoff), "=", 0))
-	}
+	ifs, thens := c.acquireOps(o, lease, handoff, string(val))
 	resp, err := c.cli.Txn(ctx).If(append(ifs, also.If...)...).Then(append(thens, also.Then...)...).Commit()
 	if err != nil {
 		return Fence{}, nil, fmt.Errorf("campaign for %s: %w", o.Owner, err)
@@ -161,6 +154,84 @@ func (c *Candidate) Acquire(ctx context.Context, o keys.Ownership, lease clientv
 	}
 	// The key did not exist, so the transaction's revision is its create revision.
 	return Fence{Key: o.Owner, Rev: resp.Header.Revision}, resp, nil
+}
+
+// Claim is one ownership AcquireEach tries to win: its keys and the
+// pending hand-off the caller has seen for it, or nil, as for TryAcquire.
+type Claim struct {
+	Keys    keys.Ownership
+	Handoff *Handoff
+}
+
+// AcquireEach makes one attempt to win every claim, bound to lease, in one
+// transaction, so a server that is handed several shards (or finds several
+// free) takes them all at one revision instead of one transaction each.
+//
+// Each claim is won or lost on its own, not all or nothing: a claim whose
+// owner key exists, or whose hand-off is for another server or is not the
+// one the caller saw, is lost exactly as TryAcquire would lose it, and costs
+// the others nothing. Every claim won in one transaction has the same create
+// revision, so the same epoch; each is fenced by its own owner key at that
+// revision (a fence is the key and the revision, never the revision alone).
+//
+// It returns one fence per claim, in order, the zero Fence for a claim
+// lost. More than MaxOpsPerTxn claims take several transactions (each claim
+// in one of them, won at that transaction's revision). On an error it
+// returns the fences of the transactions committed before it; the outcome
+// of the failing one is unknown, as with any etcd error, and claims it may
+// have won are bound to lease all the same. Two claims of one owner key are
+// refused before anything is sent.
+func (c *Candidate) AcquireEach(ctx context.Context, lease clientv3.LeaseID, claims ...Claim) ([]Fence, error) {
+	fences := make([]Fence, len(claims))
+	if len(claims) == 0 {
+		return fences, nil
+	}
+	seen := make(map[string]bool, len(claims))
+	for _, cl := range claims {
+		if seen[cl.Keys.Owner] {
+			return fences, fmt.Errorf("acquire %s twice in one transaction", cl.Keys.Owner)
+		}
+		seen[cl.Keys.Owner] = true
+	}
+	val, err := json.Marshal(Owner{ID: c.id, URL: c.url, At: c.now().UTC()})
+	if err != nil {
+		return fences, err
+	}
+	ops := make([]clientv3.Op, len(claims))
+	for i, cl := range claims {
+		ifs, thens := c.acquireOps(cl.Keys, lease, cl.Handoff, string(val))
+		ops[i] = clientv3.OpTxn(ifs, thens, nil)
+	}
+	for lo := 0; lo < len(ops); lo += MaxOpsPerTxn {
+		hi := min(lo+MaxOpsPerTxn, len(ops))
+		resp, err := c.cli.Txn(ctx).Then(ops[lo:hi]...).Commit()
+		if err != nil {
+			return fences, fmt.Errorf("campaign for %d ownerships: %w", len(claims), err)
+		}
+		for i, r := range resp.Responses {
+			if r.GetResponseTxn().GetSucceeded() {
+				// The key did not exist, so the transaction's revision is its
+				// create revision.
+				fences[lo+i] = Fence{Key: claims[lo+i].Keys.Owner, Rev: resp.Header.Revision}
+			}
+		}
+	}
+	return fences, nil
+}
+
+// acquireOps are the comparisons and operations that win o for this
+// candidate: the owner key is free, and either no hand-off is pending or
+// the one to this server that the caller saw is (and goes with the win).
+func (c *Candidate) acquireOps(o keys.Ownership, lease clientv3.LeaseID, handoff *Handoff, val string) ([]clientv3.Cmp, []clientv3.Op) {
+	ifs := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(o.Owner), "=", 0)}
+	thens := []clientv3.Op{clientv3.OpPut(o.Owner, val, clientv3.WithLease(lease))}
+	if handoff != nil && handoff.To == c.id {
+		ifs = append(ifs, clientv3.Compare(clientv3.ModRevision(o.Handoff), "=", handoff.ModRev))
+		thens = append(thens, clientv3.OpDelete(o.Handoff))
+	} else {
+		ifs = append(ifs, clientv3.Compare(clientv3.CreateRevision(o.Handoff), "=", 0))
+	}
+	return ifs, thens
 }
 
 // Release gives up one ownership, like Resign, with also in the same

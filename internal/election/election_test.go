@@ -922,3 +922,131 @@ func TestNewSession(t *testing.T) {
 		}
 	})
 }
+
+// AcquireEach wins several ownerships in one transaction, each on its own:
+// the claims it can win share one revision (each fenced by its own key at
+// it), and a claim it cannot win is lost exactly as TryAcquire would lose it,
+// touching nothing and costing the others nothing.
+func TestAcquireEach(t *testing.T) {
+	t.Parallel() // each test has its own etcd
+	e := etcdtest.Start(t)
+	a, b, c := newServer(t, e, "a"), newServer(t, e, "b"), newServer(t, e, "c")
+
+	t.Run("each claim won or lost on its own", func(t *testing.T) {
+		free1, free2 := layout.Shard(20, shards), layout.Shard(21, shards)
+		held := layout.Shard(22, shards)    // b owns it
+		toMe := layout.Shard(23, shards)    // handed off to a
+		toOther := layout.Shard(24, shards) // handed off to c
+		stale := layout.Shard(25, shards)   // handed off to a again since a saw it
+		fHeld := b.mustAcquire(t, held, nil)
+		handOff(t, b, a, toMe, b.mustAcquire(t, toMe, nil))
+		handOff(t, b, c, toOther, b.mustAcquire(t, toOther, nil))
+		fs := b.mustAcquire(t, stale, nil)
+		handOff(t, b, a, stale, fs)
+		old := readHandoff(t, a.cli, stale)
+		fs = a.mustAcquire(t, stale, old)
+		handOff(t, a, b, stale, fs)
+		handOff(t, b, a, stale, b.mustAcquire(t, stale, readHandoff(t, b.cli, stale)))
+
+		hMe, hOther := readHandoff(t, a.cli, toMe), readHandoff(t, a.cli, toOther)
+		claims := []election.Claim{
+			{Keys: free1}, {Keys: held}, {Keys: toMe, Handoff: hMe}, {Keys: toOther, Handoff: hOther},
+			{Keys: stale, Handoff: old}, {Keys: free2},
+		}
+		wantWon := []bool{true, false, true, false, false, true}
+		fences, err := a.cand.AcquireEach(testCtx(t), a.lease, claims...)
+		if err != nil || len(fences) != len(claims) {
+			t.Fatalf("AcquireEach: got %d fences, %v; want %d, nil", len(fences), err, len(claims))
+		}
+		var rev int64
+		for i, f := range fences {
+			if won := !f.IsZero(); won != wantWon[i] {
+				t.Fatalf("claim %d (%s): won %t, want %t", i, claims[i].Keys.Owner, won, wantWon[i])
+			}
+			if f.IsZero() {
+				continue
+			}
+			if rev == 0 {
+				rev = f.Rev
+			}
+			if f.Rev != rev || f.Key != claims[i].Keys.Owner {
+				t.Fatalf("claim %d: fence %s, want %s@%d (one transaction, its own key)", i, f, claims[i].Keys.Owner, rev)
+			}
+			checkOwnedBy(t, a.cli, claims[i].Keys, f)
+			if kv := get(t, a.cli, f.Key); clientv3.LeaseID(kv.Lease) != a.lease {
+				t.Fatalf("owner key %s: lease %x, want %x", f.Key, kv.Lease, a.lease)
+			}
+		}
+		// The hand-off to a went with the win; the others are untouched.
+		checkAbsent(t, a.cli, toMe.Handoff)
+		checkOwnedBy(t, a.cli, held, fHeld)
+		if h := readHandoff(t, a.cli, toOther); h == nil || h.ModRev != hOther.ModRev {
+			t.Fatalf("hand-off to c after a's claim: got %+v, want it untouched at %d", h, hOther.ModRev)
+		}
+		checkAbsent(t, a.cli, toOther.Owner)
+		checkAbsent(t, a.cli, stale.Owner)
+		// Each fence guards on its own: giving up one leaves the others held.
+		if _, err := a.cand.Resign(testCtx(t), tandem.CauseShutdown, election.Move{Keys: free1, Fence: fences[0]}); err != nil {
+			t.Fatalf("resign %s: %v", fences[0], err)
+		}
+		if guardedPut(t, a.cli, fences[0], "x", "1") {
+			t.Fatalf("write fenced by %s after resigning it: succeeded, want refused", fences[0])
+		}
+		if !guardedPut(t, a.cli, fences[5], "x", "2") {
+			t.Fatalf("write fenced by %s, won with the resigned one: refused, want it to succeed", fences[5])
+		}
+		// What a lost: the same as TryAcquire loses.
+		for _, i := range []int{1, 3, 4} {
+			if _, won := a.acquire(t, claims[i].Keys, claims[i].Handoff); won {
+				t.Fatalf("TryAcquire of claim %d, lost by AcquireEach: won, want lost", i)
+			}
+		}
+	})
+
+	t.Run("more than one transaction holds", func(t *testing.T) {
+		const n = election.MaxOpsPerTxn + 30
+		claims := make([]election.Claim, n)
+		for i := range claims {
+			claims[i] = election.Claim{Keys: layout.Shard(100+i, shards)}
+		}
+		fences, err := b.cand.AcquireEach(testCtx(t), b.lease, claims...)
+		if err != nil {
+			t.Fatalf("AcquireEach of %d: %v", n, err)
+		}
+		revs := map[int64]int{}
+		for i, f := range fences {
+			if f.IsZero() {
+				t.Fatalf("claim %d of %d free keys: lost, want won", i, n)
+			}
+			checkOwnedBy(t, b.cli, claims[i].Keys, f)
+			revs[f.Rev]++
+		}
+		// Two transactions, each within etcd's limit.
+		if len(revs) != 2 {
+			t.Fatalf("revisions of %d claims: %v, want 2 transactions", n, revs)
+		}
+		for rev, k := range revs {
+			if k > election.MaxOpsPerTxn {
+				t.Fatalf("%d claims won at revision %d: more than MaxOpsPerTxn (%d) in one transaction", k, rev, election.MaxOpsPerTxn)
+			}
+		}
+	})
+
+	t.Run("refused", func(t *testing.T) {
+		o := layout.Shard(90, shards)
+		if _, err := c.cand.AcquireEach(testCtx(t), c.lease, election.Claim{Keys: o}, election.Claim{Keys: o}); err == nil {
+			t.Fatal("AcquireEach with one key claimed twice: got nil error, want it refused")
+		}
+		checkAbsent(t, c.cli, o.Owner)
+		cancelled, cancel := context.WithCancel(context.Background())
+		cancel()
+		fences, err := c.cand.AcquireEach(cancelled, c.lease, election.Claim{Keys: o})
+		if !errors.Is(err, context.Canceled) || !fences[0].IsZero() {
+			t.Fatalf("AcquireEach with a cancelled ctx: got %v, %v; want a zero fence and %v", fences, err, context.Canceled)
+		}
+		checkAbsent(t, c.cli, o.Owner)
+		if fences, err := c.cand.AcquireEach(testCtx(t), c.lease); err != nil || len(fences) != 0 {
+			t.Fatalf("AcquireEach of nothing: got %v, %v; want none, nil", fences, err)
+		}
+	})
+}

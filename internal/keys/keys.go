@@ -124,8 +124,17 @@ func (l Layout) Idem(key string) string { return l.IdemPrefix() + key }
 // EventsPrefix is the prefix of the HA history.
 func (l Layout) EventsPrefix() string { return l.prefix + "events/" }
 
-// Event is the failover record of one epoch; zero-padded so keys sort by epoch.
-func (l Layout) Event(epoch int64) string { return fmt.Sprintf("%s%020d", l.EventsPrefix(), epoch) }
+// Event is the failover record of shard's term at epoch; zero-padded so
+// keys sort by epoch. One transaction may win several shards at one
+// revision (election.AcquireEach), so epochs alone are not unique across
+// shards: a shard other than 0 adds its number. Shard 0, the one shard of
+// an active/standby cluster, keeps the key it always had.
+func (l Layout) Event(shard int, epoch int64) string {
+	if shard == 0 {
+		return fmt.Sprintf("%s%020d", l.EventsPrefix(), epoch)
+	}
+	return fmt.Sprintf("%s%020d.%04d", l.EventsPrefix(), epoch, shard)
+}
 
 // Supervised services (tandem supervise) keep their keys under supervise/:
 //

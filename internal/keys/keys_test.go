@@ -44,3 +44,23 @@ func TestSuspectKeys(t *testing.T) {
 		}
 	}
 }
+
+// Event keys: shard 0 keeps its old key; shards won at one revision get
+// distinct keys; keys sort by epoch.
+func TestEventKeys(t *testing.T) {
+	l := New("c")
+	if got, want := l.Event(0, 42), "/tandem/c/events/00000000000000000042"; got != want {
+		t.Errorf("Event(0, 42) = %q, want %q", got, want)
+	}
+	seen := map[string]bool{}
+	for shard := 0; shard < 64; shard++ {
+		k := l.Event(shard, 42)
+		if seen[k] {
+			t.Fatalf("Event(%d, 42) = %q, taken by another shard", shard, k)
+		}
+		seen[k] = true
+		if next := l.Event(0, 43); k >= next {
+			t.Errorf("Event(%d, 42) = %q does not sort before epoch 43's %q", shard, k, next)
+		}
+	}
+}

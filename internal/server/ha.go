@@ -208,6 +208,49 @@ func (s *Server) campaign(ctx context.Context, shard int, handoff *election.Hand
 	return nil
 }
 
+// claim is one shard campaignMany tries to take: the hand-off to this
+// server it saw (nil: the shard is free) and the cause to record, if it
+// overrides the one the history gives.
+type claim struct {
+	shard   int
+	handoff *election.Handoff
+	cause   string
+}
+
+// campaignMany makes one attempt to own every shard of claims in one
+// transaction (election.AcquireEach: each claim won or lost on its own), so
+// the shards handed to this server, and the free ones it targets, are taken
+// at one revision however many they are: a drain or a rebalance leaves each
+// shard free for the hand-off's transaction and this one, not for one
+// transaction per shard taken before it. Each shard won begins its own term
+// under its own fence, with its own failover event, as a single campaign
+// does.
+func (s *Server) campaignMany(ctx context.Context, claims []claim) error {
+	if len(claims) == 0 {
+		return nil
+	}
+	s.mu.RLock()
+	sess := s.session
+	s.mu.RUnlock()
+	if sess == nil {
+		return errors.New("no etcd session")
+	}
+	cs := make([]election.Claim, len(claims))
+	for i, c := range claims {
+		cs[i] = election.Claim{Keys: s.keys.Shard(c.shard, s.Shards()), Handoff: c.handoff}
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.LeaseTTL)
+	fences, err := s.cand.AcquireEach(cctx, sess.Lease(), cs...)
+	cancel()
+	wonAt := time.Now()
+	for i, f := range fences {
+		if !f.IsZero() {
+			s.becomeOwner(ctx, claims[i].shard, f, wonAt, claims[i].cause)
+		}
+	}
+	return err
+}
+
 // becomeOwner finishes a won campaign: catch the view up to the revision at
 // which the shard was won (hot standby: nothing else to load), then begin
 // the term, which starts the owner's work. The failover is recorded in the
@@ -233,9 +276,9 @@ func (s *Server) becomeOwner(ctx context.Context, shard int, fence election.Fenc
 	s.sitOutUntil = time.Time{}
 	s.mu.Unlock()
 	ev := s.failoverEvent(shard, fence.Rev, wonAt, time.Now(), cause)
-	s.history.stash(ev)
+	s.history.stash(fence, ev)
 	if _, err := s.core.Begin(shard, fence); err != nil {
-		s.history.drop(fence.Rev)
+		s.history.done(fence)
 		log.Error("could not begin the term", "err", err)
 		return
 	}
@@ -341,7 +384,7 @@ func (s *Server) resignAll(ctx context.Context, terms []*ha.Term, reason string)
 	}
 	moves := make([]election.Move, 0, len(terms))
 	for _, t := range terms {
-		s.history.waitRecorded(ctx, t.Epoch())
+		s.history.waitTerm(ctx, t.Fence)
 		moves = append(moves, election.Move{Keys: s.keys.Shard(t.Shard, s.Shards()), Fence: t.Fence})
 	}
 	done, err := s.cand.Resign(ctx, reason, moves...)
@@ -398,58 +441,71 @@ func (s *Server) renewSession(ctx context.Context) time.Duration {
 }
 
 // history holds the failover events of terms about to begin, for the
-// term's own work to record, and tells who waits when it has.
+// term's own work to record, and tells who waits when it has. Terms are
+// known by their fence, not their epoch: shards won in one transaction
+// (election.AcquireEach) share an epoch.
 type history struct {
 	mu       sync.Mutex
-	pending  map[int64]tandem.FailoverEvent
-	recorded map[int64]chan struct{}
+	pending  map[election.Fence]tandem.FailoverEvent
+	recorded map[election.Fence]chan struct{}
 }
 
-func (h *history) stash(ev tandem.FailoverEvent) {
+func (h *history) stash(f election.Fence, ev tandem.FailoverEvent) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.pending == nil {
-		h.pending, h.recorded = make(map[int64]tandem.FailoverEvent), make(map[int64]chan struct{})
+		h.pending, h.recorded = make(map[election.Fence]tandem.FailoverEvent), make(map[election.Fence]chan struct{})
 	}
-	h.pending[ev.Epoch] = ev
-	h.recorded[ev.Epoch] = make(chan struct{})
+	h.pending[f] = ev
+	h.recorded[f] = make(chan struct{})
 }
 
-func (h *history) take(epoch int64) (tandem.FailoverEvent, chan struct{}, bool) {
+func (h *history) take(f election.Fence) (tandem.FailoverEvent, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	ev, ok := h.pending[epoch]
-	delete(h.pending, epoch)
-	return ev, h.recorded[epoch], ok
+	ev, ok := h.pending[f]
+	delete(h.pending, f)
+	return ev, ok
 }
 
-func (h *history) drop(epoch int64) {
+// done marks f's event recorded (or given up).
+func (h *history) done(f election.Fence) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	delete(h.pending, epoch)
-	if ch := h.recorded[epoch]; ch != nil {
+	delete(h.pending, f)
+	if ch := h.recorded[f]; ch != nil {
 		close(ch)
-		delete(h.recorded, epoch)
+		delete(h.recorded, f)
 	}
 }
 
-// done marks epoch's event recorded (or given up).
-func (h *history) done(epoch int64) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if ch := h.recorded[epoch]; ch != nil {
-		close(ch)
-		delete(h.recorded, epoch)
-	}
-}
-
-// waitRecorded waits (briefly) until the event of the term at epoch is in
+// waitTerm waits (briefly) until the event of the term fenced by f is in
 // etcd, so a term ended on purpose right after it began still shows in the
 // history.
+func (h *history) waitTerm(ctx context.Context, f election.Fence) {
+	h.mu.Lock()
+	ch := h.recorded[f]
+	h.mu.Unlock()
+	wait(ctx, ch)
+}
+
+// waitRecorded is waitTerm for every term at epoch (one shard's, in a
+// cluster of one shard).
 func (h *history) waitRecorded(ctx context.Context, epoch int64) {
 	h.mu.Lock()
-	ch := h.recorded[epoch]
+	var chs []chan struct{}
+	for f, ch := range h.recorded {
+		if f.Rev == epoch {
+			chs = append(chs, ch)
+		}
+	}
 	h.mu.Unlock()
+	for _, ch := range chs {
+		wait(ctx, ch)
+	}
+}
+
+func wait(ctx context.Context, ch chan struct{}) {
 	if ch == nil {
 		return
 	}
@@ -465,8 +521,8 @@ func (h *history) waitRecorded(ctx context.Context, epoch int64) {
 // (then the fence rejects it anyway). Each try is not bound to the term, so
 // a term ended on purpose right now still gets its record.
 func (s *Server) recordTerm(t *ha.Term) {
-	ev, _, ok := s.history.take(t.Epoch())
-	defer s.history.done(t.Epoch())
+	ev, ok := s.history.take(t.Fence)
+	defer s.history.done(t.Fence)
 	if !ok {
 		return
 	}

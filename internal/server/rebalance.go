@@ -24,11 +24,17 @@ import (
 //   - it hands the shards it owns whose target is another server to that
 //     server, at most MaxMoves in flight, without waiting for any TTL.
 //
+// Every shard it takes in one step is taken in one transaction
+// (campaignMany), so a shard handed to it is free for no more than the
+// hand-off's transaction, this one, and whatever other writes etcd orders
+// between the two.
+//
 // The map decides only who should own what: two servers that briefly
 // disagree never both own a shard, since ownership is a lease-bound key and
 // every write is fenced by its owner's epoch (I1).
 func (s *Server) stepMany(ctx context.Context) time.Duration {
 	wait := idle
+	var claims []claim
 	s.mu.RLock()
 	ready, draining := s.ready, s.draining
 	s.mu.RUnlock()
@@ -47,10 +53,7 @@ func (s *Server) stepMany(ctx context.Context) time.Duration {
 		if _, taken := owners[k]; taken {
 			continue
 		}
-		if err := s.campaign(ctx, k, &h, handoffCause(&h)); err != nil {
-			s.log.Warn("could not take a shard handed off to this server", "shard", k, "err", err)
-			wait = min(wait, 250*time.Millisecond)
-		}
+		claims = append(claims, claim{shard: k, handoff: &h, cause: handoffCause(&h)})
 	}
 
 	// Free shards.
@@ -84,10 +87,11 @@ func (s *Server) stepMany(ctx context.Context) time.Duration {
 				continue
 			}
 		}
-		if err := s.campaign(ctx, k, nil, ""); err != nil {
-			s.log.Warn("campaign failed", "shard", k, "err", err)
-			wait = min(wait, 250*time.Millisecond)
-		}
+		claims = append(claims, claim{shard: k})
+	}
+	if err := s.campaignMany(ctx, claims); err != nil {
+		s.log.Warn("campaign failed", "shards", len(claims), "err", err)
+		wait = min(wait, 250*time.Millisecond)
 	}
 
 	// Shards this server owns that belong elsewhere now.
@@ -162,7 +166,7 @@ func (s *Server) handOffTerms(ctx context.Context, to tandem.ServerInfo, reason 
 	ms := make([]election.Move, len(terms))
 	for i, t := range terms {
 		ms[i] = election.Move{Keys: s.keys.Shard(t.Shard, s.Shards()), Fence: t.Fence}
-		s.history.waitRecorded(ctx, t.Epoch())
+		s.history.waitTerm(ctx, t.Fence)
 	}
 	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()

@@ -164,7 +164,7 @@ func (s *Server) scheduleOnce(ctx context.Context, p *planner) time.Duration {
 			// Another shard's owner placed work on the agent since its load
 			// was read: read it again, from a view that has that placement,
 			// and place this job again.
-			s.log.Debug("placement raced another owner; looking again", "job", j.ID, "agent", agent)
+			s.log.Debug("placement raced another owner; looking again", "job", j.ID, "agent", agent, "shard", t.Shard, "epoch", t.Epoch())
 			wctx, cancel := context.WithTimeout(ctx, writeTimeout)
 			err = s.store.WaitRev(wctx, race.Rev)
 			cancel()
@@ -191,7 +191,7 @@ func (s *Server) scheduleOnce(ctx context.Context, p *planner) time.Duration {
 		placed[agent] = rev
 		s.log.Debug("attempt scheduled", "job", j.ID, "attempt", attemptID, "agent", agent, "shard", t.Shard, "epoch", t.Epoch())
 		if s.cfg.Failpoint == FailpointExitAfterAssign {
-			s.log.Warn("failpoint: exiting after recording an assignment", "attempt", attemptID)
+			s.log.Warn("failpoint: exiting after recording an assignment", "job", j.ID, "attempt", attemptID, "shard", t.Shard, "epoch", t.Epoch())
 			os.Exit(86)
 		}
 	}

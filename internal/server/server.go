@@ -239,7 +239,10 @@ type Server struct {
 	health  healthCache
 	cancel  context.CancelFunc
 	bg      group // goroutines of the server's own; Close waits for them
-	stopped chan struct{}
+	// closeOnce makes Close safe to call concurrently; stopped is closed
+	// once it has run.
+	closeOnce sync.Once
+	stopped   chan struct{}
 	// wake asks the run goroutine to look again (a term ended elsewhere).
 	wake chan struct{}
 	// regKick asks keepRegistered to rewrite the membership record.
@@ -398,13 +401,16 @@ func (s *Server) info(lease clientv3.LeaseID) tandem.ServerInfo {
 // Close stops the server gracefully: an owner resigns first, so other
 // servers take over at once instead of after the lease TTL. Close waits for
 // the server's goroutines and releases its lease; it returns within a few
-// seconds even with etcd unreachable.
+// seconds even with etcd unreachable. It is safe to call more than once and
+// from several goroutines at once: the first call stops the server, and
+// every call returns once it has stopped.
 func (s *Server) Close() error {
-	select {
-	case <-s.stopped:
-		return nil
-	default:
-	}
+	s.closeOnce.Do(s.close)
+	return nil
+}
+
+// close is Close, run once.
+func (s *Server) close() {
 	defer close(s.stopped)
 	s.mu.Lock()
 	s.stopping = true
@@ -429,7 +435,6 @@ func (s *Server) Close() error {
 	}
 	s.store.Close()
 	s.log.Info("server stopped")
-	return nil
 }
 
 // Lease returns the lease this server's keys are bound to (0 without a session).

@@ -1120,12 +1120,12 @@ const idemLeaseMaxKeys = 128
 func (s *Store) AppendEvent(ctx context.Context, f election.Fence, ev tandem.FailoverEvent) error {
 	val, _ := json.Marshal(ev)
 	resp, err := s.cli.Txn(ctx).If(f.IsOwner()).
-		Then(clientv3.OpPut(s.keys.Event(ev.Epoch), string(val))).Commit()
+		Then(clientv3.OpPut(s.keys.Event(ev.Shard, ev.Epoch), string(val))).Commit()
 	if err != nil {
 		return fmt.Errorf("record failover event: %w", err)
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("record failover event for epoch %d: %w", ev.Epoch, tandem.ErrFenced)
+		return fmt.Errorf("record failover event of shard %d at epoch %d: %w", ev.Shard, ev.Epoch, tandem.ErrFenced)
 	}
 	return nil
 }
