@@ -489,7 +489,8 @@ func (c *supCluster) history(svc string) []supervise.Event {
 // TANDEM_FENCE_NODE by killing the service's cgroup there (cgroup.kill
 // works on a frozen cgroup too) and waiting until it is empty, then takes
 // the VIP off the node's service link, as cutting its network would. It
-// logs every call to fence.log.
+// logs every call to fence.log (see fenceCall), with what it found on the
+// fenced node before it acted.
 func (c *supCluster) writeFenceHook() string {
 	var cases strings.Builder
 	for _, n := range c.nodes {
@@ -497,11 +498,17 @@ func (c *supCluster) writeFenceHook() string {
 	}
 	script := `#!/bin/sh
 set -u
-echo "$(date +%s.%N) $TANDEM_NODE fences $TANDEM_FENCE_NODE ($TANDEM_SERVICE, epoch $TANDEM_FENCE_EPOCH)" >> ` + filepath.Join(c.dir, "fence.log") + `
+now=$(date +%s.%N)
 case "$TANDEM_FENCE_NODE" in
-` + cases.String() + `*) echo "fence: unknown node $TANDEM_FENCE_NODE" >&2; exit 1 ;;
+` + cases.String() + `*) echo "$now $TANDEM_NODE fences $TANDEM_FENCE_NODE ($TANDEM_SERVICE, epoch $TANDEM_FENCE_EPOCH): unknown node" >> ` + filepath.Join(c.dir, "fence.log") + `
+   echo "fence: unknown node $TANDEM_FENCE_NODE" >&2; exit 1 ;;
 esac
 cg="$parent/$TANDEM_SERVICE"
+running=0
+grep -q '^populated 1' "$cg/cgroup.events" 2>/dev/null && running=1
+vip=0
+if [ -n "${TANDEM_VIP:-}" ] && ip -n "$ns" -4 -o addr show dev "${TANDEM_VIP#*@}" | grep -q " ${TANDEM_VIP%@*} "; then vip=1; fi
+echo "$now $TANDEM_NODE fences $TANDEM_FENCE_NODE ($TANDEM_SERVICE, epoch $TANDEM_FENCE_EPOCH) addr=${TANDEM_FENCE_ADDR:--} prev=${TANDEM_PREV_NODE:--}@${TANDEM_PREV_EPOCH:--} cause=${TANDEM_CAUSE:--} vip=${TANDEM_VIP:--} deadline=${TANDEM_DEADLINE:--} found:running=$running,vip=$vip" >> ` + filepath.Join(c.dir, "fence.log") + `
 if [ -e "$cg/cgroup.kill" ]; then
 	echo 1 > "$cg/cgroup.kill" || exit 1
 	n=0
@@ -530,6 +537,47 @@ func (c *supCluster) fenced() []string {
 		return nil
 	}
 	return strings.Split(strings.TrimSpace(string(b)), "\n")
+}
+
+// fenceCall is one line of fence.log: the fence hook's clock when it ran,
+// who fenced whom, the variables it got (key=value) and what it found on the
+// fenced node before acting (running, vip: "1" if the service's cgroup there
+// had processes, if the node held the VIP).
+type fenceCall struct {
+	at           time.Time
+	node, fenced string
+	env, found   map[string]string
+	line         string
+}
+
+// fenceCalls parses fence.log.
+func (c *supCluster) fenceCalls() []fenceCall {
+	c.t.Helper()
+	var out []fenceCall
+	for _, line := range c.fenced() {
+		f := strings.Fields(line)
+		if len(f) < 4 || f[2] != "fences" {
+			c.t.Fatalf("fence.log: malformed line %q", line)
+		}
+		secs, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			c.t.Fatalf("fence.log: %q: %v", line, err)
+		}
+		fc := fenceCall{at: time.Unix(0, int64(secs*1e9)), node: f[1], fenced: f[3], env: map[string]string{}, found: map[string]string{},
+			line: line}
+		for _, kv := range f[4:] {
+			if found, ok := strings.CutPrefix(kv, "found:"); ok {
+				for _, p := range strings.Split(found, ",") {
+					k, v, _ := strings.Cut(p, "=")
+					fc.found[k] = v
+				}
+			} else if k, v, ok := strings.Cut(kv, "="); ok {
+				fc.env[k] = v
+			}
+		}
+		out = append(out, fc)
+	}
+	return out
 }
 
 // ledgerService returns the flags of a ledger service named svc: flags,

@@ -11,13 +11,16 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/election"
 	"github.com/tandemhq/tandem/internal/etcdtest"
+	"github.com/tandemhq/tandem/internal/keys"
 	"github.com/tandemhq/tandem/internal/supervise"
 	"github.com/tandemhq/tandem/internal/supervise/proc"
 )
@@ -139,22 +142,8 @@ func requireCgroup(t *testing.T) string {
 // flags and one from a config file with the same service, against a real
 // etcd, and drives them with the subcommands.
 func TestSuperviseCLI(t *testing.T) {
-	mount := requireCgroup(t)
+	base := testCgroups(t)
 	e := etcdtest.Start(t)
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	base := filepath.Join(mount, "tandem-test-"+hex.EncodeToString(b[:]))
-	t.Cleanup(func() {
-		top := &proc.Cgroup{Path: base}
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		defer cancel()
-		if err := top.Kill(); err == nil {
-			_ = top.WaitEmpty(ctx)
-		}
-		if err := top.Remove(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
 	dir := t.TempDir()
 	ledger := filepath.Join(dir, "ledger")
 	script := `echo "$TANDEM_NODE $TANDEM_EPOCH" >> ` + ledger + `; exec sleep 1000`
@@ -247,6 +236,174 @@ func TestSuperviseCLI(t *testing.T) {
 			}
 		}
 	}
+}
+
+// testCgroups returns a fresh cgroup directory for the test's supervisors
+// (--cgroup-parent BASE/NODE), whose processes are killed and which is
+// removed at the test's end.
+func testCgroups(t *testing.T) string {
+	t.Helper()
+	mount := requireCgroup(t)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	base := filepath.Join(mount, "tandem-test-"+hex.EncodeToString(b[:]))
+	t.Cleanup(func() {
+		top := &proc.Cgroup{Path: base}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if err := top.Kill(); err == nil {
+			_ = top.WaitEmpty(ctx)
+		}
+		if err := top.Remove(); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return base
+}
+
+// TestSuperviseConfigServices runs several services from one --config file
+// in one supervisor process: each is owned under its own key (its own
+// epoch, every key bound to the node's one lease), its command runs in its
+// own cgroup with its own service name and epoch, and giving one up leaves
+// the others where they are.
+func TestSuperviseConfigServices(t *testing.T) {
+	base := testCgroups(t)
+	e := etcdtest.Start(t)
+	dir := t.TempDir()
+	ledger := filepath.Join(dir, "ledger")
+	script := `echo "$TANDEM_SERVICE $TANDEM_NODE $TANDEM_EPOCH $$" >> ` + ledger + `; exec sleep 1000`
+	admin := []string{"supervise", "--cluster", "c1", "--etcd-endpoints", e.Endpoint}
+	names := []string{"cache", "db", "web"}
+
+	addr := loopbackAddr(t)
+	yaml := "node: n1\ncluster: c1\netcd_endpoints: [" + e.Endpoint + "]\nlisten: " + addr + "\nadvertise: http://" + addr +
+		"\ncgroup_parent: " + filepath.Join(base, "n1") + "\nlease_ttl: 2s\nslots: 3\nservices:\n"
+	for _, n := range names {
+		yaml += "- name: " + n + "\n  command: [/bin/sh, -c, '" + script + "']\n  fencing: self\n  stop_timeout: 2s\n"
+	}
+	cfg := filepath.Join(dir, "n1.yaml")
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n1 := startCLI(t, "supervise", "--config", cfg, "--log-level", "error")
+	sts := map[string]supervise.ServiceStatus{}
+	for _, n := range names {
+		sts[n] = waitCLIStatus(t, admin, n, "n1")
+	}
+
+	// Each service has its own owner key, created at its own revision (the
+	// epoch), all bound to the one lease of n1's supervisor.
+	cli := e.Client(t)
+	layout := keys.New("c1")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	node, err := cli.Get(ctx, layout.SuperviseNode("n1"))
+	if err != nil || len(node.Kvs) != 1 || node.Kvs[0].Lease == 0 {
+		t.Fatalf("n1's registration: got %v, %v; want one key bound to a lease", node, err)
+	}
+	lease := node.Kvs[0].Lease
+	epochs := map[int64]string{}
+	for _, n := range names {
+		resp, err := cli.Get(ctx, layout.SuperviseOwnership(n).Owner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) != 1 {
+			t.Errorf("%s: got %d owner keys, want 1", n, len(resp.Kvs))
+			continue
+		}
+		kv := resp.Kvs[0]
+		var o election.Owner
+		if err := json.Unmarshal(kv.Value, &o); err != nil || o.ID != "n1" {
+			t.Errorf("%s: got owner %q (%v), want n1", n, kv.Value, err)
+		}
+		if kv.CreateRevision != sts[n].Epoch || kv.Lease != lease {
+			t.Errorf("%s: got owner key created at %d bound to lease %x, want epoch %d and n1's lease %x",
+				n, kv.CreateRevision, kv.Lease, sts[n].Epoch, lease)
+		}
+		if other, ok := epochs[sts[n].Epoch]; ok {
+			t.Errorf("%s and %s have the same epoch %d, want one each", other, n, sts[n].Epoch)
+		}
+		epochs[sts[n].Epoch] = n
+	}
+
+	// Each command started once, with its own service name and epoch, and
+	// runs in its own cgroup.
+	b, err := os.ReadFile(ledger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := map[string]string{}
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
+		if len(f) != 4 {
+			t.Fatalf("ledger: malformed line %q", line)
+		}
+		if _, dup := started[f[0]]; dup {
+			t.Errorf("%s started twice: %q", f[0], b)
+		}
+		started[f[0]] = f[1] + " " + f[2] + " " + f[3]
+	}
+	for _, n := range names {
+		st := sts[n]
+		if want := fmt.Sprintf("n1 %d %d", st.Epoch, st.PID); started[n] != want {
+			t.Errorf("%s: got start %q, want %q (node, its epoch, its pid)", n, started[n], want)
+		}
+		if pids := cgroupPIDs(t, filepath.Join(base, "n1", n)); !slices.Contains(pids, st.PID) {
+			t.Errorf("%s: its cgroup holds %v, want its command %d", n, pids, st.PID)
+		}
+	}
+
+	// Banning one gives that one up, and only that one.
+	if out, errOut, code := runCLI(t, argv(admin, "ban", "db", "n1", "--for", "1h")...); code != 0 {
+		t.Fatalf("ban db n1: got %q %q (exit %d)", out, errOut, code)
+	}
+	var after []supervise.ServiceStatus
+	waitFor(t, "db given up by n1", func() bool {
+		out, _, code := runCLI(t, argv(admin, "status", "-o", "json")...)
+		after = nil
+		if code != 0 || json.Unmarshal([]byte(out), &after) != nil {
+			return false
+		}
+		return slices.ContainsFunc(after, func(st supervise.ServiceStatus) bool { return st.Service == "db" && st.Node == "" })
+	})
+	if pids := cgroupPIDs(t, filepath.Join(base, "n1", "db")); len(pids) != 0 {
+		t.Errorf("db: got processes %v after n1 gave it up, want none", pids)
+	}
+	for _, st := range after {
+		if want, ok := sts[st.Service]; ok && st.Service != "db" &&
+			(st.Node != "n1" || st.State != supervise.StateHealthy || st.Epoch != want.Epoch || st.PID != want.PID) {
+			t.Errorf("%s: got %s on %q at epoch %d pid %d, want it left healthy on n1 at epoch %d pid %d",
+				st.Service, st.State, st.Node, st.Epoch, st.PID, want.Epoch, want.PID)
+		}
+	}
+
+	if code, errOut := n1.stop(t); code != 0 {
+		t.Errorf("supervisor exited %d (%s), want 0 after its context ended", code, errOut)
+	}
+	for _, n := range names {
+		if pids := cgroupPIDs(t, filepath.Join(base, "n1", n)); len(pids) != 0 {
+			t.Errorf("%s: got processes %v left, want none", n, pids)
+		}
+	}
+}
+
+// cgroupPIDs returns the processes of the cgroup at path (none if it does
+// not exist).
+func cgroupPIDs(t *testing.T, path string) []int {
+	t.Helper()
+	cg, err := proc.OpenCgroup(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids, err := cg.Procs()
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return pids
 }
 
 // cliRun is a long-running command line (a supervisor) in the test

@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/tandemhq/tandem"
 )
@@ -18,6 +19,32 @@ type fenceEntry struct {
 	fencedAddr    string
 	result        string
 	at            int // its index in the ledger
+	// What the hook saw besides: its clock, TANDEM_DEADLINE and the
+	// variables every hook gets ("-" for unset or empty).
+	ran, deadline                   string
+	prevNode, prevEpoch, cause, vip string
+	cluster                         string
+}
+
+// hookTimes parses a hook's clock (seconds since the epoch, from date
+// +%s.%N) and its TANDEM_DEADLINE, failing the test unless the deadline is
+// an RFC 3339 time after the hook ran.
+func hookTimes(t *testing.T, what, ran, deadline string) (time.Time, time.Time) {
+	t.Helper()
+	secs, err := strconv.ParseFloat(ran, 64)
+	if err != nil {
+		t.Fatalf("%s: clock %q: %v", what, ran, err)
+	}
+	now := time.Unix(0, int64(secs*1e9))
+	d, err := time.Parse(time.RFC3339Nano, deadline)
+	if err != nil {
+		t.Errorf("%s: got TANDEM_DEADLINE %q, want an RFC 3339 time: %v", what, deadline, err)
+		return now, time.Time{}
+	}
+	if !d.After(now) {
+		t.Errorf("%s ran at %s: got TANDEM_DEADLINE %s, want after it", what, now.Format(time.RFC3339Nano), deadline)
+	}
+	return now, d
 }
 
 func (c *cluster) fences() []fenceEntry {
@@ -27,13 +54,15 @@ func (c *cluster) fences() []fenceEntry {
 		if e.kind != "fence" {
 			continue
 		}
-		if len(e.fields) != 8 {
+		if len(e.fields) != 15 {
 			c.t.Fatalf("ledger: malformed line %v", e)
 		}
 		epoch, _ := strconv.ParseInt(e.fields[2], 10, 64)
 		fepoch, _ := strconv.ParseInt(e.fields[5], 10, 64)
-		out = append(out, fenceEntry{service: e.fields[0], node: e.fields[1], epoch: epoch, role: e.fields[3], fenced: e.fields[4],
-			fencedEpoch: fepoch, fencedAddr: e.fields[6], result: e.fields[7], at: i})
+		f := e.fields
+		out = append(out, fenceEntry{service: f[0], node: f[1], epoch: epoch, role: f[3], fenced: f[4],
+			fencedEpoch: fepoch, fencedAddr: f[6], result: f[7], at: i,
+			ran: f[8], deadline: f[9], prevNode: f[10], prevEpoch: f[11], cause: f[12], vip: f[13], cluster: f[14]})
 	}
 	return out
 }
@@ -72,10 +101,19 @@ func TestStrictFencing(t *testing.T) {
 	if len(fences) != 1 {
 		t.Fatalf("got fence hook runs %+v, want 1", fences)
 	}
+	// Every hook's variables too (docs/SUPERVISE.md, "Operators"): the
+	// last node and epoch, the cause, the VIP (none here) and the cluster.
+	// The deadline is checked apart: its value is a time.
 	want := fenceEntry{service: "web", node: "b", epoch: second.epoch, role: "fence", fenced: "a", fencedEpoch: first.epoch,
-		fencedAddr: "addr-a", result: "ok", at: fences[0].at}
+		fencedAddr: "addr-a", result: "ok", at: fences[0].at, ran: fences[0].ran, deadline: fences[0].deadline,
+		prevNode: "a", prevEpoch: strconv.FormatInt(first.epoch, 10), cause: tandem.CauseLeaseExpired, vip: "-", cluster: c.name}
 	if fences[0] != want {
 		t.Errorf("got fence hook run %+v, want %+v", fences[0], want)
+	}
+	// The hook's timeout is 10s (fenceHook).
+	ran, deadline := hookTimes(t, "the fence hook", fences[0].ran, fences[0].deadline)
+	if !deadline.IsZero() && deadline.After(ran.Add(10*time.Second)) {
+		t.Errorf("the fence hook ran at %s: got TANDEM_DEADLINE %s, want at most its 10s timeout later", ran, fences[0].deadline)
 	}
 	if started := c.indexOfStart("web", "b", second.epoch); fences[0].at > started {
 		t.Errorf("the fence hook ran (ledger line %d) after b started the command (line %d), want before", fences[0].at, started)
@@ -139,6 +177,7 @@ func TestFenceFailure(t *testing.T) {
 		if f.node != "b" || f.fenced != "a" || f.fencedEpoch != first.epoch || f.result != "fail" {
 			t.Errorf("got fence hook run %+v, want b fencing a@%d, failing", f, first.epoch)
 		}
+		hookTimes(t, "a fence hook", f.ran, f.deadline)
 	}
 	if got := c.startsOn("web", "b"); len(got) != 0 {
 		t.Errorf("got starts on b %+v, want none: a was never fenced", got)

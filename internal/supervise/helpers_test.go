@@ -147,12 +147,13 @@ esac
 
 // fenceScript is the tests' fence hook, "fence.sh LEDGER BASE ok|fail": it
 // appends "fence SERVICE NODE EPOCH ROLE FENCE_NODE FENCE_EPOCH FENCE_ADDR
-// RESULT" to the ledger; then fails, or kills the fenced node's cgroup of
-// the service and waits until it is empty, as a real hook would make sure
-// the command is gone.
+// RESULT NOW DEADLINE PREV_NODE PREV_EPOCH CAUSE VIP CLUSTER" to the ledger
+// (NOW its clock in seconds, an unset or empty variable "-"); then fails, or
+// kills the fenced node's cgroup of the service and waits until it is empty,
+// as a real hook would make sure the command is gone.
 const fenceScript = `#!/bin/sh
 ledger=$1; base=$2; result=$3
-echo "fence $TANDEM_SERVICE $TANDEM_NODE $TANDEM_EPOCH $TANDEM_ROLE $TANDEM_FENCE_NODE $TANDEM_FENCE_EPOCH $TANDEM_FENCE_ADDR $result" >> "$ledger"
+echo "fence $TANDEM_SERVICE $TANDEM_NODE $TANDEM_EPOCH $TANDEM_ROLE $TANDEM_FENCE_NODE $TANDEM_FENCE_EPOCH $TANDEM_FENCE_ADDR $result $(date +%s.%N) ${TANDEM_DEADLINE:--} ${TANDEM_PREV_NODE:--} ${TANDEM_PREV_EPOCH:--} ${TANDEM_CAUSE:--} ${TANDEM_VIP:--} ${TANDEM_CLUSTER:--}" >> "$ledger"
 [ "$result" = ok ] || exit 1
 cg=$base/$TANDEM_FENCE_NODE/$TANDEM_SERVICE
 if [ -f "$cg/cgroup.kill" ]; then

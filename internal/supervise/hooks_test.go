@@ -8,30 +8,33 @@ import (
 	"time"
 )
 
-// hookScript is the tests' start and stop hook, "hook.sh LEDGER BASE
-// FAILON": it appends "hook ROLE NODE EPOCH SERVICE RUNNING" to the ledger,
-// RUNNING being 1 if the node's cgroup of the service has processes, and
-// fails on node FAILON.
+// hookScript is the tests' start, stop and notify hook, "hook.sh LEDGER
+// BASE FAILON": it appends "hook ROLE NODE EPOCH SERVICE RUNNING NOW
+// DEADLINE STATE" to the ledger, RUNNING being 1 if the node's cgroup of the
+// service has processes, NOW its clock in seconds, DEADLINE its
+// TANDEM_DEADLINE and STATE a notify hook's TANDEM_STATE ("-" for unset or
+// empty), and fails on node FAILON.
 const hookScript = `#!/bin/sh
 ledger=$1; base=$2; failon=$3
 running=0
 grep -q "^populated 1" "$base/$TANDEM_NODE/$TANDEM_SERVICE/cgroup.events" 2>/dev/null && running=1
-echo "hook $TANDEM_ROLE $TANDEM_NODE $TANDEM_EPOCH $TANDEM_SERVICE $running" >> "$ledger"
+echo "hook $TANDEM_ROLE $TANDEM_NODE $TANDEM_EPOCH $TANDEM_SERVICE $running $(date +%s.%N) ${TANDEM_DEADLINE:--} ${TANDEM_STATE:--}" >> "$ledger"
 [ "$TANDEM_NODE" = "$failon" ] && exit 1
-[ -n "$TANDEM_DEADLINE" ] || exit 2
 exit 0
 `
 
 // TestHooks: the pre-start hook runs before the command starts and the
-// post-start one after; pre-stop and post-stop around a clean stop, with the
-// service, node and epoch in their environment. A failing pre-start hook
+// post-start one after; pre-stop and post-stop around a clean stop, and
+// notify on every change of state, with the service, node, epoch and a
+// deadline in the future in their environment. A failing pre-start hook
 // makes the node give the service up (start-failed) without starting it.
 func TestHooks(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t)
 	h := c.script("hook.sh", hookScript) + " " + c.ledger + " " + c.base + " b"
 	svc := c.service("web", "run")
-	svc.Hooks = Hooks{PreStart: h, PostStart: h, PreStop: h, PostStop: h}
+	svc.Hooks = Hooks{PreStart: h, PostStart: h, PreStop: h, PostStop: h, Notify: h}
+	svc.HookTimeout = Duration(time.Minute)
 	svc.Ban = Duration(time.Hour)
 	a := c.start(c.config("a", svc))
 	first := c.waitStart("web", "a", 0)
@@ -45,11 +48,34 @@ func TestHooks(t *testing.T) {
 		t.Errorf("got ban %+v, want b banned for start-failed", b)
 	}
 
+	// Notify hooks run alongside the others (they must not hold a takeover
+	// up), so they are checked apart from the order, once those of a's run
+	// came.
+	for _, n := range []string{"a " + StateStarting, "a " + StateHealthy, "a " + StateStopping} {
+		waitFor(t, "notify hook of "+n, long, func() bool {
+			for _, e := range c.entries() {
+				if e.kind == "hook" && len(e.fields) == 8 && e.fields[0] == "notify" && e.fields[1]+" "+e.fields[7] == n {
+					return true
+				}
+			}
+			return false
+		})
+	}
 	var got []string
 	for _, e := range c.entries() {
 		switch e.kind {
 		case "hook":
-			got = append(got, e.fields[0]+" "+e.fields[1]+" "+e.fields[4])
+			if len(e.fields) != 8 {
+				t.Fatalf("ledger: malformed line %v", e)
+			}
+			// Every kind gets a deadline: its 1m timeout from its start.
+			what := e.fields[0] + " hook on " + e.fields[1]
+			if ran, deadline := hookTimes(t, what, e.fields[5], e.fields[6]); !deadline.IsZero() && deadline.After(ran.Add(time.Minute)) {
+				t.Errorf("%s ran at %s: got TANDEM_DEADLINE %s, want at most its 1m timeout later", what, ran, e.fields[6])
+			}
+			if e.fields[0] != "notify" {
+				got = append(got, e.fields[0]+" "+e.fields[1]+" "+e.fields[4])
+			}
 			if e.fields[3] != "web" {
 				t.Errorf("hook %v: got service %q, want web", e.fields, e.fields[3])
 			}

@@ -110,7 +110,11 @@ func (r *run) setState(state, reason string) {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), h.Timeout)
 			defer cancel()
-			if err := hook.Run(ctx, h, env, r.hookLog()); err != nil {
+			w := r.hookLog()
+			if c, ok := w.(io.Closer); ok {
+				defer c.Close()
+			}
+			if err := hook.Run(ctx, h, env, w); err != nil {
 				r.log.Warn("notify hook failed", "err", err)
 			}
 		}()
@@ -138,17 +142,17 @@ func (r *run) writeStatus() {
 		Then(clientv3.OpPut(r.s.keys.SuperviseStatus(r.svc.Name), string(val), clientv3.WithLease(l.id))).Commit()
 }
 
-// env is what every hook of this run gets in its environment.
+// env is what every hook of this run gets in its environment; hook.Run adds
+// TANDEM_DEADLINE from each hook's own timeout.
 func (r *run) env(role string) hook.Env {
 	env := hook.Env{
-		"TANDEM_SERVICE":  r.svc.Name,
-		"TANDEM_NODE":     r.s.cfg.Node,
-		"TANDEM_EPOCH":    strconv.FormatInt(r.fence.Rev, 10),
-		"TANDEM_ROLE":     role,
-		"TANDEM_VIP":      r.svc.VIP,
-		"TANDEM_CAUSE":    r.ev.Cause,
-		"TANDEM_CLUSTER":  r.s.cfg.Cluster,
-		"TANDEM_DEADLINE": "",
+		"TANDEM_SERVICE": r.svc.Name,
+		"TANDEM_NODE":    r.s.cfg.Node,
+		"TANDEM_EPOCH":   strconv.FormatInt(r.fence.Rev, 10),
+		"TANDEM_ROLE":    role,
+		"TANDEM_VIP":     r.svc.VIP,
+		"TANDEM_CAUSE":   r.ev.Cause,
+		"TANDEM_CLUSTER": r.s.cfg.Cluster,
 	}
 	if r.prev != nil {
 		env["TANDEM_PREV_NODE"] = r.prev.Node
@@ -176,7 +180,6 @@ func (r *run) runHook(ctx context.Context, kind, text string) error {
 	h, _ := hook.Parse(text)
 	h.Timeout = r.svc.HookTimeout.D()
 	env := r.env(kind)
-	env["TANDEM_DEADLINE"] = time.Now().Add(h.Timeout).UTC().Format(time.RFC3339Nano)
 	w := r.hookLog()
 	if c, ok := w.(io.Closer); ok {
 		defer c.Close()
@@ -592,12 +595,15 @@ func fmtSecs(v *float64) string {
 }
 
 // stopCommand stops the command's whole tree: the stop signal, then a
-// kill after the stop timeout.
+// kill after the stop timeout. ctx is the term's: if the term ends while
+// the command is stopping (the lease is lost, self-fencing), the tree is
+// killed at once instead of being given the rest of its stop timeout,
+// which may be longer than what is left of the lease.
 func (r *run) stopCommand(ctx context.Context) error {
 	if r.p == nil {
 		return nil
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.svc.StopTimeout.D()+10*time.Second)
+	sctx, cancel := context.WithTimeout(ctx, r.svc.StopTimeout.D()+10*time.Second)
 	defer cancel()
 	killed, err := r.p.Stop(sctx)
 	if err != nil {
@@ -650,11 +656,18 @@ func (r *run) leave(t *ha.Term, req stopRequest) {
 		req.cause = tandem.CauseShutdown
 	}
 	r.setState(StateStopping, req.cause)
-	ctx := context.WithoutCancel(t.Context())
-	if err := r.runHook(ctx, "pre-stop", r.svc.Hooks.PreStop); err != nil {
+	// The pre-stop hook and the stop run under the term: if it ends on the
+	// way (the lease is lost), the hook is killed and the command with it at
+	// once, as the first case does, rather than after their timeouts.
+	if err := r.runHook(t.Context(), "pre-stop", r.svc.Hooks.PreStop); err != nil {
 		r.log.Warn("pre-stop hook failed", "err", err)
 	}
-	clean := r.stopCommand(ctx) == nil
+	clean := r.stopCommand(t.Context()) == nil
+	if t.Context().Err() != nil {
+		r.killNow()
+		clean = false
+	}
+	ctx := context.WithoutCancel(t.Context())
 	if clean && r.cg != nil {
 		if populated, err := r.cg.Populated(); err != nil || populated {
 			clean = false

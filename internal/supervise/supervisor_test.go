@@ -202,6 +202,60 @@ func TestSelfFenceBeforeLeaseExpires(t *testing.T) {
 	}
 }
 
+// TestSelfFenceWhileStopping: an owner cut off from etcd while it is
+// giving a service up cleanly (a slow pre-stop hook, or a command that
+// ignores SIGTERM) kills the command at once, rather than waiting out the
+// hook's or the stop's timeout, which are longer than what is left of its
+// lease: the node that takes over after the expiry never runs the command
+// alongside it.
+func TestSelfFenceWhileStopping(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name    string
+		mode    string // the command's mode on a (b's always runs, and stops, at once)
+		preStop string // the pre-stop hook's script
+	}{
+		{"command ignores SIGTERM", "ignore-term", ""},
+		{"slow pre-stop hook", "run", "#!/bin/sh\n[ \"$TANDEM_NODE\" = a ] && exec sleep 1000\nexit 0\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := newCluster(t)
+			svc := c.service("web", "run")
+			svc.Command = []string{"/bin/sh", "-c", `[ "$TANDEM_NODE" = a ] && export MODE=` + tt.mode + `; exec /bin/sh "$@"`, "sh",
+				c.svcSh, c.ledger, c.base}
+			svc.StopTimeout = Duration(30 * time.Second)
+			if tt.preStop != "" {
+				svc.Hooks.PreStop = c.script("pre-stop.sh", tt.preStop)
+				svc.HookTimeout = Duration(30 * time.Second)
+			}
+			svc.Nodes = []string{"a", "b"}
+			p := newProxy(t, c.etcd.Endpoint)
+			a := c.start(c.config("a", svc), p.client(t))
+			c.waitHealthy("web", "a")
+			c.start(c.config("b", svc))
+			c.waitNodes("a", "b")
+			first := c.waitStart("web", "a", 0)
+
+			// Banned, a gives web up cleanly, and is slow at it.
+			ctx, cancel := context.WithTimeout(context.Background(), long)
+			defer cancel()
+			if err := c.admin.Ban(ctx, "web", "a", time.Hour, "test"); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "a stopping web", long, func() bool { return c.status("web").State == StateStopping })
+			p.Cut()
+			second := c.waitStart("web", "b", 0)
+			if second.others != 0 {
+				t.Errorf("b started web while a's cgroup of it had processes %v: two commands at once", a.procs("web"))
+			}
+			if alive(first.pid) {
+				t.Errorf("a's command %d still runs", first.pid)
+			}
+		})
+	}
+}
+
 // TestRestartThenGiveUp: a command that keeps exiting is restarted in place
 // up to Restarts times within RestartWindow; then the node gives it up
 // (health-failed), is banned from it, and another node takes it.

@@ -106,8 +106,16 @@ func (h Hook) Validate() error {
 }
 
 // Env is the environment a hook gets on top of os.Environ(), e.g.
-// TANDEM_SERVICE; its values win over inherited ones.
+// TANDEM_SERVICE; its values win over inherited ones. Run adds
+// DeadlineEnv itself.
 type Env map[string]string
+
+// DeadlineEnv is the variable in which Run gives every hook the instant
+// its process group will be killed (its timeout from its start, or the
+// caller's context deadline if that comes first), in RFC 3339 with
+// nanoseconds, UTC: a hook that waits for something (a fence device, a
+// peer) can give up cleanly before it, and a hook it calls can inherit it.
+const DeadlineEnv = "TANDEM_DEADLINE"
 
 // environ merges env into os.Environ(), env winning, without duplicate keys
 // (which getenv(3) would resolve to the first, inherited, one).
@@ -180,9 +188,9 @@ func (h Hook) timeout() time.Duration {
 	return h.Timeout
 }
 
-// Run runs h with env added to its environment, in its own process group,
-// and returns nil only if it exited 0. When the timeout or ctx ends first, it
-// kills the whole group; it kills any process the hook left in its group
+// Run runs h in its own process group, with env added to its environment
+// and DeadlineEnv set to when it will be killed, and returns nil only if it
+// exited 0. When the timeout or ctx ends first, it kills the whole group; it kills any process the hook left in its group
 // after exiting too. The hook's stdout and stderr are copied to log (which may
 // be nil) as they come, from one goroutine at a time. An invalid hook gives Validate's error; a hook that
 // ran and failed gives an *Error, with the exit code, signal or timeout and
@@ -194,6 +202,18 @@ func Run(ctx context.Context, h Hook, env Env, log io.Writer) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("hook %s: not run: %w", h, err)
 	}
+	// The deadline is set here, for every hook, from the hook's own
+	// timeout: callers cannot forget it, and concurrent hooks of one fence
+	// level, sharing env, each get their own.
+	deadline := time.Now().Add(h.timeout())
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	env = maps.Clone(env)
+	if env == nil {
+		env = Env{}
+	}
+	env[DeadlineEnv] = deadline.UTC().Format(time.RFC3339Nano)
 	tail := &tailBuffer{max: 8 << 10}
 	out := &tee{tail: tail, log: log}
 	p, err := proc.Start(proc.Spec{

@@ -284,6 +284,80 @@ func TestRunEnv(t *testing.T) {
 	}
 }
 
+// deadlineSeen reads what deadlineScript wrote: the hook's clock when it
+// ran and its TANDEM_DEADLINE, parsed.
+func deadlineSeen(t *testing.T, path string) (now, deadline time.Time) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		t.Fatalf("%s: got %q, want the hook's time and its TANDEM_DEADLINE", path, b)
+	}
+	secs, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = time.Unix(0, int64(secs*1e9))
+	deadline, err = time.Parse(time.RFC3339Nano, f[1])
+	if err != nil {
+		t.Fatalf("TANDEM_DEADLINE %q: %v", f[1], err)
+	}
+	return now, deadline
+}
+
+// deadlineScript records the hook's time and TANDEM_DEADLINE ("-" if unset).
+func deadlineScript(out string) string {
+	return `echo "$(date +%s.%N) ${TANDEM_DEADLINE:--}" > ` + out
+}
+
+// TestRunDeadline: every hook gets TANDEM_DEADLINE, the instant it will be
+// killed, whatever its caller passed: its own timeout from its start, or the
+// caller's deadline if that comes sooner.
+func TestRunDeadline(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "seen")
+	h := Hook{Path: script(t, dir, "deadline", deadlineScript(out)), Timeout: time.Hour}
+	tests := []struct {
+		name string
+		ctx  context.Context
+		env  Env
+		want func(start time.Time) (earliest, latest time.Time)
+	}{
+		{"own timeout", ctxFor(t, 2*time.Hour), nil, func(start time.Time) (time.Time, time.Time) {
+			return start.Add(time.Hour), time.Now().Add(time.Hour)
+		}},
+		{"caller's value replaced", ctxFor(t, 2*time.Hour), Env{DeadlineEnv: "", "TANDEM_NODE": "b"}, func(start time.Time) (time.Time, time.Time) {
+			return start.Add(time.Hour), time.Now().Add(time.Hour)
+		}},
+		{"context's deadline sooner", ctxFor(t, 10*time.Minute), nil, func(start time.Time) (time.Time, time.Time) {
+			return start.Add(10*time.Minute - time.Minute), start.Add(10 * time.Minute)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			os.Remove(out)
+			start := time.Now()
+			if err := Run(tt.ctx, h, tt.env, nil); err != nil {
+				t.Fatal(err)
+			}
+			ran, deadline := deadlineSeen(t, out)
+			earliest, latest := tt.want(start)
+			if deadline.Before(earliest) || deadline.After(latest) {
+				t.Errorf("got TANDEM_DEADLINE %s, want from %s to %s", deadline, earliest, latest)
+			}
+			if !deadline.After(ran) {
+				t.Errorf("got TANDEM_DEADLINE %s, want after the hook ran at %s", deadline, ran)
+			}
+			if tt.env != nil && tt.env[DeadlineEnv] != "" {
+				t.Errorf("Run changed the caller's env: %v", tt.env)
+			}
+		})
+	}
+}
+
 func TestRunInvalid(t *testing.T) {
 	err := Run(ctxFor(t, long), Hook{Path: "relative.sh"}, nil, nil)
 	if !errors.Is(err, ErrNotAbsolute) {
@@ -301,6 +375,8 @@ func TestFence(t *testing.T) {
 	// a and b each wait for the other: they succeed only if run concurrently.
 	a := Hook{Path: script(t, dir, "a", `cd `+dir+`; touch a; while [ ! -e b ]; do sleep 0.01; done`), Timeout: long}
 	b := Hook{Path: script(t, dir, "b", `cd `+dir+`; touch b; while [ ! -e a ]; do sleep 0.01; done`), Timeout: long}
+	seen1 := Hook{Path: script(t, dir, "seen1", deadlineScript(filepath.Join(dir, "seen1"))), Timeout: time.Minute}
+	seen2 := Hook{Path: script(t, dir, "seen2", deadlineScript(filepath.Join(dir, "seen2"))), Timeout: 2 * time.Minute}
 
 	t.Run("first level fails, second succeeds", func(t *testing.T) {
 		os.Remove(marker)
@@ -342,6 +418,22 @@ func TestFence(t *testing.T) {
 		t.Log(err)
 		if !strings.Contains(log.String(), "ipmi: no route") || !strings.Contains(log.String(), "pdu: refused") {
 			t.Errorf("log %q lacks the hooks' output", log.String())
+		}
+	})
+
+	t.Run("every hook gets its own deadline", func(t *testing.T) {
+		outs := []string{filepath.Join(dir, "seen1"), filepath.Join(dir, "seen2")}
+		start := time.Now()
+		got, err := Fence(ctxFor(t, time.Hour), []Level{{fail3}, {seen1, seen2}}, Env{"TANDEM_FENCE_NODE": "a"}, nil)
+		if err != nil || got != 1 {
+			t.Fatalf("got %d, %v, want 1, nil", got, err)
+		}
+		for i, out := range outs {
+			timeout := []time.Duration{time.Minute, 2 * time.Minute}[i]
+			ran, deadline := deadlineSeen(t, out)
+			if !deadline.After(ran) || deadline.Before(start.Add(timeout)) || deadline.After(time.Now().Add(timeout)) {
+				t.Errorf("hook %d ran at %s: got TANDEM_DEADLINE %s, want %s after its start", i+1, ran, deadline, timeout)
+			}
 		}
 	})
 
