@@ -138,11 +138,14 @@ type ScheduleRun struct {
 	Through *time.Time      `json:"through,omitempty"`
 	Count   int             `json:"count"`
 	Outcome ScheduleOutcome `json:"outcome"`
-	Reason  string          `json:"reason,omitempty"`
-	Detail  string          `json:"detail,omitempty"`
+	// Reason and JobID are always in the JSON ("" when there is none):
+	// `tandem schedule runs -o json` promises nominal_time, outcome,
+	// reason and job_id on every record.
+	Reason string `json:"reason"`
+	Detail string `json:"detail,omitempty"`
 	// JobID is the job a fire started; JobState is its state from the
 	// answering server's view (not stored).
-	JobID    string   `json:"job_id,omitempty"`
+	JobID    string   `json:"job_id"`
 	JobState JobState `json:"job_state,omitempty"`
 	// WorkflowID is the workflow run a fire started (for a schedule of a
 	// workflow); WorkflowState its state from the answering server's view

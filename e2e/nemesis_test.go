@@ -290,7 +290,10 @@ type nemesis struct {
 	faultsByKind map[string]int
 	paused       map[*local.Proc]bool // SIGSTOPped right now
 
-	schedules []string    // the schedules running alongside (nemesis_schedules_test.go)
+	schedules []string // the schedules running alongside (nemesis_schedules_test.go)
+	// pausedAt is when the checker asked each schedule to be paused, by
+	// the test's clock (pauseSchedules).
+	pausedAt  map[string]time.Time
 	sched     schedTotals // and what the check found of them
 	workflows []string    // the workflow runs started alongside (nemesis_workflows_test.go)
 	wf        wfTotals    // and what the check found of them

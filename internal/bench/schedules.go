@@ -74,25 +74,57 @@ func (m ScheduledJobs) Add(j *tandem.Job) {
 // counted one by one: a merged skip record of k times counts k.
 type ScheduleCheck struct {
 	// Expected is how many nominal times lie after the schedule's creation
-	// up to its cursor: each must end with exactly one record.
+	// up to its cursor, or up to the window's limit (CheckWindow) when the
+	// cursor stopped short of it: each must end with exactly one record.
 	Expected int
 	// Fired and Skipped count the times the schedule's own records cover
 	// (manual and backfill runs are not nominal times and are left out);
-	// SkippedBy splits Skipped by reason.
+	// SkippedBy splits Skipped by reason. A time skipped (paused) that
+	// fell due well before the pause is counted missed, not skipped.
 	Fired, Skipped int
 	SkippedBy      map[string]int
-	// Missed lists the expected times (RFC 3339) without a record; Doubled
-	// describes each time with more than one record, each record of a time
-	// that is not expected, and each fired time with other than one job.
+	// Missed lists the expected times (RFC 3339) without a record, or
+	// whose record hides a miss (with why); Doubled describes each time
+	// with more than one record, each record of a time that is not
+	// expected, each fired time with other than one job, and each job of
+	// the schedule that no fired record names.
 	Missed, Doubled []string
 }
 
+// CheckWindow says what CheckSchedule demands beyond the stored cursor, so
+// that a controller that stopped cannot hide its misses: behind a cursor
+// it never moved, or behind a pause that swept its backlog into one
+// skipped (paused) record. The zero value demands records up to the cursor
+// only.
+type CheckWindow struct {
+	// Until: every nominal time due at or before Until minus Grace must
+	// have a record, wherever the cursor is. The fault suite passes the
+	// moment it asked for the pause (by then the owner must have decided
+	// every due time, and once paused it records the rest at once);
+	// tandem bench schedules the schedules' end, after waiting for them to
+	// be decided.
+	Until time.Time
+	// PausedAt is when the checker asked for the schedule to be paused
+	// (zero: it was not). A nominal time due at or before PausedAt minus
+	// Grace that is recorded skipped (paused) is missed: it fell due while
+	// the schedule ran, and only an owner that had stalled leaves it
+	// undecided for the pause to sweep.
+	PausedAt time.Time
+	// Grace is how long after its due time a nominal time may still be
+	// undecided without being missed: the servers' schedule grace (a fire
+	// less than that late always runs).
+	Grace time.Duration
+}
+
 // CheckSchedule checks I7 for one schedule: every nominal time from its
-// creation to its cursor (computed from the stored spec as the servers
-// compute it) has exactly one record, and every fired time exactly one job
-// among jobs (the schedule's entry of a ScheduledJobs). It fails only if the
-// stored spec cannot be compiled.
-func CheckSchedule(rec ScheduleRecords, jobs map[time.Time][]string) (ScheduleCheck, error) {
+// creation to its cursor, and to the window's limit (CheckWindow), computed
+// from the stored spec as the servers compute it, has exactly one record;
+// every fired time exactly one job among jobs (the schedule's entry of a
+// ScheduledJobs), the one its record names; and every job of the schedule
+// a fired record. History limits must keep every record (the fault suite
+// and the bench keep a million). It fails only if the stored spec cannot
+// be compiled.
+func CheckSchedule(rec ScheduleRecords, jobs map[time.Time][]string, w CheckWindow) (ScheduleCheck, error) {
 	s := rec.Schedule
 	k := ScheduleCheck{SkippedBy: map[string]int{}}
 	tt, err := schedule.NewTimetable(server.SpecOf(s.ScheduleSpec))
@@ -100,11 +132,35 @@ func CheckSchedule(rec ScheduleRecords, jobs map[time.Time][]string) (ScheduleCh
 		return k, fmt.Errorf("schedule %s: %w", s.ID, err)
 	}
 	expected := tt.List(s.CreatedAt, s.Cursor, 1<<22)
+	// Times after the cursor that were due by the window's limit: a
+	// stalled owner's backlog, missed unless a record covers them.
+	var beyond []time.Time
+	if limit := w.Until.Add(-w.Grace); !w.Until.IsZero() && limit.After(s.Cursor) {
+		from := s.Cursor
+		if s.CreatedAt.After(from) {
+			from = s.CreatedAt
+		}
+		for _, t := range tt.List(from, limit, 1<<22) {
+			if !tt.Due(s.ID, t).After(limit) {
+				beyond = append(beyond, t)
+			}
+		}
+		expected = append(expected, beyond...)
+	}
 	k.Expected = len(expected)
 	covered := map[time.Time]int{}
 	var fired []tandem.ScheduleRun
+	named := map[string]bool{} // the runs fired records name, extra runs included
+	extra := map[string]bool{} // those of manual and backfill runs
+	hidden := map[time.Time]bool{}
+	pausedLimit := w.PausedAt.Add(-w.Grace)
 	for _, r := range rec.Runs {
+		run := r.JobID + r.WorkflowID
+		if r.Outcome == tandem.OutcomeFired && run != "" {
+			named[run] = true
+		}
 		if r.Reason == tandem.ReasonManual || r.Reason == tandem.ReasonBackfill {
+			extra[run] = true
 			continue // not one of the schedule's own times
 		}
 		times := []time.Time{r.NominalTime}
@@ -119,19 +175,37 @@ func CheckSchedule(rec ScheduleRecords, jobs map[time.Time][]string) (ScheduleCh
 			k.Fired += len(times)
 			fired = append(fired, r)
 		case tandem.OutcomeSkipped:
-			k.Skipped += len(times)
-			k.SkippedBy[r.Reason] += len(times)
+			for _, t := range times {
+				if r.Reason == tandem.ReasonPaused && !w.PausedAt.IsZero() && !tt.Due(s.ID, t).After(pausedLimit) {
+					hidden[t.UTC()] = true // counted missed below
+					continue
+				}
+				k.Skipped++
+				k.SkippedBy[r.Reason]++
+			}
 		}
 	}
 	want := map[time.Time]bool{}
+	cursor := s.Cursor.UTC().Format(time.RFC3339Nano)
+	isBeyond := map[time.Time]bool{}
+	for _, t := range beyond {
+		isBeyond[t.UTC()] = true
+	}
 	for _, t := range expected {
-		want[t.UTC()] = true
-		switch covered[t.UTC()] {
-		case 0:
-			k.Missed = append(k.Missed, t.UTC().Format(time.RFC3339Nano))
-		case 1:
-		default:
-			k.Doubled = append(k.Doubled, fmt.Sprintf("%s (%d records)", t.UTC().Format(time.RFC3339Nano), covered[t.UTC()]))
+		t = t.UTC()
+		want[t] = true
+		name := t.Format(time.RFC3339Nano)
+		switch n := covered[t]; {
+		case n == 0 && isBeyond[t]:
+			k.Missed = append(k.Missed, fmt.Sprintf("%s (no record: due by %s, but the cursor stopped at %s)",
+				name, w.Until.Add(-w.Grace).UTC().Format(time.RFC3339Nano), cursor))
+		case n == 0:
+			k.Missed = append(k.Missed, name)
+		case n > 1:
+			k.Doubled = append(k.Doubled, fmt.Sprintf("%s (%d records)", name, n))
+		case hidden[t]:
+			k.Missed = append(k.Missed, fmt.Sprintf("%s (skipped paused, though due more than %s before the pause at %s)",
+				name, w.Grace, w.PausedAt.UTC().Format(time.RFC3339Nano)))
 		}
 	}
 	var stray []string
@@ -142,13 +216,39 @@ func CheckSchedule(rec ScheduleRecords, jobs map[time.Time][]string) (ScheduleCh
 	}
 	sort.Strings(stray) // map order would make the report differ run to run
 	k.Doubled = append(k.Doubled, stray...)
+	own := map[time.Time]bool{}
 	for _, r := range fired {
-		// A fire starts one job or one workflow run, the one its record names.
+		// A fire starts one job or one workflow run, the one its record
+		// names (a manual or backfill run of the same time aside).
+		t := r.NominalTime.UTC()
+		own[t] = true
+		var ids []string
+		for _, id := range jobs[t] {
+			if !extra[id] {
+				ids = append(ids, id)
+			}
+		}
 		run := r.JobID + r.WorkflowID
-		if ids := jobs[r.NominalTime.UTC()]; len(ids) != 1 || run != "" && ids[0] != run {
-			k.Doubled = append(k.Doubled, fmt.Sprintf("%s fired with jobs %v", r.NominalTime.UTC().Format(time.RFC3339Nano), ids))
+		if len(ids) != 1 || run != "" && ids[0] != run {
+			k.Doubled = append(k.Doubled, fmt.Sprintf("%s fired with jobs %v", t.Format(time.RFC3339Nano), ids))
 		}
 	}
+	// A run no fired record names started without its time being decided
+	// fired (recorded skipped, or not at all): a time run once more than
+	// recorded. Those at a fired time are counted just above.
+	var orphans []string
+	for t, ids := range jobs {
+		if own[t.UTC()] {
+			continue
+		}
+		for _, id := range ids {
+			if !named[id] {
+				orphans = append(orphans, fmt.Sprintf("%s: job %s has no fired record", t.UTC().Format(time.RFC3339Nano), id))
+			}
+		}
+	}
+	sort.Strings(orphans)
+	k.Doubled = append(k.Doubled, orphans...)
 	return k, nil
 }
 
@@ -792,7 +892,9 @@ func RunSchedules(ctx context.Context, cfg SchedulesConfig) (*SchedulesResult, e
 		sj.Add(j)
 	}
 	for _, rec := range recs {
-		k, err := CheckSchedule(rec, sj[rec.Schedule.ID])
+		// Every time up to the schedules' end must be decided by now
+		// (waitSchedulesDone), wherever a stalled owner left the cursor.
+		k, err := CheckSchedule(rec, sj[rec.Schedule.ID], CheckWindow{Until: end})
 		if err != nil {
 			return nil, err
 		}

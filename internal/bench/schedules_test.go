@@ -56,7 +56,7 @@ func TestCheckScheduleCounts(t *testing.T) {
 		jobs.Add(j)
 	}
 	jobs.Add(&tandem.Job{ID: "other", ScheduleID: "s2", NominalTime: tsec(3)}) // another schedule's
-	k, err := CheckSchedule(rec, jobs["s1"])
+	k, err := CheckSchedule(rec, jobs["s1"], CheckWindow{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestCheckScheduleCounts(t *testing.T) {
 	// A clean schedule adds nothing missed or doubled; the sums add up.
 	clean := ScheduleRecords{Schedule: tandem.Schedule{ID: "s2", ScheduleSpec: sch.ScheduleSpec, CreatedAt: tsec(2.5), Cursor: tsec(3)},
 		Runs: []tandem.ScheduleRun{{ScheduleID: "s2", NominalTime: tsec(3), Count: 1, Outcome: tandem.OutcomeFired}}}
-	k2, err := CheckSchedule(clean, jobs["s2"])
+	k2, err := CheckSchedule(clean, jobs["s2"], CheckWindow{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,8 +108,129 @@ func TestCheckScheduleCounts(t *testing.T) {
 	// A spec the checker cannot compile is an error, not a count.
 	bad := rec
 	bad.Schedule.ScheduleSpec = tandem.ScheduleSpec{Cron: []string{"not cron"}}
-	if _, err := CheckSchedule(bad, nil); err == nil {
+	if _, err := CheckSchedule(bad, nil, CheckWindow{}); err == nil {
 		t.Error("a schedule whose spec does not compile: got no error")
+	}
+}
+
+// Three ways a broken controller used to pass the checker: a stalled owner
+// whose cursor never moved, and a stalled owner whose backlog the pause
+// swept into one skipped (paused) record, both clean when times are counted
+// up to the cursor only (CheckWindow{}) and caught with the fault suite's
+// window; and a run started without a fired record, which the checker
+// missed when it looked only at the jobs of fired times.
+func TestCheckScheduleHoles(t *testing.T) {
+	spec := tandem.ScheduleSpec{Every: tandem.Duration(time.Second)}
+	paused := spec
+	paused.Paused = true
+	fired := func(s float64, job string) tandem.ScheduleRun {
+		return tandem.ScheduleRun{ScheduleID: "s1", NominalTime: tsec(s), Count: 1, Outcome: tandem.OutcomeFired, JobID: job}
+	}
+	skipped := func(from, through float64, reason string) tandem.ScheduleRun {
+		th := tsec(through)
+		return tandem.ScheduleRun{ScheduleID: "s1", NominalTime: tsec(from), Through: &th, Count: int(through-from) + 1,
+			Outcome: tandem.OutcomeSkipped, Reason: reason}
+	}
+	jobsAt := func(times map[float64]string) ScheduledJobs {
+		sj := ScheduledJobs{}
+		for s, id := range times {
+			sj.Add(&tandem.Job{ID: id, ScheduleID: "s1", NominalTime: tsec(s)})
+		}
+		return sj
+	}
+	const grace = 60 * time.Second
+	window := CheckWindow{Until: tsec(200), PausedAt: tsec(200), Grace: grace}
+	tests := []struct {
+		name string
+		rec  ScheduleRecords
+		jobs ScheduledJobs
+		// What the count up to the cursor alone finds, and what the
+		// fault suite's window finds.
+		bareMissed, bareDoubled int
+		missed, doubled         []string
+	}{
+		{
+			// The owner fired :01 and :02, then stopped for good: the
+			// cursor stayed at :02, so up to the cursor nothing is missing.
+			name: "stalled cursor",
+			rec: ScheduleRecords{Schedule: tandem.Schedule{ID: "s1", ScheduleSpec: spec, CreatedAt: tsec(0.5), Cursor: tsec(2)},
+				Runs: []tandem.ScheduleRun{fired(1, "j1"), fired(2, "j2")}},
+			jobs:    jobsAt(map[float64]string{1: "j1", 2: "j2"}),
+			missed:  []string{"2030-01-01T00:00:03Z (no record: due by 2030-01-01T00:02:20Z, but the cursor stopped at 2030-01-01T00:00:02Z)"},
+			doubled: nil,
+		},
+		{
+			// The owner stopped after :02 and came back only after the
+			// pause, which skipped :03 to :210 in one record: the times due
+			// more than the grace before the pause (:03 to :140) were due
+			// while the schedule ran.
+			name: "backlog swept by the pause",
+			rec: ScheduleRecords{Schedule: tandem.Schedule{ID: "s1", ScheduleSpec: paused, CreatedAt: tsec(0.5), Cursor: tsec(210)},
+				Runs: []tandem.ScheduleRun{fired(1, "j1"), fired(2, "j2"), skipped(3, 210, tandem.ReasonPaused)}},
+			jobs:   jobsAt(map[float64]string{1: "j1", 2: "j2"}),
+			missed: []string{"2030-01-01T00:00:03Z (skipped paused, though due more than 1m0s before the pause at 2030-01-01T00:03:20Z)"},
+		},
+		{
+			// :02 was recorded skipped, yet a job of the schedule runs it;
+			// :03 has a job and no record past the cursor at all. (The
+			// manual run's job is named by its record: it is fine.)
+			name: "job without a fired record",
+			rec: ScheduleRecords{Schedule: tandem.Schedule{ID: "s1", ScheduleSpec: spec, CreatedAt: tsec(0.5), Cursor: tsec(2)},
+				Runs: []tandem.ScheduleRun{fired(1, "j1"), skipped(2, 2, tandem.ReasonOverlap),
+					{ScheduleID: "s1", NominalTime: tsec(1.7), Count: 1, Outcome: tandem.OutcomeFired, Reason: tandem.ReasonManual, JobID: "jm"}}},
+			jobs:        jobsAt(map[float64]string{1: "j1", 2: "j2", 3: "j3", 1.7: "jm"}),
+			bareDoubled: 2,
+			doubled:     []string{"2030-01-01T00:00:02Z: job j2 has no fired record", "2030-01-01T00:00:03Z: job j3 has no fired record"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bare, err := CheckSchedule(tt.rec, tt.jobs["s1"], CheckWindow{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(bare.Missed) != tt.bareMissed || len(bare.Doubled) != tt.bareDoubled {
+				t.Errorf("up to the cursor: got missed %q, doubled %q; want %d and %d", bare.Missed, bare.Doubled, tt.bareMissed, tt.bareDoubled)
+			}
+			k, err := CheckSchedule(tt.rec, tt.jobs["s1"], window)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(k.Missed) == 0 && len(tt.missed) > 0 || len(tt.missed) > 0 && k.Missed[0] != tt.missed[0] {
+				t.Errorf("got missed %q, want it to start with %q", k.Missed, tt.missed)
+			}
+			if !reflect.DeepEqual(k.Doubled, tt.doubled) {
+				t.Errorf("got doubled %q, want %q", k.Doubled, tt.doubled)
+			}
+			// expected = fired + skipped + missed when nothing is doubled.
+			if len(k.Doubled) == 0 && k.Expected != k.Fired+k.Skipped+len(k.Missed) {
+				t.Errorf("got expected %d, fired %d, skipped %d, missed %d: they do not add up", k.Expected, k.Fired, k.Skipped, len(k.Missed))
+			}
+		})
+	}
+
+	// The counts of the two hidden misses: all 138 times from :03 to :140.
+	k, _ := CheckSchedule(tests[0].rec, tests[0].jobs["s1"], window)
+	if k.Expected != 140 || len(k.Missed) != 138 {
+		t.Errorf("stalled cursor: got expected %d, missed %d; want 140, 138", k.Expected, len(k.Missed))
+	}
+	k, _ = CheckSchedule(tests[1].rec, tests[1].jobs["s1"], window)
+	if k.Expected != 210 || len(k.Missed) != 138 || k.Skipped != 70 || k.SkippedBy[tandem.ReasonPaused] != 70 {
+		t.Errorf("swept backlog: got expected %d, missed %d, skipped %v; want 210, 138, 70 paused", k.Expected, len(k.Missed), k.SkippedBy)
+	}
+	// A healthy history of the same run passes the window: fired up to the
+	// pause, the times due within the grace before it skipped (paused).
+	healthy := ScheduleRecords{Schedule: tandem.Schedule{ID: "s1", ScheduleSpec: paused, CreatedAt: tsec(0.5), Cursor: tsec(210)}}
+	jobs := map[float64]string{}
+	for s := 1; s <= 150; s++ {
+		id := fmt.Sprintf("j%d", s)
+		healthy.Runs = append(healthy.Runs, fired(float64(s), id))
+		jobs[float64(s)] = id
+	}
+	healthy.Runs = append(healthy.Runs, skipped(151, 210, tandem.ReasonPaused))
+	k, err := CheckSchedule(healthy, jobsAt(jobs)["s1"], window)
+	if err != nil || len(k.Missed)+len(k.Doubled) != 0 || k.Expected != 210 || k.Fired != 150 || k.Skipped != 60 {
+		t.Errorf("healthy: got %+v (%v); want 210 expected, 150 fired, 60 skipped, nothing missed or doubled", k, err)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"reflect"
 	"slices"
 	"sort"
@@ -889,5 +890,52 @@ func TestScheduleFastClockNeverFiresEarly(t *testing.T) {
 	}
 	if got := metricValue(t, fast, "tandem_schedule_clock_correction_seconds"); got > ahead.Seconds()+1.5 {
 		t.Errorf("clock correction %.3fs, want about %s", got, ahead)
+	}
+}
+
+// Bad input over HTTP: a malformed cron expression, one that never fires,
+// an unknown time zone, or a bad policy is refused with 400 and a message
+// that says what is wrong, and nothing is stored: no schedule, run record,
+// job or idempotency key.
+func TestScheduleBadInput(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 1, nil)
+	c.waitActive()
+	for _, tc := range []struct {
+		name string
+		body string
+		want string
+	}{
+		{"malformed cron", `{"cron":["61 * * * *"],"job":{"command":["true"]}}`, `cron "61 * * * *" is malformed`},
+		{"cron with too few fields", `{"cron":["* * *"],"job":{"command":["true"]}}`, `cron "* * *" is malformed`},
+		{"cron that never fires", `{"cron":["0 0 30 2 *"],"job":{"command":["true"]}}`, "never fires"},
+		{"unknown zone", `{"cron":["0 2 * * *"],"tz":"Nowhere/City","job":{"command":["true"]}}`, `unknown time zone "Nowhere/City"`},
+		{"bad overlap", `{"every":"1s","overlap":"sometimes","job":{"command":["true"]}}`, "sometimes"},
+	} {
+		req, _ := http.NewRequest(http.MethodPost, c.nodes[0].url+"/v1/schedules", strings.NewReader(tc.body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Idempotency-Key", "bad-"+strings.ReplaceAll(tc.name, " ", "-"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e struct {
+			Error struct{ Code, Message string } `json:"error"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || e.Error.Code != string(tandem.EINVALID) || !strings.Contains(e.Error.Message, tc.want) {
+			t.Errorf("%s: got %d %s %q, want 400 %s with %q", tc.name, resp.StatusCode, e.Error.Code, e.Error.Message, tandem.EINVALID, tc.want)
+		}
+	}
+	if n := len(c.nodes[0].srv.ListSchedules()); n != 0 {
+		t.Errorf("%d schedules in the view after bad input, want 0", n)
+	}
+	l := keys.New("test")
+	for _, prefix := range []string{l.SchedulesPrefix(), l.FiresPrefix(), l.JobsPrefix(), l.IdemPrefix()} {
+		resp, err := c.etcd.Client(t).Get(context.Background(), prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil || resp.Count != 0 {
+			t.Errorf("etcd holds %d keys under %s after bad input (%v), want 0", resp.Count, prefix, err)
+		}
 	}
 }
