@@ -35,7 +35,7 @@ import (
 // listing lacks (retention removed it, or it is lost) is read on its own.
 func (n *nemesis) waitQuiescence() {
 	cl := newClient(n.t, n.c.URLs())
-	deadline := time.Now().Add(quiescenceWithin)
+	wait := newDrainWait()
 	for {
 		call := time.Now()
 		jobs, err := listAll(cl)
@@ -48,7 +48,7 @@ func (n *nemesis) waitQuiescence() {
 					busy++
 				}
 			}
-			if busy == 0 || time.Now().After(deadline) {
+			if busy == 0 || wait.over(busy) {
 				// A listing's revision header is set before it reads the
 				// view, so it bounds nothing: recorded with none.
 				via := observation{Server: n.serverID(cl.Current())}
@@ -59,15 +59,44 @@ func (n *nemesis) waitQuiescence() {
 				}
 				n.readMissing(cl, jobs)
 				if busy > 0 {
-					n.t.Logf("gave up waiting after %s: %d acknowledged jobs not terminal", quiescenceWithin, busy)
+					n.t.Logf("gave up waiting: %d acknowledged jobs not terminal (%s)", busy, wait)
 				}
 				return
 			}
-		} else if time.Now().After(deadline) {
+		} else if wait.over(-1) {
 			n.t.Fatalf("list jobs after the run: %v", err)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// drainWait decides how long to wait for a backlog to end: while it
+// shrinks, for up to quiescenceCap; once it stops shrinking, for
+// quiescenceWithin more. Liveness is that work keeps ending, not that a
+// backlog of any size ends within a fixed time.
+type drainWait struct {
+	start, progress time.Time
+	least           int // the smallest backlog seen, -1 before any
+}
+
+func newDrainWait() *drainWait {
+	now := time.Now()
+	return &drainWait{start: now, progress: now, least: -1}
+}
+
+// over records a backlog of busy (negative: unknown, a failed read) and
+// reports whether to stop waiting.
+func (d *drainWait) over(busy int) bool {
+	now := time.Now()
+	if busy >= 0 && (d.least < 0 || busy < d.least) {
+		d.least, d.progress = busy, now
+	}
+	return now.Sub(d.progress) > quiescenceWithin || now.Sub(d.start) > quiescenceCap
+}
+
+func (d *drainWait) String() string {
+	return fmt.Sprintf("waited %s, the last %s without progress; at most %s without progress, %s in all",
+		time.Since(d.start).Round(time.Second), time.Since(d.progress).Round(time.Second), quiescenceWithin, quiescenceCap)
 }
 
 // serverID names the server at url.
@@ -233,7 +262,7 @@ func (n *nemesis) checkAcknowledged() {
 			}
 			n.problemf("I2: job %s, acknowledged to client %d, %s", id, n.ackedBy[id], how)
 		case !r.Job.State.Terminal():
-			n.problemf("job %s is %s after %s of quiescence, not terminal: %s", id, r.Job.State, quiescenceWithin, describeAttempts(r.Job))
+			n.problemf("job %s is %s after quiescence (%s without progress), not terminal: %s", id, r.Job.State, quiescenceWithin, describeAttempts(r.Job))
 		}
 		if _, ok := n.final[id]; !ok {
 			n.problemf("I2: job %s, acknowledged to client %d, is missing from the final listing through the API", id, n.ackedBy[id])

@@ -42,8 +42,12 @@ const (
 )
 
 const (
-	nemesisClients   = 4
+	nemesisClients = 4
+	// quiescenceWithin is how long the checker waits, after the faults,
+	// for work to end while none ends: a backlog that keeps draining is
+	// waited for (a long run builds one), up to quiescenceCap in all.
 	quiescenceWithin = 2 * time.Minute
+	quiescenceCap    = 30 * time.Minute
 	opTimeout        = 30 * time.Second
 	checkerClientID  = nemesisClients // the final listing's reads, in the history
 )

@@ -75,7 +75,7 @@ func (n *nemesis) diamond() tandem.WorkflowSpec {
 // waitWorkflows waits, after the load (and the schedules' pause), until no
 // workflow run is running: those the load started and those schedules did.
 func (n *nemesis) waitWorkflows() {
-	deadline := time.Now().Add(quiescenceWithin)
+	wait := newDrainWait()
 	for {
 		busy := 0
 		for after := ""; ; {
@@ -83,7 +83,7 @@ func (n *nemesis) waitWorkflows() {
 			page, next, err := n.admin.ListWorkflows(ctx, tandem.WorkflowFilter{State: tandem.WorkflowRunning, After: after, Limit: 1000})
 			cancel()
 			if err != nil {
-				busy++ // ask again
+				busy = -1 // unknown: ask again
 				break
 			}
 			busy += len(page)
@@ -95,8 +95,8 @@ func (n *nemesis) waitWorkflows() {
 		if busy == 0 {
 			return
 		}
-		if time.Now().After(deadline) {
-			n.t.Logf("gave up waiting after %s: %d workflow runs not ended", quiescenceWithin, busy)
+		if wait.over(busy) {
+			n.t.Logf("gave up waiting: %d workflow runs not ended (%s)", busy, wait)
 			return
 		}
 		time.Sleep(500 * time.Millisecond)
@@ -184,7 +184,7 @@ func (n *nemesis) checkWorkflowRun(wf *tandem.Workflow, jobs map[string][]*tande
 			}
 			steps = append(steps, desc)
 		}
-		n.problemf("workflow run %s (shard %d, updated at epoch %d) is %s after %s of quiescence, not ended: %v",
+		n.problemf("workflow run %s (shard %d, updated at epoch %d) is %s after quiescence (%s without progress), not ended: %v",
 			wf.ID, wf.Shard, wf.UpdatedEpoch, wf.State, quiescenceWithin, steps)
 	}
 	for _, name := range slices.Sorted(maps.Keys(jobs)) {
