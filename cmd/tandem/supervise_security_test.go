@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -19,7 +17,6 @@ import (
 	"github.com/tandemhq/tandem/internal/etcdtest"
 	"github.com/tandemhq/tandem/internal/keys"
 	"github.com/tandemhq/tandem/internal/pki"
-	"github.com/tandemhq/tandem/internal/supervise/proc"
 )
 
 // TestSuperviseSecurityFlags: the API's security flags of `tandem
@@ -84,25 +81,11 @@ func TestSuperviseSecurityFlags(t *testing.T) {
 // open, the services need a token of the cluster, a clear with a read token
 // is refused and audited, with an operator token done and audited.
 func TestSuperviseSecureAPI(t *testing.T) {
-	mount := requireCgroup(t)
+	base := testCgroups(t)
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	certs := newEtcdCerts(t, "c1")
 	n1 := certs.issue(t, pki.RoleServer, "n1")
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	base := filepath.Join(mount, "tandem-test-"+hex.EncodeToString(rnd[:]))
-	t.Cleanup(func() {
-		top := &proc.Cgroup{Path: base}
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		defer cancel()
-		if err := top.Kill(); err == nil {
-			_ = top.WaitEmpty(ctx)
-		}
-		if err := top.Remove(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
 	audit := filepath.Join(t.TempDir(), "audit.log")
 
 	// Tokens of cluster c1, made as the owner of shard 0 would.

@@ -279,6 +279,49 @@ type Gap struct {
 	Ended    int64  // the revision the last owner's key went
 }
 
+// CheckDrain checks that every shard the drained server from gave up at or
+// after revision since moved with no gap beyond a few transactions, and
+// that it gave up moved shards. It returns those gaps and what is wrong.
+//
+// "A few transactions" means: each shard is free from the transaction that
+// hands it off to the one that takes it, and every shard handed to one
+// server in one hand-off is taken in one transaction, so every shard of that
+// hand-off has the same gap. In between, etcd may order only the rest of the
+// same drain when nothing else writes: the hand-off to the other server and
+// its take (2), one failover record per shard moved, and the drained
+// server's membership record, rewritten when it marks itself draining and
+// when it owns nothing (2). A gap counts the take too, so it is at most 5 +
+// moved revisions; taking the shards one transaction each, each followed by
+// its record, made every shard wait for the ones taken before it (gaps up to
+// 36 revisions in docs/BENCHMARKS.md).
+func (a *Audit) CheckDrain(from string, since int64, moved int) (gaps []Gap, problems []string) {
+	maxGap := int64(5 + moved)
+	type handoff struct {
+		ended int64
+		to    string
+	}
+	took := map[handoff]int64{} // the epoch of the take of each hand-off's shards
+	for _, g := range a.Gaps() {
+		if g.From != from || g.Ended < since {
+			continue
+		}
+		gaps = append(gaps, g)
+		if g.Revs < 1 || g.Revs > maxGap {
+			problems = append(problems, fmt.Sprintf("shard %d was free for %d revisions moving from %s to %s; want 1 to %d", g.Shard, g.Revs, from, g.To, maxGap))
+		}
+		h := handoff{g.Ended, g.To}
+		epoch := g.Ended + g.Revs
+		if e, ok := took[h]; ok && e != epoch {
+			problems = append(problems, fmt.Sprintf("shards handed from %s to %s at revision %d were taken at revisions %d and %d; want one transaction", from, g.To, g.Ended, e, epoch))
+		}
+		took[h] = epoch
+	}
+	if len(gaps) != moved {
+		problems = append(problems, fmt.Sprintf("gaps from %s: %d, want one per shard it owned (%d)", from, len(gaps), moved))
+	}
+	return gaps, problems
+}
+
 // Gaps returns every gap between consecutive tenures of each shard.
 func (a *Audit) Gaps() []Gap {
 	last := map[int]Tenure{}

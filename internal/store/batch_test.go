@@ -39,8 +39,12 @@ type batchEnv struct {
 
 func newBatchEnv(t *testing.T) *batchEnv {
 	t.Helper()
-	e := etcdtest.Start(t)
-	cli := e.Client(t)
+	return newBatchEnvOn(t, etcdtest.Start(t).Client(t))
+}
+
+// newBatchEnvOn is newBatchEnv on cli's etcd.
+func newBatchEnvOn(t *testing.T, cli *clientv3.Client) *batchEnv {
+	t.Helper()
 	s := New(cli, batchLayout, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -603,15 +607,10 @@ func TestBatchResentWhenUnanswered(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
-	s := New(cli, batchLayout, slog.New(slog.DiscardHandler))
+	env := newBatchEnvOn(t, cli)
+	s := env.s
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := s.Start(ctx); err != nil {
-		t.Fatalf("start store: %v", err)
-	}
-	t.Cleanup(s.Close)
-	env := &batchEnv{cli: cli, s: s}
-	env.lease, env.f = env.own(t, "a")
 
 	// A first job grants the store's idempotency lease, so the one sent
 	// through the stall needs no etcd call but its transaction.
