@@ -181,7 +181,12 @@ func (s *Server) depose(ctx context.Context, id string, lease int64, held []elec
 		}
 		owned = append(owned, election.Deposed{Keys: s.keys.Shard(k, s.Shards()), Owner: o, Detection: detection})
 	}
-	dctx, cancel := context.WithTimeout(ctx, s.cfg.LeaseTTL)
+	// Not bound to ctx: a watch of the owner ends the moment the
+	// deposition deletes its keys, and the lease revocation that follows
+	// must still be sent, or the dead server's membership record stays for
+	// its lease's life and the target map keeps naming it. Bounded by the
+	// lease TTL instead.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.LeaseTTL)
 	defer cancel()
 	n, err := election.DeposeIf(dctx, s.cfg.Etcd, clientv3.LeaseID(lease), seen, also, owned...)
 	switch {

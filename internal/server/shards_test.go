@@ -598,3 +598,45 @@ func TestShardsEveryRecordNamesItsServer(t *testing.T) {
 		t.Fatalf("%d log records, %d with shard=: the test needs the servers' records", len(lines), shardRecords)
 	}
 }
+
+// A crashed owner found out by its watch stream (connection lost, port
+// refusing) is deposed and its lease revoked at once, so its membership
+// record goes with its shards and the target map moves without waiting
+// for the lease. The watch of an owner ends the moment its keys go, so the
+// revocation must not ride on that watch's context (it did: the record
+// then stayed for the lease's life, and the freed shards waited out the
+// free grace for a target that was dead). Probes are slowed here so the
+// watch is what finds the crash, and the lease is long, so only the
+// revocation can remove the record in time.
+func TestCrashedOwnersMembershipGoesAtOnce(t *testing.T) {
+	const n = 12
+	c := newCluster(t, 3, func(cfg *server.Config) {
+		sharded(n)(cfg)
+		cfg.LeaseTTL, cfg.ProbeInterval, cfg.ScheduleGrace = 30*time.Second, 5*time.Second, time.Minute
+	})
+	c.waitSettled(n)
+	if len(c.nodes[1].srv.Status().Owned) == 0 {
+		t.Fatal("rm2 owns no shard to be deposed for")
+	}
+	c.crash(1)
+	deadline := time.Now().Add(10 * time.Second) // a third of the lease
+	for {
+		gone := true
+		for _, si := range c.nodes[0].srv.Store().Servers() {
+			gone = gone && si.ID != "rm2"
+		}
+		if gone {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the crashed server's membership record is still there 10 s after the crash: its lease was not revoked")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	after := c.waitSettled(n)
+	for k, o := range after {
+		if o == "rm2" {
+			t.Fatalf("shard %d still targets the crashed server", k)
+		}
+	}
+}
