@@ -128,6 +128,11 @@ type Trial struct {
 	// UnavailabilityS is the time from the fault to the first submission
 	// acknowledged by the new active, through the failover client.
 	UnavailabilityS float64 `json:"unavailability_s"`
+	// WaitS, for a failover, is the longest any one submission waited
+	// that was under way at some time from the fault to the first
+	// acknowledgement by the new active: what the unluckiest request saw,
+	// whatever the load's pace.
+	WaitS *float64 `json:"wait_s,omitempty"`
 	// GapS, for a failover, is the time between the last submission the
 	// old active acknowledged and the first the new one did: how long no
 	// client got an answer. For a switchover it is the interruption
@@ -180,8 +185,12 @@ type FailoverResult struct {
 	} `json:"unavailability_over_txn"`
 	// GapS summarises the trials' GapS; LoadGapS is the longest time
 	// between two acknowledgements in quiet time, the load's own floor.
-	GapS        Summary `json:"gap_s"`
-	LoadGapS    float64 `json:"load_gap_s"`
+	GapS     Summary `json:"gap_s"`
+	LoadGapS float64 `json:"load_gap_s"`
+	// WaitS summarises the trials' WaitS; LoadWaitS is the longest a
+	// submission waited in quiet time.
+	WaitS       Summary `json:"wait_s"`
+	LoadWaitS   float64 `json:"load_wait_s"`
 	DetectionS  Summary `json:"detection_s"`
 	ElectionS   Summary `json:"election_s"`
 	TransitionS Summary `json:"transition_s"`
@@ -205,6 +214,7 @@ type FailoverResult struct {
 // ack is one acknowledged submission.
 type ack struct {
 	at    time.Time
+	sent  time.Time // when the submission was sent (zero: unknown)
 	id    string
 	epoch int64
 }
@@ -255,6 +265,7 @@ func (l *load) run(ctx context.Context, cl *client.Client, spec tandem.JobSpec, 
 		s := spec
 		s.Name = fmt.Sprintf("bench-%d-%d", n, i)
 		sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		sent := time.Now()
 		j, err := cl.SubmitJob(sctx, s, client.SubmitOptions{})
 		cancel()
 		if err != nil {
@@ -266,7 +277,7 @@ func (l *load) run(ctx context.Context, cl *client.Client, spec tandem.JobSpec, 
 			l.mu.Unlock()
 			continue
 		}
-		l.record(ack{at: time.Now(), id: j.ID, epoch: j.Epoch})
+		l.record(ack{at: time.Now(), sent: sent, id: j.ID, epoch: j.Epoch})
 		every := l.every
 		if every == 0 {
 			every = 50 * time.Millisecond
@@ -390,6 +401,7 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 		// The load's own floor: the last half of the quiet time, once the
 		// previous trial's backlog has drained.
 		res.LoadGapS = max(res.LoadGapS, ld.longestGap(quiet.Add(cfg.Quiet/2), time.Now()).Seconds())
+		res.LoadWaitS = max(res.LoadWaitS, ld.longestWait(quiet.Add(cfg.Quiet/2), time.Now()).Seconds())
 		run := trial
 		switch {
 		case cfg.Fault == FaultAgentKill:
@@ -415,8 +427,8 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 			fmt.Fprintf(cfg.Out, "trial %d: agent %s -> %s (%s): retry running after %.0f ms; attempt lost %s, rescheduled %s, launched %s\n",
 				n, tr.From, tr.To, tr.Cause, tr.UnavailabilityS*1000, msOf(tr.DetectionS), msOf(tr.ElectionS), msOf(tr.TransitionS))
 		default:
-			fmt.Fprintf(cfg.Out, "trial %d: %s -> %s (epoch %d -> %d, %s): unavailable %.0f ms, gap %s; detection %s, election %s, transition %s%s\n",
-				n, tr.From, tr.To, tr.OldEpoch, tr.NewEpoch, causeBy(tr), tr.UnavailabilityS*1000, msOf(tr.GapS),
+			fmt.Fprintf(cfg.Out, "trial %d: %s -> %s (epoch %d -> %d, %s): unavailable %.0f ms, gap %s, longest wait %s; detection %s, election %s, transition %s%s\n",
+				n, tr.From, tr.To, tr.OldEpoch, tr.NewEpoch, causeBy(tr), tr.UnavailabilityS*1000, msOf(tr.GapS), msOf(tr.WaitS),
 				msOf(tr.DetectionS), msOf(tr.ElectionS), msOf(tr.TransitionS), trialNotes(tr))
 		}
 	}
@@ -449,13 +461,13 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 	if err != nil {
 		return nil, err
 	}
-	var unavail, gap, det, elec, trans []time.Duration
+	var unavail, gap, wait, det, elec, trans []time.Duration
 	for _, t := range res.Details {
 		unavail = append(unavail, secsDur(t.UnavailabilityS))
 		for _, x := range []struct {
 			p   *float64
 			out *[]time.Duration
-		}{{t.GapS, &gap}, {t.DetectionS, &det}, {t.ElectionS, &elec}, {t.TransitionS, &trans}} {
+		}{{t.GapS, &gap}, {t.WaitS, &wait}, {t.DetectionS, &det}, {t.ElectionS, &elec}, {t.TransitionS, &trans}} {
 			if x.p != nil {
 				*x.out = append(*x.out, secsDur(*x.p))
 			}
@@ -478,7 +490,7 @@ func RunFailover(ctx context.Context, cfg FailoverConfig) (*FailoverResult, erro
 	if res.EtcdTxnP50S > 0 {
 		res.FloorRatio.P50, res.FloorRatio.P99 = res.UnavailabilityS.P50/res.EtcdTxnP50S, res.UnavailabilityS.P99/res.EtcdTxnP50S
 	}
-	res.ElectionS, res.TransitionS, res.GapS = Summarize(elec), Summarize(trans), Summarize(gap)
+	res.ElectionS, res.TransitionS, res.GapS, res.WaitS = Summarize(elec), Summarize(trans), Summarize(gap), Summarize(wait)
 	res.Print(cfg.Out)
 	return res, nil
 }
@@ -523,6 +535,10 @@ func trial(ctx context.Context, cfg FailoverConfig, c *local.Cluster, cli *clien
 		return nil, err
 	}
 	tr.UnavailabilityS = first.at.Sub(t0).Seconds()
+	if w := ld.longestWait(t0, first.at); w > 0 {
+		ws := w.Seconds()
+		tr.WaitS = &ws
+	}
 	if last, ok := ld.lastOf(tr.OldEpoch, first.at); ok {
 		g := first.at.Sub(last).Seconds()
 		tr.GapS = &g
@@ -715,12 +731,16 @@ func (r *FailoverResult) Print(w io.Writer) {
 	if r.GapS.N > 0 {
 		rows = append(rows, "gap: old active's last ack to new's first\t"+r.GapS.Row())
 	}
+	if r.WaitS.N > 0 {
+		rows = append(rows, "longest wait of one submission\t"+r.WaitS.Row())
+	}
 	Table(w, "PHASE (ms)\tP50\tP90\tP99\tMAX", append(rows,
 		"detection\t"+r.DetectionS.Row(),
 		"election\t"+r.ElectionS.Row(),
 		"transition\t"+r.TransitionS.Row())...)
 	if r.LoadGapS > 0 {
-		fmt.Fprintf(w, "longest gap between acknowledgements in quiet time (the load's floor): %.1f ms\n", r.LoadGapS*1000)
+		fmt.Fprintf(w, "in quiet time: longest gap between acknowledgements %.1f ms (the load's floor), longest wait of one submission %.1f ms\n",
+			r.LoadGapS*1000, r.LoadWaitS*1000)
 	}
 	fmt.Fprintf(w, "unavailability over one fenced etcd txn: p50 %.0fx, p99 %.0fx\n", r.FloorRatio.P50, r.FloorRatio.P99)
 	fmt.Fprintf(w, "etcd leader co-located with the faulted active in %d of %d trials\n", r.Colocated, r.Trials)
@@ -1004,6 +1024,20 @@ func countFailovers(ctx context.Context, admin *client.Client, tr *Trial) error 
 		}
 	}
 	return nil
+}
+
+// longestWait returns the longest time a submission acknowledged by now
+// waited among those under way at some time in [from, to].
+func (l *load) longestWait(from, to time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var w time.Duration
+	for _, a := range l.acks {
+		if !a.sent.IsZero() && !a.sent.After(to) && !a.at.Before(from) {
+			w = max(w, a.at.Sub(a.sent))
+		}
+	}
+	return w
 }
 
 // lastOf returns the time of the last acknowledgement by epoch before
