@@ -73,8 +73,12 @@ func (c *cluster) readStored(id string) stored {
 	if err := json.Unmarshal(resp.Kvs[0].Value, &st.sch); err != nil {
 		c.t.Fatal(err)
 	}
+	// Everything at the schedule's revision: the schedule may still be
+	// firing, and a record read later than its cursor would look like a
+	// time decided beyond the cursor.
+	rev := resp.Header.Revision
 	st.runs = map[string]tandem.ScheduleRun{}
-	resp, err = cli.Get(ctx, l.Fires(id), clientv3.WithPrefix())
+	resp, err = cli.Get(ctx, l.Fires(id), clientv3.WithPrefix(), clientv3.WithRev(rev))
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -86,7 +90,7 @@ func (c *cluster) readStored(id string) stored {
 		st.runs[string(kv.Key)] = r
 	}
 	st.jobs = map[string]*tandem.Job{}
-	resp, err = cli.Get(ctx, l.JobsPrefix(), clientv3.WithPrefix())
+	resp, err = cli.Get(ctx, l.JobsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev))
 	if err != nil {
 		c.t.Fatal(err)
 	}
