@@ -88,6 +88,10 @@ func client(t *testing.T, e *etcdtest.Etcd, caFile string, is *pki.Issued, fallb
 	if is == nil {
 		cfg.Username, cfg.Password = etcdauth.RootUser, rootPassword
 	}
+	// New dials, and with a password authenticates (bcrypt on the server),
+	// within DialTimeout: 5 s is not always enough while CI runs many
+	// packages at once on two cores.
+	cfg.DialTimeout = 20 * time.Second
 	cli, err := clientv3.New(cfg)
 	if err != nil {
 		t.Fatal(err)
