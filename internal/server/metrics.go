@@ -17,6 +17,11 @@ type metrics struct {
 	fencedWrites prometheus.Counter
 	submissions  *prometheus.CounterVec
 	agentsLost   prometheus.Counter
+	// placements counts the attempts this server recorded on agents, by
+	// how: "batch" (several in one transaction) or "single".
+	placements *prometheus.CounterVec
+	// placementTxns counts the transactions that recorded them, the same way.
+	placementTxns *prometheus.CounterVec
 	// scheduleFires counts nominal times by outcome and reason (a merged
 	// skip counts every time it covers); fireLateness is commit minus
 	// nominal time of the fires of schedules' own times.
@@ -58,6 +63,12 @@ func newMetrics(s *Server) *metrics {
 	m.workflowRuns = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tandem_workflow_runs_ended_total", Help: "Workflow runs this server's controller ended, by final state.",
 	}, []string{"state"})
+	m.placements = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tandem_placements_total", Help: "Attempts this server recorded on agents, by how: batch (several in one etcd transaction) or single.",
+	}, []string{"how"})
+	m.placementTxns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tandem_placement_transactions_total", Help: "etcd transactions that recorded this server's placements, by how: batch or single.",
+	}, []string{"how"})
 	m.agentsLost = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "tandem_agents_lost_total", Help: "Agents this server declared lost while active.",
 	})
@@ -77,7 +88,7 @@ func newMetrics(s *Server) *metrics {
 		Name: "tandem_schedule_clock_correction_seconds",
 		Help: "How far the schedule controller holds this server's clock back because it runs ahead of the other servers' clocks.",
 	}, func() float64 { return s.clocks.correction(s.cfg.ScheduleGrace).Seconds() })
-	m.reg.MustRegister(clockCorrection, m.agentsLost, m.scheduleFires, m.workflowRuns, workflowsCollector{s}, m.fireLateness, m.failovers, m.phases, m.stepDowns, m.fencedWrites, m.submissions,
+	m.reg.MustRegister(clockCorrection, m.agentsLost, m.placements, m.placementTxns, m.scheduleFires, m.workflowRuns, workflowsCollector{s}, m.fireLateness, m.failovers, m.phases, m.stepDowns, m.fencedWrites, m.submissions,
 		epoch, rev, owned, shards, stateCollector{s}, jobsCollector{s}, agentsCollector{s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

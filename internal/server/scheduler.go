@@ -127,6 +127,10 @@ func (s *Server) scheduleOnce(ctx context.Context, p *planner) time.Duration {
 	for _, at := range p.delayed {
 		next = min(next, at.Sub(now))
 	}
+	// Placements are planned against free, which each takes its share of
+	// at once, and recorded MaxPlaceBatch at a time in one transaction
+	// each: a backlog drains at a batch per etcd round trip, not a job.
+	var batch []planned
 	for _, j := range jobs {
 		if ctx.Err() != nil {
 			return next
@@ -141,61 +145,185 @@ func (s *Server) scheduleOnce(ctx context.Context, p *planner) time.Duration {
 			continue
 		}
 		spec := j.JobSpec.WithDefaults()
-		var agent, attemptID string
-		var rev int64
-		var err error
-		for try := 0; ; try++ {
-			var why string
-			agent, why = place(spec, agents, free)
-			if agent == "" {
-				// Why a job waits changes with every agent that comes and
-				// goes; it is kept in memory and shown by its owner, not
-				// written for every pending job (that would double the
-				// writes of a backlog).
-				s.waiting.set(j.ID, why)
-				break
-			}
-			s.waiting.set(j.ID, "")
-			attemptID, rev, err = s.placeJob(ctx, t, j.ID, agent, placed[agent])
-			var race *store.PlacementConflictError
-			if !errors.As(err, &race) || try == 3 {
-				break
-			}
-			// Another shard's owner placed work on the agent since its load
-			// was read: read it again, from a view that has that placement,
-			// and place this job again.
-			s.log.Debug("placement raced another owner; looking again", "job", j.ID, "agent", agent, "shard", t.Shard, "epoch", t.Epoch())
-			wctx, cancel := context.WithTimeout(ctx, writeTimeout)
-			err = s.store.WaitRev(wctx, race.Rev)
-			cancel()
-			if err != nil {
-				break
-			}
-			free[agent], placed[agent] = s.agentLoad(agents[agent])
-		}
+		agent, why := place(spec, agents, free)
+		// Why a job waits changes with every agent that comes and goes; it
+		// is kept in memory and shown by its owner, not written for every
+		// pending job (that would double the writes of a backlog).
+		s.waiting.set(j.ID, why)
 		if agent == "" {
 			continue
 		}
-		if err != nil {
-			s.log.Warn("could not record an assignment", "job", j.ID, "agent", agent, "shard", t.Shard, "epoch", t.Epoch(), "err", err)
-			p.started = false // look at everything again next time
-			if ctx.Err() != nil {
-				return next
-			}
-			continue
-		}
-		if attemptID == "" {
-			continue
-		}
 		free[agent] = free[agent].Sub(spec.Resources)
-		placed[agent] = rev
-		s.log.Debug("attempt scheduled", "job", j.ID, "attempt", attemptID, "agent", agent, "shard", t.Shard, "epoch", t.Epoch())
-		if s.cfg.Failpoint == FailpointExitAfterAssign {
-			s.log.Warn("failpoint: exiting after recording an assignment", "job", j.ID, "attempt", attemptID, "shard", t.Shard, "epoch", t.Epoch())
-			os.Exit(86)
+		batch = append(batch, planned{id: j.ID, term: t, agent: agent, spec: spec})
+		if len(batch) == store.MaxPlaceBatch {
+			s.placeBatch(ctx, p, batch, agents, free, placed)
+			batch = batch[:0]
 		}
 	}
+	s.placeBatch(ctx, p, batch, agents, free, placed)
 	return max(next, time.Millisecond)
+}
+
+// planned is a placement a pass has decided on and not yet recorded.
+type planned struct {
+	id    string
+	term  *ha.Term
+	agent string
+	spec  tandem.JobSpec
+}
+
+// placeBatch records the placements of batch, whose resources free already
+// counts: in one transaction (PlaceJobs) when there are several, and if
+// that fails or there is one, one at a time, each as placeOne decides
+// again. placed holds each agent's placement record revision, consistent
+// with free; both are kept up to date.
+func (s *Server) placeBatch(ctx context.Context, p *planner, batch []planned, agents map[string]tandem.AgentInfo, free map[string]tandem.Resources, placed map[string]int64) {
+	if len(batch) > 1 && s.commitPlacements(ctx, p, batch, placed) {
+		return
+	}
+	for _, pl := range batch {
+		if ctx.Err() != nil {
+			return
+		}
+		free[pl.agent] = free[pl.agent].Add(pl.spec.Resources)
+		s.placeOne(ctx, p, pl.term, pl.id, pl.spec, agents, free, placed)
+	}
+}
+
+// commitPlacements records batch in one transaction, holding the job locks
+// of every shard in it (in shard order, as mutate holds one) from reading
+// the records to the commit. It reports whether the batch is done: every
+// placement recorded, or skipped because its job is no longer to be placed.
+// False: nothing was written, and the caller places them one by one.
+func (s *Server) commitPlacements(ctx context.Context, p *planner, batch []planned, placed map[string]int64) bool {
+	var shards []int
+	seen := map[int]bool{}
+	for _, pl := range batch {
+		if !seen[pl.term.Shard] {
+			seen[pl.term.Shard] = true
+			shards = append(shards, pl.term.Shard)
+		}
+	}
+	sort.Ints(shards)
+	for _, k := range shards {
+		s.jobMu[k].Lock()
+	}
+	defer func() {
+		for _, k := range shards {
+			s.jobMu[k].Unlock()
+		}
+	}()
+	now := time.Now().UTC()
+	writes := make([]store.JobWrite, 0, len(batch))
+	last := map[string]string{} // agent -> an attempt placed on it in this batch
+	var agentsInBatch []string
+	attempts := make([]string, 0, len(batch))
+	for _, pl := range batch {
+		t := pl.term
+		if t.Ended() != nil {
+			return false // the one-by-one path says so, job by job
+		}
+		j, rev, err := s.store.JobWithRev(pl.id)
+		if err != nil {
+			return false
+		}
+		if j.State != tandem.JobPending || j.KillRequested {
+			p.started = false // its share of free was taken: look again next pass
+			continue
+		}
+		n := len(j.Attempts) + 1
+		attemptID := fmt.Sprintf("%s-%d", j.ID, n)
+		j.Attempts = append(j.Attempts, tandem.Attempt{ID: attemptID, Number: n, Agent: pl.agent, Epoch: t.Epoch(),
+			State: tandem.AttemptScheduled, ScheduledAt: now})
+		j.State, j.Reason, j.NotBefore = tandem.JobScheduled, "", nil
+		j.UpdatedAt, j.UpdatedEpoch, j.UpdatedBy = now, t.Epoch(), s.cfg.ID
+		writes = append(writes, store.JobWrite{Fence: t.Fence, Job: j, Rev: rev})
+		if _, ok := last[pl.agent]; !ok {
+			agentsInBatch = append(agentsInBatch, pl.agent)
+		}
+		last[pl.agent] = attemptID
+		attempts = append(attempts, attemptID)
+	}
+	places := make([]store.Placement, 0, len(agentsInBatch))
+	for _, a := range agentsInBatch {
+		places = append(places, store.Placement{Agent: a, Rev: placed[a], Attempt: last[a]})
+	}
+	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	rev, err := s.store.PlaceJobs(wctx, writes, places)
+	cancel()
+	if err != nil {
+		// Compared and refused, or not answered: either way the records
+		// say what happened, and the one-by-one path compares them again
+		// (a batch that did commit leaves its jobs scheduled, not pending).
+		s.log.Debug("placement batch not committed; placing one by one", "jobs", len(writes), "err", err)
+		return false
+	}
+	for _, a := range agentsInBatch {
+		placed[a] = rev
+	}
+	if len(writes) > 0 {
+		s.metrics.placements.WithLabelValues("batch").Add(float64(len(writes)))
+		s.metrics.placementTxns.WithLabelValues("batch").Inc()
+	}
+	for i, w := range writes {
+		s.log.Debug("attempt scheduled", "job", w.Job.ID, "attempt", attempts[i], "agent", w.Job.LastAttempt().Agent,
+			"shard", w.Job.Shard, "epoch", w.Fence.Epoch(), "batch", len(writes))
+	}
+	if len(writes) > 0 && s.cfg.Failpoint == FailpointExitAfterAssign {
+		s.log.Warn("failpoint: exiting after recording an assignment", "jobs", len(writes))
+		os.Exit(86)
+	}
+	return true
+}
+
+// placeOne places job id on the agent place picks, in a transaction of its
+// own, looking again when another shard's owner placed work on that agent
+// first.
+func (s *Server) placeOne(ctx context.Context, p *planner, t *ha.Term, id string, spec tandem.JobSpec, agents map[string]tandem.AgentInfo, free map[string]tandem.Resources, placed map[string]int64) {
+	var agent, attemptID string
+	var rev int64
+	var err error
+	for try := 0; ; try++ {
+		var why string
+		agent, why = place(spec, agents, free)
+		s.waiting.set(id, why)
+		if agent == "" {
+			return
+		}
+		attemptID, rev, err = s.placeJob(ctx, t, id, agent, placed[agent])
+		var race *store.PlacementConflictError
+		if !errors.As(err, &race) || try == 3 {
+			break
+		}
+		// Another shard's owner placed work on the agent since its load
+		// was read: read it again, from a view that has that placement,
+		// and place this job again.
+		s.log.Debug("placement raced another owner; looking again", "job", id, "agent", agent, "shard", t.Shard, "epoch", t.Epoch())
+		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+		err = s.store.WaitRev(wctx, race.Rev)
+		cancel()
+		if err != nil {
+			break
+		}
+		free[agent], placed[agent] = s.agentLoad(agents[agent])
+	}
+	if err != nil {
+		s.log.Warn("could not record an assignment", "job", id, "agent", agent, "shard", t.Shard, "epoch", t.Epoch(), "err", err)
+		p.started = false // look at everything again next time
+		return
+	}
+	if attemptID == "" {
+		return
+	}
+	free[agent] = free[agent].Sub(spec.Resources)
+	placed[agent] = rev
+	s.metrics.placements.WithLabelValues("single").Inc()
+	s.metrics.placementTxns.WithLabelValues("single").Inc()
+	s.log.Debug("attempt scheduled", "job", id, "attempt", attemptID, "agent", agent, "shard", t.Shard, "epoch", t.Epoch())
+	if s.cfg.Failpoint == FailpointExitAfterAssign {
+		s.log.Warn("failpoint: exiting after recording an assignment", "job", id, "attempt", attemptID, "shard", t.Shard, "epoch", t.Epoch())
+		os.Exit(86)
+	}
 }
 
 // agentLoad returns what agent a has free, and the revision of its
