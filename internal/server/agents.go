@@ -208,6 +208,15 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	for i := range live {
 		known[live[i].Attempt] = &live[i]
 	}
+	// Every report that changes a record goes in one batch (mutateMany):
+	// one etcd round trip for the whole sync.
+	for _, r := range req.Done {
+		if err := checkDone(r); err != nil {
+			return nil, err
+		}
+	}
+	var changes []*change
+	var orders []func() (*tandem.KillOrder, error)
 	for _, r := range req.Running {
 		reported[r.AttemptID] = true
 		t := s.termOf(r.JobID)
@@ -217,7 +226,27 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 		if lj := known[r.AttemptID]; lj != nil && lj.ID == r.JobID && lj.State == tandem.AttemptRunning && !lj.KillRequested {
 			continue
 		}
-		order, err := s.recordRunning(rctx, t, agent, r)
+		c, order := s.runningChange(t, agent, r)
+		changes, orders = append(changes, c), append(orders, order)
+	}
+	type done struct {
+		r tandem.AttemptReport
+		t *ha.Term
+		c *change
+	}
+	var dones []done
+	for _, r := range req.Done {
+		reported[r.AttemptID] = true
+		t := s.termOf(r.JobID)
+		if t == nil {
+			continue
+		}
+		c := doneChange(t, agent, r)
+		changes, dones = append(changes, c), append(dones, done{r, t, c})
+	}
+	s.mutateMany(rctx, changes)
+	for _, outcome := range orders {
+		order, err := outcome()
 		if err != nil && !errors.Is(err, errNotOwner) {
 			return nil, err
 		}
@@ -225,20 +254,15 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 			resp.Kill = append(resp.Kill, *order)
 		}
 	}
-	for _, r := range req.Done {
-		reported[r.AttemptID] = true
-		t := s.termOf(r.JobID)
-		if t == nil {
-			continue
-		}
-		err := s.recordDone(rctx, t, agent, r)
+	for _, d := range dones {
+		err := doneOutcome(d.c)
 		if errors.Is(err, errNotOwner) {
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
-		resp.Ack = append(resp.Ack, tandem.Ack{AttemptID: r.AttemptID, Shard: t.Shard, Epoch: t.Epoch()})
+		resp.Ack = append(resp.Ack, tandem.Ack{AttemptID: d.r.AttemptID, Shard: d.t.Shard, Epoch: d.t.Epoch()})
 	}
 	// Running attempts the agent no longer reports died with an earlier
 	// process of the agent (attempts die with their agent).

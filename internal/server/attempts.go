@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/tandemhq/tandem"
@@ -65,6 +66,128 @@ func (s *Server) mutate(ctx context.Context, t *ha.Term, id string, place *store
 	}
 }
 
+// change is one job change of a batch: fn applied to job id's record under
+// t, the term of its shard, as mutate applies it. err is its outcome.
+type change struct {
+	t   *ha.Term
+	id  string
+	fn  func(j *tandem.Job, now time.Time) (bool, error)
+	err error
+}
+
+// mutateMany applies changes (an agent's reports) as mutate applies each, but writes the records
+// that change together, up to store.MaxWriteBatch to a transaction fenced by
+// every term involved and conditional on every record being as read: an
+// agent's sync with many reports costs one etcd round trip, not one each.
+// A batch that cannot commit (a fence, a record changed meanwhile, no
+// answer) is applied change by change through mutate, which tells the
+// causes apart; so is a batch that names a job twice, in order.
+func (s *Server) mutateMany(ctx context.Context, changes []*change) {
+	for len(changes) > 0 {
+		n := min(len(changes), store.MaxWriteBatch)
+		batch := changes[:n]
+		changes = changes[n:]
+		if n > 1 && distinctJobs(batch) && s.mutateBatch(ctx, batch) {
+			continue
+		}
+		for _, c := range batch {
+			var rev int64
+			_, rev, c.err = s.mutate(ctx, c.t, c.id, nil, c.fn)
+			if rev > 0 {
+				s.metrics.reports.WithLabelValues("single").Inc()
+				s.metrics.reportTxns.WithLabelValues("single").Inc()
+			}
+		}
+	}
+}
+
+func distinctJobs(changes []*change) bool {
+	seen := make(map[string]bool, len(changes))
+	for _, c := range changes {
+		if seen[c.id] {
+			return false
+		}
+		seen[c.id] = true
+	}
+	return true
+}
+
+// lockShards takes the job locks of the shards of terms, in shard order
+// (mutate holds one at a time, so this order cannot deadlock), and returns
+// what releases them.
+func (s *Server) lockShards(terms []*ha.Term) func() {
+	var shards []int
+	seen := map[int]bool{}
+	for _, t := range terms {
+		if !seen[t.Shard] {
+			seen[t.Shard] = true
+			shards = append(shards, t.Shard)
+		}
+	}
+	sort.Ints(shards)
+	for _, k := range shards {
+		s.jobMu[k].Lock()
+	}
+	return func() {
+		for _, k := range shards {
+			s.jobMu[k].Unlock()
+		}
+	}
+}
+
+// mutateBatch applies changes in one transaction, holding their shards'
+// job locks from reading the records to the commit. It reports whether the
+// batch is done; false: nothing was written, and no outcome is set.
+func (s *Server) mutateBatch(ctx context.Context, changes []*change) bool {
+	terms := make([]*ha.Term, len(changes))
+	for i, c := range changes {
+		terms[i] = c.t
+	}
+	defer s.lockShards(terms)()
+	now := time.Now().UTC()
+	writes := make([]store.JobWrite, 0, len(changes))
+	errs := make([]error, len(changes))
+	for i, c := range changes {
+		if c.t.Ended() != nil {
+			return false // mutate says so, change by change
+		}
+		j, rev, err := s.store.JobWithRev(c.id)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		write, err := c.fn(j, now)
+		if err != nil || !write {
+			errs[i] = err
+			continue
+		}
+		j.UpdatedAt, j.UpdatedEpoch, j.UpdatedBy = now, c.t.Epoch(), s.cfg.ID
+		writes = append(writes, store.JobWrite{Fence: c.t.Fence, Job: j, Rev: rev})
+	}
+	if len(writes) > 0 {
+		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+		_, err := s.store.WriteJobs(wctx, writes, nil)
+		cancel()
+		if err != nil {
+			// Refused, or not answered: the records say what happened, and
+			// mutate compares them again (a batch that did commit leaves
+			// nothing for the changes to do).
+			s.log.Debug("job batch not committed; writing one by one", "jobs", len(writes), "err", err)
+			return false
+		}
+		how := "batch"
+		if len(writes) == 1 {
+			how = "single"
+		}
+		s.metrics.reports.WithLabelValues(how).Add(float64(len(writes)))
+		s.metrics.reportTxns.WithLabelValues(how).Inc()
+	}
+	for i, c := range changes {
+		c.err = errs[i]
+	}
+	return true
+}
+
 // termOf returns the term of the shard job id belongs to, or nil if this
 // server does not own it.
 func (s *Server) termOf(id string) *ha.Term {
@@ -106,15 +229,17 @@ func currentOn(j *tandem.Job, attemptID, agent string) (*tandem.Attempt, bool) {
 	return a, true
 }
 
-// recordRunning records that agent runs an attempt. It returns a kill order
-// when the attempt is not current any more (replaced after its agent was
-// declared lost, or its job was killed): the agent must not keep it.
-func (s *Server) recordRunning(ctx context.Context, t *ha.Term, agent string, r tandem.AttemptReport) (*tandem.KillOrder, error) {
+// runningChange is the change that records that agent runs attempt r, and
+// what tells its outcome once applied: a kill order when the attempt is not
+// current any more (replaced after its agent was declared lost, or its job
+// was killed), which the agent must not keep.
+func (s *Server) runningChange(t *ha.Term, agent string, r tandem.AttemptReport) (*change, func() (*tandem.KillOrder, error)) {
 	var order *tandem.KillOrder
 	kill := func(reason string) *tandem.KillOrder {
 		return &tandem.KillOrder{AttemptID: r.AttemptID, Shard: t.Shard, Epoch: t.Epoch(), Reason: reason}
 	}
-	_, _, err := s.mutate(ctx, t, r.JobID, nil, func(j *tandem.Job, now time.Time) (bool, error) {
+	c := &change{t: t, id: r.JobID, fn: func(j *tandem.Job, now time.Time) (bool, error) {
+		order = nil // a batch that did not commit applies it again
 		a, ok := currentOn(j, r.AttemptID, agent)
 		if !ok {
 			order = kill("not a current attempt of its job (replaced, or the job ended)")
@@ -132,20 +257,28 @@ func (s *Server) recordRunning(ctx context.Context, t *ha.Term, agent string, r 
 		}
 		j.State, j.Reason = tandem.JobRunning, ""
 		return true, nil
-	})
-	if tandem.ErrorCode(err) == tandem.ENOTFOUND {
-		return kill("unknown job"), nil
+	}}
+	return c, func() (*tandem.KillOrder, error) {
+		if tandem.ErrorCode(c.err) == tandem.ENOTFOUND {
+			return kill("unknown job"), nil
+		}
+		return order, c.err
 	}
-	return order, err
 }
 
-// recordDone records how an attempt ended, if it is current; reports of
-// attempts that are not are acknowledged and ignored.
-func (s *Server) recordDone(ctx context.Context, t *ha.Term, agent string, r tandem.AttemptReport) error {
+// checkDone refuses a done report whose state is not a final one.
+func checkDone(r tandem.AttemptReport) error {
 	if r.State.Live() || r.State == "" {
 		return tandem.Errorf(tandem.EINVALID, "done report for %s has state %q, not a final one", r.AttemptID, r.State)
 	}
-	_, _, err := s.mutate(ctx, t, r.JobID, nil, func(j *tandem.Job, now time.Time) (bool, error) {
+	return nil
+}
+
+// doneChange is the change that records how attempt r ended, if it is
+// current; reports of attempts that are not are acknowledged and ignored,
+// as are those of jobs that no longer exist (its outcome is then nil).
+func doneChange(t *ha.Term, agent string, r tandem.AttemptReport) *change {
+	return &change{t: t, id: r.JobID, fn: func(j *tandem.Job, now time.Time) (bool, error) {
 		a, ok := currentOn(j, r.AttemptID, agent)
 		if !ok {
 			return false, nil
@@ -174,11 +307,15 @@ func (s *Server) recordDone(ctx context.Context, t *ha.Term, agent string, r tan
 		}
 		settle(j, now)
 		return true, nil
-	})
-	if tandem.ErrorCode(err) == tandem.ENOTFOUND {
+	}}
+}
+
+// doneOutcome is the outcome of a change made by doneChange.
+func doneOutcome(c *change) error {
+	if tandem.ErrorCode(c.err) == tandem.ENOTFOUND {
 		return nil
 	}
-	return err
+	return c.err
 }
 
 // loseAttempt ends a live attempt on agent as lost, with reason.

@@ -22,6 +22,10 @@ type metrics struct {
 	placements *prometheus.CounterVec
 	// placementTxns counts the transactions that recorded them, the same way.
 	placementTxns *prometheus.CounterVec
+	// reports and reportTxns count the same for agents' reports that
+	// changed a job record.
+	reports    *prometheus.CounterVec
+	reportTxns *prometheus.CounterVec
 	// scheduleFires counts nominal times by outcome and reason (a merged
 	// skip counts every time it covers); fireLateness is commit minus
 	// nominal time of the fires of schedules' own times.
@@ -69,6 +73,12 @@ func newMetrics(s *Server) *metrics {
 	m.placementTxns = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tandem_placement_transactions_total", Help: "etcd transactions that recorded this server's placements, by how: batch or single.",
 	}, []string{"how"})
+	m.reports = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tandem_agent_reports_recorded_total", Help: "Agents' reports (attempt running, attempt ended) that changed a job record, by how: batch (several in one etcd transaction) or single.",
+	}, []string{"how"})
+	m.reportTxns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tandem_agent_report_transactions_total", Help: "etcd transactions that recorded agents' reports, by how: batch or single.",
+	}, []string{"how"})
 	m.agentsLost = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "tandem_agents_lost_total", Help: "Agents this server declared lost while active.",
 	})
@@ -88,7 +98,7 @@ func newMetrics(s *Server) *metrics {
 		Name: "tandem_schedule_clock_correction_seconds",
 		Help: "How far the schedule controller holds this server's clock back because it runs ahead of the other servers' clocks.",
 	}, func() float64 { return s.clocks.correction(s.cfg.ScheduleGrace).Seconds() })
-	m.reg.MustRegister(clockCorrection, m.agentsLost, m.placements, m.placementTxns, m.scheduleFires, m.workflowRuns, workflowsCollector{s}, m.fireLateness, m.failovers, m.phases, m.stepDowns, m.fencedWrites, m.submissions,
+	m.reg.MustRegister(clockCorrection, m.agentsLost, m.placements, m.placementTxns, m.reports, m.reportTxns, m.scheduleFires, m.workflowRuns, workflowsCollector{s}, m.fireLateness, m.failovers, m.phases, m.stepDowns, m.fencedWrites, m.submissions,
 		epoch, rev, owned, shards, stateCollector{s}, jobsCollector{s}, agentsCollector{s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -7,10 +7,11 @@ import (
 	"github.com/tandemhq/tandem/internal/server"
 )
 
-// A backlog that waits for an agent is placed in batches once one comes:
-// fewer placement transactions than placements, every job run exactly once,
-// and every write fenced by the owner's epoch (the audit).
-func TestBacklogIsPlacedInBatches(t *testing.T) {
+// A backlog that waits for an agent is placed in batches once one comes,
+// and the agent's reports of many attempts are recorded in batches too:
+// fewer transactions than records, every job run exactly once, and every
+// write fenced by the owner's epoch (the audit).
+func TestBacklogIsPlacedAndReportedInBatches(t *testing.T) {
 	c := newCluster(t, 1, nil)
 	cl := c.client()
 	active := c.nodes[c.waitActive()].srv
@@ -36,7 +37,12 @@ func TestBacklogIsPlacedInBatches(t *testing.T) {
 	if placements != n || batched == 0 || txns >= placements {
 		t.Fatalf("%v placements (%v in batches) in %v transactions: want %d, some batched, in fewer transactions", placements, batched, txns, n)
 	}
-	t.Logf("%v placements in %v transactions", placements, txns)
+	reports := metricValue(t, active, "tandem_agent_reports_recorded_total")
+	reportTxns := metricValue(t, active, "tandem_agent_report_transactions_total")
+	if reports < n || metricSeries(t, active, "tandem_agent_reports_recorded_total", "how", "batch") == 0 || reportTxns >= reports {
+		t.Fatalf("%v reports recorded in %v transactions: want at least %d (one end per job), some batched, in fewer transactions", reports, reportTxns, n)
+	}
+	t.Logf("%v placements in %v transactions, %v reports in %v", placements, txns, reports, reportTxns)
 	c.audit(1)
 }
 

@@ -128,7 +128,7 @@ func (s *Server) scheduleOnce(ctx context.Context, p *planner) time.Duration {
 		next = min(next, at.Sub(now))
 	}
 	// Placements are planned against free, which each takes its share of
-	// at once, and recorded MaxPlaceBatch at a time in one transaction
+	// at once, and recorded MaxWriteBatch at a time in one transaction
 	// each: a backlog drains at a batch per etcd round trip, not a job.
 	var batch []planned
 	for _, j := range jobs {
@@ -155,7 +155,7 @@ func (s *Server) scheduleOnce(ctx context.Context, p *planner) time.Duration {
 		}
 		free[agent] = free[agent].Sub(spec.Resources)
 		batch = append(batch, planned{id: j.ID, term: t, agent: agent, spec: spec})
-		if len(batch) == store.MaxPlaceBatch {
+		if len(batch) == store.MaxWriteBatch {
 			s.placeBatch(ctx, p, batch, agents, free, placed)
 			batch = batch[:0]
 		}
@@ -173,7 +173,7 @@ type planned struct {
 }
 
 // placeBatch records the placements of batch, whose resources free already
-// counts: in one transaction (PlaceJobs) when there are several, and if
+// counts: in one transaction (WriteJobs) when there are several, and if
 // that fails or there is one, one at a time, each as placeOne decides
 // again. placed holds each agent's placement record revision, consistent
 // with free; both are kept up to date.
@@ -181,11 +181,16 @@ func (s *Server) placeBatch(ctx context.Context, p *planner, batch []planned, ag
 	if len(batch) > 1 && s.commitPlacements(ctx, p, batch, placed) {
 		return
 	}
+	// Give every share back before placing any: placeOne may read an
+	// agent's load afresh (a race with another owner), and a share given
+	// back after that would be counted free twice.
+	for _, pl := range batch {
+		free[pl.agent] = free[pl.agent].Add(pl.spec.Resources)
+	}
 	for _, pl := range batch {
 		if ctx.Err() != nil {
 			return
 		}
-		free[pl.agent] = free[pl.agent].Add(pl.spec.Resources)
 		s.placeOne(ctx, p, pl.term, pl.id, pl.spec, agents, free, placed)
 	}
 }
@@ -249,7 +254,7 @@ func (s *Server) commitPlacements(ctx context.Context, p *planner, batch []plann
 		places = append(places, store.Placement{Agent: a, Rev: placed[a], Attempt: last[a]})
 	}
 	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
-	rev, err := s.store.PlaceJobs(wctx, writes, places)
+	rev, err := s.store.WriteJobs(wctx, writes, places)
 	cancel()
 	if err != nil {
 		// Compared and refused, or not answered: either way the records

@@ -27,7 +27,7 @@ func scheduled(t *testing.T, s *store.Store, id, agent string, epoch int64) (*ta
 // A batch of placements commits whole, in one revision; a batch with any
 // comparison that fails (a stale job record, a stale placement record, a
 // fence that no longer holds) writes nothing at all.
-func TestPlaceJobsCommitsWholeOrNothing(t *testing.T) {
+func TestWriteJobsCommitsWholeOrNothing(t *testing.T) {
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	s := newStore(t, cli)
@@ -77,13 +77,13 @@ func TestPlaceJobsCommitsWholeOrNothing(t *testing.T) {
 
 	// A stale job record: nothing written.
 	w, p := batch("j2")
-	if _, err := s.PlaceJobs(ctx, w, p); !errors.Is(err, store.ErrBatchConflict) {
+	if _, err := s.WriteJobs(ctx, w, p); !errors.Is(err, store.ErrBatchConflict) {
 		t.Fatalf("batch with a stale job record: got %v, want ErrBatchConflict", err)
 	}
 	// A stale placement record: nothing written.
 	w, p = batch("")
 	p[1].Rev++
-	if _, err := s.PlaceJobs(ctx, w, p); !errors.Is(err, store.ErrBatchConflict) {
+	if _, err := s.WriteJobs(ctx, w, p); !errors.Is(err, store.ErrBatchConflict) {
 		t.Fatalf("batch with a stale placement record: got %v, want ErrBatchConflict", err)
 	}
 	if got := pending(); fmt.Sprint(got) != fmt.Sprint(ids) {
@@ -91,7 +91,7 @@ func TestPlaceJobsCommitsWholeOrNothing(t *testing.T) {
 	}
 	// Up to date: both jobs and both placement records at one revision.
 	w, p = batch("")
-	rev, err := s.PlaceJobs(ctx, w, p)
+	rev, err := s.WriteJobs(ctx, w, p)
 	if err != nil {
 		t.Fatalf("batch: %v", err)
 	}
@@ -117,14 +117,14 @@ func TestPlaceJobsCommitsWholeOrNothing(t *testing.T) {
 	ids = ids[2:]
 	w, p = batch("")
 	w[1].Fence = f2
-	if _, err := s.PlaceJobs(ctx, w, p); !errors.Is(err, store.ErrBatchConflict) {
+	if _, err := s.WriteJobs(ctx, w, p); !errors.Is(err, store.ErrBatchConflict) {
 		t.Fatalf("batch with a lost fence: got %v, want ErrBatchConflict", err)
 	}
 	if got := pending(); fmt.Sprint(got) != "[j3 j4]" {
 		t.Fatalf("after a fenced batch: pending %v, want [j3 j4]", got)
 	}
 	// Too many for one transaction: refused before it is sent.
-	if _, err := s.PlaceJobs(ctx, make([]store.JobWrite, store.MaxPlaceBatch+1), nil); err == nil {
-		t.Fatal("a batch over MaxPlaceBatch was not refused")
+	if _, err := s.WriteJobs(ctx, make([]store.JobWrite, store.MaxWriteBatch+1), nil); err == nil {
+		t.Fatal("a batch over MaxWriteBatch was not refused")
 	}
 }

@@ -1,17 +1,18 @@
 package store
 
-// Batched placements (issue 14).
+// Batched job writes (issue 14).
 //
 // The scheduler used to record each placement in a transaction of its own
-// and wait for it before placing the next job, so a backlog drained at one
-// etcd round trip (and fsync) per job. PlaceJobs records many in one
-// transaction: the same comparisons each placement alone would make (every
-// fence, every job record's revision, every agent's placement record's
-// revision), all in one If, so the batch commits whole or not at all. A
-// batch that fails its comparisons writes nothing and says so
-// (ErrBatchConflict); the caller then places those jobs one at a time, the
-// path that tells the causes apart. Nothing here waits on a timer: a batch
-// is what one pass of the scheduler found to place.
+// and wait for it before placing the next job, and an agent's sync recorded
+// each report the same way, so a backlog drained at one etcd round trip
+// (and fsync) per job and per report. WriteJobs writes many records in one
+// transaction: the same comparisons each write alone would make (every
+// fence, every job record's revision, and for placements every agent's
+// placement record's revision), all in one If, so the batch commits whole or
+// not at all. A batch that fails its comparisons writes nothing and says so
+// (ErrBatchConflict); the caller then writes those records one at a time,
+// the path that tells the causes apart. Nothing here waits on a timer: a
+// batch is what one pass of the scheduler, or one sync, has to write.
 
 import (
 	"context"
@@ -25,11 +26,11 @@ import (
 	"github.com/tandemhq/tandem/internal/election"
 )
 
-// MaxPlaceBatch bounds the placements of one PlaceJobs transaction. Each
-// costs a comparison and a put for its job, and at most one of each for its
-// agent and its shard's fence: 32 stay under etcd's default 128 operations
-// per transaction in every case.
-const MaxPlaceBatch = 32
+// MaxWriteBatch bounds the job records of one WriteJobs transaction. Each
+// costs a comparison and a put, and at most one more of each for its agent
+// (a placement) and a comparison for its shard's fence: 32 stay under
+// etcd's default 128 operations per transaction in every case.
+const MaxWriteBatch = 32
 
 // JobWrite is one job record to write in a batch: Job as it is to be
 // stored, conditional on its record still being at Rev, fenced by Fence.
@@ -53,24 +54,30 @@ func (w JobWrite) encode(s *Store) (string, string, error) {
 	return s.keys.Job(w.Job.ID), string(val), nil
 }
 
-// PlaceJobs writes jobs and, for every agent in places, its placement
-// record, in one transaction whose comparisons are those of UpdateJob with
-// a Placement for each. places gives, per agent, the revision its placement
-// record was read at and the value to write (an attempt placed on it). On
-// success the view shows every write, and the commit's revision is
-// returned. ErrBatchConflict: nothing written, place them one by one.
-func (s *Store) PlaceJobs(ctx context.Context, jobs []JobWrite, places []Placement) (int64, error) {
+// WriteJobs writes jobs and, for every agent in places, its placement
+// record, in one transaction whose comparisons are those of UpdateJob (with
+// a Placement for each agent). places gives, per agent, the revision its
+// placement record was read at and the value to write (an attempt placed
+// on it). On success the view shows every write, and the commit's revision
+// is returned. ErrBatchConflict: nothing written (also when a job comes
+// twice: etcd takes a key once per transaction); write them one by one.
+func (s *Store) WriteJobs(ctx context.Context, jobs []JobWrite, places []Placement) (int64, error) {
 	if len(jobs) == 0 {
 		return 0, nil
 	}
-	if len(jobs) > MaxPlaceBatch || len(places) > len(jobs) {
-		return 0, fmt.Errorf("store: a placement batch of %d jobs and %d agents (at most %d)", len(jobs), len(places), MaxPlaceBatch)
+	if len(jobs) > MaxWriteBatch || len(places) > len(jobs) {
+		return 0, fmt.Errorf("store: a batch of %d jobs and %d placement records (at most %d)", len(jobs), len(places), MaxWriteBatch)
 	}
 	cmps := make([]clientv3.Cmp, 0, 3*len(jobs))
 	ops := make([]clientv3.Op, 0, 2*len(jobs))
 	fenced := make(map[string]bool)
+	seen := make(map[string]bool, len(jobs))
 	size := 0
 	for _, w := range jobs {
+		if seen[w.Job.ID] {
+			return 0, fmt.Errorf("%w: job %s comes twice", ErrBatchConflict, w.Job.ID)
+		}
+		seen[w.Job.ID] = true
 		if !fenced[w.Fence.Key] {
 			fenced[w.Fence.Key] = true
 			cmps = append(cmps, w.Fence.IsOwner())
