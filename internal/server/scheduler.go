@@ -201,23 +201,11 @@ func (s *Server) placeBatch(ctx context.Context, p *planner, batch []planned, ag
 // placement recorded, or skipped because its job is no longer to be placed.
 // False: nothing was written, and the caller places them one by one.
 func (s *Server) commitPlacements(ctx context.Context, p *planner, batch []planned, placed map[string]int64) bool {
-	var shards []int
-	seen := map[int]bool{}
-	for _, pl := range batch {
-		if !seen[pl.term.Shard] {
-			seen[pl.term.Shard] = true
-			shards = append(shards, pl.term.Shard)
-		}
+	terms := make([]*ha.Term, len(batch))
+	for i, pl := range batch {
+		terms[i] = pl.term
 	}
-	sort.Ints(shards)
-	for _, k := range shards {
-		s.jobMu[k].Lock()
-	}
-	defer func() {
-		for _, k := range shards {
-			s.jobMu[k].Unlock()
-		}
-	}()
+	defer s.lockShards(terms)()
 	now := time.Now().UTC()
 	writes := make([]store.JobWrite, 0, len(batch))
 	last := map[string]string{} // agent -> an attempt placed on it in this batch
@@ -236,11 +224,7 @@ func (s *Server) commitPlacements(ctx context.Context, p *planner, batch []plann
 			p.started = false // its share of free was taken: look again next pass
 			continue
 		}
-		n := len(j.Attempts) + 1
-		attemptID := fmt.Sprintf("%s-%d", j.ID, n)
-		j.Attempts = append(j.Attempts, tandem.Attempt{ID: attemptID, Number: n, Agent: pl.agent, Epoch: t.Epoch(),
-			State: tandem.AttemptScheduled, ScheduledAt: now})
-		j.State, j.Reason, j.NotBefore = tandem.JobScheduled, "", nil
+		attemptID := addAttempt(j, pl.agent, t.Epoch(), now)
 		j.UpdatedAt, j.UpdatedEpoch, j.UpdatedBy = now, t.Epoch(), s.cfg.ID
 		writes = append(writes, store.JobWrite{Fence: t.Fence, Job: j, Rev: rev})
 		if _, ok := last[pl.agent]; !ok {
@@ -354,18 +338,25 @@ func (s *Server) placeJob(ctx context.Context, t *ha.Term, id, agent string, pla
 			attemptID = ""
 			return false, nil
 		}
-		n := len(j.Attempts) + 1
-		attemptID = fmt.Sprintf("%s-%d", j.ID, n)
+		attemptID = addAttempt(j, agent, t.Epoch(), now)
 		pl.Attempt = attemptID
-		j.Attempts = append(j.Attempts, tandem.Attempt{ID: attemptID, Number: n, Agent: agent, Epoch: t.Epoch(),
-			State: tandem.AttemptScheduled, ScheduledAt: now})
-		j.State, j.Reason, j.NotBefore = tandem.JobScheduled, "", nil
 		return true, nil
 	})
 	if err != nil {
 		return "", 0, err
 	}
 	return attemptID, rev, nil
+}
+
+// addAttempt schedules the next attempt of pending job j on agent, under
+// epoch, and returns its ID.
+func addAttempt(j *tandem.Job, agent string, epoch int64, now time.Time) string {
+	n := len(j.Attempts) + 1
+	id := fmt.Sprintf("%s-%d", j.ID, n)
+	j.Attempts = append(j.Attempts, tandem.Attempt{ID: id, Number: n, Agent: agent, Epoch: epoch,
+		State: tandem.AttemptScheduled, ScheduledAt: now})
+	j.State, j.Reason, j.NotBefore = tandem.JobScheduled, "", nil
+	return id
 }
 
 // FailpointExitAfterAssign makes the server exit right after it records an
