@@ -265,9 +265,11 @@ func archiveLines(batch []store.Expired, now time.Time) []archive.Line {
 }
 
 // tombstoneLease returns the lease new tombstones are bound to. One lease
-// serves a day of removals and lasts the tombstone TTL plus that day, so
-// every tombstone lives at least TombstoneTTL and tombstones cost one lease
-// a day.
+// serves the removals of a span, a quarter of the tombstone TTL (at most a
+// day, at least a second), and lasts the TTL plus that span: every
+// tombstone lives at least TombstoneTTL and at most a quarter longer, so
+// tombstones are bounded by the TTL's worth of removals, not by the span,
+// and cost one lease per span.
 func (s *Server) tombstoneLease(ctx context.Context, now time.Time) (clientv3.LeaseID, error) {
 	r := &s.retention
 	r.mu.Lock()
@@ -275,7 +277,7 @@ func (s *Server) tombstoneLease(ctx context.Context, now time.Time) (clientv3.Le
 	if r.lease != 0 && now.Before(r.leaseTill) {
 		return r.lease, nil
 	}
-	const span = 24 * time.Hour
+	span := tombstoneSpan(s.cfg.Retention.TombstoneTTL)
 	gctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	id, err := s.store.GrantTombstoneLease(gctx, s.cfg.Retention.TombstoneTTL+span)
@@ -284,6 +286,11 @@ func (s *Server) tombstoneLease(ctx context.Context, now time.Time) (clientv3.Le
 	}
 	r.lease, r.leaseTill = id, now.Add(span)
 	return id, nil
+}
+
+// tombstoneSpan is how long one tombstone lease takes new tombstones.
+func tombstoneSpan(ttl time.Duration) time.Duration {
+	return min(max(ttl/4, time.Second), 24*time.Hour)
 }
 
 func (s *Server) dropTombstoneLease(id clientv3.LeaseID) {

@@ -204,6 +204,7 @@ func TestRetentionAcrossFailoverLosesNothing(t *testing.T) {
 	dirs := map[string]string{}
 	c := newCluster(t, 3, func(cfg *server.Config) {
 		cfg.Retention.Age, cfg.Retention.Keep, cfg.Retention.Interval = time.Millisecond, 0, 10*time.Millisecond
+		cfg.Retention.TombstoneTTL = time.Hour
 		cfg.Retention.ArchiveDir = t.TempDir()
 		dirs[cfg.ID] = cfg.Retention.ArchiveDir
 	})
@@ -275,6 +276,15 @@ func TestRetentionAcrossFailoverLosesNothing(t *testing.T) {
 		}
 		if !archived[id] {
 			t.Fatalf("finished job %s was removed but is in no server's archive", id)
+		}
+		// Its tombstone lives the TTL and at most a quarter more, not a
+		// day more: tombstones are bounded by the TTL's removals.
+		ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(tomb.Kvs[0].Lease))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := int64((time.Hour + time.Hour/4).Seconds()); ttl.GrantedTTL != want {
+			t.Fatalf("tombstone of %s: lease of %d s, want %d (the TTL and a quarter)", id, ttl.GrantedTTL, want)
 		}
 	}
 }
