@@ -26,6 +26,7 @@ import (
 	"github.com/tandemhq/tandem/internal/keys"
 	"github.com/tandemhq/tandem/internal/pki"
 	"github.com/tandemhq/tandem/internal/server"
+	"github.com/tandemhq/tandem/internal/store"
 )
 
 // serverFlags are the flags of `tandem server`.
@@ -126,6 +127,7 @@ servers form a complete HA cluster with nothing else installed:
 	fl.IntVar(&rt.Keep, "retention-keep", def.Retention.Keep, "keep at least this many of the most recently finished jobs, and as many workflow runs, whatever their age")
 	fl.DurationVar(&rt.Interval, "retention-interval", def.Retention.Interval, "how often the owner of a shard removes what retention allows")
 	fl.DurationVar(&rt.TombstoneTTL, "retention-tombstone-ttl", def.Retention.TombstoneTTL, "how long reading a removed job answers 410 removed (afterwards 404 not found)")
+	fl.DurationVar(&rt.IdempotencyTTL, "idempotency-ttl", store.IdempotencyTTL, fmt.Sprintf("how long an Idempotency-Key is remembered at least: a retry within it returns the first job (%s to %s)", store.MinIdempotencyTTL, store.MaxIdempotencyTTL))
 	fl.StringVar(&rt.ArchiveDir, "archive-dir", "", "append removed records to gzip JSON-lines files in this directory (synced before they are deleted from etcd)")
 	fl.DurationVar(&rt.CompactInterval, "etcd-compact-interval", def.Retention.CompactInterval, "how often the owner of shard 0 compacts etcd's history, keeping one interval of it (0: leave compaction to etcd)")
 	fl.DurationVar(&rt.DefragInterval, "etcd-defrag-interval", def.Retention.DefragInterval, "how often the owner of shard 0 defragments, one at a time, the etcd members whose database is at least half free (0: never)")
@@ -159,7 +161,7 @@ func (f *serverFlags) validate() error {
 		return usagef("--id is required: give each server a unique ID, e.g. --id rm1")
 	}
 	if err := f.retention.Validate(); err != nil {
-		return usagef("%v (--retention-*, --archive-dir, --etcd-compact-interval, --etcd-defrag-*)", err)
+		return usagef("%v (--retention-*, --archive-dir, --etcd-compact-interval, --etcd-defrag-*, --idempotency-ttl)", err)
 	}
 	host, port, err := net.SplitHostPort(f.listen)
 	if err != nil || port == "" {

@@ -46,6 +46,12 @@ type RetentionConfig struct {
 	// at least DefragMinFree bytes and half their file free (0: never).
 	DefragInterval time.Duration
 	DefragMinFree  int64
+	// IdempotencyTTL is how long an idempotency key is remembered at
+	// least (I3's window: a retry with the key within it returns the first
+	// job); 0 means store.IdempotencyTTL (24h). Keys are not removed with
+	// their jobs, so a busy cluster with a short retention shortens this
+	// too (docs/RETENTION.md).
+	IdempotencyTTL time.Duration
 }
 
 // Retention defaults. A week of finished history answers "what happened to
@@ -71,8 +77,8 @@ func DefaultRetention() RetentionConfig {
 	}
 }
 
-// maxLeaseTTL is etcd's longest lease (about 285 years is its limit; a
-// tombstone lease is one day longer than the tombstone TTL).
+// maxTombstoneTTL bounds the tombstone TTL, far below etcd's longest lease
+// (about 285 years; a tombstone lease is up to a day longer than the TTL).
 const maxTombstoneTTL = 10 * 365 * 24 * time.Hour
 
 // Validate reports the first problem with the retention settings.
@@ -98,6 +104,8 @@ func (c *RetentionConfig) Validate() error {
 		return fmt.Errorf("etcd defragmentation interval %s is negative: use 0 to never defragment", c.DefragInterval)
 	case c.DefragMinFree < 0:
 		return fmt.Errorf("defragmentation threshold %d bytes is negative", c.DefragMinFree)
+	case c.IdempotencyTTL != 0 && (c.IdempotencyTTL < store.MinIdempotencyTTL || c.IdempotencyTTL > store.MaxIdempotencyTTL):
+		return fmt.Errorf("idempotency TTL %s must be from %s (longer than any client's retries) to %s", c.IdempotencyTTL, store.MinIdempotencyTTL, store.MaxIdempotencyTTL)
 	}
 	return nil
 }

@@ -275,6 +275,11 @@ func New(cfg Config) (*Server, error) {
 		regKick:   make(chan struct{}, 1),
 		freeSince: make(map[int]time.Time),
 	}
+	if ttl := cfg.Retention.IdempotencyTTL; ttl != 0 {
+		if err := s.store.SetIdempotencyTTL(ttl); err != nil {
+			return nil, err
+		}
+	}
 	s.metrics = newMetrics(s)
 	// The work of an owner, registered once: the transition code below never
 	// names it.

@@ -33,8 +33,16 @@ import (
 	"github.com/tandemhq/tandem/internal/keys"
 )
 
-// IdempotencyTTL is how long an idempotency key is remembered at least.
+// IdempotencyTTL is how long an idempotency key is remembered at least,
+// unless SetIdempotencyTTL says otherwise.
 const IdempotencyTTL = 24 * time.Hour
+
+// Bounds of SetIdempotencyTTL: a key must outlive any client's retries of
+// one submission (minutes), and leases of more than a month are not kept.
+const (
+	MinIdempotencyTTL = time.Minute
+	MaxIdempotencyTTL = 30 * 24 * time.Hour
+)
 
 // maxEvents bounds the HA history kept in memory (etcd keeps all of it).
 const maxEvents = 1000
@@ -92,6 +100,7 @@ type Store struct {
 	batchResends atomic.Int64
 
 	idemMu         sync.Mutex
+	idemTTL        time.Duration // how long a key lives at least (IdempotencyTTL by default)
 	idemLease      clientv3.LeaseID
 	idemLeaseUntil time.Time
 	idemLeaseKeys  int              // keys given idemLease so far
@@ -123,6 +132,7 @@ func New(cli *clientv3.Client, layout keys.Layout, log *slog.Logger) *Store {
 		resigns:   make(map[int]*election.Resignation),
 		gone:      make(map[int]*Gone),
 		placed:    make(map[string]int64),
+		idemTTL:   IdempotencyTTL,
 		changed:   make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -1055,9 +1065,30 @@ func (s *Store) IdemKey(key string) string {
 // ErrIDTaken means a job with the new job's ID exists already.
 var ErrIDTaken = errors.New("store: the job ID is already taken")
 
+// SetIdempotencyTTL sets how long idempotency keys live at least (I3's
+// window), from MinIdempotencyTTL to MaxIdempotencyTTL. Call it before
+// Start.
+func (s *Store) SetIdempotencyTTL(d time.Duration) error {
+	if d < MinIdempotencyTTL || d > MaxIdempotencyTTL {
+		return fmt.Errorf("idempotency TTL %s: must be from %s to %s", d, MinIdempotencyTTL, MaxIdempotencyTTL)
+	}
+	s.idemMu.Lock()
+	defer s.idemMu.Unlock()
+	s.idemTTL = d
+	return nil
+}
+
+// idemSpan is how long one idempotency lease takes new keys: a quarter of
+// the TTL, at most an hour, so a key lives the TTL and at most a quarter
+// longer.
+func (s *Store) idemSpan() time.Duration { return min(s.idemTTL/4, time.Hour) }
+
+// idemGrantTTL is the TTL of an idempotency lease, in etcd's seconds.
+func (s *Store) idemGrantTTL() int64 { return int64((s.idemTTL + s.idemSpan()).Seconds()) }
+
 // idempotencyLease returns a lease for new idempotency keys. Keys written in
-// the same hour share one lease, granted for IdempotencyTTL plus an hour, so
-// each key lives at least IdempotencyTTL and one lease grant serves an hour.
+// the same span (idemSpan) share one lease, granted for the TTL plus the
+// span, so each key lives at least the TTL and one lease grant serves a span.
 // The next lease is granted ahead, in the background, once half of the
 // current one's keys are given, so a submission seldom waits for a grant.
 func (s *Store) idempotencyLease(ctx context.Context) (clientv3.LeaseID, error) {
@@ -1065,16 +1096,16 @@ func (s *Store) idempotencyLease(ctx context.Context) (clientv3.LeaseID, error) 
 	defer s.idemMu.Unlock()
 	now := time.Now()
 	if s.idemLease == 0 || !now.Before(s.idemLeaseUntil) || s.idemLeaseKeys >= idemLeaseMaxKeys {
-		if s.idemNext != 0 && now.Before(s.idemNextAt.Add(time.Hour)) {
-			// The hour counts from the grant: a key attached within it
-			// still lives IdempotencyTTL.
-			s.idemLease, s.idemLeaseUntil, s.idemLeaseKeys = s.idemNext, s.idemNextAt.Add(time.Hour), 0
+		if s.idemNext != 0 && now.Before(s.idemNextAt.Add(s.idemSpan())) {
+			// The span counts from the grant: a key attached within it
+			// still lives the TTL.
+			s.idemLease, s.idemLeaseUntil, s.idemLeaseKeys = s.idemNext, s.idemNextAt.Add(s.idemSpan()), 0
 		} else {
-			resp, err := s.cli.Grant(ctx, int64((IdempotencyTTL + time.Hour).Seconds()))
+			resp, err := s.cli.Grant(ctx, s.idemGrantTTL())
 			if err != nil {
 				return 0, fmt.Errorf("grant idempotency lease: %w", err)
 			}
-			s.idemLease, s.idemLeaseUntil, s.idemLeaseKeys = resp.ID, now.Add(time.Hour), 0
+			s.idemLease, s.idemLeaseUntil, s.idemLeaseKeys = resp.ID, now.Add(s.idemSpan()), 0
 		}
 		s.idemNext = 0
 	}
@@ -1096,7 +1127,10 @@ func (s *Store) grantAhead() {
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
 	at := time.Now()
-	resp, err := s.cli.Grant(ctx, int64((IdempotencyTTL + time.Hour).Seconds()))
+	s.idemMu.Lock()
+	ttl := s.idemGrantTTL()
+	s.idemMu.Unlock()
+	resp, err := s.cli.Grant(ctx, ttl)
 	s.idemMu.Lock()
 	defer s.idemMu.Unlock()
 	s.idemGranting = false

@@ -455,3 +455,40 @@ func TestIdempotencyLeasesStaySmall(t *testing.T) {
 		}
 	}
 }
+
+// SetIdempotencyTTL shortens I3's window: keys go on leases of the TTL and
+// a quarter more; a TTL outside its bounds is refused.
+func TestIdempotencyTTLIsSettable(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	s := store.New(cli, layout, slog.New(slog.DiscardHandler))
+	for _, bad := range []time.Duration{0, time.Second, store.MaxIdempotencyTTL + time.Hour} {
+		if err := s.SetIdempotencyTTL(bad); err == nil {
+			t.Errorf("idempotency TTL %s accepted", bad)
+		}
+	}
+	if err := s.SetIdempotencyTTL(2 * time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	f, _ := acquire(t, cli, "a", grant(t, cli))
+	if _, _, err := s.CreateJob(ctx, f, job("j1"), "k1", "h"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Get(ctx, layout.IdemPrefix(), clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("idempotency keys: %v %v", resp, err)
+	}
+	ttl, err := cli.TimeToLive(ctx, clientv3.LeaseID(resp.Kvs[0].Lease))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl.GrantedTTL != 150 {
+		t.Fatalf("idempotency key's lease: %d s, want 150 (2m and a quarter)", ttl.GrantedTTL)
+	}
+}
