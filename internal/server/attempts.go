@@ -165,14 +165,7 @@ func (s *Server) mutateBatch(ctx context.Context, changes []*change) bool {
 		writes = append(writes, store.JobWrite{Fence: c.t.Fence, Job: j, Rev: rev})
 	}
 	if len(writes) > 0 {
-		wctx, cancel := context.WithTimeout(ctx, writeTimeout)
-		_, err := s.store.WriteJobs(wctx, writes, nil)
-		cancel()
-		if err != nil {
-			// Refused, or not answered: the records say what happened, and
-			// mutate compares them again (a batch that did commit leaves
-			// nothing for the changes to do).
-			s.log.Debug("job batch not committed; writing one by one", "jobs", len(writes), "err", err)
+		if _, ok := s.writeBatch(ctx, writes, nil); !ok {
 			return false
 		}
 		how := "batch"
@@ -186,6 +179,23 @@ func (s *Server) mutateBatch(ctx context.Context, changes []*change) bool {
 		c.err = errs[i]
 	}
 	return true
+}
+
+// writeBatch writes a batch of job records (and placement records) in one
+// transaction, and reports whether it committed. When it did not (refused,
+// or not answered) the records say what happened, and the caller applies
+// the changes again one by one, which compares them again: a batch that did
+// commit leaves them nothing to do (its jobs scheduled, its attempts
+// recorded).
+func (s *Server) writeBatch(ctx context.Context, writes []store.JobWrite, places []store.Placement) (int64, bool) {
+	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	rev, err := s.store.WriteJobs(wctx, writes, places)
+	if err != nil {
+		s.log.Debug("batch of job writes not committed; writing them one by one", "jobs", len(writes), "placements", len(places), "err", err)
+		return 0, false
+	}
+	return rev, true
 }
 
 // termOf returns the term of the shard job id belongs to, or nil if this

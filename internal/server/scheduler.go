@@ -237,14 +237,8 @@ func (s *Server) commitPlacements(ctx context.Context, p *planner, batch []plann
 	for _, a := range agentsInBatch {
 		places = append(places, store.Placement{Agent: a, Rev: placed[a], Attempt: last[a]})
 	}
-	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
-	rev, err := s.store.WriteJobs(wctx, writes, places)
-	cancel()
-	if err != nil {
-		// Compared and refused, or not answered: either way the records
-		// say what happened, and the one-by-one path compares them again
-		// (a batch that did commit leaves its jobs scheduled, not pending).
-		s.log.Debug("placement batch not committed; placing one by one", "jobs", len(writes), "err", err)
+	rev, ok := s.writeBatch(ctx, writes, places)
+	if !ok {
 		return false
 	}
 	for _, a := range agentsInBatch {
