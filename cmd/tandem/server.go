@@ -160,6 +160,9 @@ func (f *serverFlags) validate() error {
 	if f.id == "" {
 		return usagef("--id is required: give each server a unique ID, e.g. --id rm1")
 	}
+	if f.retention.IdempotencyTTL == 0 {
+		return usagef("--idempotency-ttl 0: must be from %s to %s", store.MinIdempotencyTTL, store.MaxIdempotencyTTL)
+	}
 	if err := f.retention.Validate(); err != nil {
 		return usagef("%v (--retention-*, --archive-dir, --etcd-compact-interval, --etcd-defrag-*, --idempotency-ttl)", err)
 	}

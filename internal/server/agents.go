@@ -200,8 +200,8 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	reported := make(map[string]bool, len(req.Running)+len(req.Done))
 	// Most reports of a running attempt repeat what the view already
 	// holds: the attempt is the job's current one, on this agent, running,
-	// and no kill is asked for. recordRunning would read the job, find
-	// nothing to write and no order to give; the view's live jobs of the
+	// and no kill is asked for. Its change (runningChange) would read the
+	// job, find nothing to write and no order to give; the view's live jobs of the
 	// agent say so without a copy of each job, or the shard's lock.
 	live := s.store.LiveJobs(agent)
 	known := make(map[string]*store.LiveJob, len(live))
@@ -209,8 +209,13 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 		known[live[i].Attempt] = &live[i]
 	}
 	// Every report that changes a record goes in one batch (mutateMany):
-	// one etcd round trip for the whole sync.
+	// one etcd round trip for the whole sync. A malformed done report of
+	// a job this server owns refuses the sync before anything is written;
+	// those of other servers' jobs are their owners' to refuse.
 	for _, r := range req.Done {
+		if s.termOf(r.JobID) == nil {
+			continue
+		}
 		if err := checkDone(r); err != nil {
 			return nil, err
 		}

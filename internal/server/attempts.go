@@ -21,8 +21,9 @@ var errNotOwner = tandem.Errorf(tandem.ENOTACTIVE, "this server does not own the
 // fenced by t, the term of the job's shard (I1), and conditional on the
 // record not having changed since it was read. fn returns false to write
 // nothing. With place, the write is also a placement on an agent (see
-// store.Placement). All job changes of an owner go through here, one at a
-// time per shard. It returns the job as written and the write's revision
+// store.Placement). Every job change of an owner goes through here, one at
+// a time per shard, or through a batch that holds the same lock of every
+// shard it writes to (mutateBatch, commitPlacements). It returns the job as written and the write's revision
 // (0 when nothing was written).
 func (s *Server) mutate(ctx context.Context, t *ha.Term, id string, place *store.Placement, fn func(j *tandem.Job, now time.Time) (bool, error)) (*tandem.Job, int64, error) {
 	mu := &s.jobMu[t.Shard]
@@ -137,7 +138,9 @@ func (s *Server) lockShards(terms []*ha.Term) func() {
 
 // mutateBatch applies changes in one transaction, holding their shards'
 // job locks from reading the records to the commit. It reports whether the
-// batch is done; false: nothing was written, and no outcome is set.
+// batch is done, each change's outcome set. False: the batch was refused,
+// or not answered (it may have committed), and no outcome is set; the
+// changes' functions may have run, so each is written to run again.
 func (s *Server) mutateBatch(ctx context.Context, changes []*change) bool {
 	terms := make([]*ha.Term, len(changes))
 	for i, c := range changes {
@@ -269,10 +272,15 @@ func (s *Server) runningChange(t *ha.Term, agent string, r tandem.AttemptReport)
 		return true, nil
 	}}
 	return c, func() (*tandem.KillOrder, error) {
-		if tandem.ErrorCode(c.err) == tandem.ENOTFOUND {
+		switch {
+		case tandem.ErrorCode(c.err) == tandem.ENOTFOUND:
 			return kill("unknown job"), nil
+		case c.err != nil:
+			// An order found by a batch that then did not commit is not
+			// given: the term may have ended since (errNotOwner).
+			return nil, c.err
 		}
-		return order, c.err
+		return order, nil
 	}
 }
 

@@ -49,8 +49,8 @@ type RetentionConfig struct {
 	// IdempotencyTTL is how long an idempotency key is remembered at
 	// least (I3's window: a retry with the key within it returns the first
 	// job); 0 means store.IdempotencyTTL (24h). Keys are not removed with
-	// their jobs, so a busy cluster with a short retention shortens this
-	// too (docs/RETENTION.md).
+	// their jobs, so a busy cluster that shortens retention should shorten
+	// this too (docs/RETENTION.md).
 	IdempotencyTTL time.Duration
 }
 
@@ -275,7 +275,7 @@ func archiveLines(batch []store.Expired, now time.Time) []archive.Line {
 // tombstoneLease returns the lease new tombstones are bound to. One lease
 // serves the removals of a span, a quarter of the tombstone TTL (at most a
 // day, at least a second), and lasts the TTL plus that span: every
-// tombstone lives at least TombstoneTTL and at most a quarter longer, so
+// tombstone lives at least TombstoneTTL and at most a span longer, so
 // tombstones are bounded by the TTL's worth of removals, not by the span,
 // and cost one lease per span.
 func (s *Server) tombstoneLease(ctx context.Context, now time.Time) (clientv3.LeaseID, error) {

@@ -131,10 +131,15 @@ func (s *Server) scheduleOnce(ctx context.Context, p *planner) time.Duration {
 	// at once, and recorded MaxWriteBatch at a time in one transaction
 	// each: a backlog drains at a batch per etcd round trip, not a job.
 	var batch []planned
+	seen := make(map[string]bool, len(jobs)) // a fresh job may also be a due retry
 	for _, j := range jobs {
 		if ctx.Err() != nil {
 			return next
 		}
+		if seen[j.ID] {
+			continue
+		}
+		seen[j.ID] = true
 		t := terms[shard.Of(j.ID, s.Shards())]
 		if t == nil {
 			continue // another server's shard
@@ -199,7 +204,8 @@ func (s *Server) placeBatch(ctx context.Context, p *planner, batch []planned, ag
 // of every shard in it (in shard order, as mutate holds one) from reading
 // the records to the commit. It reports whether the batch is done: every
 // placement recorded, or skipped because its job is no longer to be placed.
-// False: nothing was written, and the caller places them one by one.
+// False: refused (nothing written) or not answered (it may have
+// committed); the caller places them one by one, comparing again.
 func (s *Server) commitPlacements(ctx context.Context, p *planner, batch []planned, placed map[string]int64) bool {
 	terms := make([]*ha.Term, len(batch))
 	for i, pl := range batch {
@@ -245,8 +251,12 @@ func (s *Server) commitPlacements(ctx context.Context, p *planner, batch []plann
 		placed[a] = rev
 	}
 	if len(writes) > 0 {
-		s.metrics.placements.WithLabelValues("batch").Add(float64(len(writes)))
-		s.metrics.placementTxns.WithLabelValues("batch").Inc()
+		how := "batch"
+		if len(writes) == 1 {
+			how = "single"
+		}
+		s.metrics.placements.WithLabelValues(how).Add(float64(len(writes)))
+		s.metrics.placementTxns.WithLabelValues(how).Inc()
 	}
 	for i, w := range writes {
 		s.log.Debug("attempt scheduled", "job", w.Job.ID, "attempt", attempts[i], "agent", w.Job.LastAttempt().Agent,

@@ -388,7 +388,7 @@ func RemovedError(r *Removal) error {
 // GrantTombstoneLease grants a lease of ttl for the tombstones of the
 // removals to come: every tombstone written under it goes when it expires.
 func (s *Store) GrantTombstoneLease(ctx context.Context, ttl time.Duration) (clientv3.LeaseID, error) {
-	resp, err := s.cli.Grant(ctx, int64(ttl.Seconds()))
+	resp, err := s.cli.Grant(ctx, leaseSeconds(ttl))
 	if err != nil {
 		return 0, fmt.Errorf("grant a lease for tombstones: %w", err)
 	}

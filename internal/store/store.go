@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -1084,7 +1085,11 @@ func (s *Store) SetIdempotencyTTL(d time.Duration) error {
 func (s *Store) idemSpan() time.Duration { return min(s.idemTTL/4, time.Hour) }
 
 // idemGrantTTL is the TTL of an idempotency lease, in etcd's seconds.
-func (s *Store) idemGrantTTL() int64 { return int64((s.idemTTL + s.idemSpan()).Seconds()) }
+func (s *Store) idemGrantTTL() int64 { return leaseSeconds(s.idemTTL + s.idemSpan()) }
+
+// leaseSeconds is d in etcd's whole seconds, rounded up, so a key on the
+// lease lives at least d.
+func leaseSeconds(d time.Duration) int64 { return int64(math.Ceil(d.Seconds())) }
 
 // idempotencyLease returns a lease for new idempotency keys. Keys written in
 // the same span (idemSpan) share one lease, granted for the TTL plus the

@@ -61,6 +61,8 @@ func (w JobWrite) encode(s *Store) (string, string, error) {
 // on it). On success the view shows every write, and the commit's revision
 // is returned. ErrBatchConflict: nothing written (also when a job comes
 // twice: etcd takes a key once per transaction); write them one by one.
+// Any other error: the batch may have committed (no answer, or the view
+// did not reach its revision in time).
 func (s *Store) WriteJobs(ctx context.Context, jobs []JobWrite, places []Placement) (int64, error) {
 	if len(jobs) == 0 {
 		return 0, nil
@@ -70,7 +72,7 @@ func (s *Store) WriteJobs(ctx context.Context, jobs []JobWrite, places []Placeme
 	}
 	cmps := make([]clientv3.Cmp, 0, 3*len(jobs))
 	ops := make([]clientv3.Op, 0, 2*len(jobs))
-	fenced := make(map[string]bool)
+	fenced := make(map[election.Fence]bool)
 	seen := make(map[string]bool, len(jobs))
 	size := 0
 	for _, w := range jobs {
@@ -78,21 +80,21 @@ func (s *Store) WriteJobs(ctx context.Context, jobs []JobWrite, places []Placeme
 			return 0, fmt.Errorf("%w: job %s comes twice", ErrBatchConflict, w.Job.ID)
 		}
 		seen[w.Job.ID] = true
-		if !fenced[w.Fence.Key] {
-			fenced[w.Fence.Key] = true
+		if !fenced[w.Fence] {
+			fenced[w.Fence] = true
 			cmps = append(cmps, w.Fence.IsOwner())
 		}
 		key, val, err := w.encode(s)
 		if err != nil {
 			return 0, err
 		}
-		size += len(key) + len(val) + opOverhead
+		size += 2*len(key) + len(val) + opOverhead // compared and put
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", w.Rev))
 		ops = append(ops, clientv3.OpPut(key, val))
 	}
 	for _, p := range places {
 		pk := s.keys.Placement(p.Agent)
-		size += len(pk) + len(p.Attempt) + opOverhead
+		size += 2*len(pk) + len(p.Attempt) + opOverhead
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(pk), "=", p.Rev))
 		ops = append(ops, clientv3.OpPut(pk, p.Attempt))
 	}
@@ -101,7 +103,7 @@ func (s *Store) WriteJobs(ctx context.Context, jobs []JobWrite, places []Placeme
 	}
 	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
-		return 0, fmt.Errorf("place %d jobs: %w", len(jobs), err)
+		return 0, fmt.Errorf("write %d jobs: %w", len(jobs), err)
 	}
 	if !resp.Succeeded {
 		return 0, ErrBatchConflict

@@ -116,15 +116,23 @@ func TestWriteJobsCommitsWholeOrNothing(t *testing.T) {
 	}
 	ids = ids[2:]
 	w, p = batch("")
-	w[1].Fence = f2
 	if _, err := s.WriteJobs(ctx, w, p); !errors.Is(err, store.ErrBatchConflict) {
 		t.Fatalf("batch with a lost fence: got %v, want ErrBatchConflict", err)
 	}
 	if got := pending(); fmt.Sprint(got) != "[j3 j4]" {
 		t.Fatalf("after a fenced batch: pending %v, want [j3 j4]", got)
 	}
-	// Too many for one transaction: refused before it is sent.
-	if _, err := s.WriteJobs(ctx, make([]store.JobWrite, store.MaxWriteBatch+1), nil); err == nil {
-		t.Fatal("a batch over MaxWriteBatch was not refused")
+	// One job twice (etcd takes a key once per transaction): refused
+	// before it is sent, as a conflict, so the caller writes one by one.
+	w, p = batch("")
+	w[1] = w[0]
+	w[1].Fence = f1
+	if _, err := s.WriteJobs(ctx, w, p[:1]); !errors.Is(err, store.ErrBatchConflict) {
+		t.Fatalf("batch with a job twice: got %v, want ErrBatchConflict", err)
+	}
+	// Too many for one transaction: refused before it is sent, and not as
+	// a conflict (a caller's bug, not a race).
+	if _, err := s.WriteJobs(ctx, make([]store.JobWrite, store.MaxWriteBatch+1), nil); err == nil || errors.Is(err, store.ErrBatchConflict) {
+		t.Fatalf("a batch over MaxWriteBatch: got %v, want a refusal that is not a conflict", err)
 	}
 }
