@@ -7,6 +7,8 @@ import (
 	"sort"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/tandemhq/tandem"
 	"github.com/tandemhq/tandem/internal/ha"
 	"github.com/tandemhq/tandem/internal/shard"
@@ -168,15 +170,9 @@ func (s *Server) mutateBatch(ctx context.Context, changes []*change) bool {
 		writes = append(writes, store.JobWrite{Fence: c.t.Fence, Job: j, Rev: rev})
 	}
 	if len(writes) > 0 {
-		if _, ok := s.writeBatch(ctx, writes, nil); !ok {
+		if _, ok := s.writeBatch(ctx, writes, nil, s.metrics.reports, s.metrics.reportTxns); !ok {
 			return false
 		}
-		how := "batch"
-		if len(writes) == 1 {
-			how = "single"
-		}
-		s.metrics.reports.WithLabelValues(how).Add(float64(len(writes)))
-		s.metrics.reportTxns.WithLabelValues(how).Inc()
 	}
 	for i, c := range changes {
 		c.err = errs[i]
@@ -189,14 +185,23 @@ func (s *Server) mutateBatch(ctx context.Context, changes []*change) bool {
 // or not answered) the records say what happened, and the caller applies
 // the changes again one by one, which compares them again: a batch that did
 // commit leaves them nothing to do (its jobs scheduled, its attempts
-// recorded).
-func (s *Server) writeBatch(ctx context.Context, writes []store.JobWrite, places []store.Placement) (int64, bool) {
+// recorded). A committed batch is counted in records and txns, by how:
+// "batch" with several writes, "single" with one.
+func (s *Server) writeBatch(ctx context.Context, writes []store.JobWrite, places []store.Placement, records, txns *prometheus.CounterVec) (int64, bool) {
 	wctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	rev, err := s.store.WriteJobs(wctx, writes, places)
 	if err != nil {
 		s.log.Debug("batch of job writes not committed; writing them one by one", "jobs", len(writes), "placements", len(places), "err", err)
 		return 0, false
+	}
+	if len(writes) > 0 {
+		how := "batch"
+		if len(writes) == 1 {
+			how = "single"
+		}
+		records.WithLabelValues(how).Add(float64(len(writes)))
+		txns.WithLabelValues(how).Inc()
 	}
 	return rev, true
 }

@@ -243,20 +243,12 @@ func (s *Server) commitPlacements(ctx context.Context, p *planner, batch []plann
 	for _, a := range agentsInBatch {
 		places = append(places, store.Placement{Agent: a, Rev: placed[a], Attempt: last[a]})
 	}
-	rev, ok := s.writeBatch(ctx, writes, places)
+	rev, ok := s.writeBatch(ctx, writes, places, s.metrics.placements, s.metrics.placementTxns)
 	if !ok {
 		return false
 	}
 	for _, a := range agentsInBatch {
 		placed[a] = rev
-	}
-	if len(writes) > 0 {
-		how := "batch"
-		if len(writes) == 1 {
-			how = "single"
-		}
-		s.metrics.placements.WithLabelValues(how).Add(float64(len(writes)))
-		s.metrics.placementTxns.WithLabelValues(how).Inc()
 	}
 	for i, w := range writes {
 		s.log.Debug("attempt scheduled", "job", w.Job.ID, "attempt", attempts[i], "agent", w.Job.LastAttempt().Agent,
