@@ -286,9 +286,13 @@ type ScaleSample struct {
 	EtcdInUse int64 `json:"etcd_db_in_use_bytes"`
 	// RSS and Heap are every server's resident set (/proc/<pid>/status)
 	// and Go heap in use (go_memstats_heap_inuse_bytes), by server ID; with
-	// embedded etcd a server's RSS holds its etcd member.
-	RSS  map[string]int64 `json:"rss_bytes"`
-	Heap map[string]int64 `json:"heap_inuse_bytes"`
+	// embedded etcd a server's RSS holds its etcd member. Heap counts
+	// garbage not yet collected, so it swings by up to GOGC percent between
+	// collections; LiveHeap is the heap the server's last collection found live
+	// (go_gc_heap_live_bytes), what a leak moves.
+	RSS      map[string]int64 `json:"rss_bytes"`
+	Heap     map[string]int64 `json:"heap_inuse_bytes"`
+	LiveHeap map[string]int64 `json:"heap_live_bytes"`
 	// Removed is the jobs retention removed so far, over every server.
 	Removed int64 `json:"retention_removed"`
 	// ActiveCores is the CPU the active used since the previous sample, in
@@ -651,8 +655,8 @@ func (e *scaleEnv) jobsPhase(ctx context.Context) (*ScaleJobs, error) {
 			return nil, err
 		}
 		s := smp.last()
-		fmt.Fprintf(out, "  %5.0fs  submitted %d  finished %d  %.0f/s  live %d (pending %d)  etcd %s (in use %s)  active %s rss %s heap %s  removed %d\n",
-			s.T, s.Submitted, s.Finished, s.FinishPS, s.Live, s.Pending, mib(s.EtcdDB), mib(s.EtcdInUse), s.Active, mib(s.RSS[s.Active]), mib(s.Heap[s.Active]), s.Removed)
+		fmt.Fprintf(out, "  %5.0fs  submitted %d  finished %d  %.0f/s  live %d (pending %d)  etcd %s (in use %s)  active %s rss %s heap %s (live %s)  removed %d\n",
+			s.T, s.Submitted, s.Finished, s.FinishPS, s.Live, s.Pending, mib(s.EtcdDB), mib(s.EtcdInUse), s.Active, mib(s.RSS[s.Active]), mib(s.Heap[s.Active]), mib(s.LiveHeap[s.Active]), s.Removed)
 		half := submitted.Load() >= int64(cfg.Jobs)/2 || cfg.JobsDuration > 0 && time.Since(start) >= cfg.JobsDuration/2
 		if !midDone && half {
 			midDone = true
@@ -796,7 +800,7 @@ func (s *sampler) take(ctx context.Context, load bool) error {
 	e := s.env
 	now := time.Now()
 	sm := ScaleSample{T: now.Sub(s.start).Seconds(), Load: load, Submitted: s.submitted.Load(), Finished: s.finished.Load(),
-		RSS: map[string]int64{}, Heap: map[string]int64{}}
+		RSS: map[string]int64{}, Heap: map[string]int64{}, LiveHeap: map[string]int64{}}
 	if n := len(s.samples); n > 0 {
 		p := s.samples[n-1]
 		if dt := sm.T - p.T; dt > 0 {
@@ -823,6 +827,7 @@ func (s *sampler) take(ctx context.Context, load bool) error {
 		cancel()
 		if merr == nil {
 			sm.Heap[srv.ID] = int64(m.get("go_memstats_heap_inuse_bytes"))
+			sm.LiveHeap[srv.ID] = int64(m.get("go_gc_heap_live_bytes"))
 			sm.Removed += int64(m.get(`tandem_retention_removed_total{kind="jobs"}`))
 		}
 		if err == nil && st.State == tandem.StateActive {
@@ -965,6 +970,8 @@ func flatness(samples []ScaleSample, retentionFirst float64) []Flatness {
 		{"etcd db in use", "MiB", func(s ScaleSample) float64 { return float64(s.EtcdInUse) / (1 << 20) }},
 		{"active RSS", "MiB", func(s ScaleSample) float64 { return float64(s.RSS[s.Active]) / (1 << 20) }},
 		{"active Go heap", "MiB", func(s ScaleSample) float64 { return float64(s.Heap[s.Active]) / (1 << 20) }},
+		{"active live heap (last GC)", "MiB", func(s ScaleSample) float64 { return float64(s.LiveHeap[s.Active]) / (1 << 20) }},
+		{"largest live heap (last GC)", "MiB", func(s ScaleSample) float64 { return float64(maxOf(s.LiveHeap)) / (1 << 20) }},
 		{"largest server RSS", "MiB", func(s ScaleSample) float64 { return float64(maxOf(s.RSS)) / (1 << 20) }},
 		{"jobs in the active's view", "jobs", func(s ScaleSample) float64 { return float64(s.ViewJobs) }},
 		{"job records in etcd", "keys", func(s ScaleSample) float64 { return float64(s.StoredJobs) }},
@@ -1779,12 +1786,12 @@ func (r *ScaleResult) Print(w io.Writer) {
 			if !s.Load {
 				mark = " (after)"
 			}
-			rows = append(rows, fmt.Sprintf("%.1f%s\t%d\t%d\t%.0f\t%.0f\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%s\t%.1f\t%.1f\t%.1f\t%d\t%.2f",
+			rows = append(rows, fmt.Sprintf("%.1f%s\t%d\t%d\t%.0f\t%.0f\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%.2f",
 				s.T, mark, s.Submitted, s.Finished, s.SubmitPS, s.FinishPS, s.Live, s.Pending, s.ViewJobs, s.StoredJobs, s.Tombstones, s.IdemKeys,
 				float64(s.EtcdDB)/(1<<20), float64(s.EtcdInUse)/(1<<20), s.Active, float64(s.RSS[s.Active])/(1<<20),
-				float64(s.Heap[s.Active])/(1<<20), float64(standby)/(1<<20), s.Removed, s.ActiveCores))
+				float64(s.Heap[s.Active])/(1<<20), float64(s.LiveHeap[s.Active])/(1<<20), float64(standby)/(1<<20), s.Removed, s.ActiveCores))
 		}
-		Table(w, "T S\tSUBMITTED\tFINISHED\tSUBMIT/S\tFINISH/S\tLIVE\tPENDING\tVIEW JOBS\tETCD JOBS\tTOMBSTONES\tIDEM KEYS\tETCD DB MIB\tIN USE MIB\tACTIVE\tRSS MIB\tHEAP MIB\tSTANDBY RSS MIB\tREMOVED\tACTIVE CORES", rows...)
+		Table(w, "T S\tSUBMITTED\tFINISHED\tSUBMIT/S\tFINISH/S\tLIVE\tPENDING\tVIEW JOBS\tETCD JOBS\tTOMBSTONES\tIDEM KEYS\tETCD DB MIB\tIN USE MIB\tACTIVE\tRSS MIB\tHEAP MIB\tLIVE HEAP MIB\tSTANDBY RSS MIB\tREMOVED\tACTIVE CORES", rows...)
 		fmt.Fprintln(w)
 		if j.RetentionFirstS >= 0 {
 			fmt.Fprintf(w, "retention first removed jobs by t=%.0fs; middle vs last third of the samples under load from then on:\n", j.RetentionFirstS)

@@ -122,10 +122,11 @@ func TestJobsRunOnAgents(t *testing.T) {
 	if j := waitJob(t, cl, after.ID, ended); j.State != tandem.JobSucceeded {
 		t.Fatalf("job after a failed start: %+v", j)
 	}
-	// The active's metrics count jobs by state and agents.
+	// The active's metrics count jobs by state and agents, and give the
+	// live heap (tandem bench scale reads it).
 	m := do(t, "GET", url+"/metrics", "", "").body
 	for _, want := range []string{`tandem_jobs{state="succeeded"} 2`, `tandem_jobs{state="failed"} 2`,
-		`tandem_agents{state="ready"} 1`, `tandem_agent_cpu{agent="a1",kind="capacity"} 2`} {
+		`tandem_agents{state="ready"} 1`, `tandem_agent_cpu{agent="a1",kind="capacity"} 2`, "\ngo_gc_heap_live_bytes "} {
 		if !strings.Contains(m, want) {
 			t.Fatalf("metrics lack %q", want)
 		}
