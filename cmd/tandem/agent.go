@@ -25,7 +25,7 @@ type agentFlags struct {
 	cpu                                        float64
 	memoryMB                                   int64
 	labels                                     string
-	pollWait, killGrace                        time.Duration
+	pollWait, idlePollWait, killGrace          time.Duration
 	logLevel, logFormat                        string
 	runAs, allowUsers                          string
 	allowRoot                                  bool
@@ -75,6 +75,7 @@ as itself, and refuses to start if told to run them as anyone else.
 	fl.Int64Var(&f.memoryMB, "memory", 0, "memory to offer, in MiB (default: all of the machine's)")
 	fl.StringVar(&f.labels, "labels", "", "comma-separated key=value labels that jobs' constraints match, e.g. zone=a,gpu=true")
 	fl.DurationVar(&f.pollWait, "poll-wait", agent.DefaultPollWait, "how long a server may hold a sync it has nothing to answer")
+	fl.DurationVar(&f.idlePollWait, "idle-poll-wait", agent.DefaultIdlePollWait, "how long a server that owns no shard (a standby) may hold a sync; never less than --poll-wait (a standby answers at once when it takes a shard)")
 	fl.DurationVar(&f.killGrace, "kill-grace", agent.DefaultKillGrace, "time between SIGTERM and SIGKILL when an attempt is killed or times out")
 	fl.StringVar(&f.runAs, "run-as", "", "user attempts run as when their job names none (default: "+agent.DefaultRunAs+" if the agent runs as root, else the agent's own user)")
 	fl.StringVar(&f.allowUsers, "allow-users", "", "comma-separated users a job may name with --user, besides the --run-as user (default: none)")
@@ -117,6 +118,9 @@ func (f *agentFlags) config() (agent.Config, error) {
 	if f.pollWait <= 0 {
 		return agent.Config{}, usagef("--poll-wait %s: must be greater than zero", f.pollWait)
 	}
+	if f.idlePollWait <= 0 {
+		return agent.Config{}, usagef("--idle-poll-wait %s: must be greater than zero", f.idlePollWait)
+	}
 	if f.killGrace <= 0 {
 		return agent.Config{}, usagef("--kill-grace %s: must be greater than zero", f.killGrace)
 	}
@@ -142,7 +146,7 @@ func (f *agentFlags) config() (agent.Config, error) {
 	return agent.Config{
 		ID: f.id, Servers: servers, WorkDir: workDir, Listen: f.listen, AdvertiseURL: f.advertiseURL,
 		Capacity: tandem.Resources{CPU: f.cpu, MemoryMB: f.memoryMB}, Labels: labels,
-		PollWait: f.pollWait, KillGrace: f.killGrace,
+		PollWait: f.pollWait, IdlePollWait: f.idlePollWait, KillGrace: f.killGrace,
 		RunAs: f.runAs, AllowUsers: allow, AllowRoot: f.allowRoot,
 	}, nil
 }

@@ -7,7 +7,7 @@ import (
 )
 
 func TestAgentUserFlags(t *testing.T) {
-	f := &agentFlags{id: "w1", servers: "http://127.0.0.1:1", listen: "127.0.0.1:0", pollWait: 1, killGrace: 1,
+	f := &agentFlags{id: "w1", servers: "http://127.0.0.1:1", listen: "127.0.0.1:0", pollWait: 1, idlePollWait: 1, killGrace: 1,
 		runAs: "nobody", allowUsers: " daemon, www-data,, ", allowRoot: true, getenv: func(string) string { return "" }}
 	cfg, err := f.config()
 	if err != nil {
@@ -28,6 +28,8 @@ func TestAgentUserFlags(t *testing.T) {
 		{"unknown run-as", []string{"--run-as", "no-such-user-tandem"}, `run attempts as "no-such-user-tandem": no user "no-such-user-tandem" on this machine`},
 		{"unknown allowed", []string{"--allow-users", "no-such-user-tandem"}, `allow user "no-such-user-tandem": no user "no-such-user-tandem" on this machine`},
 		{"root", []string{"--run-as", "root"}, "this agent does not allow attempts to run as root"},
+		{"zero idle poll wait", []string{"--idle-poll-wait", "0s"}, "--idle-poll-wait 0s: must be greater than zero"},
+		{"negative idle poll wait", []string{"--idle-poll-wait", "-1s"}, "--idle-poll-wait -1s: must be greater than zero"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			args := append([]string{"agent", "--id", "w1", "--servers", "http://127.0.0.1:1", "--work-dir", dir}, tt.args...)

@@ -832,6 +832,7 @@ type benchScaleFlags struct {
 	agents         int
 	sessions       string
 	pollWait       time.Duration
+	idlePollWait   time.Duration
 	agentsIdle     time.Duration
 	agentsDuration time.Duration
 	rate           float64
@@ -900,6 +901,7 @@ was assigned to two agents (I4).`,
 	fl.IntVar(&f.agents, "agents", 1000, "agents phase: simulated agents")
 	fl.StringVar(&f.sessions, "agent-sessions", bench.SessionsAll, "agents phase: sessions of each simulated agent: all (one per server, as real agents) or active")
 	fl.DurationVar(&f.pollWait, "poll-wait", 2*time.Second, "how long a server may hold a simulated agent's sync (as tandem agent --poll-wait)")
+	fl.DurationVar(&f.idlePollWait, "idle-poll-wait", 5*time.Second, "how long a server that owns no shard may hold a simulated agent's sync (as tandem agent --idle-poll-wait)")
 	fl.DurationVar(&f.agentsIdle, "agents-idle", 15*time.Second, "agents phase: window measured with every agent connected and no job (0: none)")
 	fl.DurationVar(&f.agentsDuration, "agents-duration", time.Minute, "agents phase: window with jobs submitted at --rate")
 	fl.Float64Var(&f.rate, "rate", 50, "agents phase: jobs submitted a second")
@@ -945,6 +947,8 @@ func (f *benchScaleFlags) validate() error {
 		return usagef("--agent-sessions %q: want all or active", f.sessions)
 	case f.pollWait <= 0 || f.pollWait > time.Minute:
 		return usagef("--poll-wait %s: must be above 0 and at most 1m", f.pollWait)
+	case f.idlePollWait <= 0 || f.idlePollWait > time.Minute:
+		return usagef("--idle-poll-wait %s: must be above 0 and at most 1m", f.idlePollWait)
 	case f.agentsIdle < 0:
 		return usagef("--agents-idle %s: must not be negative", f.agentsIdle)
 	case f.agentsDuration < time.Second:
@@ -980,7 +984,7 @@ func runBenchScale(ctx context.Context, out io.Writer, f *benchScaleFlags) error
 			Binary: bin, Phase: f.phase, Servers: f.servers, Etcd: f.etcd, EtcdMembers: f.etcdMembers,
 			Jobs: f.jobs, Clients: f.clients, Backlog: f.backlog, JobAgents: f.jobAgents, JobsDuration: f.jobsDuration,
 			Sample: f.sample, Transitions: f.transitions,
-			Agents: f.agents, AgentSessions: f.sessions, PollWait: f.pollWait, AgentsIdle: f.agentsIdle,
+			Agents: f.agents, AgentSessions: f.sessions, PollWait: f.pollWait, IdlePollWait: f.idlePollWait, AgentsIdle: f.agentsIdle,
 			AgentsDuration: f.agentsDuration, Rate: f.rate,
 			RetentionAge: f.retentionAge, RetentionKeep: f.retentionKeep, RetentionInterval: f.retentionEvery,
 			TombstoneTTL: f.tombstoneTTL, CompactInterval: f.compactEvery, DefragInterval: f.defragEvery,

@@ -63,11 +63,12 @@ import (
 
 // Defaults for Config fields left zero.
 const (
-	DefaultPollWait    = 2 * time.Second
-	DefaultKillGrace   = 5 * time.Second
-	DefaultBackoffBase = 20 * time.Millisecond
-	DefaultBackoffMax  = 250 * time.Millisecond
-	DefaultListen      = "127.0.0.1:0"
+	DefaultPollWait     = 2 * time.Second
+	DefaultIdlePollWait = 5 * time.Second
+	DefaultKillGrace    = 5 * time.Second
+	DefaultBackoffBase  = 20 * time.Millisecond
+	DefaultBackoffMax   = 250 * time.Millisecond
+	DefaultListen       = "127.0.0.1:0"
 )
 
 // Log attribute keys.
@@ -119,6 +120,13 @@ type Config struct {
 	// PollWait is how long a server may hold a sync that it has nothing to
 	// answer (default 2s).
 	PollWait time.Duration
+	// IdlePollWait is how long a server whose last answer said it owns no
+	// shard (a standby) may hold a sync (default 5s, never less than
+	// PollWait). Such a server has nothing to say until it takes a shard,
+	// and then it answers the sync it holds at once; holding it longer
+	// spares it and the agent requests. The server holds a sync at most half
+	// its --agent-timeout whatever the agent asks.
+	IdlePollWait time.Duration
 	// KillGrace is the time between SIGTERM and SIGKILL when an attempt is
 	// killed or times out (default 5s).
 	KillGrace time.Duration
@@ -274,6 +282,13 @@ func New(cfg Config) (*Agent, error) {
 	case cfg.PollWait == 0:
 		a.cfg.PollWait = DefaultPollWait
 	}
+	switch {
+	case cfg.IdlePollWait < 0:
+		return nil, fmt.Errorf("idle poll wait %v must not be negative", cfg.IdlePollWait)
+	case cfg.IdlePollWait == 0:
+		a.cfg.IdlePollWait = DefaultIdlePollWait
+	}
+	a.cfg.IdlePollWait = max(a.cfg.IdlePollWait, a.cfg.PollWait)
 	switch {
 	case cfg.KillGrace < 0:
 		return nil, fmt.Errorf("kill grace %v must not be negative", cfg.KillGrace)

@@ -854,6 +854,7 @@ func TestNewValidates(t *testing.T) {
 		{"bad advertise", func(c *Config) { c.AdvertiseURL = "tcp://x" }, "advertise URL"},
 		{"negative cpu", func(c *Config) { c.Capacity.CPU = -1 }, "must not be negative"},
 		{"negative poll wait", func(c *Config) { c.PollWait = -time.Second }, "must not be negative"},
+		{"negative idle poll wait", func(c *Config) { c.IdlePollWait = -time.Second }, "idle poll wait -1s must not be negative"},
 		{"bad label", func(c *Config) { c.Labels = map[string]string{"": "x"} }, "label"},
 		{"ok", func(*Config) {}, ""},
 	}

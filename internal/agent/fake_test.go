@@ -262,6 +262,23 @@ func (f *fakeServer) lastSync() (tandem.SyncRequest, bool) {
 	return f.syncs[len(f.syncs)-1], true
 }
 
+// firstSync returns the first sync received (the zero value if none).
+func (f *fakeServer) firstSync() tandem.SyncRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.syncs) == 0 {
+		return tandem.SyncRequest{}
+	}
+	return f.syncs[0]
+}
+
+// syncsCopy returns every sync received so far.
+func (f *fakeServer) syncsCopy() []tandem.SyncRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.syncs)
+}
+
 // sawSync reports whether the fake has received a sync that satisfies ok.
 func (f *fakeServer) sawSync(ok func(tandem.SyncRequest) bool) bool {
 	f.mu.Lock()

@@ -65,9 +65,9 @@ func (a *Agent) startSessionLocked(srv server, index int) {
 func (a *Agent) runSession(ctx context.Context, s *session) {
 	refusedInRow := 0
 	for ctx.Err() == nil {
-		body, pollCtx, stop := a.composeSync(ctx, s)
+		body, wait, pollCtx, stop := a.composeSync(ctx, s)
 		began := time.Now()
-		resp, err := a.exchange(pollCtx, s.srv.base, body)
+		resp, err := a.exchange(pollCtx, s.srv.base, body, wait)
 		kicked := pollCtx.Err() != nil && ctx.Err() == nil
 		a.mu.Lock()
 		s.pollStop = nil

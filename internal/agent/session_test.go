@@ -264,3 +264,67 @@ func TestCloseEndsSessions(t *testing.T) {
 		t.Errorf("session goroutines after Close: got %d, want 0", n)
 	}
 }
+
+// A session with a server that owns no shard asks it to hold syncs for
+// IdlePollWait, not PollWait, and goes back to PollWait the moment the
+// server answers that it took a shard: the held sync does not delay that.
+func TestIdlePollWait(t *testing.T) {
+	owner := newFakeServer(t, "rm-owner", term(0, 1))
+	standby := newFakeServer(t, "rm-standby")
+	cfg := testConfig(t, t.TempDir(), owner.URL(), standby.URL())
+	cfg.PollWait = 200 * time.Millisecond
+	cfg.IdlePollWait = time.Minute // longer than waitTimeout: only an answer at once ends a held sync in time
+	startAgent(t, cfg)
+	idle := func(r tandem.SyncRequest) bool { return r.WaitMS == int(time.Minute/time.Millisecond) }
+	busy := func(r tandem.SyncRequest) bool { return r.WaitMS == 200 }
+
+	// The first sync of a session has had no answer: PollWait. Once the
+	// standby has answered with no shard, its syncs ask for the longer hold.
+	waitFor(t, "a sync asking the standby for the idle wait", func() bool { return standby.sawSync(idle) })
+	if first := standby.firstSync(); !busy(first) {
+		t.Errorf("the standby's first sync asked to be held %d ms, want 200 (no answer yet)", first.WaitMS)
+	}
+	// The owner's syncs all ask for PollWait.
+	waitFor(t, "five syncs of the owner", func() bool { return owner.syncCount() >= 5 })
+	if owner.sawSync(func(r tandem.SyncRequest) bool { return !busy(r) }) {
+		t.Errorf("an owner was asked to hold a sync longer than PollWait: %+v", owner.syncsCopy())
+	}
+
+	// The standby takes a shard: the sync it holds is answered at once and
+	// the next one asks for PollWait.
+	n := standby.syncCount()
+	standby.setTerms(term(1, 2))
+	waitFor(t, "a sync of the standby asking for PollWait after it took a shard", func() bool {
+		r, _ := standby.lastSync()
+		return standby.syncCount() > n && busy(r)
+	})
+	// And gives it up: back to the idle wait.
+	n = standby.syncCount()
+	standby.setTerms()
+	waitFor(t, "a sync of the former owner asking for the idle wait", func() bool {
+		r, _ := standby.lastSync()
+		return standby.syncCount() > n && idle(r)
+	})
+}
+
+func TestIdlePollWaitDefaults(t *testing.T) {
+	for _, tt := range []struct {
+		poll, idle, want time.Duration
+	}{
+		{0, 0, DefaultIdlePollWait},
+		{time.Second, 0, DefaultIdlePollWait},
+		{10 * time.Second, 0, 10 * time.Second}, // never below PollWait
+		{time.Second, 3 * time.Second, 3 * time.Second},
+		{4 * time.Second, 3 * time.Second, 4 * time.Second},
+	} {
+		cfg := testConfig(t, t.TempDir(), "http://127.0.0.1:1")
+		cfg.PollWait, cfg.IdlePollWait = tt.poll, tt.idle
+		a, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.cfg.IdlePollWait != tt.want {
+			t.Errorf("poll wait %s, idle poll wait %s: got idle %s, want %s", tt.poll, tt.idle, a.cfg.IdlePollWait, tt.want)
+		}
+	}
+}

@@ -38,11 +38,13 @@ func (e *stateError) Error() string { return e.err.Error() }
 func (e *stateError) Unwrap() error { return e.err }
 
 // composeSync builds the next sync request of session s and makes its
-// context: a child of ctx that a local event cancels (see kick).
-func (a *Agent) composeSync(ctx context.Context, s *session) (body []byte, pollCtx context.Context, stop context.CancelFunc) {
+// context: a child of ctx that a local event cancels (see kick). wait is
+// how long the server may hold it (pollWaitLocked).
+func (a *Agent) composeSync(ctx context.Context, s *session) (body []byte, wait time.Duration, pollCtx context.Context, stop context.CancelFunc) {
 	pollCtx, stop = context.WithCancel(ctx)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	wait = a.pollWaitLocked(s)
 	select {
 	case <-s.kicked: // this request carries whatever the kick was for
 	default:
@@ -53,7 +55,7 @@ func (a *Agent) composeSync(ctx context.Context, s *session) (body []byte, pollC
 		Epochs:  maps.Clone(a.epochs),
 		Running: make([]tandem.AttemptReport, 0, len(a.running)),
 		Done:    make([]tandem.AttemptReport, 0, len(a.done)),
-		WaitMS:  int(a.cfg.PollWait / time.Millisecond),
+		WaitMS:  int(wait / time.Millisecond),
 		Session: s.srv.key,
 		Seq:     a.seqs[s.srv.key],
 	}
@@ -73,20 +75,33 @@ func (a *Agent) composeSync(ctx context.Context, s *session) (body []byte, pollC
 		panic(fmt.Sprintf("marshal sync request: %v", err)) // plain data always marshals
 	}
 	s.pollStop = stop
-	return body, pollCtx, stop
+	return body, wait, pollCtx, stop
+}
+
+// pollWaitLocked is how long s's server may hold the next sync: PollWait,
+// or IdlePollWait while its last answer, with no failure since, said it owns
+// no shard. A standby has nothing to tell the agent until it takes a shard,
+// and then it answers the sync it holds at once (the server wakes held
+// syncs when its shards change), so the longer wait costs no delay; it
+// spares the fleet most of its requests to standbys. The caller holds a.mu.
+func (a *Agent) pollWaitLocked(s *session) time.Duration {
+	if !s.lastAnswer.IsZero() && s.failures == 0 && len(s.terms) == 0 {
+		return a.cfg.IdlePollWait
+	}
+	return a.cfg.PollWait
 }
 
 // exchange is the HTTP exchange of one sync: it posts body to the server at
 // base, and only to it (transport.Direct: no failover, no redirect
-// followed), and returns the server's answer. It waits at most the poll
-// wait plus answerSlack, less if ctx ends first. Anything but a 2xx with a
+// followed), and returns the server's answer. It waits at most the sync's
+// poll wait plus answerSlack, less if ctx ends first. Anything but a 2xx with a
 // decodable answer is an error: the server's own *tandem.Error when it
 // answered with tandem's JSON envelope (its code prefixed to the message),
 // a *transport.NoAnswerError when it did not answer. A redirect, from a
 // server of an older version that sent agents to its active, is an error
 // too: each session talks to its one server.
-func (a *Agent) exchange(ctx context.Context, base string, body []byte) (*tandem.SyncResponse, error) {
-	wait := a.cfg.PollWait + answerSlack
+func (a *Agent) exchange(ctx context.Context, base string, body []byte, pollWait time.Duration) (*tandem.SyncResponse, error) {
+	wait := pollWait + answerSlack
 	ctx, cancel := context.WithTimeoutCause(ctx, wait, fmt.Errorf("%s: no answer within %s", base, wait))
 	defer cancel()
 	var out tandem.SyncResponse

@@ -84,6 +84,9 @@ type ScaleConfig struct {
 	Agents        int           // simulated agents (default 1000)
 	AgentSessions string        // all (default: one session per server, as real agents) or active
 	PollWait      time.Duration // how long a server may hold a sync (default 2s, the agent's)
+	// IdlePollWait is how long a server that owns no shard may hold a sync
+	// (default 5s, the agent's; never less than PollWait).
+	IdlePollWait time.Duration
 	// AgentsIdle is the window measured with every agent connected and no
 	// job (default 15s); AgentsDuration the one with jobs submitted at Rate
 	// (default 60s, Rate default 50 a second).
@@ -151,6 +154,8 @@ func (c *ScaleConfig) withDefaults() (ScaleConfig, error) {
 	def(&cfg.BasePort, 29070)
 	defDur(&cfg.Sample, 10*time.Second)
 	defDur(&cfg.PollWait, 2*time.Second)
+	defDur(&cfg.IdlePollWait, 5*time.Second)
+	cfg.IdlePollWait = max(cfg.IdlePollWait, cfg.PollWait)
 	defDur(&cfg.AgentsIdle, 15*time.Second)
 	defDur(&cfg.AgentsDuration, time.Minute)
 	defDur(&cfg.RetentionAge, 30*time.Second)
@@ -189,6 +194,8 @@ func (c *ScaleConfig) withDefaults() (ScaleConfig, error) {
 		return cfg, fmt.Errorf("bench scale: the sample interval %s is too short (at least 100ms)", cfg.Sample)
 	case cfg.PollWait < 0 || cfg.PollWait > time.Minute:
 		return cfg, fmt.Errorf("bench scale: poll wait %s must be from 0 to 1m", cfg.PollWait)
+	case cfg.IdlePollWait > time.Minute:
+		return cfg, fmt.Errorf("bench scale: idle poll wait %s must be at most 1m", cfg.IdlePollWait)
 	case cfg.AgentsIdle < 0 || cfg.AgentsDuration < time.Second:
 		return cfg, fmt.Errorf("bench scale: the agents' idle window (%s) must not be negative and their load window (%s) at least 1s", cfg.AgentsIdle, cfg.AgentsDuration)
 	case cfg.Rate <= 0 || math.IsNaN(cfg.Rate) || math.IsInf(cfg.Rate, 0) || cfg.Rate > 100000:
@@ -329,10 +336,11 @@ type ScaleTransition struct {
 
 // ScaleAgents is the agents phase.
 type ScaleAgents struct {
-	Agents   int    `json:"agents"`
-	Sessions string `json:"sessions"`
-	PollWait string `json:"poll_wait"`
-	Active   string `json:"active"`
+	Agents       int    `json:"agents"`
+	Sessions     string `json:"sessions"`
+	PollWait     string `json:"poll_wait"`
+	IdlePollWait string `json:"idle_poll_wait"`
+	Active       string `json:"active"`
 	// RegisterS is how long it took every agent to have an answer from the
 	// active.
 	RegisterS float64 `json:"register_s"`
@@ -1042,7 +1050,7 @@ func (e *scaleEnv) agentsPhase(ctx context.Context) (*ScaleAgents, error) {
 		return nil, err
 	}
 	active := e.lc.Servers[a]
-	res := &ScaleAgents{Agents: cfg.Agents, Sessions: cfg.AgentSessions, PollWait: cfg.PollWait.String(), Active: active.ID,
+	res := &ScaleAgents{Agents: cfg.Agents, Sessions: cfg.AgentSessions, PollWait: cfg.PollWait.String(), IdlePollWait: cfg.IdlePollWait.String(), Active: active.ID,
 		Rate: cfg.Rate, P99Goal: 0.100}
 	urls := e.lc.URLs()
 	follow := cfg.AgentSessions == SessionsActive
@@ -1050,8 +1058,8 @@ func (e *scaleEnv) agentsPhase(ctx context.Context) (*ScaleAgents, error) {
 	if follow {
 		sessions = 1
 	}
-	fmt.Fprintf(out, "\n== agents phase: %d simulated agents, sessions with %s (%d each), poll wait %s; active %s (pid %d)\n",
-		cfg.Agents, cfg.AgentSessions, sessions, cfg.PollWait, active.ID, active.PID())
+	fmt.Fprintf(out, "\n== agents phase: %d simulated agents, sessions with %s (%d each), poll wait %s (%s to a server that owns no shard); active %s (pid %d)\n",
+		cfg.Agents, cfg.AgentSessions, sessions, cfg.PollWait, cfg.IdlePollWait, active.ID, active.PID())
 	procs := clusterProcesses(e.lc)
 	activeIdx := slices.Index(urls, active.URL)
 	var fleet *simFleet
@@ -1219,6 +1227,7 @@ type simFleet struct {
 	hc       *http.Client
 	servers  []string
 	pollWait time.Duration
+	idleWait time.Duration // for a session whose server owns no shard
 	ledger   *simLedger
 	track    *assignTracker // nil: latencies not measured
 	onDone   func()         // called once per acknowledged done report
@@ -1300,7 +1309,7 @@ func (e *scaleEnv) startFleet(ctx context.Context, n int, servers []string, o fl
 		hc: &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse // each session talks to its one server
 		}},
-		servers: servers, pollWait: e.cfg.PollWait, ledger: e.ledger, track: o.track, onDone: o.onDone, stopAddr: stopAddr,
+		servers: servers, pollWait: e.cfg.PollWait, idleWait: e.cfg.IdlePollWait, ledger: e.ledger, track: o.track, onDone: o.onDone, stopAddr: stopAddr,
 		syncs: make([]atomic.Int64, len(servers)), registeredCh: make(chan struct{}), errs: map[string]int{},
 	}
 	f.active.Store(int32(o.active))
@@ -1418,6 +1427,9 @@ type simSession struct {
 	kicked   chan struct{}
 	seq      uint64             // guarded by simAgent.mu
 	pollStop context.CancelFunc // the sync in flight; guarded by simAgent.mu
+	// idle says the server's last answer, with no failure since, gave no
+	// shard: its syncs ask for the idle wait. Guarded by simAgent.mu.
+	idle bool
 }
 
 // minSyncGap paces a server that answers at once with nothing new, as
@@ -1429,9 +1441,9 @@ const minSyncGap = 10 * time.Millisecond
 func (a *simAgent) run(ctx context.Context, s *simSession) {
 	failures := 0
 	for ctx.Err() == nil {
-		body, pctx, stop, idx := a.compose(ctx, s)
+		body, wait, pctx, stop, idx := a.compose(ctx, s)
 		began := time.Now()
-		resp, err := a.f.exchange(pctx, a.f.servers[idx], body)
+		resp, err := a.f.exchange(pctx, a.f.servers[idx], body, wait)
 		kicked := pctx.Err() != nil && ctx.Err() == nil
 		a.mu.Lock()
 		s.pollStop = nil
@@ -1443,6 +1455,9 @@ func (a *simAgent) run(ctx context.Context, s *simSession) {
 		if err != nil && kicked {
 			continue // a local event: sync again at once
 		}
+		a.mu.Lock()
+		s.idle = err == nil && len(resp.Terms) == 0
+		a.mu.Unlock()
 		if err != nil {
 			a.f.failed(err)
 			failures++
@@ -1494,8 +1509,9 @@ func (a *simAgent) pause(ctx context.Context, s *simSession, d time.Duration) {
 }
 
 // compose builds the next sync of session s, as internal/agent's
-// composeSync does, and returns it with the index of the server it goes to.
-func (a *simAgent) compose(ctx context.Context, s *simSession) ([]byte, context.Context, context.CancelFunc, int) {
+// composeSync does, and returns it with how long the server may hold it
+// and the index of the server it goes to.
+func (a *simAgent) compose(ctx context.Context, s *simSession) ([]byte, time.Duration, context.Context, context.CancelFunc, int) {
 	pctx, stop := context.WithCancel(ctx)
 	a.mu.Lock()
 	select {
@@ -1507,8 +1523,12 @@ func (a *simAgent) compose(ctx context.Context, s *simSession) ([]byte, context.
 		s.base = a.f.servers[s.idx]
 	}
 	s.seq++ // one counter for every server the session goes to: always newer
+	wait := a.f.pollWait
+	if s.idle && !s.follow {
+		wait = a.f.idleWait // as internal/agent's pollWaitLocked
+	}
 	req := tandem.SyncRequest{Agent: a.info, Epochs: maps.Clone(a.epochs), Running: []tandem.AttemptReport{},
-		Done: make([]tandem.AttemptReport, 0, len(a.done)), WaitMS: int(a.f.pollWait / time.Millisecond), Session: s.base, Seq: s.seq}
+		Done: make([]tandem.AttemptReport, 0, len(a.done)), WaitMS: int(wait / time.Millisecond), Session: s.base, Seq: s.seq}
 	for _, r := range a.done {
 		req.Done = append(req.Done, r)
 	}
@@ -1519,13 +1539,13 @@ func (a *simAgent) compose(ctx context.Context, s *simSession) ([]byte, context.
 	if err != nil {
 		panic(fmt.Sprintf("marshal a sync request: %v", err)) // plain data always marshals
 	}
-	return body, pctx, stop, s.idx
+	return body, wait, pctx, stop, s.idx
 }
 
 // exchange posts one sync to base and decodes the answer; it waits at most
-// the poll wait plus 3 s, as internal/agent does.
-func (f *simFleet) exchange(ctx context.Context, base string, body []byte) (*tandem.SyncResponse, error) {
-	ctx, cancel := context.WithTimeout(ctx, f.pollWait+3*time.Second)
+// the sync's poll wait plus 3 s, as internal/agent does.
+func (f *simFleet) exchange(ctx context.Context, base string, body []byte, wait time.Duration) (*tandem.SyncResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait+3*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/agent/sync", bytes.NewReader(body))
 	if err != nil {
@@ -1821,7 +1841,7 @@ func (r *ScaleResult) Print(w io.Writer) {
 		}
 	}
 	if a := r.Agents; a != nil {
-		fmt.Fprintf(w, "\nagents phase: %d simulated agents, sessions with %s servers, poll wait %s, active %s (%s)\n", a.Agents, a.Sessions, a.PollWait, a.Active, scaleMode)
+		fmt.Fprintf(w, "\nagents phase: %d simulated agents, sessions with %s servers, poll wait %s (%s to a server that owns no shard), active %s (%s)\n", a.Agents, a.Sessions, a.PollWait, a.IdlePollWait, a.Active, scaleMode)
 		rows := []string{}
 		for _, x := range []struct {
 			name string

@@ -34,6 +34,7 @@ func TestScaleConfigRefusesBadValues(t *testing.T) {
 		{"short tombstones", func(c *ScaleConfig) { c.TombstoneTTL = time.Millisecond }, "tombstone"},
 		{"bad base port", func(c *ScaleConfig) { c.BasePort = 80 }, "base port"},
 		{"ten servers", func(c *ScaleConfig) { c.Servers = 10 }, "servers"},
+		{"long idle poll wait", func(c *ScaleConfig) { c.IdlePollWait = 2 * time.Minute }, "idle poll wait"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := ok
@@ -139,7 +140,7 @@ func TestRunScaleSmall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	res, err := RunScale(ctx, ScaleConfig{Binary: bin, Jobs: jobs, Clients: 4, Backlog: 100, JobAgents: 3,
-		Sample: 500 * time.Millisecond, Transitions: true, Agents: 30, PollWait: 300 * time.Millisecond, AgentsIdle: 2 * time.Second, AgentsDuration: 3 * time.Second, Rate: 20,
+		Sample: 500 * time.Millisecond, Transitions: true, Agents: 30, PollWait: 300 * time.Millisecond, IdlePollWait: time.Second, AgentsIdle: 2 * time.Second, AgentsDuration: 3 * time.Second, Rate: 20,
 		RetentionAge: time.Second, RetentionKeep: keep, RetentionInterval: 500 * time.Millisecond, TombstoneTTL: time.Minute,
 		BasePort: freePorts(t), DataDir: t.TempDir(), Out: &log,
 		onSubmitted: func(id string) {
@@ -191,8 +192,8 @@ func TestRunScaleSmall(t *testing.T) {
 	if len(j.Samples) < 3 || j.RetentionFirstS < 0 {
 		t.Errorf("got %d samples, retention first removing at %gs; want at least 3, retention at work", len(j.Samples), j.RetentionFirstS)
 	}
-	if last := j.Samples[len(j.Samples)-1]; last.Tombstones == 0 || last.EtcdDB == 0 || last.RSS[last.Active] == 0 || last.Heap[last.Active] == 0 {
-		t.Errorf("last sample %+v: want tombstones, etcd's size, the active's RSS and heap", last)
+	if last := j.Samples[len(j.Samples)-1]; last.Tombstones == 0 || last.EtcdDB == 0 || last.RSS[last.Active] == 0 || last.Heap[last.Active] == 0 || last.LiveHeap[last.Active] == 0 {
+		t.Errorf("last sample %+v: want tombstones, etcd's size, the active's RSS, heap and live heap", last)
 	}
 	if len(j.Transitions) != 3 {
 		t.Fatalf("got %d transitions, want 3", len(j.Transitions))
