@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"sort"
 	"sync"
 	"time"
@@ -18,6 +19,24 @@ import (
 
 // MaxSyncWait bounds how long a server holds an agent's long poll.
 const MaxSyncWait = 30 * time.Second
+
+// pollHold is how long a poll granted wait is held if nothing comes up for
+// its agent: a random time from three quarters of wait to all of it.
+// Agents answered at the same moment (every held poll when shards move, a
+// fleet registered or restarted together) would otherwise come back in
+// step, every wait, for as long as they have nothing to do: a standby's
+// thousand idle polls arriving within a few milliseconds took both cores of
+// a small machine for a tenth of a second every --idle-poll-wait, and any
+// assignment made then waited that long (issue 14). The random quarter
+// spreads such a crowd over a quarter of the wait in one round, and
+// further with each round, for about a seventh more idle syncs. Answering
+// before wait is always safe: an agent is heard from more often.
+func pollHold(wait time.Duration) time.Duration {
+	if wait <= 0 {
+		return 0
+	}
+	return wait - rand.N(wait/4+1)
+}
 
 // agentTable is this server's record of when it last heard from each agent.
 // Agents sync with every server, so a standby's table is as warm as an
@@ -286,7 +305,7 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 	if len(resp.Ack) > 0 || len(resp.Kill) > 0 || newEpochs(req.Epochs, s.core.Held()) {
 		wait = 0 // something to say, or the agent has yet to learn an epoch
 	}
-	timer := time.NewTimer(wait)
+	timer := time.NewTimer(pollHold(wait))
 	defer timer.Stop()
 	for {
 		// Only a change of the agent's own live jobs can give it something
