@@ -229,12 +229,12 @@ func printDevCluster(ctx context.Context, out io.Writer, c *local.Cluster, dir s
 	if f.shards > 1 {
 		fmt.Fprintf(out, "  %s admin shards                   # every shard's owner and epoch\n", self)
 		fmt.Fprintf(out, "  %s admin servers                  # how many shards each server owns\n", self)
-		fmt.Fprintf(out, "  kill -9 %d            # a server: the others take its shards in about 0.3 s\n", activePID)
+		fmt.Fprintf(out, "  kill -9 %d            # a server: the others take its shards within about 0.1 s\n", activePID)
 		fmt.Fprintf(out, "  %s admin drain rm1                # move rm1's shards away (--undo to bring it back)\n", self)
 		fmt.Fprintf(out, "  %s admin history\n", self)
 	} else {
 		fmt.Fprintf(out, "  %s admin get-all-service-state\n", self)
-		fmt.Fprintf(out, "  kill -9 %d            # the active: another server takes over in about 0.3 s\n", activePID)
+		fmt.Fprintf(out, "  kill -9 %d            # the active: another server takes over within about 0.1 s\n", activePID)
 		fmt.Fprintf(out, "  %s admin history\n", self)
 		if len(c.Servers) > 1 {
 			fmt.Fprintf(out, "  %s admin failover <active-id> <standby-id>   # graceful switch, no TTL wait\n", self)
