@@ -45,6 +45,11 @@ func pollHold(wait time.Duration) time.Duration {
 type agentTable struct {
 	mu sync.Mutex
 	m  map[string]*agentEntry
+	// ver counts the changes of the ready agents (one appearing, going, or
+	// saying something new of itself); readyMap is ready's answer at
+	// readyVer, shared by every caller until the next change.
+	ver, readyVer uint64
+	readyMap      map[string]tandem.AgentInfo
 }
 
 type agentEntry struct {
@@ -77,6 +82,9 @@ func (t *agentTable) contact(info tandem.AgentInfo, session string, seq uint64, 
 		return false, true
 	}
 	wasLost = e.lost
+	if e.lost || !sameAgent(e.info, info) {
+		t.ver++
+	}
 	e.info, e.lastContact, e.lost = info, now, false
 	e.seq[session] = seq
 	if e.contacted != nil {
@@ -114,6 +122,7 @@ func (t *agentTable) silent(cutoff time.Time) []string {
 	for id, e := range t.m {
 		if !e.lost && e.lastContact.Before(cutoff) {
 			e.lost = true
+			t.ver++
 			out = append(out, id)
 		}
 	}
@@ -121,17 +130,24 @@ func (t *agentTable) silent(cutoff time.Time) []string {
 	return out
 }
 
-// ready returns the agents in touch, by ID.
-func (t *agentTable) ready() map[string]tandem.AgentInfo {
+// ready returns the agents in touch, by ID, and the version of that set:
+// it changes whenever the set or anything an agent says of itself does.
+// The map is shared (a scheduler pass with nothing new about the fleet
+// does not copy a thousand agents): callers must not modify it.
+func (t *agentTable) ready() (map[string]tandem.AgentInfo, uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := make(map[string]tandem.AgentInfo)
+	if t.readyMap != nil && t.readyVer == t.ver {
+		return t.readyMap, t.ver
+	}
+	out := make(map[string]tandem.AgentInfo, len(t.m))
 	for id, e := range t.m {
 		if !e.lost && e.info.URL != "" {
 			out[id] = e.info
 		}
 	}
-	return out
+	t.readyMap, t.readyVer = out, t.ver
+	return out, t.ver
 }
 
 func (t *agentTable) snapshot() map[string]agentEntry {

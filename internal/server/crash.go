@@ -166,6 +166,7 @@ func (t *agentTable) crashed(info tandem.AgentInfo, since time.Time) bool {
 		return false
 	}
 	e.lost = true
+	t.ver++
 	return true
 }
 

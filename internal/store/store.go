@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"math"
 	"slices"
@@ -936,6 +937,18 @@ func (s *Store) AgentLoad(agent string) ([]LiveJob, int64) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.liveJobsLocked(agent), s.placed[agent]
+}
+
+// AgentLoads is AgentLoad for every agent of ids, from one consistent state
+// of the view and under one lock: a scheduler pass reads a whole fleet's.
+// fn gets each agent in turn, with the same figures AgentLoad gives, and
+// must not call the Store.
+func (s *Store) AgentLoads(ids iter.Seq[string], fn func(agent string, live []LiveJob, placedRev int64)) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for id := range ids {
+		fn(id, s.liveJobsLocked(id), s.placed[id])
+	}
 }
 
 // PutAgent records an agent's registration, fenced by f.
