@@ -42,8 +42,12 @@ type prober struct {
 }
 
 type peerHealth struct {
-	url     string
-	lease   int64 // the lease of the server's keys when last probed
+	url   string
+	lease int64 // the lease of the server's keys when last probed
+	// epoch is the newest epoch the server owned when last probed: what a
+	// probe found of an earlier ownership does not say how a new one
+	// answers (see answering).
+	epoch   int64
 	seen    time.Time
 	refused int
 	failing bool // the last probe got no good answer
@@ -135,7 +139,7 @@ func (p *prober) check(ctx context.Context, s *Server, client *http.Client, id s
 		h = &peerHealth{url: o.URL, lease: o.Lease}
 		p.peers[id] = h
 	}
-	h.failing = !ok
+	h.failing, h.epoch = !ok, maxEpoch(held)
 	switch {
 	case ok:
 		h.seen, h.refused, h.gone = time.Now(), 0, false
@@ -214,21 +218,36 @@ func (s *Server) shardOfOwnerKey(key string) (int, bool) {
 	return k, ok && part == "owner" && k < s.Shards()
 }
 
-// answering reports whether the server id, owning under lease, seems to
-// answer: not known to fail under that lease, or answered within the last
-// few probes. A standby redirects clients only to an owner that answers; to
-// a hung one it says "no active" so clients try the other servers instead
-// of hanging there too. What the probes found of an earlier incarnation (a
-// server killed, restarted and now elected again) does not count: a client
-// held for a new owner would otherwise wait for its first probe.
-func (p *prober) answering(id string, lease int64, interval time.Duration) bool {
+// answering reports whether the server id, owning under lease with epoch
+// as its newest epoch, seems to answer: not known to fail in that
+// ownership, or answered within the last few probes. A standby redirects
+// clients only to an owner that answers; to a hung one it says "no active"
+// so clients try the other servers instead of hanging there too. What the
+// probes found of an earlier ownership does not count: not of an earlier
+// incarnation (a server killed, restarted and now elected again, under a
+// new lease), nor of an earlier term of the same process (same lease).
+// The probe that last found it failing may have asked it just after it
+// handed off, when it rightly answered "not active": a client held for its
+// next term would otherwise wait for the next probe (up to a probe
+// interval, 100 ms, in a switchover back to a server active within the
+// last minute).
+func (p *prober) answering(id string, lease, epoch int64, interval time.Duration) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	h := p.peers[id]
-	if h == nil || h.lease != lease || !h.failing {
+	if h == nil || h.lease != lease || h.epoch != epoch || !h.failing {
 		return true
 	}
 	return !h.gone && time.Since(h.seen) < 3*interval
+}
+
+// maxEpoch is the newest epoch of owned.
+func maxEpoch(owned []election.Owner) int64 {
+	var e int64
+	for _, o := range owned {
+		e = max(e, o.Epoch)
+	}
+	return e
 }
 
 // markGone records that the process of server id, under lease, is gone:

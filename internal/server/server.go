@@ -507,14 +507,15 @@ func (s *Server) Status() tandem.ServerStatus {
 // ActiveAnswering reports whether this server's probes find the server id
 // answering (see prober.answering).
 func (s *Server) ActiveAnswering(id string) bool {
-	var lease int64 // of id's ownership now: what the probes found of an earlier one does not count
+	// Of id's ownership now: what the probes found of an earlier one does
+	// not count.
+	var lease, epoch int64
 	for _, o := range s.store.Owners() {
 		if o.ID == id {
-			lease = o.Lease
-			break
+			lease, epoch = o.Lease, max(epoch, o.Epoch)
 		}
 	}
-	return s.probe.answering(id, lease, s.cfg.ProbeInterval)
+	return s.probe.answering(id, lease, epoch, s.cfg.ProbeInterval)
 }
 
 // Changed returns a channel closed at the next change of this server's view.
