@@ -69,6 +69,9 @@ type Service interface {
 	// Changed returns a channel closed at the next change of the
 	// server's view (owners, jobs, anything).
 	Changed() <-chan struct{}
+	// TermsChanged returns a channel closed the next time this server
+	// begins or ends a term (its State can change).
+	TermsChanged() <-chan struct{}
 	Healthy(ctx context.Context) error
 	RetryAfter() time.Duration
 	Registry() *prometheus.Registry
@@ -280,14 +283,17 @@ func (a *API) awaitOwner(r *http.Request, find func() (tandem.ServerRef, bool)) 
 	tick := time.NewTicker(holdTick)
 	defer tick.Stop()
 	for {
+		// Taken before looking, so a change in between is not missed.
+		changed, terms := a.srv.Changed(), a.srv.TermsChanged()
+		if to, ok = find(); ok {
+			return to, ok
+		}
 		select {
 		case <-ctx.Done():
 			return to, ok
-		case <-a.srv.Changed():
+		case <-changed:
+		case <-terms: // this server began a term: it may be the owner now
 		case <-tick.C:
-		}
-		if to, ok = find(); ok {
-			return to, ok
 		}
 	}
 }

@@ -67,6 +67,7 @@ func (f *fake) Changed() <-chan struct{} {
 	defer f.mu.Unlock()
 	return f.changed
 }
+func (f *fake) TermsChanged() <-chan struct{} { return f.Changed() }
 
 // elect makes active the active this server knows (itself if it is f.id),
 // as the view of a real server changes when an election ends.

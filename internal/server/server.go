@@ -518,6 +518,10 @@ func (s *Server) ActiveAnswering(id string) bool {
 	return s.probe.answering(id, lease, epoch, s.cfg.ProbeInterval)
 }
 
+// TermsChanged returns a channel closed the next time this server begins or
+// ends a term.
+func (s *Server) TermsChanged() <-chan struct{} { return s.core.Changed() }
+
 // Changed returns a channel closed at the next change of this server's view.
 func (s *Server) Changed() <-chan struct{} { return s.store.Changed() }
 
