@@ -72,6 +72,10 @@ type Service interface {
 	// TermsChanged returns a channel closed the next time this server
 	// begins or ends a term (its State can change).
 	TermsChanged() <-chan struct{}
+	// HandoffTarget returns, with one shard and no active, the server a
+	// graceful failover under way hands the shard to, and whether there
+	// is one.
+	HandoffTarget() (tandem.ServerRef, bool)
 	Healthy(ctx context.Context) error
 	RetryAfter() time.Duration
 	Registry() *prometheus.Registry
@@ -337,6 +341,15 @@ func (a *API) findActive(r *http.Request) (tandem.ServerRef, bool) {
 		return tandem.ServerRef{ID: a.id}, true
 	}
 	st := a.srv.Status()
+	if st.ActiveURL == "" {
+		// A graceful failover under way: its target will be the active
+		// unless it dies first, and holds what it is sent until then, so
+		// the client waits there, not here for this view to see it win.
+		// The target itself holds on.
+		if to, ok := a.srv.HandoffTarget(); ok && to.ID != a.id {
+			return a.answering(r, to, true)
+		}
+	}
 	return a.answering(r, tandem.ServerRef{ID: st.ActiveID, URL: st.ActiveURL}, st.ActiveURL != "" && st.ActiveID != st.ID)
 }
 
@@ -350,11 +363,16 @@ func (a *API) activeOnly(h http.HandlerFunc) http.HandlerFunc {
 			h(w, r)
 			return
 		}
-		if to, ok := a.awaitOwner(r, func() (tandem.ServerRef, bool) { return a.findActive(r) }); ok && to.ID == a.id {
+		to, ok := a.awaitOwner(r, func() (tandem.ServerRef, bool) { return a.findActive(r) })
+		if ok && to.ID == a.id {
 			h(w, r) // this server became the active meanwhile
 			return
 		}
 		st := a.srv.Status()
+		if ok && st.ActiveURL == "" {
+			a.redirect(w, r, to, fmt.Sprintf("server %s is %s; the active role is being handed to %s at %s", st.ID, st.State, to.ID, to.URL))
+			return
+		}
 		if st.ActiveURL == "" || st.ActiveID == st.ID {
 			a.writeError(w, r, tandem.Errorf(tandem.ENOACTIVE,
 				"server %s is %s and no active server is known; an election is under way, retry shortly", st.ID, st.State))

@@ -32,6 +32,7 @@ type fake struct {
 	owners   map[string]tandem.ServerRef
 	anyOwner *tandem.ServerRef
 	jobs     map[string]*tandem.Job
+	handoff  tandem.ServerRef // a graceful failover under way to it (HandoffTarget)
 
 	mu      sync.Mutex
 	rev     int64
@@ -68,6 +69,11 @@ func (f *fake) Changed() <-chan struct{} {
 	return f.changed
 }
 func (f *fake) TermsChanged() <-chan struct{} { return f.Changed() }
+func (f *fake) HandoffTarget() (tandem.ServerRef, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.handoff, f.handoff.ID != ""
+}
 
 // elect makes active the active this server knows (itself if it is f.id),
 // as the view of a real server changes when an election ends.
@@ -338,6 +344,41 @@ func TestStandbyHoldsRequestsDuringAnElection(t *testing.T) {
 	a := call(t, api.New(f, slog.New(slog.DiscardHandler)), "POST", "/v1/jobs", nil, `{"command":["true"]}`)
 	if a.status != 503 || code(a.body) != tandem.ENOACTIVE || time.Since(start) < api.HoldForOwner {
 		t.Fatalf("no active ever: got %d %s after %s; want 503 %s after at least %s", a.status, code(a.body), time.Since(start), tandem.ENOACTIVE, api.HoldForOwner)
+	}
+}
+
+// During a graceful failover (no active, a hand-off key naming its
+// target) a standby, and the old active, send a request for the active to
+// the target at once, rather than hold it until their view sees the target
+// win; the target holds it until its term begins, then serves it.
+func TestHandoffTargetGetsRequestsAtOnce(t *testing.T) {
+	f := newFake("rm1", 1, tandem.StateStandby)
+	f.handoff = tandem.ServerRef{ID: "rm3", URL: "http://rm3:7070"}
+	h := api.New(f, slog.New(slog.DiscardHandler))
+	start := time.Now()
+	a := call(t, h, "POST", "/v1/jobs", nil, `{"command":["true"]}`)
+	if a.status != 307 || a.header.Get("Location") != "http://rm3:7070/v1/jobs" {
+		t.Fatalf("standby during a hand-off to rm3: got %d, Location %q (%s); want 307 to rm3", a.status, a.header.Get("Location"), a.body)
+	}
+	if held := time.Since(start); held >= api.HoldForOwner {
+		t.Fatalf("the redirect came after %s: held for an owner instead of sent to the target", held)
+	}
+
+	target := newFake("rm3", 1, tandem.StateStandby)
+	target.handoff = tandem.ServerRef{ID: "rm3", URL: "http://rm3:7070"}
+	th := api.New(target, slog.New(slog.DiscardHandler))
+	got := make(chan answer, 1)
+	go func() {
+		got <- call(t, th, "POST", "/v1/jobs", nil, `{"command":["true"]}`)
+	}()
+	select {
+	case a := <-got:
+		t.Fatalf("the target answered %d (%s) before its term began; want the request held", a.status, a.body)
+	case <-time.After(api.HoldForOwner / 4):
+	}
+	target.elect(tandem.ServerRef{ID: "rm3", URL: "http://rm3:7070"})
+	if a := <-got; a.status != 201 {
+		t.Fatalf("the target, once active: got %d (%s), want 201", a.status, a.body)
 	}
 }
 

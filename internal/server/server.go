@@ -518,6 +518,24 @@ func (s *Server) ActiveAnswering(id string) bool {
 	return s.probe.answering(id, lease, epoch, s.cfg.ProbeInterval)
 }
 
+// HandoffTarget returns, in a cluster of one shard with no active, the
+// server a graceful failover under way hands the shard to (the hand-off key
+// names it, and it is a live member), and whether there is one.
+func (s *Server) HandoffTarget() (tandem.ServerRef, bool) {
+	if s.Shards() != 1 || s.store.Owner(0) != nil {
+		return tandem.ServerRef{}, false
+	}
+	h := s.store.Handoff(0)
+	if h == nil {
+		return tandem.ServerRef{}, false
+	}
+	si, ok := s.store.Server(h.To)
+	if !ok || si.URL == "" {
+		return tandem.ServerRef{}, false
+	}
+	return tandem.ServerRef{ID: si.ID, URL: si.URL}, true
+}
+
 // TermsChanged returns a channel closed the next time this server begins or
 // ends a term.
 func (s *Server) TermsChanged() <-chan struct{} { return s.core.Changed() }
