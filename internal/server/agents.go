@@ -206,7 +206,12 @@ func (s *Server) Sync(ctx context.Context, req *tandem.SyncRequest) (*tandem.Syn
 			// something new, or the network cut it, or its process died.
 			// crash.go tells them apart.
 			s.pollCut(req.Agent, now)
+			return
 		}
+		// Answered: an agent polls again at once. One that dies before it
+		// does has no poll here to be cut, so it is checked the same way,
+		// from now: its next poll settles that it lives.
+		s.pollCut(req.Agent, time.Now())
 	}()
 	// I1 at the resource, seen from here: an agent that has seen a newer
 	// epoch of a shard than this server's term of it was told by a newer

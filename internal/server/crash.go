@@ -18,7 +18,11 @@ import (
 // agent's process dies, its kernel closes the poll's connection and the
 // server's request context ends at once. That alone proves nothing: an agent
 // also cuts its own poll short whenever it has news (and sends the next one
-// at once), and the network can cut it. So an owner that sees a poll cut
+// at once), and the network can cut it. A busy agent is also often between
+// two polls, its last one answered and the next not yet sent, and an agent
+// that dies then leaves no poll to cut: so an answered poll is treated like
+// a cut one, since the agent sends its next at once. An owner that sees a
+// poll cut or answered
 //
 //  1. waits briefly (agentRepoll) for the agent's next poll: one that comes
 //     means the agent is alive, and nothing else is done;
@@ -52,8 +56,10 @@ const (
 )
 
 // pollCut is called when the poll of agent info, received at since, ends
-// because the agent's connection went away. A server that owns shards then
-// checks, in the background, whether the agent's process died.
+// because the agent's connection went away, and with since the time of the
+// answer when it is answered. A server that owns shards then checks, in the
+// background, whether the agent's process died, unless the agent polls
+// again first.
 func (s *Server) pollCut(info tandem.AgentInfo, since time.Time) {
 	if info.URL == "" || len(s.core.Held()) == 0 {
 		return
@@ -114,11 +120,11 @@ func (s *Server) checkAgentCrash(info tandem.AgentInfo, since time.Time, next <-
 		return
 	}
 	id := info.ID
-	s.log.Warn("agent declared lost: its connection closed and its address refuses connections", "agent", id,
+	s.log.Warn("agent declared lost: its poll ended, it did not poll again and its address refuses connections", "agent", id,
 		"addr", addr, "live_attempts", len(s.store.LiveOn(id)))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.LeaseTTL)
 	defer cancel()
-	s.loseAgent(ctx, id, fmt.Sprintf("agent %s crashed: its connection closed and %s refuses connections", id, addr))
+	s.loseAgent(ctx, id, fmt.Sprintf("agent %s crashed: its poll ended, it did not poll again and %s refuses connections", id, addr))
 }
 
 // agentAddr returns the host:port of an agent's URL.

@@ -92,6 +92,24 @@ func TestCrashedAgentIsLostAtOnce(t *testing.T) {
 	}
 }
 
+// An agent that dies between two polls (its last one answered, the next
+// never sent) leaves no poll to cut; it is found out the same way: it does
+// not poll again at once and its address refuses connections. Its attempt
+// is lost long before the agent timeout.
+func TestAgentDeadBetweenPollsIsLostAtOnce(t *testing.T) {
+	c := newCluster(t, 1, func(cfg *server.Config) { cfg.AgentTimeout = time.Minute })
+	n := c.nodes[c.waitActive()]
+	cl := c.client()
+	dead := closedAddr(t)
+	a := newFakeAgent(t, n, "between", dead)
+	j := submit(t, cl, tandem.JobSpec{Command: []string{"sleep", "60"}, MaxAttempts: 2})
+	a.start(j.ID) // its last sync, answered; it never polls again
+	got := waitJob(t, cl, j.ID, func(j *tandem.Job) bool { return j.Attempts[0].State == tandem.AttemptLost })
+	if r := got.Attempts[0].Reason; !strings.Contains(r, "crashed") || !strings.Contains(r, dead) {
+		t.Fatalf("reason of the lost attempt: %q, want a crash at %s", r, dead)
+	}
+}
+
 // An agent whose poll is cut but whose address still accepts connections is
 // alive (the network cut the poll): nothing is lost.
 func TestCutPollOfLiveAgentLosesNothing(t *testing.T) {
@@ -151,6 +169,28 @@ func TestWatchStreamDetectsCrashedActive(t *testing.T) {
 }
 
 // closedAddr returns a local address nothing listens on.
+// liveAddr returns the address of a listener that accepts connections
+// until the test ends: a fake agent's, so that the server's checks of an
+// agent that does not poll again at once find it alive.
+func liveAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln.Addr().String()
+}
+
 func closedAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

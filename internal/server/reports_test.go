@@ -19,7 +19,7 @@ func TestSyncReportsInOneTransaction(t *testing.T) {
 	n := c.nodes[c.waitActive()]
 	cl := c.client()
 	ctx := context.Background()
-	a := newFakeAgent(t, n, "batcher", "127.0.0.1:1")
+	a := newFakeAgent(t, n, "batcher", liveAddr(t))
 	var ids []string
 	for range 3 {
 		ids = append(ids, submit(t, cl, tandem.JobSpec{Command: []string{"sleep", "60"}, Resources: tandem.Resources{CPU: 0.1, MemoryMB: 1}}).ID)

@@ -227,7 +227,7 @@ func TestSyncFromNewerEpochDeposesServer(t *testing.T) {
 	n := c.nodes[c.waitActive()]
 	epoch, _ := n.srv.ActiveEpoch()
 	resp, err := n.srv.Sync(context.Background(), &tandem.SyncRequest{
-		Agent: tandem.AgentInfo{ID: "a9", URL: "http://127.0.0.1:1"}, Epochs: map[int]int64{0: epoch + 1000},
+		Agent: tandem.AgentInfo{ID: "a9", URL: "http://" + liveAddr(t)}, Epochs: map[int]int64{0: epoch + 1000},
 	})
 	if err != nil {
 		t.Fatalf("sync with a newer epoch: %v", err)
@@ -255,7 +255,7 @@ func TestKillBeforeTheAgentReportsStart(t *testing.T) {
 	n := c.nodes[c.waitActive()]
 	cl := c.client()
 	ctx := context.Background()
-	info := tandem.AgentInfo{ID: "fake", URL: "http://127.0.0.1:1", Capacity: smallAgent, StartedAt: time.Now()}
+	info := tandem.AgentInfo{ID: "fake", URL: "http://" + liveAddr(t), Capacity: smallAgent, StartedAt: time.Now()}
 	var seq uint64
 	sync := func(req tandem.SyncRequest) *tandem.SyncResponse {
 		t.Helper()

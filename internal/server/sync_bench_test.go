@@ -174,8 +174,9 @@ func newSyncBench(b *testing.B) *syncBench {
 			ops = ops[:0]
 		}
 	}
+	agentURL := "http://" + liveAddr(b) + "/" // alive, for the checks of an agent that does not poll again at once
 	for k := range infos {
-		infos[k] = tandem.AgentInfo{ID: "worker-" + strconv.Itoa(k), URL: "http://127.0.0.1:1/", Version: "bench",
+		infos[k] = tandem.AgentInfo{ID: "worker-" + strconv.Itoa(k), URL: agentURL, Version: "bench",
 			Capacity: tandem.Resources{CPU: 16, MemoryMB: 64 << 10}, Labels: map[string]string{"zone": "a"},
 			PID: 1000 + k, StartedAt: started}
 		put(layout.Agent(infos[k].ID), infos[k])

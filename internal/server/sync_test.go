@@ -15,7 +15,7 @@ import (
 func TestIdlePollIsHeld(t *testing.T) {
 	c := newCluster(t, 1, func(cfg *server.Config) { cfg.AgentTimeout = 600 * time.Millisecond })
 	n := c.nodes[c.waitActive()]
-	a := newFakeAgent(t, n, "idler", "127.0.0.1:1")
+	a := newFakeAgent(t, n, "idler", liveAddr(t))
 	for _, tc := range []struct {
 		waitMS   int
 		atLeast  time.Duration
