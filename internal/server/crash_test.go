@@ -75,38 +75,31 @@ func (a *fakeAgent) cutPoll(jobID, attempt string) {
 	<-done
 }
 
-// An agent whose poll is cut and whose address then refuses connections has
-// crashed: its attempt is lost at once, long before the agent timeout.
+// An agent whose process dies is lost at once, long before the agent
+// timeout, whether its poll was held (the kernel cuts it) or it was between
+// two polls (its last one answered, the next never sent): it does not poll
+// again at once and its address refuses connections.
 func TestCrashedAgentIsLostAtOnce(t *testing.T) {
-	c := newCluster(t, 1, func(cfg *server.Config) { cfg.AgentTimeout = time.Minute })
-	n := c.nodes[c.waitActive()]
-	cl := c.client()
-	dead := closedAddr(t)
-	a := newFakeAgent(t, n, "dying", dead)
-	j := submit(t, cl, tandem.JobSpec{Command: []string{"sleep", "60"}, MaxAttempts: 2})
-	attempt := a.start(j.ID)
-	a.cutPoll(j.ID, attempt)
-	got := waitJob(t, cl, j.ID, func(j *tandem.Job) bool { return j.Attempts[0].State == tandem.AttemptLost })
-	if r := got.Attempts[0].Reason; !strings.Contains(r, "crashed") || !strings.Contains(r, dead) {
-		t.Fatalf("reason of the lost attempt: %q, want a crash at %s", r, dead)
-	}
-}
-
-// An agent that dies between two polls (its last one answered, the next
-// never sent) leaves no poll to cut; it is found out the same way: it does
-// not poll again at once and its address refuses connections. Its attempt
-// is lost long before the agent timeout.
-func TestAgentDeadBetweenPollsIsLostAtOnce(t *testing.T) {
-	c := newCluster(t, 1, func(cfg *server.Config) { cfg.AgentTimeout = time.Minute })
-	n := c.nodes[c.waitActive()]
-	cl := c.client()
-	dead := closedAddr(t)
-	a := newFakeAgent(t, n, "between", dead)
-	j := submit(t, cl, tandem.JobSpec{Command: []string{"sleep", "60"}, MaxAttempts: 2})
-	a.start(j.ID) // its last sync, answered; it never polls again
-	got := waitJob(t, cl, j.ID, func(j *tandem.Job) bool { return j.Attempts[0].State == tandem.AttemptLost })
-	if r := got.Attempts[0].Reason; !strings.Contains(r, "crashed") || !strings.Contains(r, dead) {
-		t.Fatalf("reason of the lost attempt: %q, want a crash at %s", r, dead)
+	for _, tc := range []struct {
+		name  string
+		death func(a *fakeAgent, jobID, attempt string)
+	}{
+		{"poll cut", func(a *fakeAgent, jobID, attempt string) { a.cutPoll(jobID, attempt) }},
+		{"between polls", func(*fakeAgent, string, string) {}}, // a.start's last sync was answered; nothing follows
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCluster(t, 1, func(cfg *server.Config) { cfg.AgentTimeout = time.Minute })
+			n := c.nodes[c.waitActive()]
+			cl := c.client()
+			dead := closedAddr(t)
+			a := newFakeAgent(t, n, "dying", dead)
+			j := submit(t, cl, tandem.JobSpec{Command: []string{"sleep", "60"}, MaxAttempts: 2})
+			tc.death(a, j.ID, a.start(j.ID))
+			got := waitJob(t, cl, j.ID, func(j *tandem.Job) bool { return j.Attempts[0].State == tandem.AttemptLost })
+			if r := got.Attempts[0].Reason; !strings.Contains(r, "crashed") || !strings.Contains(r, dead) {
+				t.Fatalf("reason of the lost attempt: %q, want a crash at %s", r, dead)
+			}
+		})
 	}
 }
 
