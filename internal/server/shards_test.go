@@ -645,6 +645,9 @@ func TestCrashedOwnersMembershipGoesAtOnce(t *testing.T) {
 	if len(c.nodes[1].srv.Status().Owned) == 0 {
 		t.Fatal("rm2 owns no shard to be deposed for")
 	}
+	// The others' watch streams must be open, or only the slowed probes
+	// could find the crash (this test failed so, now and then).
+	waitFor(t, "rm1 and rm3 watching rm2", 10*time.Second, func() bool { return c.nodes[1].srv.WatchStreams() >= 2 })
 	c.crash(1)
 	deadline := time.Now().Add(10 * time.Second) // a third of the lease
 	for {
