@@ -112,6 +112,66 @@ func FencedTxnRate(ctx context.Context, cli *clientv3.Client, prefix string, cli
 	if clients < 1 || d <= 0 || valueSize < 0 {
 		return 0, nil, fmt.Errorf("fenced txn rate: clients and duration must be positive and the value size not negative (clients %d, duration %s, size %d)", clients, d, valueSize)
 	}
+	value := strings.Repeat("x", valueSize)
+	return txnRate(ctx, cli, prefix, clients, d, func(ctx context.Context, rev, seq int64) error {
+		return baselinePut(ctx, cli, prefix+"fence", rev, prefix+"k/"+strconv.FormatInt(seq, 10), value)
+	})
+}
+
+// GroupCommitMaxJobs is the most jobs FencedBatchRate puts in one
+// transaction: etcd's default limit of 128 operations per transaction
+// holds 63 jobs of two puts, with the fence's comparison.
+const GroupCommitMaxJobs = 63
+
+// idemRecordBytes is about the size of the record an idempotency key
+// names (its job's ID and spec hash).
+const idemRecordBytes = 100
+
+// FencedBatchRate makes transactions shaped like a tandem server's group
+// commit, and nothing else, from clients goroutines for d: each creates
+// jobs jobs, guarded by the fence's create revision and by the absence of
+// every key it writes, and puts, per job, a valueSize-byte record and a
+// small idempotency record (I3: a job and its key are one write). It
+// returns how many jobs were created and each transaction's latency. With
+// as many clients as tandem has submitters it bounds from above what any
+// group commit of tandem's records could reach on this etcd: a tandem
+// server has one transaction in flight, not clients of them.
+func FencedBatchRate(ctx context.Context, cli *clientv3.Client, prefix string, clients int, d time.Duration, valueSize, jobs int) (created int, lat []time.Duration, err error) {
+	if clients < 1 || d <= 0 || valueSize < 0 || jobs < 1 || jobs > GroupCommitMaxJobs {
+		return 0, nil, fmt.Errorf("fenced batch rate: clients and duration must be positive, the value size not negative and jobs from 1 to %d (clients %d, duration %s, size %d, jobs %d)",
+			GroupCommitMaxJobs, clients, d, valueSize, jobs)
+	}
+	value := strings.Repeat("x", valueSize)
+	idem := strings.Repeat("i", idemRecordBytes)
+	txns, lat, err := txnRate(ctx, cli, prefix, clients, d, func(ctx context.Context, rev, seq int64) error {
+		cmps := make([]clientv3.Cmp, 0, 1+2*jobs)
+		ops := make([]clientv3.Op, 0, 2*jobs)
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(prefix+"fence"), "=", rev))
+		for j := 0; j < jobs; j++ {
+			n := strconv.FormatInt(seq, 10) + "-" + strconv.Itoa(j)
+			jk, ik := prefix+"k/"+n, prefix+"i/"+n
+			cmps = append(cmps, clientv3.Compare(clientv3.Version(jk), "=", 0), clientv3.Compare(clientv3.Version(ik), "=", 0))
+			ops = append(ops, clientv3.OpPut(jk, value), clientv3.OpPut(ik, idem))
+		}
+		resp, err := cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return fmt.Errorf("fenced batch txn: %w", err)
+		}
+		if !resp.Succeeded {
+			return ErrFenceMoved
+		}
+		return nil
+	})
+	return txns * jobs, lat, err
+}
+
+// txnRate runs one(ctx, rev, seq) from clients goroutines at once, each
+// starting again as soon as its last returns, for d: rev is the create
+// revision of the fence under prefix, seq a number no other call gets.
+// Everything under prefix is deleted at the end, also on error. It returns
+// how many calls succeeded and their latencies; one that fails ends the
+// run with its error, and ctx ending does too.
+func txnRate(ctx context.Context, cli *clientv3.Client, prefix string, clients int, d time.Duration, one func(ctx context.Context, rev, seq int64) error) (ops int, lat []time.Duration, err error) {
 	rev, err := baselineFence(ctx, cli, prefix)
 	if err != nil {
 		return 0, nil, err
@@ -121,7 +181,6 @@ func FencedTxnRate(ctx context.Context, cli *clientv3.Client, prefix string, cli
 			err = cerr
 		}
 	}()
-	value := strings.Repeat("x", valueSize)
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -137,9 +196,8 @@ func FencedTxnRate(ctx context.Context, cli *clientv3.Client, prefix string, cli
 		go func() {
 			defer wg.Done()
 			for time.Now().Before(deadline) && rctx.Err() == nil {
-				key := prefix + "k/" + strconv.FormatInt(seq.Add(1), 10)
 				start := time.Now()
-				if err := baselinePut(rctx, cli, prefix+"fence", rev, key, value); err != nil {
+				if err := one(rctx, rev, seq.Add(1)); err != nil {
 					mu.Lock()
 					if firstErr == nil {
 						firstErr = err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,6 +49,62 @@ func TestFencedTxnBaselines(t *testing.T) {
 	}
 	if n := countUnder(t, cli, "/bench-test/rate/"); n != 0 {
 		t.Errorf("after FencedTxnRate: got %d keys left under its prefix, want 0", n)
+	}
+}
+
+// The group commit's baseline writes, per job, a record and an idempotency
+// record, every job of a transaction at once, and cleans up; bad shapes are
+// refused before anything is written.
+func TestFencedBatchBaseline(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	ctx := context.Background()
+	const prefix = "/bench-test/batch/"
+	// Count the keys the run wrote through a watch: they are gone after.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wch := cli.Watch(wctx, prefix, clientv3.WithPrefix())
+	created, lat, err := FencedBatchRate(ctx, cli, prefix, 2, 300*time.Millisecond, 300, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created == 0 || created != 5*len(lat) {
+		t.Fatalf("FencedBatchRate: %d jobs created in %d transactions, want 5 a transaction, more than 0", created, len(lat))
+	}
+	puts, jobs, idems := 0, 0, 0
+	for puts < created*2+1 { // the fence, then every job's two records
+		select {
+		case wr := <-wch:
+			for _, ev := range wr.Events {
+				if ev.Type != clientv3.EventTypePut {
+					continue
+				}
+				puts++
+				switch k := string(ev.Kv.Key); {
+				case strings.HasPrefix(k, prefix+"k/") && len(ev.Kv.Value) == 300:
+					jobs++
+				case strings.HasPrefix(k, prefix+"i/"):
+					idems++
+				}
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("saw %d puts of the %d the run reported", puts, created*2+1)
+		}
+	}
+	if jobs != created || idems != created {
+		t.Errorf("the run wrote %d job records and %d idempotency records, want %d of each", jobs, idems, created)
+	}
+	if n := countUnder(t, cli, prefix); n != 0 {
+		t.Errorf("after FencedBatchRate: got %d keys left under its prefix, want 0", n)
+	}
+	for _, jobs := range []int{0, GroupCommitMaxJobs + 1} {
+		if _, _, err := FencedBatchRate(ctx, cli, prefix, 1, time.Second, 10, jobs); err == nil {
+			t.Errorf("FencedBatchRate with %d jobs a transaction: no error", jobs)
+		}
+	}
+	// etcd's default limit holds the largest batch.
+	if n, _, err := FencedBatchRate(ctx, cli, prefix, 1, 50*time.Millisecond, 10, GroupCommitMaxJobs); err != nil || n == 0 {
+		t.Errorf("FencedBatchRate with %d jobs a transaction: %d created, %v", GroupCommitMaxJobs, n, err)
 	}
 }
 
