@@ -161,7 +161,6 @@ func TestWatchStreamDetectsCrashedActive(t *testing.T) {
 	}
 }
 
-// closedAddr returns a local address nothing listens on.
 // liveAddr returns the address of a listener that accepts connections
 // until the test ends: a fake agent's, so that the server's checks of an
 // agent that does not poll again at once find it alive.
@@ -184,6 +183,7 @@ func liveAddr(t testing.TB) string {
 	return ln.Addr().String()
 }
 
+// closedAddr returns a local address nothing listens on.
 func closedAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
