@@ -43,15 +43,31 @@ func baselineFence(ctx context.Context, cli *clientv3.Client, prefix string) (in
 	return resp.Kvs[0].CreateRevision, nil
 }
 
-// baselineCleanup deletes everything under prefix. It runs even when ctx
-// has ended, so an interrupted baseline leaves nothing behind.
+// cleanupChunk is how many keys baselineCleanup deletes in one request: a
+// group-commit baseline leaves hundreds of thousands, too many to delete
+// in one request within etcd's request timeout on a busy machine.
+const cleanupChunk = 5000
+
+// baselineCleanup deletes everything under prefix, cleanupChunk keys at a
+// time. It runs even when ctx has ended, so an interrupted baseline leaves
+// nothing behind.
 func baselineCleanup(ctx context.Context, cli *clientv3.Client, prefix string) error {
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
-	if _, err := cli.Delete(dctx, prefix, clientv3.WithPrefix()); err != nil {
-		return fmt.Errorf("delete %s: %w", prefix, err)
+	for {
+		resp, err := cli.Get(dctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend), clientv3.WithLimit(cleanupChunk))
+		if err != nil {
+			return fmt.Errorf("list %s: %w", prefix, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return nil
+		}
+		first, last := string(resp.Kvs[0].Key), string(resp.Kvs[len(resp.Kvs)-1].Key)
+		if _, err := cli.Delete(dctx, first, clientv3.WithRange(last+"\x00")); err != nil {
+			return fmt.Errorf("delete %s: %w", prefix, err)
+		}
 	}
-	return nil
 }
 
 // baselinePut makes one transaction shaped like tandem's fenced writes:

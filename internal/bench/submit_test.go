@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -105,6 +106,42 @@ func TestFencedBatchBaseline(t *testing.T) {
 	// etcd's default limit holds the largest batch.
 	if n, _, err := FencedBatchRate(ctx, cli, prefix, 1, 50*time.Millisecond, 10, GroupCommitMaxJobs); err != nil || n == 0 {
 		t.Errorf("FencedBatchRate with %d jobs a transaction: %d created, %v", GroupCommitMaxJobs, n, err)
+	}
+}
+
+// A baseline's clean-up deletes every key under its prefix, however many
+// (in chunks), and nothing else.
+func TestBaselineCleanupDeletesInChunks(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	ctx := context.Background()
+	const prefix = "/bench-test/many/"
+	n := 2*cleanupChunk + 7
+	for i := 0; i < n; i += 100 {
+		var ops []clientv3.Op
+		for j := i; j < min(i+100, n); j++ {
+			ops = append(ops, clientv3.OpPut(fmt.Sprintf("%sk/%06d", prefix, j), "x"))
+		}
+		if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, k := range []string{"/bench-test/many", "/bench-test/many0", "/bench-test/manz/"} {
+		if _, err := cli.Put(ctx, k, "keep"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := countUnder(t, cli, prefix); got != int64(n) {
+		t.Fatalf("%d keys under %s before the clean-up, want %d", got, prefix, n)
+	}
+	if err := baselineCleanup(ctx, cli, prefix); err != nil {
+		t.Fatal(err)
+	}
+	if got := countUnder(t, cli, prefix); got != 0 {
+		t.Errorf("%d keys left under %s, want 0", got, prefix)
+	}
+	if got := countUnder(t, cli, "/bench-test/"); got != 3 {
+		t.Errorf("%d keys left under /bench-test/ beside the prefix, want the 3 outside it", got)
 	}
 }
 
