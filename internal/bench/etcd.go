@@ -123,13 +123,15 @@ func FencedTxnLatency(ctx context.Context, cli *clientv3.Client, prefix string, 
 // for d. It returns how many completed and their latencies. The goroutines
 // share cli, as a tandem server's request handlers share its one etcd
 // client. A transaction that fails ends the run with its error; ctx ending
-// does too.
-func FencedTxnRate(ctx context.Context, cli *clientv3.Client, prefix string, clients int, d time.Duration, valueSize int) (ops int, lat []time.Duration, err error) {
+// does too. loadEnded, unless nil, is called when the last transaction has
+// returned, before the clean-up: a caller measuring the load's cost stops
+// its clocks there.
+func FencedTxnRate(ctx context.Context, cli *clientv3.Client, prefix string, clients int, d time.Duration, valueSize int, loadEnded func()) (ops int, lat []time.Duration, err error) {
 	if clients < 1 || d <= 0 || valueSize < 0 {
 		return 0, nil, fmt.Errorf("fenced txn rate: clients and duration must be positive and the value size not negative (clients %d, duration %s, size %d)", clients, d, valueSize)
 	}
 	value := strings.Repeat("x", valueSize)
-	return txnRate(ctx, cli, prefix, clients, d, func(ctx context.Context, rev, seq int64) error {
+	return txnRate(ctx, cli, prefix, clients, d, loadEnded, func(ctx context.Context, rev, seq int64) error {
 		return baselinePut(ctx, cli, prefix+"fence", rev, prefix+"k/"+strconv.FormatInt(seq, 10), value)
 	})
 }
@@ -151,15 +153,16 @@ const idemRecordBytes = 100
 // returns how many jobs were created and each transaction's latency. With
 // as many clients as tandem has submitters it bounds from above what any
 // group commit of tandem's records could reach on this etcd: a tandem
-// server has one transaction in flight, not clients of them.
-func FencedBatchRate(ctx context.Context, cli *clientv3.Client, prefix string, clients int, d time.Duration, valueSize, jobs int) (created int, lat []time.Duration, err error) {
+// server has one transaction in flight, not clients of them. loadEnded is
+// as for FencedTxnRate.
+func FencedBatchRate(ctx context.Context, cli *clientv3.Client, prefix string, clients int, d time.Duration, valueSize, jobs int, loadEnded func()) (created int, lat []time.Duration, err error) {
 	if clients < 1 || d <= 0 || valueSize < 0 || jobs < 1 || jobs > GroupCommitMaxJobs {
 		return 0, nil, fmt.Errorf("fenced batch rate: clients and duration must be positive, the value size not negative and jobs from 1 to %d (clients %d, duration %s, size %d, jobs %d)",
 			GroupCommitMaxJobs, clients, d, valueSize, jobs)
 	}
 	value := strings.Repeat("x", valueSize)
 	idem := strings.Repeat("i", idemRecordBytes)
-	txns, lat, err := txnRate(ctx, cli, prefix, clients, d, func(ctx context.Context, rev, seq int64) error {
+	txns, lat, err := txnRate(ctx, cli, prefix, clients, d, loadEnded, func(ctx context.Context, rev, seq int64) error {
 		cmps := make([]clientv3.Cmp, 0, 1+2*jobs)
 		ops := make([]clientv3.Op, 0, 2*jobs)
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(prefix+"fence"), "=", rev))
@@ -184,10 +187,11 @@ func FencedBatchRate(ctx context.Context, cli *clientv3.Client, prefix string, c
 // txnRate runs one(ctx, rev, seq) from clients goroutines at once, each
 // starting again as soon as its last returns, for d: rev is the create
 // revision of the fence under prefix, seq a number no other call gets.
-// Everything under prefix is deleted at the end, also on error. It returns
-// how many calls succeeded and their latencies; one that fails ends the
-// run with its error, and ctx ending does too.
-func txnRate(ctx context.Context, cli *clientv3.Client, prefix string, clients int, d time.Duration, one func(ctx context.Context, rev, seq int64) error) (ops int, lat []time.Duration, err error) {
+// Everything under prefix is deleted at the end, also on error, after
+// loadEnded (unless nil) is called. It returns how many calls succeeded and
+// their latencies; one that fails ends the run with its error, and ctx
+// ending does too.
+func txnRate(ctx context.Context, cli *clientv3.Client, prefix string, clients int, d time.Duration, loadEnded func(), one func(ctx context.Context, rev, seq int64) error) (ops int, lat []time.Duration, err error) {
 	rev, err := baselineFence(ctx, cli, prefix)
 	if err != nil {
 		return 0, nil, err
@@ -227,6 +231,9 @@ func txnRate(ctx context.Context, cli *clientv3.Client, prefix string, clients i
 		}()
 	}
 	wg.Wait()
+	if loadEnded != nil {
+		loadEnded()
+	}
 	for _, l := range perClient {
 		lat = append(lat, l...)
 	}

@@ -49,7 +49,7 @@ func TestBaselinesUnderEtcdAuth(t *testing.T) {
 	if _, err := FencedTxnLatency(ctx, cli, benchPrefix("seq"), 5, 100); err != nil {
 		t.Errorf("FencedTxnLatency under %s: got %v, want no error", benchPrefix("seq"), err)
 	}
-	if ops, _, err := FencedTxnRate(ctx, cli, benchPrefix("rate"), 2, 200*time.Millisecond, 100); err != nil || ops == 0 {
+	if ops, _, err := FencedTxnRate(ctx, cli, benchPrefix("rate"), 2, 200*time.Millisecond, 100, nil); err != nil || ops == 0 {
 		t.Errorf("FencedTxnRate under %s: got %d ops, %v; want some, no error", benchPrefix("rate"), ops, err)
 	}
 	if n := countUnder(t, cli, benchPrefix("")); n != 0 {

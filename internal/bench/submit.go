@@ -436,8 +436,8 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 		res.ValueBytes, cfg.Clients, cfg.Duration, via)
 	var ops int
 	var lat []time.Duration
-	res.RawCPU, err = measureCPU(procs, func() (n int, err error) {
-		ops, lat, err = FencedTxnRate(ctx, raw, prefix+"rate/", cfg.Clients, cfg.Duration, res.ValueBytes)
+	res.RawCPU, err = measureCPU(procs, func(loadEnded func()) (n int, err error) {
+		ops, lat, err = FencedTxnRate(ctx, raw, prefix+"rate/", cfg.Clients, cfg.Duration, res.ValueBytes, loadEnded)
 		if err != nil {
 			return 0, fmt.Errorf("raw fenced transactions: %w", err)
 		}
@@ -457,8 +457,8 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 		res.BatchJobs, res.ValueBytes, cfg.Clients, cfg.Duration, via)
 	var created int
 	var blat []time.Duration
-	res.BatchCPU, err = measureCPU(procs, func() (n int, err error) {
-		created, blat, err = FencedBatchRate(ctx, raw, prefix+"batch/", cfg.Clients, cfg.Duration, res.ValueBytes, res.BatchJobs)
+	res.BatchCPU, err = measureCPU(procs, func(loadEnded func()) (n int, err error) {
+		created, blat, err = FencedBatchRate(ctx, raw, prefix+"batch/", cfg.Clients, cfg.Duration, res.ValueBytes, res.BatchJobs, loadEnded)
 		if err != nil {
 			return 0, fmt.Errorf("raw fenced batches: %w", err)
 		}
@@ -484,20 +484,28 @@ func RunSubmit(ctx context.Context, cfg SubmitConfig) (res *SubmitResult, err er
 	return res, nil
 }
 
-// measureCPU runs run and returns the CPU procs used meanwhile, per unit
-// of the work it reports having done.
-func measureCPU(procs []Process, run func() (int, error)) (*CPUReport, error) {
+// measureCPU runs run and returns the CPU procs used from its start until
+// it calls loadEnded (or returns, if it never does), per unit of the work
+// it reports having done: what a run does after its load (a clean-up) is
+// not counted.
+func measureCPU(procs []Process, run func(loadEnded func()) (int, error)) (*CPUReport, error) {
 	c0, err := sampleCPU(procs)
 	if err != nil {
 		return nil, err
 	}
-	n, err := run()
+	var (
+		c1     cpuSample
+		c1Err  error
+		sample sync.Once
+	)
+	end := func() { sample.Do(func() { c1, c1Err = sampleCPU(procs) }) }
+	n, err := run(end)
 	if err != nil {
 		return nil, err
 	}
-	c1, err := sampleCPU(procs)
-	if err != nil {
-		return nil, err
+	end()
+	if c1Err != nil {
+		return nil, c1Err
 	}
 	r := cpuBetween(procs, c0, c1, n)
 	return &r, nil

@@ -41,7 +41,7 @@ func TestFencedTxnBaselines(t *testing.T) {
 		t.Errorf("after FencedTxnLatency: got %d keys left under its prefix, want 0", n)
 	}
 
-	ops, lat, err := FencedTxnRate(ctx, cli, "/bench-test/rate/", 3, 300*time.Millisecond, 300)
+	ops, lat, err := FencedTxnRate(ctx, cli, "/bench-test/rate/", 3, 300*time.Millisecond, 300, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,9 +65,18 @@ func TestFencedBatchBaseline(t *testing.T) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	wch := cli.Watch(wctx, prefix, clientv3.WithPrefix())
-	created, lat, err := FencedBatchRate(ctx, cli, prefix, 2, 300*time.Millisecond, 300, 5)
+	// loadEnded comes once, after the load and before the clean-up: the
+	// keys are all still there.
+	calls, atEnd := 0, int64(0)
+	created, lat, err := FencedBatchRate(ctx, cli, prefix, 2, 300*time.Millisecond, 300, 5, func() {
+		calls++
+		atEnd = countUnder(t, cli, prefix+"k/")
+	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if calls != 1 || atEnd != int64(created) {
+		t.Errorf("loadEnded: called %d times, saw %d job records; want once, seeing all %d", calls, atEnd, created)
 	}
 	if created == 0 || created != 5*len(lat) {
 		t.Fatalf("FencedBatchRate: %d jobs created in %d transactions, want 5 a transaction, more than 0", created, len(lat))
@@ -99,12 +108,12 @@ func TestFencedBatchBaseline(t *testing.T) {
 		t.Errorf("after FencedBatchRate: got %d keys left under its prefix, want 0", n)
 	}
 	for _, jobs := range []int{0, GroupCommitMaxJobs + 1} {
-		if _, _, err := FencedBatchRate(ctx, cli, prefix, 1, time.Second, 10, jobs); err == nil {
+		if _, _, err := FencedBatchRate(ctx, cli, prefix, 1, time.Second, 10, jobs, nil); err == nil {
 			t.Errorf("FencedBatchRate with %d jobs a transaction: no error", jobs)
 		}
 	}
 	// etcd's default limit holds the largest batch.
-	if n, _, err := FencedBatchRate(ctx, cli, prefix, 1, 50*time.Millisecond, 10, GroupCommitMaxJobs); err != nil || n == 0 {
+	if n, _, err := FencedBatchRate(ctx, cli, prefix, 1, 50*time.Millisecond, 10, GroupCommitMaxJobs, nil); err != nil || n == 0 {
 		t.Errorf("FencedBatchRate with %d jobs a transaction: %d created, %v", GroupCommitMaxJobs, n, err)
 	}
 }
@@ -167,7 +176,7 @@ func TestFencedTxnRateStopsWhenFenceMoves(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	_, _, err := FencedTxnRate(ctx, cli, prefix, 2, 30*time.Second, 10)
+	_, _, err := FencedTxnRate(ctx, cli, prefix, 2, 30*time.Second, 10, nil)
 	if !errors.Is(err, ErrFenceMoved) {
 		t.Fatalf("got error %v, want ErrFenceMoved", err)
 	}
