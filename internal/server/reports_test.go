@@ -2,10 +2,15 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/tandemhq/tandem"
+	"github.com/tandemhq/tandem/internal/keys"
 	"github.com/tandemhq/tandem/internal/server"
 )
 
@@ -96,4 +101,71 @@ func TestSyncReportsInOneTransaction(t *testing.T) {
 		}
 	}
 	c.audit(1)
+}
+
+// A batch of report writes that etcd refuses, because a record changed
+// after the server read it, is applied change by change: every change
+// lands once, and the write that came between is kept, not overwritten.
+func TestRefusedReportBatchIsWrittenChangeByChange(t *testing.T) {
+	c := newCluster(t, 1, nil)
+	n := c.nodes[c.waitActive()]
+	cl := c.client()
+	ctx := context.Background()
+	var ids []string
+	for range 3 { // no agent: they stay pending, and nothing else writes them
+		ids = append(ids, submit(t, cl, tandem.JobSpec{Command: []string{"true"}}).ID)
+	}
+	layout := keys.New("test")
+	record := func(id string) (*tandem.Job, *clientv3.GetResponse) {
+		resp, err := n.cli.Get(ctx, layout.Job(id))
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("job %s in etcd: %v, %v", id, resp, err)
+		}
+		var j tandem.Job
+		if err := json.Unmarshal(resp.Kvs[0].Value, &j); err != nil {
+			t.Fatal(err)
+		}
+		return &j, resp
+	}
+	const mark = "[report]"
+	outside := false
+	fn := func(j *tandem.Job, now time.Time) (bool, error) {
+		if j.ID == ids[1] && !outside {
+			// Someone else's write lands after the server read the record.
+			outside = true
+			o, _ := record(j.ID)
+			o.Reason = "outside"
+			b, _ := json.Marshal(o)
+			if _, err := n.cli.Put(ctx, layout.Job(j.ID), string(b)); err != nil {
+				t.Error(err)
+			}
+		}
+		if !strings.Contains(j.Reason, mark) { // a change may run again: it must not mark twice
+			j.Reason += mark
+		}
+		return true, nil
+	}
+	txns := func() float64 { return metricValue(t, n.srv, "tandem_agent_report_transactions_total") }
+	x0 := txns()
+	for i, err := range n.srv.ApplyChanges(ctx, ids, fn) {
+		if err != nil {
+			t.Errorf("change of job %s: %v", ids[i], err)
+		}
+	}
+	if !outside {
+		t.Fatal("the write between never happened")
+	}
+	if x := txns() - x0; x != 3 {
+		t.Errorf("%v report transactions, want 3: the refused batch's changes one at a time", x)
+	}
+	for i, id := range ids {
+		j, _ := record(id)
+		want := mark
+		if i == 1 {
+			want = "outside" + mark
+		}
+		if j.Reason != want {
+			t.Errorf("job %s's reason in etcd: %q, want %q", id, j.Reason, want)
+		}
+	}
 }
